@@ -1,0 +1,24 @@
+"""The serial engine: the same stages, one sample after another, in this process.
+
+For debugging, for tests and as the baseline every benchmark compares against.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+
+from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
+from mpq.spec import JobSpec
+
+
+def run_serial(job: JobSpec, items: list[dict[str, Any]], finalize: Finalize) -> Iterator[pa.Table]:
+    load, encode, measure = Load(job), Encode(job), Measure(job)
+    predictors = [Predict(job, t.task_id) for t in job.tasks]
+    stages: list[Callable] = [load, encode, *predictors, measure]
+    for item in items:
+        rows = [item]
+        for stage in stages:
+            rows = stage(rows)
+        yield finalize(rows)

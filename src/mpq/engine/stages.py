@@ -1,0 +1,196 @@
+"""The pipeline's stages. Each is a callable taking and returning a list of row dicts, so
+the serial and Ray engines run the very same objects; a stage never knows its engine.
+
+A working row carries: dataset, sample_id, codec, setting, tasks (task ids still to do),
+original (media), target, conversion, error, and, as it moves on, decoded, bits, the
+codec's, tasks' and metrics' columns. ``Finalize`` turns it into result rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from typing import Any
+
+import pyarrow as pa
+
+from mpq import registry
+from mpq.components import Source
+from mpq.results import BASELINE, run_metadata, setting_str
+from mpq.spec import JobSpec
+
+Row = dict[str, Any]
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+def image_columns(media) -> dict[str, Any]:
+    return {"height": int(media.shape[0]), "width": int(media.shape[1])}
+
+
+def image_rate(media, bits: int) -> dict[str, Any]:
+    return {"bpp": bits / (media.shape[0] * media.shape[1])}
+
+
+# Per modality: the size columns of the original, and the rate columns of a coded version.
+MEDIA_COLUMNS = {"image": image_columns}
+RATE_COLUMNS = {"image": image_rate}
+
+
+class _JobStage:
+    def __init__(self, job: JobSpec):
+        self.job = job
+        self.datasets = {d.name: d for d in job.datasets}
+
+    @functools.cached_property
+    def sources(self) -> dict[str, Source]:
+        return {d.name: registry.get("source", d.source_type)(self.job.source_options(d)) for d in self.job.datasets}
+
+    @functools.cached_property
+    def codecs(self):
+        return {c.name: registry.get("codec", c.name)(self.job.codec_options(c)) for c in self.job.codecs}
+
+
+class Load(_JobStage):
+    """Plan item {dataset, sample_id, units} → one working row per unit (codec, setting, tasks)."""
+
+    def __call__(self, items: list[Row]) -> list[Row]:
+        out = []
+        for item in items:
+            dataset = self.datasets[item["dataset"]]
+            base = {"dataset": item["dataset"], "sample_id": item["sample_id"], "error": None}
+            modality = self.job.modality(dataset)
+            try:
+                sample = self.sources[item["dataset"]].load(item["sample_id"])
+                base.update(original=sample.media, target=sample.target, conversion=sample.conversion)
+                base.update(MEDIA_COLUMNS[modality](sample.media))
+            except Exception as exc:
+                base.update(original=None, target=None, conversion=None, error=f"load: {_error(exc)}")
+            for codec, setting, tasks in item["units"]:
+                out.append({**base, "codec": codec, "setting": setting, "tasks": tasks})
+        return out
+
+
+class Encode(_JobStage):
+    """Codec round trip on CPU: encode to a real bitstream, count its bits, decode."""
+
+    def __call__(self, rows: list[Row]) -> list[Row]:
+        for row in rows:
+            if row["error"] is not None:
+                continue
+            if row["codec"] == BASELINE:
+                row.update(decoded=row["original"], bits=None, codec_version=None)
+                continue
+            codec = self.codecs[row["codec"]]
+            modality = self.job.modality(self.datasets[row["dataset"]])
+            try:
+                coded = codec.roundtrip(row["original"], row["setting"])
+            except Exception as exc:
+                row["error"] = f"codec: {_error(exc)}"
+                continue
+            row.update(decoded=coded.decoded, bits=int(coded.bits), codec_version=codec.version(), **coded.extra)
+            row.update(RATE_COLUMNS[modality](row["original"], coded.bits))
+        return rows
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Predict:
+    """One task's model, loaded once per actor, run in batches on the decoded media."""
+
+    def __init__(self, job: JobSpec, task_id: str, device: str | None = None):
+        spec = next(t for t in job.tasks if t.task_id == task_id)
+        self.task_id = task_id
+        self.task = registry.get("task", spec.name)(job.task_options(spec), device or default_device(), job.resources.precision)
+        self.task.load()
+
+    def __call__(self, rows: list[Row]) -> list[Row]:
+        todo = [r for r in rows if r["error"] is None and self.task_id in r["tasks"]]
+        for row in rows:
+            row.setdefault("results", {})
+        try:
+            preds = self.task.predict([r["decoded"] for r in todo], [r["target"] for r in todo])
+        except Exception:
+            # One bad sample must not fail the batch: retry one by one to find it.
+            preds = []
+            for r in todo:
+                try:
+                    preds.append(self.task.predict([r["decoded"]], [r["target"]])[0])
+                except Exception as exc:
+                    preds.append({"error": f"task: {_error(exc)}"})
+        info = {"model": self.task.model_id, "model_revision": self.task.model_revision}
+        for row, pred in zip(todo, preds):
+            row["results"][self.task_id] = {**info, **pred}
+            if self.task.pipeline_check:
+                row.setdefault("checks", []).append(self.task.pipeline_check)
+        return rows
+
+
+class Measure(_JobStage):
+    """Quality metrics of the decoded media against the original (not for the baseline)."""
+
+    def __init__(self, job: JobSpec, device: str | None = None):
+        super().__init__(job)
+        self.device = device
+
+    @functools.cached_property
+    def metrics(self):
+        device = self.device or default_device()
+        return {m.name: registry.get("metric", m.name)(self.job.metric_options(m), device) for m in self.job.metrics}
+
+    def __call__(self, rows: list[Row]) -> list[Row]:
+        for dataset in {r["dataset"] for r in rows}:
+            todo = [r for r in rows if r["dataset"] == dataset and r["error"] is None and r["codec"] != BASELINE]
+            if not todo:
+                continue
+            for spec in self.job.metrics_for(self.datasets[dataset]):
+                metric = self.metrics[spec.name]
+                try:
+                    values = metric.compute([r["original"] for r in todo], [r["decoded"] for r in todo])
+                except Exception as exc:
+                    for r in todo:
+                        r["error"] = f"metric {spec.name}: {_error(exc)}"
+                    continue
+                for r, v in zip(todo, values):
+                    r.update(v)
+                    if metric.pipeline_check:
+                        r.setdefault("checks", []).append(metric.pipeline_check)
+        return rows
+
+
+class Finalize(_JobStage):
+    """Working rows → result rows (one per task, media dropped) as an Arrow table."""
+
+    MEDIA_KEYS = ("original", "decoded", "target", "tasks", "results", "checks")
+
+    def __init__(self, job: JobSpec, schema: pa.Schema, run_id: str):
+        super().__init__(job)
+        self.schema, self.meta = schema, run_metadata(run_id)
+        self.describe = {}
+
+    def source_of(self, dataset: str) -> str:
+        if dataset not in self.describe:
+            self.describe[dataset] = self.sources[dataset].describe()
+        return self.describe[dataset]
+
+    def __call__(self, rows: list[Row]) -> pa.Table:
+        out = []
+        for row in rows:
+            base = {k: v for k, v in row.items() if k not in self.MEDIA_KEYS}
+            base.update(self.meta, setting=setting_str(row["setting"]), source=self.source_of(row["dataset"]))
+            results = row.get("results", {})
+            for task_id in row["tasks"] or [""]:
+                result = {"task": task_id, **results.get(task_id, {})}
+                checks = sorted(set(row.get("checks", [])))
+                rec = {**base, **result, "pipeline_check": "; ".join(checks) or None}
+                if result.get("error") and not base["error"]:
+                    rec["error"] = result["error"]
+                out.append(rec)
+        names = self.schema.names
+        return pa.Table.from_pylist([{k: r.get(k) for k in names} for r in out], schema=self.schema)

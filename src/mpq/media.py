@@ -1,0 +1,93 @@
+"""In-memory media and the conversions every source applies before a codec sees a sample.
+
+Images are ``uint8`` arrays of shape (H, W, 3), RGB. Whatever the file held is converted
+explicitly and the conversion is recorded in the row's ``conversion`` column:
+
+- grayscale (L, I, I;16, F) and palette images become RGB by channel replication;
+- 16-bit and float images are scaled to 8 bits over their full range (16-bit: ``>> 8``);
+- RGBA, LA and transparent palette images are composited on white;
+- CMYK and YCbCr go through Pillow's colour conversion.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile
+
+# Truncated files must fail loudly, not decode as half-grey images.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class MediaError(ValueError):
+    """A sample that cannot be turned into valid media; it becomes an ``error`` row."""
+
+
+@dataclass
+class RGBImage:
+    pixels: np.ndarray  # (H, W, 3) uint8
+    conversion: str | None = None  # what was done to get here, None if the input was 8-bit RGB
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def to_rgb(img: Image.Image) -> RGBImage:
+    """Convert any Pillow image to 8-bit RGB, recording the conversion."""
+    try:
+        img.load()
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
+        raise MediaError(f"cannot decode image: {exc}") from exc
+    mode = img.mode
+    if mode == "RGB":
+        return RGBImage(np.asarray(img, dtype=np.uint8).copy())
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img)
+        if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
+            gray = (arr.astype(np.uint32) >> 8).astype(np.uint8)
+            note = f"{mode} (16-bit) → 8-bit (>> 8) → RGB"
+        elif mode == "F":
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+            scale = 255.0 / (hi - lo) if hi > lo else 0.0
+            gray = np.nan_to_num((arr - lo) * scale).round().astype(np.uint8)
+            note = "F (float) → 8-bit (min-max) → RGB"
+        else:
+            gray = arr.astype(np.uint8)
+            note = f"{mode} → RGB"
+        return RGBImage(np.repeat(gray[..., None], 3, axis=2), note)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat = Image.alpha_composite(white, rgba).convert("RGB")
+        return RGBImage(np.asarray(flat, dtype=np.uint8).copy(), f"{mode} → RGB (alpha composited on white)")
+    try:
+        rgb = img.convert("RGB")
+    except Exception as exc:
+        raise MediaError(f"cannot convert image mode {mode} to RGB: {exc}") from exc
+    return RGBImage(np.asarray(rgb, dtype=np.uint8).copy(), f"{mode} → RGB")
+
+
+def image_from_bytes(data: bytes) -> RGBImage:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception as exc:
+        raise MediaError(f"not a readable image: {exc}") from exc
+    return to_rgb(img)
+
+
+def image_from_array(arr: np.ndarray) -> RGBImage:
+    """Arrays as scikit-image and HF datasets hand them out: (H, W), (H, W, 1|3|4), uint8 or uint16."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    shape_ok = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))
+    if not shape_ok or arr.dtype not in (np.uint8, np.uint16) or (arr.dtype == np.uint16 and arr.ndim != 2):
+        raise MediaError(f"unsupported image array: dtype {arr.dtype}, shape {arr.shape}")
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))

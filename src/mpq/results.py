@@ -1,0 +1,122 @@
+"""The results table: schema, resume keys, run metadata and the atomic Parquet sink.
+
+Results are a Parquet dataset under ``OUTPUT/results/``, one row per
+(dataset, sample_id, codec, setting, task). Each file is written under a temporary name
+and renamed when complete, so a run killed at any moment leaves only whole files; the
+next run reads the keys already present and skips that work.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+import mpq
+from mpq import registry
+from mpq.spec import JobSpec
+
+KEY = ("dataset", "sample_id", "codec", "setting", "task")
+BASELINE = "none"  # codec name of the uncompressed baseline row (setting "")
+
+BASE_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("sample_id", pa.string()),
+        ("codec", pa.string()),
+        ("setting", pa.string()),
+        ("task", pa.string()),
+        ("model", pa.string()),
+        ("model_revision", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("bits", pa.int64()),
+        ("bpp", pa.float64()),
+        ("label", pa.string()),
+        ("prediction", pa.string()),
+        ("correct", pa.bool_()),
+        ("score", pa.float64()),
+        ("error", pa.string()),
+        ("conversion", pa.string()),
+        ("pipeline_check", pa.string()),
+        ("source", pa.string()),
+        ("codec_version", pa.string()),
+        ("mpq_version", pa.string()),
+        ("versions", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+# Libraries whose versions can change a result; recorded in every row.
+TRACKED_LIBRARIES = ("torch", "torchvision", "transformers", "datasets", "compressai", "lpips", "pillow", "numpy", "ray")
+
+
+def library_versions() -> str:
+    out = {}
+    for lib in TRACKED_LIBRARIES:
+        try:
+            out[lib] = version(lib)
+        except PackageNotFoundError:
+            pass
+    return json.dumps(out, sort_keys=True)
+
+
+def schema_for(job: JobSpec) -> pa.Schema:
+    """The base columns plus every column the job's components declare."""
+    fields = {f.name: f for f in BASE_SCHEMA}
+    components = [("codec", c.name) for c in job.codecs] + [("task", t.name) for t in job.tasks]
+    components += [("metric", m.name) for m in job.metrics]
+    for kind, name in components:
+        for col, typ in registry.get(kind, name).columns.items():
+            if col in fields and fields[col].type != typ:
+                raise TypeError(f"{kind} {name!r} declares column {col!r} as {typ}, already {fields[col].type}")
+            fields.setdefault(col, pa.field(col, typ))
+    return pa.schema(list(fields.values()))
+
+
+def setting_str(setting) -> str:
+    return "" if setting is None else str(setting)
+
+
+@dataclass
+class ResultStore:
+    """Parquet files under ``<output>/results``; ``output`` is a local path or an fsspec/Arrow URI."""
+
+    output: str
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def __post_init__(self):
+        self.fs, root = pafs.FileSystem.from_uri(self.output) if "://" in self.output else (pafs.LocalFileSystem(), self.output)
+        self.root = root.rstrip("/") + "/results"
+        self.fs.create_dir(self.root, recursive=True)
+        self._seq = 0
+
+    def files(self) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+
+    def done_keys(self) -> set[tuple[str, ...]]:
+        keys: set[tuple[str, ...]] = set()
+        for path in self.files():
+            table = pq.read_table(path, columns=list(KEY), filesystem=self.fs)
+            keys.update(zip(*(table.column(k).to_pylist() for k in KEY)))
+        return keys
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._seq += 1
+        final = f"{self.root}/part-{self.run_id}-{self._seq:06d}.parquet"
+        tmp = f"{self.root}/.tmp-{self.run_id}-{self._seq:06d}"
+        with self.fs.open_output_stream(tmp) as f:
+            pq.write_table(table, f)
+        self.fs.move(tmp, final)
+
+
+def run_metadata(run_id: str) -> dict[str, str]:
+    return {"mpq_version": mpq.__version__, "versions": library_versions(), "run_id": run_id}

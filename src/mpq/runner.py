@@ -1,0 +1,92 @@
+"""Running a job: check, plan against what is already written, stream through an engine, sink."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow as pa
+
+from mpq import registry
+from mpq.engine.plan import plan
+from mpq.engine.stages import Finalize
+from mpq.results import ResultStore, schema_for
+from mpq.spec import JobSpec
+
+ENGINES = ("ray", "serial")
+FLUSH_ROWS, FLUSH_SECONDS = 512, 10.0  # a killed run loses at most this much work
+
+
+@dataclass
+class RunStats:
+    output: str
+    already_done: int
+    expected: int
+    written: int
+    errors: int
+
+
+def preflight(job: JobSpec) -> None:
+    """Fail before any work when a model the job names cannot be loaded (offline, typo)."""
+    for spec in job.tasks:
+        registry.get("task", spec.name)(job.task_options(spec)).preflight()
+
+
+def run_job(
+    job: JobSpec,
+    output: str,
+    engine: str = "ray",
+    limit: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+) -> RunStats:
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
+    preflight(job)
+    store = ResultStore(output)
+    done = store.done_keys()
+    items, expected = plan(job, done, limit)
+    finalize = Finalize(job, schema_for(job), store.run_id)
+    if not items:
+        stream: Iterator[pa.Table] = iter(())
+    elif engine == "serial":
+        from mpq.engine.serial import run_serial
+
+        stream = run_serial(job, items, finalize)
+    else:
+        from mpq.engine.ray import run_ray
+
+        stream = run_ray(job, items, finalize, address)
+    written, errors = _sink(stream, store, expected, progress, f"{job.name} ({engine})")
+    return RunStats(output, len(done), expected, written, errors)
+
+
+def _sink(stream: Iterator[pa.Table], store: ResultStore, expected: int, progress: bool, label: str) -> tuple[int, int]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    pending: list[pa.Table] = []
+    written = errors = 0
+    last = time.monotonic()
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress,
+    )
+
+    def flush():
+        nonlocal pending, last
+        if pending:
+            store.write(pa.concat_tables(pending))
+            pending, last = [], time.monotonic()
+
+    with bar:
+        task = bar.add_task(label, total=expected)
+        for table in stream:
+            pending.append(table)
+            written += table.num_rows
+            errors += table.num_rows - table.column("error").null_count
+            bar.update(task, advance=table.num_rows)
+            if sum(t.num_rows for t in pending) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
+                flush()
+        flush()
+    return written, errors

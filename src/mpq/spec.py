@@ -1,0 +1,258 @@
+"""The job file: YAML parsed into a validated, typed ``JobSpec``.
+
+Everything that can be checked without doing work is checked here, and all problems are
+reported together in one ``JobSpecError`` whose lines name the key, the value and the valid
+choices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mpq import registry
+from mpq.components import Options
+
+Setting = int | float | str
+
+
+class JobSpecError(ValueError):
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _WithOptions(BaseModel):
+    """Keys beyond the declared fields are the component's own options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @property
+    def option_values(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DatasetSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    source: dict[str, Any]
+    limit: int | None = Field(default=None, gt=0)
+
+    @property
+    def source_type(self) -> str:
+        return next(k for k in self.source if k in registry.names("source"))
+
+
+class CodecSpec(_WithOptions):
+    name: str
+    settings: list[Setting] | None = None  # None: the codec's default sweep
+
+
+class TaskSpec(_WithOptions):
+    name: str
+    id: str | None = None  # defaults to the task name; must be unique in the job
+    batch_size: int = Field(default=16, gt=0)
+    datasets: list[str] | None = None  # default: every dataset of the task's modality
+
+    @property
+    def task_id(self) -> str:
+        return self.id or self.name
+
+
+class MetricSpec(_WithOptions):
+    name: str
+
+
+ActorPool = int | tuple[int, int]
+
+
+class Resources(_Strict):
+    codec_cpus: float = Field(default=1, gt=0)
+    model_gpus: float = Field(default=1, ge=0, description="GPUs per model actor, when the cluster has GPUs")
+    metric_gpus: float = Field(default=0, ge=0)
+    model_actors: ActorPool = 1
+    metric_actors: ActorPool = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @field_validator("model_actors", "metric_actors")
+    @classmethod
+    def _pool(cls, v: ActorPool) -> ActorPool:
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if lo < 1 or hi < lo:
+            raise ValueError(f"actor pool must be N >= 1 or [min, max] with 1 <= min <= max, got {v}")
+        return v
+
+
+class JobSpec(_Strict):
+    name: str
+    output: str | None = None
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    codecs: list[CodecSpec] = []
+    tasks: list[TaskSpec] = []
+    metrics: list[MetricSpec] = []
+    resources: Resources = Resources()
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_names(cls, v: Any) -> Any:
+        return [{"name": m} if isinstance(m, str) else m for m in v] if isinstance(v, list) else v
+
+    # Typed options of each component, built from the keys beyond its spec fields.
+    def codec_options(self, spec: CodecSpec) -> Options:
+        return registry.get("codec", spec.name).Options(**spec.option_values)
+
+    def task_options(self, spec: TaskSpec) -> Options:
+        return registry.get("task", spec.name).Options(**spec.option_values)
+
+    def metric_options(self, spec: MetricSpec) -> Options:
+        return registry.get("metric", spec.name).Options(**spec.option_values)
+
+    def source_options(self, spec: DatasetSpec) -> Options:
+        return registry.get("source", spec.source_type).Options(**spec.source)
+
+    def settings(self, spec: CodecSpec) -> list[Setting]:
+        return spec.settings if spec.settings is not None else list(registry.get("codec", spec.name).default_settings)
+
+    def modality(self, dataset: DatasetSpec) -> str:
+        return registry.get("source", dataset.source_type).modality
+
+    def tasks_for(self, dataset: DatasetSpec) -> list[TaskSpec]:
+        mod = self.modality(dataset)
+        return [
+            t
+            for t in self.tasks
+            if registry.get("task", t.name).modality == mod and (t.datasets is None or dataset.name in t.datasets)
+        ]
+
+    def codecs_for(self, dataset: DatasetSpec) -> list[CodecSpec]:
+        mod = self.modality(dataset)
+        return [c for c in self.codecs if registry.get("codec", c.name).modality == mod]
+
+    def metrics_for(self, dataset: DatasetSpec) -> list[MetricSpec]:
+        mod = self.modality(dataset)
+        return [m for m in self.metrics if registry.get("metric", m.name).modality == mod]
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = _loc(tuple(err["loc"]))
+        where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        if err["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key")
+        else:
+            problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return problems
+
+
+def _choices(kind: str) -> str:
+    return ", ".join(registry.names(kind))
+
+
+def _option_problems(kind: str, name: str, values: dict, where: str) -> list[str]:
+    cls = registry.get(kind, name)
+    try:
+        cls.Options(**values)
+    except ValidationError as exc:
+        fields = ", ".join(cls.Options.model_fields) or "none"
+        return [p + (f"; valid keys: {fields}" if p.endswith("unknown key") else "") for p in _pydantic_problems(exc, where)]
+    return []
+
+
+def validate(job: JobSpec) -> list[str]:
+    """Checks that need the registry: names, options, settings, cross references."""
+    problems: list[str] = []
+    dataset_names = [d.name for d in job.datasets]
+    modalities = set()
+    for i, d in enumerate(job.datasets):
+        where = f"datasets[{i}].source"
+        kinds = [k for k in d.source if k in registry.names("source")]
+        if len(kinds) != 1:
+            problems.append(
+                f"{where}: needs exactly one source key, got {sorted(d.source) or 'none'}; valid choices: {_choices('source')}"
+            )
+            continue
+        problems += _option_problems("source", kinds[0], d.source, where)
+        modalities.add(registry.get("source", kinds[0]).modality)
+    for dup in {n for n in dataset_names if dataset_names.count(n) > 1}:
+        problems.append(f"datasets: name {dup!r} is used twice")
+
+    for kind, specs in (("codec", job.codecs), ("task", job.tasks), ("metric", job.metrics)):
+        for i, spec in enumerate(specs):
+            where = f"{kind}s[{i}]"
+            if spec.name not in registry.names(kind):
+                problems.append(f"{where}.name: unknown {kind} {spec.name!r}; valid choices: {_choices(kind)}")
+                continue
+            problems += _option_problems(kind, spec.name, spec.option_values, where)
+            mod = registry.get(kind, spec.name).modality
+            if mod not in modalities:
+                problems.append(f"{where}: {kind} {spec.name!r} works on {mod}, but no dataset in the job is {mod}")
+
+    for i, c in enumerate(job.codecs):
+        if c.name not in registry.names("codec"):
+            continue
+        codec_cls = registry.get("codec", c.name)
+        settings = job.settings(c)
+        if not settings:
+            problems.append(f"codecs[{i}].settings: empty; give at least one setting")
+        for j, s in enumerate(settings):
+            try:
+                codec_cls(codec_cls.Options()).check_setting(s)
+            except ValueError as exc:
+                problems.append(f"codecs[{i}].settings[{j}]: {s!r}: {exc}")
+        if len({str(s) for s in settings}) != len(settings):
+            problems.append(f"codecs[{i}].settings: {settings} repeats a setting")
+
+    task_ids = [t.task_id for t in job.tasks]
+    for dup in {t for t in task_ids if task_ids.count(t) > 1}:
+        problems.append(f"tasks: id {dup!r} is used twice; give each task of the same name an `id`")
+    for i, t in enumerate(job.tasks):
+        for name in t.datasets or []:
+            if name not in dataset_names:
+                problems.append(f"tasks[{i}].datasets: unknown dataset {name!r}; valid choices: {', '.join(dataset_names)}")
+    metric_names = [m.name for m in job.metrics]
+    for dup in {m for m in metric_names if metric_names.count(m) > 1}:
+        problems.append(f"metrics: {dup!r} is listed twice")
+    codec_names = [c.name for c in job.codecs]
+    for dup in {c for c in codec_names if codec_names.count(c) > 1}:
+        problems.append(f"codecs: {dup!r} is listed twice; put all its settings in one entry")
+    return problems
+
+
+def parse_job(data: Any, source: str = "job") -> JobSpec:
+    if not isinstance(data, dict):
+        raise JobSpecError(source, [f"expected a mapping at the top level, got {type(data).__name__}"])
+    try:
+        job = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise JobSpecError(source, _pydantic_problems(exc)) from None
+    problems = validate(job)
+    if problems:
+        raise JobSpecError(source, problems)
+    return job
+
+
+def load_job(path: str | Path) -> JobSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise JobSpecError(str(path), [f"cannot read the job file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise JobSpecError(str(path), [f"not valid YAML: {exc}"]) from None
+    return parse_job(data, str(path))

@@ -1,0 +1,56 @@
+"""The short table printed at the end of a run: per dataset, codec and setting."""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+
+def read_results(output: str) -> pl.DataFrame:
+    """All result rows under ``output`` (files written by runs with other columns are aligned)."""
+    from mpq.results import ResultStore
+
+    files = ResultStore(output).files()
+    if not files:
+        return pl.DataFrame()
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+
+def summarize(df: pl.DataFrame) -> pl.DataFrame:
+    """Mean rate, fidelity and task score per (dataset, task, codec, setting)."""
+    if df.is_empty():
+        return df
+    means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in ("bpp", "psnr", "lpips") if c in df.columns]
+    aggs = [pl.len().alias("n"), pl.col("error").is_not_null().sum().alias("errors"), *means]
+    if "correct" in df.columns:
+        aggs.append(pl.col("correct").cast(pl.Float64).mean().alias("accuracy"))
+    keys = ["dataset", "task", "codec", "setting"]
+    return (
+        df.group_by(keys)
+        .agg(aggs)
+        .with_columns(pl.col("setting").cast(pl.Float64, strict=False).alias("_order"))
+        .sort(["dataset", "task", pl.col("codec") != "none", "codec", "_order", "setting"])
+        .drop("_order")
+    )
+
+
+def print_summary(df: pl.DataFrame) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = summarize(df)
+    if table.is_empty():
+        console.print("no results")
+        return
+    out = Table(title="summary (means per codec setting)")
+    for col in table.columns:
+        out.add_column(col, justify="left" if table.schema[col] == pl.String else "right")
+    for row in table.iter_rows():
+        out.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(out)
+    if "pipeline_check" in df.columns:
+        for note in df["pipeline_check"].drop_nulls().unique().to_list():
+            console.print(f"[yellow]pipeline check:[/] {note}")
+
+
