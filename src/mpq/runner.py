@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -15,7 +16,8 @@ from mpq.results import ResultStore, schema_for
 from mpq.spec import JobSpec
 
 ENGINES = ("ray", "serial")
-FLUSH_ROWS, FLUSH_SECONDS = 512, 10.0  # a killed run loses at most this much work
+# A killed run loses at most this much work; MPQ_FLUSH_ROWS lets tests commit often.
+FLUSH_ROWS, FLUSH_SECONDS = int(os.environ.get("MPQ_FLUSH_ROWS", 512)), 10.0
 
 
 @dataclass

@@ -38,7 +38,7 @@ def print_summary(df: pl.DataFrame) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=160)
     table = summarize(df)
     if table.is_empty():
         console.print("no results")

@@ -15,6 +15,10 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
+# Ray's `uv run` hook would rebuild a virtualenv in every worker; local workers already
+# share this interpreter and cluster jobs get theirs from `mpq-ray submit`'s runtime_env.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.spec import JobSpec
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -22,9 +23,14 @@ class LPIPSOptions(Options):
 @functools.cache
 def load_lpips(net: str, random_backbone: bool):
     import lpips
+    import torch
 
+    if random_backbone:
+        torch.manual_seed(0)  # the same "random" network in every process
     try:
-        return lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False).eval()
+        with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained=`
+            warnings.simplefilter("ignore", UserWarning)
+            return lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False).eval()
     except (OSError, RuntimeError) as exc:
         from mpq.sources.hf import offline_hint
 

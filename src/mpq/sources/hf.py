@@ -29,12 +29,17 @@ class HFOptions(Options):
 
 
 def offline_hint(kind: str, name: str, exc: Exception) -> AssetUnavailable:
+    """One clear message for a model, checkpoint or dataset that is not to be had."""
+    if kind == "checkpoint":
+        cache = "torch's hub cache (TORCH_HOME, default ~/.cache/torch)"
+    else:
+        cache = f"the Hugging Face cache (HF_HOME; or `hf download {'--repo-type dataset ' if kind == 'dataset' else ''}{name}`)"
+    reason = str(exc).splitlines()[0] if str(exc) else ""
     return AssetUnavailable(
         f"{kind} {name!r} could not be loaded: it is not in the local cache and the hub is not "
-        f"reachable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-        f"Pre-cache it on a machine with network access with `mpq-ray fetch JOB.yaml` "
-        f"(or `hf download {'--repo-type dataset ' if kind == 'dataset' else ''}{name}`), "
-        f"then copy the cache (HF_HOME) here and set HF_HUB_OFFLINE=1."
+        f"reachable ({type(exc).__name__}: {reason}). Pre-cache it on a machine with network access "
+        f"with `mpq-ray fetch JOB.yaml`, which fills {cache}, then copy that cache here "
+        f"(for Hugging Face assets also set HF_HUB_OFFLINE=1)."
     )
 
 

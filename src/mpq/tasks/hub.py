@@ -19,6 +19,10 @@ def mpq_cache() -> Path:
 
 def from_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
     """``loader.from_pretrained`` with one clear message when the model is not to be had."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     try:
         return loader.from_pretrained(model_id, **kwargs)
     except OSError as exc:

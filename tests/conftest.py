@@ -1,0 +1,61 @@
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """mpq's own cache (tiny models) in a temporary folder; no hub access during tests."""
+    os.environ["MPQ_CACHE"] = str(tmp_path_factory.mktemp("mpq-cache"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    from mpq.engine.ray import init_ray
+
+    init_ray()
+    yield
+    ray.shutdown()
+
+
+def photo(h=48, w=64, seed=0) -> np.ndarray:
+    """A smooth synthetic RGB image (compressible like a photo, unlike noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (h + w)], axis=-1)
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def odd_folder(tmp_path) -> Path:
+    """Images in every awkward form a real folder holds."""
+    root = tmp_path / "imgs"
+    (root / "cats").mkdir(parents=True)
+    (root / "dogs").mkdir()
+    rgb = Image.fromarray(photo())
+    (root / "cats" / "rgb.png").write_bytes(encode(rgb, "PNG"))
+    (root / "cats" / "gray.png").write_bytes(encode(rgb.convert("L"), "PNG"))
+    (root / "cats" / "rgba.png").write_bytes(encode(rgb.convert("RGBA"), "PNG"))
+    (root / "dogs" / "cmyk.jpg").write_bytes(encode(rgb.convert("CMYK"), "JPEG"))
+    sixteen = Image.fromarray((photo()[..., 0].astype(np.uint16) * 257))
+    (root / "dogs" / "sixteen.png").write_bytes(encode(sixteen, "PNG"))
+    full = encode(rgb, "JPEG")
+    (root / "dogs" / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (root / "dogs" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    return root

@@ -1,0 +1,48 @@
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+from conftest import ROOT
+
+from mpq.summary import read_results
+
+
+def mpq(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "mpq.cli", *args], cwd=ROOT, capture_output=True, text=True, **kw)
+
+
+def test_list_shows_every_registered_component():
+    out = mpq("list")
+    assert out.returncode == 0
+    for name in ("jpeg", "webp", "mbt2018", "classify", "psnr", "lpips", "hf", "folder", "samples"):
+        assert name in out.stdout
+
+
+def test_bad_job_file_fails_before_work_with_one_message(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndatasets: [{name: d, source: {samples: skimage}}]\ncodecs: [{name: jpg}]\n")
+    out = mpq("run", str(bad), "--output", str(tmp_path / "o"))
+    assert out.returncode == 2
+    assert "codecs[0].name: unknown codec 'jpg'; valid choices:" in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_offline_hub_model_fails_naming_the_model(tmp_path):
+    out = mpq("run", str(ROOT / "jobs" / "beans.yaml"), "--output", str(tmp_path / "o"), env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert out.returncode == 2
+    assert "nateraw/vit-base-beans" in out.stderr and "mpq-ray fetch" in out.stderr
+
+
+@pytest.mark.slow
+def test_smoke_job_end_to_end_and_second_run_adds_nothing(tmp_path):
+    out = tmp_path / "smoke"
+    first = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
+    assert first.returncode == 0, first.stderr
+    df = read_results(str(out))
+    # 8 samples × (baseline + 5 settings) × 1 task
+    assert df.height == 8 * 6 and df.filter(pl.col("error").is_not_null()).height == 0
+    assert "summary" in first.stdout and "accuracy" in first.stdout
+    second = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
+    assert second.returncode == 0 and "0 rows written" in second.stdout
+    assert read_results(str(out)).height == 48

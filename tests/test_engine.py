@@ -1,0 +1,105 @@
+"""End to end: engines agree, bad inputs become error rows, interrupted runs resume exactly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+from conftest import ROOT
+
+from mpq.results import KEY
+from mpq.runner import run_job
+from mpq.spec import parse_job
+from mpq.summary import read_results
+
+VOLATILE = ["run_id"]  # differs between any two runs by design
+
+
+def folder_job(folder, **extra):
+    return parse_job({
+        "name": "folder",
+        "datasets": [{"name": "odd", "source": {"folder": str(folder), "labels": "parent"}}],
+        "codecs": [{"name": "jpeg", "settings": [10, 50]}, {"name": "webp", "settings": [20]}],
+        "tasks": [{"name": "classify", "model": "builtin:tiny-vit", "batch_size": 4}],
+        "metrics": ["psnr", {"name": "lpips", "backbone": "random"}],
+        **extra,
+    })
+
+
+def sorted_rows(df: pl.DataFrame) -> pl.DataFrame:
+    return df.drop(VOLATILE).sort(list(KEY))
+
+
+def test_serial_run_bad_inputs_become_error_rows(odd_folder, tmp_path):
+    job = folder_job(odd_folder)
+    stats = run_job(job, str(tmp_path / "out"), engine="serial", progress=False)
+    df = read_results(str(tmp_path / "out"))
+    assert stats.expected == stats.written == df.height == 7 * 4  # 7 files × (baseline + 3 settings) × 1 task
+    errors = df.filter(pl.col("error").is_not_null())
+    assert set(errors["sample_id"]) == {"dogs/truncated.jpg", "dogs/corrupt.png"}
+    assert all(e.startswith("load: MediaError") for e in errors["error"])
+    ok = df.filter(pl.col("error").is_null() & (pl.col("codec") != "none"))
+    assert (ok["bits"] > 0).all() and ok["psnr"].is_not_null().all() and ok["lpips"].is_not_null().all()
+    assert (ok["bpp"] - ok["bits"] / (ok["width"] * ok["height"])).abs().max() < 1e-12
+    conv = dict(zip(df["sample_id"], df["conversion"]))
+    assert "CMYK" in conv["dogs/cmyk.jpg"] and conv["cats/rgb.png"] is None
+    assert df["pipeline_check"].drop_nulls().len() == df.filter(pl.col("error").is_null()).height
+    assert df["mpq_version"].is_not_null().all() and df["versions"].str.contains("torch").all()
+
+
+@pytest.mark.slow
+def test_ray_and_serial_engines_agree_row_for_row(odd_folder, tmp_path, ray_local):
+    job = folder_job(odd_folder)
+    run_job(job, str(tmp_path / "serial"), engine="serial", progress=False)
+    run_job(job, str(tmp_path / "ray"), engine="ray", progress=False)
+    serial, ray_ = sorted_rows(read_results(str(tmp_path / "serial"))), sorted_rows(read_results(str(tmp_path / "ray")))
+    assert serial.height == ray_.height == 28
+    exact = [c for c in serial.columns if serial.schema[c] != pl.Float64]
+    assert serial.select(exact).equals(ray_.select(exact))
+    for col in ("psnr", "bpp", "lpips"):  # batched inference may differ in the last bits
+        diff = (serial[col] - ray_[col]).abs().max()
+        assert diff is None or diff < 1e-5, col
+
+
+def test_rerun_adds_nothing_and_extending_the_job_adds_only_new_rows(odd_folder, tmp_path):
+    out = str(tmp_path / "out")
+    run_job(folder_job(odd_folder), out, engine="serial", progress=False)
+    again = run_job(folder_job(odd_folder), out, engine="serial", progress=False)
+    assert again.written == 0 and again.already_done == 28
+    bigger = folder_job(odd_folder, codecs=[{"name": "jpeg", "settings": [10, 50, 90]}, {"name": "webp", "settings": [20]}])
+    more = run_job(bigger, out, engine="serial", progress=False)
+    assert more.written == 7
+    df = read_results(out)
+    assert df.height == 35 and df.select(KEY).is_unique().all()
+
+
+@pytest.mark.slow
+def test_run_killed_halfway_resumes_without_duplicates_or_losses(odd_folder, tmp_path):
+    job_file = tmp_path / "job.yaml"
+    import yaml
+
+    job_file.write_text(yaml.safe_dump({
+        "name": "kill", "output": str(tmp_path / "out"),
+        "datasets": [{"name": "odd", "source": {"folder": str(odd_folder), "labels": "parent"}}],
+        "codecs": [{"name": "jpeg", "settings": list(range(5, 95, 6))}],
+        "tasks": [{"name": "classify", "model": "builtin:tiny-vit"}],
+        "metrics": ["psnr"],
+    }))
+    expected = 7 * 16
+    cmd = [sys.executable, "-m", "mpq.cli", "run", str(job_file), "--engine", "serial", "--no-progress"]
+    env = {**os.environ, "MPQ_FLUSH_ROWS": "8"}
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = tmp_path / "out" / "results"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(results.glob("*.parquet"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_results(str(tmp_path / "out")).height
+    assert 0 < partial < expected, "the kill must land mid-run for this test to mean anything"
+    subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
+    df = read_results(str(tmp_path / "out"))
+    assert df.height == expected and df.select(KEY).is_unique().all()
