@@ -19,9 +19,9 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    import ray
+    from mpq.engine.ray import init_ray  # first: it configures Ray before Ray reads its settings
 
-    from mpq.engine.ray import init_ray
+    import ray
 
     init_ray()
     yield

@@ -77,6 +77,8 @@ def to_rgb(img: Image.Image) -> RGBImage:
 def image_from_bytes(data: bytes) -> RGBImage:
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError as exc:  # its message holds a memory address; rows must be reproducible
+        raise MediaError(f"not a readable image: no image format recognised in {len(data)} bytes") from exc
     except Exception as exc:
         raise MediaError(f"not a readable image: {exc}") from exc
     return to_rgb(img)
