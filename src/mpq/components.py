@@ -9,10 +9,13 @@ stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 class Options(BaseModel):
@@ -112,6 +115,12 @@ class Task(Component):
 
     def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+    @classmethod
+    def aggregate(cls, rows: "pl.DataFrame") -> dict[str, float | None]:
+        """Split-level scores of one condition's rows (error rows excluded), e.g. accuracy,
+        dataset-level mIoU or WER. Used by the run summary and by ``mpq.analysis``."""
+        return {}
 
 
 class Metric(Component):

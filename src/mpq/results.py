@@ -31,6 +31,7 @@ BASE_SCHEMA = pa.schema(
         ("codec", pa.string()),
         ("setting", pa.string()),
         ("task", pa.string()),
+        ("task_type", pa.string()),  # the task's registry name, for its split-level aggregate
         ("model", pa.string()),
         ("model_revision", pa.string()),
         ("width", pa.int32()),

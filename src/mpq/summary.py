@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from mpq import registry
 
 
 def read_results(output: str) -> pl.DataFrame:
@@ -16,18 +17,32 @@ def read_results(output: str) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
 
 
+SUMMARY_KEYS = ["dataset", "task", "codec", "setting"]
+
+
+def task_aggregates(df: pl.DataFrame, keys: list[str] = SUMMARY_KEYS) -> pl.DataFrame:
+    """Each task's split-level scores (``Task.aggregate``) per group of ``keys``."""
+    out = []
+    ok = df.filter(pl.col("error").is_null() & pl.col("task_type").is_not_null()) if "task_type" in df.columns else df.clear()
+    for group in ok.partition_by([*keys, "task_type"], maintain_order=True):
+        task_cls = registry.get("task", group["task_type"][0])
+        out.append({**{k: group[k][0] for k in keys}, **task_cls.aggregate(group)})
+    if not out:
+        return df.select(keys).clear()
+    return pl.DataFrame(out, infer_schema_length=None)
+
+
 def summarize(df: pl.DataFrame) -> pl.DataFrame:
-    """Mean rate, fidelity and task score per (dataset, task, codec, setting)."""
+    """Mean rate and fidelity, and each task's split-level score, per (dataset, task, codec, setting)."""
     if df.is_empty():
         return df
     means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in ("bpp", "psnr", "lpips") if c in df.columns]
     aggs = [pl.len().alias("n"), pl.col("error").is_not_null().sum().alias("errors"), *means]
-    if "correct" in df.columns:
-        aggs.append(pl.col("correct").cast(pl.Float64).mean().alias("accuracy"))
-    keys = ["dataset", "task", "codec", "setting"]
+    keys = SUMMARY_KEYS
     return (
         df.group_by(keys)
         .agg(aggs)
+        .join(task_aggregates(df, keys), on=keys, how="left", nulls_equal=True)
         .with_columns(pl.col("setting").cast(pl.Float64, strict=False).alias("_order"))
         .sort(["dataset", "task", pl.col("codec") != "none", "codec", "_order", "setting"])
         .drop("_order")

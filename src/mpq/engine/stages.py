@@ -173,6 +173,7 @@ class Finalize(_JobStage):
         super().__init__(job)
         self.schema, self.meta = schema, run_metadata(run_id)
         self.describe = {}
+        self.task_types = {t.task_id: t.name for t in job.tasks}
 
     def source_of(self, dataset: str) -> str:
         if dataset not in self.describe:
@@ -186,7 +187,7 @@ class Finalize(_JobStage):
             base.update(self.meta, setting=setting_str(row["setting"]), source=self.source_of(row["dataset"]))
             results = row.get("results", {})
             for task_id in row["tasks"] or [""]:
-                result = {"task": task_id, **results.get(task_id, {})}
+                result = {"task": task_id, "task_type": self.task_types.get(task_id), **results.get(task_id, {})}
                 checks = sorted(set(row.get("checks", [])))
                 rec = {**base, **result, "pipeline_check": "; ".join(checks) or None}
                 if result.get("error") and not base["error"]:

@@ -88,6 +88,11 @@ class Classify(Task):
         self.model_revision = revision_of(self.model)
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
 
+    @classmethod
+    def aggregate(cls, rows):
+        correct = rows["correct"].drop_nulls()
+        return {"accuracy": correct.cast(float).mean() if correct.len() else None}
+
     def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
         import torch
 
