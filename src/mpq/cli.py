@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,7 +26,7 @@ def run(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Run a job; a second run on the same output resumes, skipping rows already written."""
-    from mpq.sources.hf import AssetUnavailable
+    from mpq.components import AssetUnavailable
     from mpq.spec import JobSpecError, load_job
 
     try:
@@ -44,6 +45,110 @@ def run(
         f"{stats.written} rows written ({stats.errors} with errors), {stats.already_done} already there; results in {out}/results"
     )
     print_summary(read_results(out))
+
+
+@app.command()
+def fetch(
+    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/beans.yaml")],
+    cache_dir: Annotated[Optional[Path], typer.Option(help="fill caches under this folder (huggingface/, torch/) instead of the usual ones")] = None,
+) -> None:
+    """Download every model, checkpoint and dataset the job names into the library caches,
+    so that a machine without network access then runs the job with HF_HUB_OFFLINE=1."""
+    if cache_dir is not None:  # before any library reads its cache location
+        cache_dir = cache_dir.resolve()
+        os.environ["HF_HOME"] = str(cache_dir / "huggingface")
+        os.environ["TORCH_HOME"] = str(cache_dir / "torch")
+        for var in ("HF_HUB_CACHE", "HF_DATASETS_CACHE"):  # would win over HF_HOME
+            os.environ.pop(var, None)
+    from mpq.components import AssetUnavailable
+    from mpq.runner import job_assets
+    from mpq.spec import JobSpecError, load_job
+
+    try:
+        assets = job_assets(load_job(job_file))
+    except JobSpecError as exc:
+        _fail(str(exc))
+    failed = []
+    for asset in assets:
+        try:
+            asset.fetch()
+        except AssetUnavailable as exc:
+            failed.append(str(exc))
+            typer.secho(f"  failed  {asset}", fg=typer.colors.RED)
+        else:
+            typer.echo(f"  cached  {asset}")
+    if failed:
+        _fail("\n".join(failed))
+    typer.echo(f"{len(assets)} assets cached" + ("" if assets else " (the job downloads nothing)"))
+    if cache_dir is not None:
+        typer.echo(f"to run from this cache: HF_HOME={os.environ['HF_HOME']} TORCH_HOME={os.environ['TORCH_HOME']} HF_HUB_OFFLINE=1")
+
+
+ADDRESS_HELP = "Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)"
+
+
+@app.command()
+def submit(
+    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/all.yaml")],
+    address: Annotated[Optional[str], typer.Option(help=ADDRESS_HELP)] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="results: an absolute path on shared storage or a URL (default: the job's `output`)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="at most this many samples per dataset")] = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE set for the run on the cluster (repeatable), e.g. HF_HUB_OFFLINE=1")] = None,
+    follow: Annotated[bool, typer.Option(help="print the logs until the job ends; exit 0 only if it succeeded")] = False,
+) -> None:
+    """Run a job on a Ray cluster through the Jobs API; prints the job id and where results land."""
+    from mpq import cluster
+    from mpq.spec import JobSpecError, load_job
+
+    try:
+        job = load_job(job_file)
+        out = cluster.shared_output(job, output)
+    except (JobSpecError, ValueError) as exc:
+        _fail(f"{job_file}: {exc}")
+    pairs = [e.partition("=") for e in env or []]
+    if any(not sep or not k for k, sep, _ in pairs):
+        _fail(f"--env takes KEY=VALUE, got {env}")
+    job_id = cluster.submit(job_file, job, out, address, limit, {k: v for k, _, v in pairs})
+    typer.echo(f"submitted {job_id}\nresults: {out}/results\nfollow with: mpq-ray logs {job_id} --follow")
+    if follow:
+        _end(cluster.follow(address, job_id))
+
+
+def _end(status: str) -> None:
+    typer.echo(f"job {status}")
+    raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
+@app.command()
+def status(job_id: str, address: Annotated[Optional[str], typer.Option(help=ADDRESS_HELP)] = None) -> None:
+    """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from mpq import cluster
+
+    info = cluster.client(address).get_job_info(job_id)
+    typer.echo(f"{job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+
+
+@app.command()
+def logs(
+    job_id: str,
+    address: Annotated[Optional[str], typer.Option(help=ADDRESS_HELP)] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends; exit 0 only if it succeeded")] = False,
+) -> None:
+    """Print a submitted job's logs."""
+    from mpq import cluster
+
+    if follow:
+        _end(cluster.follow(address, job_id))
+    typer.echo(cluster.client(address).get_job_logs(job_id), nl=False)
+
+
+@app.command()
+def stop(job_id: str, address: Annotated[Optional[str], typer.Option(help=ADDRESS_HELP)] = None) -> None:
+    """Stop a submitted job; rows already written stay, and submitting it again resumes."""
+    from mpq import cluster
+
+    stopped = cluster.client(address).stop_job(job_id)
+    typer.echo(f"{job_id}: {'stopping' if stopped else 'already ended'}")
 
 
 @app.command("list")

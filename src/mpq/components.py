@@ -8,6 +8,7 @@ stays fast.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,6 +17,58 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     import polars as pl
+
+
+class AssetUnavailable(RuntimeError):
+    """A model, checkpoint or dataset is neither cached locally nor reachable."""
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE=1``: use only what is cached, for every kind of asset."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+_CACHES = {
+    "checkpoint": "torch's hub cache (TORCH_HOME, default ~/.cache/torch)",
+    "model": "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface)",
+    "dataset": "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface)",
+}
+
+
+def offline_hint(kind: str, name: str, exc: Exception) -> AssetUnavailable:
+    """One clear message for a model, checkpoint or dataset that is not to be had."""
+    reason = str(exc).splitlines()[0] if str(exc) else ""
+    return AssetUnavailable(
+        f"{kind} {name!r} could not be loaded: it is not in the local cache and the hub is not "
+        f"reachable ({type(exc).__name__}: {reason}). Pre-cache it on a machine with network access "
+        f"with `mpq-ray fetch JOB.yaml`, which fills {_CACHES.get(kind, 'the library caches')}, then copy "
+        "that cache here and set HF_HUB_OFFLINE=1."
+    )
+
+
+class Asset:
+    """A model, checkpoint or dataset that a component downloads through its library's own
+    cache (``from_pretrained``, ``load_dataset``, ``torch.hub``), so the usual cache variables
+    (HF_HOME, TORCH_HOME) and pre-filled caches work.
+
+    ``fetch`` puts it in that cache (it needs the network); ``check`` is cheap and raises
+    ``AssetUnavailable`` naming the asset when it cannot be had: offline (``offline()``) and
+    not cached, or not cached and not reachable.
+    """
+
+    kind: ClassVar[str]  # "model", "checkpoint" or "dataset": what users and messages call it
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def fetch(self) -> None:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
 
 
 class Options(BaseModel):
@@ -32,6 +85,11 @@ class Component:
 
     def __init__(self, options: Options | None = None):
         self.options = options if options is not None else self.Options()
+
+    def assets(self) -> list[Asset]:
+        """What this component downloads: pre-fetched by ``mpq-ray fetch`` and checked
+        (``Asset.check``) on the driver before any work."""
+        return []
 
 
 @dataclass
@@ -57,10 +115,6 @@ class Source(Component):
         """Where the data came from, recorded in every row (e.g. ``hf:beans/default/validation``)."""
         raise NotImplementedError
 
-    def assets(self) -> list[str]:
-        """Hub assets this source needs (for pre-fetching and offline checks)."""
-        return []
-
 
 @dataclass
 class Coded:
@@ -83,6 +137,10 @@ class Codec(Component):
 
     def roundtrip(self, media: Any, setting: Any) -> Coded:
         raise NotImplementedError
+
+    def assets(self, settings: list | None = None) -> list[Asset]:
+        """What the codec downloads for these settings (default: its default sweep)."""
+        return []
 
 
 class Task(Component):
@@ -107,11 +165,8 @@ class Task(Component):
         raise NotImplementedError
 
     def preflight(self) -> None:
-        """Cheap check, on the driver before any work, that the model can be loaded;
-        raises ``AssetUnavailable`` naming it otherwise."""
-
-    def assets(self) -> list[str]:
-        return []
+        """Cheap checks, on the driver before any work, beyond its ``assets()`` (which are
+        checked anyway); raises ``AssetUnavailable`` or ``ValueError`` naming the problem."""
 
     def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
         raise NotImplementedError
@@ -130,9 +185,6 @@ class Metric(Component):
     def __init__(self, options: Options | None = None, device: str = "cpu"):
         super().__init__(options)
         self.device = device
-
-    def assets(self) -> list[str]:
-        return []
 
     def compute(self, references: list[Any], tests: list[Any]) -> list[dict[str, Any]]:
         """One dict of this metric's columns per (reference, test) pair."""

@@ -10,6 +10,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from mpq import registry
+from mpq.components import Asset
 from mpq.engine.plan import plan
 from mpq.engine.stages import Finalize
 from mpq.results import ResultStore, schema_for
@@ -29,8 +30,24 @@ class RunStats:
     errors: int
 
 
+def job_assets(job: JobSpec) -> list[Asset]:
+    """Every model, checkpoint and dataset the job's components download, each once."""
+    found: list[Asset] = []
+    for d in job.datasets:
+        found += registry.get("source", d.source_type)(job.source_options(d)).assets()
+    for c in job.codecs:
+        found += registry.get("codec", c.name)(job.codec_options(c)).assets(job.settings(c))
+    for t in job.tasks:
+        found += registry.get("task", t.name)(job.task_options(t)).assets()
+    for m in job.metrics:
+        found += registry.get("metric", m.name)(job.metric_options(m)).assets()
+    return list({str(a): a for a in found}.values())
+
+
 def preflight(job: JobSpec) -> None:
-    """Fail before any work when a model the job names cannot be loaded (offline, typo)."""
+    """Fail before any work when an asset the job names cannot be had (offline and not cached, typo)."""
+    for asset in job_assets(job):
+        asset.check()
     for spec in job.tasks:
         registry.get("task", spec.name)(job.task_options(spec)).preflight()
 

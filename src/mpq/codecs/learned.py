@@ -12,8 +12,9 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from mpq.components import Codec, Coded, Options
+from mpq.components import Codec, Coded, Options, offline_hint
 from mpq.registry import register
+from mpq.torchhub import TorchHubCheckpoint
 
 PAD_MULTIPLE = 64
 
@@ -24,6 +25,10 @@ class ZooOptions(Options):
     pretrained: bool = True
 
 
+def checkpoint_name(family: str, quality: int, metric: str) -> str:
+    return f"compressai {family} q{quality} {metric}"
+
+
 @functools.cache
 def load_zoo_model(family: str, quality: int, metric: str, pretrained: bool):
     import torch
@@ -32,9 +37,7 @@ def load_zoo_model(family: str, quality: int, metric: str, pretrained: bool):
     try:
         net = getattr(zoo, family)(quality=quality, metric=metric, pretrained=pretrained, progress=False)
     except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
-        from mpq.sources.hf import offline_hint
-
-        raise offline_hint("checkpoint", f"compressai {family} q{quality} {metric}", exc) from exc
+        raise offline_hint("checkpoint", checkpoint_name(family, quality, metric), exc) from exc
     if not pretrained:
         net.update(force=True)  # entropy-coder tables for the random weights
     return net.eval().to(torch.device("cpu"))
@@ -48,6 +51,17 @@ class CompressAICodec(Codec):
     def check_setting(self, setting) -> None:
         if not isinstance(setting, int) or setting not in self.qualities:
             raise ValueError(f"{self.name} quality must be an integer in [{self.qualities[0]}, {self.qualities[-1]}]")
+
+    def assets(self, settings=None):
+        if not self.options.pretrained:
+            return []
+        from compressai.zoo.image import model_urls
+
+        urls = model_urls[self.family][self.options.metric]
+        return [
+            TorchHubCheckpoint(checkpoint_name(self.family, q, self.options.metric), urls[q])
+            for q in settings or self.default_settings
+        ]
 
     def version(self) -> str:
         import compressai

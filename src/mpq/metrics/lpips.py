@@ -9,8 +9,9 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from mpq.components import Metric, Options
+from mpq.components import Metric, Options, offline_hint
 from mpq.registry import register
+from mpq.torchhub import TorchHubCheckpoint
 
 
 class LPIPSOptions(Options):
@@ -18,6 +19,10 @@ class LPIPSOptions(Options):
     # "random" builds the same network with a random backbone (lpips' pnet_rand): only for
     # offline pipeline checks; such rows are marked in the pipeline_check column.
     backbone: Literal["pretrained", "random"] = "pretrained"
+
+
+def backbone_name(net: str) -> str:
+    return f"torchvision {net} backbone for LPIPS"
 
 
 @functools.cache
@@ -32,9 +37,7 @@ def load_lpips(net: str, random_backbone: bool):
             warnings.simplefilter("ignore", UserWarning)
             return lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False).eval()
     except (OSError, RuntimeError) as exc:
-        from mpq.sources.hf import offline_hint
-
-        raise offline_hint("checkpoint", f"torchvision {net} backbone for LPIPS", exc) from exc
+        raise offline_hint("checkpoint", backbone_name(net), exc) from exc
 
 
 def to_lpips_tensor(images: list[np.ndarray]):
@@ -55,6 +58,16 @@ class LPIPS(Metric):
         super().__init__(options, device)
         if self.options.backbone == "random":
             self.pipeline_check = f"lpips {self.options.net} with a random backbone: values mean nothing"
+
+    def assets(self):
+        if self.options.backbone == "random":
+            return []
+        from torchvision import models
+
+        # lpips builds torchvision's alexnet / vgg16 with their ImageNet weights; its own
+        # linear layers ship in its wheel.
+        weights = {"alex": models.AlexNet_Weights, "vgg": models.VGG16_Weights}[self.options.net].IMAGENET1K_V1
+        return [TorchHubCheckpoint(backbone_name(self.options.net), weights.url)]
 
     def compute(self, references, tests):
         import torch

@@ -10,13 +10,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from mpq.components import Options, Sample, Source
+# AssetUnavailable and offline_hint are also imported from here by components' loaders.
+from mpq.components import Asset, AssetUnavailable, Options, Sample, Source, offline_hint  # noqa: F401
 from mpq.media import image_from_array, image_from_bytes, to_rgb
 from mpq.registry import register
-
-
-class AssetUnavailable(RuntimeError):
-    """A model, checkpoint or dataset is neither cached locally nor reachable."""
 
 
 class HFOptions(Options):
@@ -26,21 +23,6 @@ class HFOptions(Options):
     revision: str | None = None
     image: str = "image"
     label: str | None = "label"
-
-
-def offline_hint(kind: str, name: str, exc: Exception) -> AssetUnavailable:
-    """One clear message for a model, checkpoint or dataset that is not to be had."""
-    if kind == "checkpoint":
-        cache = "torch's hub cache (TORCH_HOME, default ~/.cache/torch)"
-    else:
-        cache = f"the Hugging Face cache (HF_HOME; or `hf download {'--repo-type dataset ' if kind == 'dataset' else ''}{name}`)"
-    reason = str(exc).splitlines()[0] if str(exc) else ""
-    return AssetUnavailable(
-        f"{kind} {name!r} could not be loaded: it is not in the local cache and the hub is not "
-        f"reachable ({type(exc).__name__}: {reason}). Pre-cache it on a machine with network access "
-        f"with `mpq-ray fetch JOB.yaml`, which fills {cache}, then copy that cache here "
-        f"(for Hugging Face assets also set HF_HUB_OFFLINE=1)."
-    )
 
 
 @functools.cache
@@ -91,8 +73,26 @@ class HFSource(Source):
         o = self.options
         return f"hf:{o.hf}/{o.config or 'default'}/{o.split}" + (f"@{o.revision}" if o.revision else "")
 
-    def assets(self) -> list[str]:
-        return [f"dataset:{self.options.hf}"]
+    def assets(self) -> list[Asset]:
+        return [HubDataset(self.options)]
+
+
+class HubDataset(Asset):
+    """A split of a hub dataset, downloaded and prepared by ``load_dataset`` in its cache."""
+
+    kind = "dataset"
+
+    def __init__(self, options: HFOptions):
+        super().__init__(options.hf)
+        self.args = (options.hf, options.config, options.split, options.revision)
+
+    def fetch(self) -> None:
+        open_split(*self.args)
+
+    def check(self) -> None:
+        # Offline, load_dataset reads the prepared split from the cache (memory-mapped: cheap);
+        # the plan reuses the opened split.
+        open_split(*self.args)
 
 
 def _image(value: Any):

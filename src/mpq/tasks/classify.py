@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from mpq.components import Options, Task
 from mpq.registry import register
-from mpq.tasks.hub import BUILTIN_PREFIX, from_pretrained, mpq_cache, revision_of, torch_dtype
+from mpq.tasks.hub import BUILTIN_PREFIX, HubModel, from_pretrained, mpq_cache, revision_of, torch_dtype
 
 TINY_VIT = "builtin:tiny-vit"
 
@@ -62,12 +62,10 @@ class Classify(Task):
     Options = ClassifyOptions
     columns = {"label": pa.string(), "prediction": pa.string(), "correct": pa.bool_(), "score": pa.float64()}
 
-    def preflight(self) -> None:
-        from transformers import AutoConfig
-
-        if not self.options.model.startswith(BUILTIN_PREFIX):
-            kw = {"revision": self.options.revision} if self.options.revision else {}
-            from_pretrained(AutoConfig, self.options.model, **kw)
+    def assets(self):
+        if self.options.model.startswith(BUILTIN_PREFIX):
+            return []  # written by mpq itself, offline
+        return [HubModel(self.options.model, self.options.revision, ("AutoImageProcessor", "AutoModelForImageClassification"))]
 
     def load(self) -> None:
         import torch

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from mpq.sources.hf import offline_hint
+from mpq.components import Asset, offline, offline_hint
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -27,6 +27,41 @@ def from_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
         return loader.from_pretrained(model_id, **kwargs)
     except OSError as exc:
         raise offline_hint("model", model_id, exc) from exc
+
+
+# Any one of these in the cache means the weights are there (a sharded index names its shards).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class HubModel(Asset):
+    """A transformers model on the hub (or in a local folder), fetched by the very loaders
+    that load it, so exactly the files loading needs land in the Hugging Face cache."""
+
+    kind = "model"
+
+    def __init__(self, model_id: str, revision: str | None = None, loaders: tuple[str, ...] = ("AutoModel",)):
+        super().__init__(model_id)
+        self.revision, self.loaders = revision, loaders
+
+    def fetch(self) -> None:
+        import transformers
+
+        kw = {"revision": self.revision} if self.revision else {}
+        for loader in self.loaders:
+            from_pretrained(getattr(transformers, loader), self.name, **kw)
+
+    def check(self) -> None:
+        if Path(self.name).expanduser().is_dir():
+            return
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        try:  # online: a small download; offline: from the cache
+            hf_hub_download(self.name, "config.json", revision=self.revision)
+        except Exception as exc:
+            raise offline_hint("model", self.name, exc) from exc
+        cached = (try_to_load_from_cache(self.name, f, revision=self.revision) for f in WEIGHT_FILES)
+        if offline() and not any(isinstance(path, str) for path in cached):
+            raise offline_hint("model", self.name, FileNotFoundError("its config is cached but not its weights"))
 
 
 def revision_of(model: Any) -> str:

@@ -1,0 +1,129 @@
+"""Pre-fetching and pre-checking what a job downloads, through the libraries' own caches.
+
+No hub is reachable here, so caches are filled the way a copied cache arrives on an
+air-gapped machine: files at the exact paths the loaders look in, loaded back through
+the same loaders that load the real ids.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from mpq.codecs.learned import MBT2018, ZooOptions, load_zoo_model
+from mpq.components import AssetUnavailable
+from mpq.metrics.lpips import LPIPS, LPIPSOptions
+from mpq.runner import job_assets
+from mpq.spec import load_job
+from mpq.torchhub import TorchHubCheckpoint
+
+
+def mpq(*args, env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mpq.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_every_asset_of_a_hub_job_is_listed_once():
+    assets = [str(a) for a in job_assets(load_job(ROOT / "jobs" / "beans.yaml"))]
+    assert assets == [
+        "dataset beans",
+        "checkpoint compressai mbt2018 q1 mse",
+        "checkpoint compressai mbt2018 q2 mse",
+        "checkpoint compressai mbt2018 q3 mse",
+        "model nateraw/vit-base-beans",
+        "checkpoint torchvision alex backbone for LPIPS",
+    ]
+    assert job_assets(load_job(ROOT / "jobs" / "smoke.yaml")) == []  # offline by design
+
+
+@pytest.mark.slow
+def test_checkpoint_fetched_into_torch_hub_cache_is_what_the_zoo_loads_offline(tmp_path, monkeypatch):
+    import torch
+    from compressai import zoo
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (asset,) = MBT2018(ZooOptions()).assets([1])
+    assert asset.name == "compressai mbt2018 q1 mse" and asset.url.startswith("https://")
+    with pytest.raises(AssetUnavailable, match="compressai mbt2018 q1 mse.*mpq-ray fetch"):
+        asset.check()  # HF_HUB_OFFLINE=1 (conftest): not cached means not to be had
+
+    # A checkpoint served under the zoo's file name (random weights, real format), fetched by URL.
+    net = zoo.mbt2018(quality=1, pretrained=False)
+    net.update(force=True)
+    served = tmp_path / "served" / os.path.basename(asset.url)
+    served.parent.mkdir()
+    torch.save(net.state_dict(), served)
+    TorchHubCheckpoint(asset.name, served.as_uri()).fetch()
+
+    assert asset.path.exists() and asset.path.parent == tmp_path / "torch" / "hub" / "checkpoints"
+    asset.check()
+    loaded = load_zoo_model("mbt2018", 1, "mse", True)  # compressai's own pretrained path
+    for key, value in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_lpips_backbone_is_a_torchvision_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (alex,) = LPIPS(LPIPSOptions()).assets()
+    assert alex.url.endswith("/alexnet-owt-7be5be79.pth")
+    assert alex.path == tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    with pytest.raises(AssetUnavailable, match="torchvision alex backbone for LPIPS"):
+        alex.check()
+    assert LPIPS(LPIPSOptions(backbone="random")).assets() == []
+
+
+def test_offline_run_with_missing_checkpoint_fails_before_work_naming_it(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "mbt", "datasets": [{"name": "s", "source": {"samples": "skimage"}}],
+        "codecs": [{"name": "mbt2018", "settings": [2]}], "metrics": ["psnr"],
+    }))
+    res = mpq("run", str(job), "--output", str(tmp_path / "out"), "--engine", "serial", env={"TORCH_HOME": str(tmp_path / "t")})
+    assert res.returncode == 2
+    assert "checkpoint 'compressai mbt2018 q2 mse' could not be loaded" in res.stderr and "mpq-ray fetch" in res.stderr
+    assert not (tmp_path / "out" / "results").exists() or not any((tmp_path / "out" / "results").iterdir())
+
+
+def hub_cache_with_model(hf_home, repo_id, model_dir, commit="0123456789abcdef0123456789abcdef01234567"):
+    """The Hugging Face cache layout (huggingface_hub's documented format), as copied from a machine that fetched."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    return repo / "snapshots" / commit
+
+
+@pytest.mark.slow
+def test_air_gapped_run_loads_a_copied_hub_cache_and_names_what_is_missing(tmp_path):
+    from mpq.tasks.classify import tiny_vit
+
+    snapshot = hub_cache_with_model(tmp_path / "hf", "mpq-test/tiny-vit", tiny_vit())
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "hub", "datasets": [{"name": "s", "source": {"samples": "skimage", "names": ["astronaut"]}}],
+        "tasks": [{"name": "classify", "model": "mpq-test/tiny-vit"}],
+    }))
+    env = {"HF_HOME": str(tmp_path / "hf")}
+    res = mpq("run", str(job), "--output", str(tmp_path / "ok"), "--engine", "serial", "--no-progress", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "1 rows written (0 with errors)" in res.stdout
+
+    (snapshot / "model.safetensors").unlink()  # a cache copied without the weights
+    res = mpq("run", str(job), "--output", str(tmp_path / "bad"), "--engine", "serial", env=env)
+    assert res.returncode == 2
+    assert "model 'mpq-test/tiny-vit' could not be loaded" in res.stderr and "not its weights" in res.stderr
+
+
+def test_fetch_into_a_given_directory_reports_each_asset(tmp_path):
+    res = mpq("fetch", "jobs/smoke.yaml", "--cache-dir", str(tmp_path))
+    assert res.returncode == 0 and "0 assets cached (the job downloads nothing)" in res.stdout
+    assert f"HF_HOME={tmp_path}/huggingface TORCH_HOME={tmp_path}/torch HF_HUB_OFFLINE=1" in res.stdout
+    # Without network, every asset of a hub job fails, each named.
+    res = mpq("fetch", "jobs/beans.yaml", "--cache-dir", str(tmp_path))
+    assert res.returncode == 2
+    for name in ("dataset beans", "model nateraw/vit-base-beans", "checkpoint compressai mbt2018 q3 mse"):
+        assert f"failed  {name}" in res.stdout

@@ -1,0 +1,261 @@
+"""`mpq-ray submit` on a real two-node Ray cluster on loopback, and its fault tolerance.
+
+The cluster (a head and a worker node, each a `ray start --block` process group that this
+module owns) runs on free ports with a private temp dir, so it never meets another Ray on
+the machine; teardown kills exactly those processes (never `ray stop`).
+"""
+
+import os
+import random
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from conftest import ROOT
+
+from mpq.results import KEY
+from mpq.summary import read_results
+
+VENV_BIN = os.path.dirname(sys.executable)
+SMOKE_ROWS = 8 * 6  # 8 photos × (baseline + 5 codec settings) × 1 task
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class LocalCluster:
+    """A Ray head and worker nodes on 127.0.0.1, each node a process group we own."""
+
+    def __init__(self):
+        self.temp_dir = tempfile.mkdtemp(prefix="mpqray-", dir="/tmp")  # short: Ray's socket paths
+        self.groups: list[subprocess.Popen] = []
+        self.logs: list[str] = []
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self.env.update(
+            PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""),  # the job's `python` is this venv's
+            RAY_AUTH_MODE="disabled",  # loopback only; keeps the test off ~/.ray/auth_token
+            RAY_USAGE_STATS_ENABLED="0",
+            RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+            RAY_agent_register_timeout_ms="120000",  # a loaded 2-core machine starts agents slowly
+        )
+        self.worker_ports = random.randrange(20000, 60000, 1000)
+
+    def start(self) -> None:
+        gcs, dash, client, agent, agent_grpc, rt_env, metrics = free_ports(7)
+        self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
+        self._start(
+            "head", "--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--num-cpus=1",
+            *self._node_ports(agent, agent_grpc, rt_env, metrics),
+        )
+        # A worker started before the head has registered itself gives up.
+        wait_for(lambda: "Ray runtime started" in Path(self.logs[0]).read_text(), 180, "the head node", every=0.5)
+        self.worker = self.start_worker()
+
+    def _node_ports(self, *ports: int) -> list[str]:
+        agent, agent_grpc, rt_env, metrics = ports
+        lo = self.worker_ports
+        self.worker_ports += 100
+        return [
+            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={rt_env}", f"--metrics-export-port={metrics}",
+            f"--min-worker-port={lo}", f"--max-worker-port={lo + 99}",
+        ]
+
+    def _start(self, name: str, *args: str) -> subprocess.Popen:
+        cmd = [
+            os.path.join(VENV_BIN, "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp_dir}", "--object-store-memory=200000000", "--disable-usage-stats", *args,
+        ]
+        self.logs.append(f"{self.temp_dir}/{name}-{len(self.groups)}.log")
+        with open(self.logs[-1], "w") as log:
+            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.groups.append(proc)
+        return proc
+
+    def start_worker(self) -> subprocess.Popen:
+        nm, om, *rest = free_ports(6)
+        return self._start("worker", f"--address={self.gcs}", "--num-cpus=3", f"--node-manager-port={nm}",
+                           f"--object-manager-port={om}", *self._node_ports(*rest))
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL a node: its process group, and any of its processes that left the group."""
+        try:
+            leader = psutil.Process(proc.pid)
+            strays = leader.children(recursive=True)
+        except psutil.NoSuchProcess:
+            strays = []
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for p in strays:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait()
+
+    def busy_workers(self, proc: subprocess.Popen) -> list[str]:
+        """Titles of the Ray worker processes of a node that are doing something."""
+        titles = []
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                title = " ".join(p.cmdline())
+            except psutil.Error:
+                continue
+            if title.startswith("ray::") and not title.startswith("ray::IDLE"):
+                titles.append(title)
+        return titles
+
+    def close(self) -> None:
+        for proc in reversed(self.groups):
+            self.kill(proc)
+        # Ray workers outlive their raylet for a moment; end any left that belong to this cluster.
+        for p in psutil.process_iter(["cmdline"]):
+            if any(self.temp_dir in arg for arg in p.info["cmdline"] or []):
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+
+
+def mpq(*args: str, env: dict, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mpq.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalCluster()
+    try:
+        c.start()
+        # Ready when a job sees both nodes alive (the Jobs API also needs its agent up).
+        probe = "import ray, sys; ray.init(); sys.exit(sum(n['Alive'] for n in ray.nodes()) != 2)"
+        wait_for(lambda: mpq_job_ok(c, probe), 240, "the two-node cluster to accept jobs", every=1)
+        yield c
+    finally:
+        c.close()
+
+
+def mpq_job_ok(c: LocalCluster, code: str) -> bool:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(c.dashboard)
+        job = client.submit_job(entrypoint=f"python -c {shlex.quote(code)}")
+    except Exception:  # dashboard or job agent still starting
+        return False
+    status = wait_for(lambda: client.get_job_status(job).is_terminal() and client.get_job_status(job), 120, "probe job")
+    return status == "SUCCEEDED"
+
+
+def rows_written(out: Path) -> int:
+    return sum(pq.read_metadata(f).num_rows for f in (out / "results").glob("*.parquet"))
+
+
+def submit(c: LocalCluster, out: Path, *extra: str, env: dict | None = None) -> tuple[str, subprocess.CompletedProcess]:
+    res = mpq("submit", "jobs/smoke.yaml", "--address", c.dashboard, "--output", str(out),
+              "--env", "MPQ_FLUSH_ROWS=1", *extra, env=env or c.env)
+    assert res.returncode in (0, 1), res.stderr
+    job_id = next(line.split()[1] for line in res.stdout.splitlines() if line.startswith("submitted "))
+    assert f"results: {out}/results" in res.stdout
+    return job_id, res
+
+
+def job_status(c: LocalCluster, job_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return str(JobSubmissionClient(c.dashboard).get_job_status(job_id))
+
+
+def assert_exact_smoke_rows(out: Path) -> None:
+    df = read_results(str(out))
+    assert df.height == SMOKE_ROWS and df.select(KEY).is_unique().all()
+    assert df.filter(pl.col("error").is_not_null()).height == 0
+
+
+def test_submit_refuses_a_relative_output_before_contacting_any_cluster(tmp_path):
+    res = mpq("submit", "jobs/smoke.yaml", "--address", "http://127.0.0.1:9", env=dict(os.environ))
+    assert res.returncode == 2
+    assert "output 'out/smoke' is a relative path" in res.stderr and "shared storage" in res.stderr
+
+
+@pytest.mark.slow
+def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path):
+    out = tmp_path / "worker-kill"
+    job_id, _ = submit(cluster, out)
+    wait_for(lambda: rows_written(out) > 0, 300, "the first rows")
+    busy = cluster.busy_workers(cluster.worker)
+    partial = rows_written(out)
+    cluster.kill(cluster.worker)
+    assert 0 < partial < SMOKE_ROWS, "the kill must land mid-run for this test to mean anything"
+    assert busy, "the killed node must have been doing part of the work"
+    cluster.worker = cluster.start_worker()  # as an autoscaler would replace a lost node
+    status = wait_for(lambda: (s := job_status(cluster, job_id)) in ("SUCCEEDED", "FAILED", "STOPPED") and s, 300, "the job to end")
+    if status != "SUCCEEDED":  # a run that gave up resumes: the same job on the same output
+        _, res = submit(cluster, out, "--follow")
+        assert res.returncode == 0, res.stdout[-3000:]
+    assert_exact_smoke_rows(out)
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_run_then_rerun_finishes_exactly(cluster, tmp_path):
+    out = tmp_path / "driver-kill"
+    job_id, _ = submit(cluster, out)
+    wait_for(lambda: rows_written(out) > 0, 300, "the first rows")
+
+    def driver():
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if "mpq.cli" in cmd and str(out) in cmd:
+                return p
+
+    proc = driver()
+    proc.kill()
+    proc.wait(30)
+    partial = rows_written(out)
+    assert 0 < partial < SMOKE_ROWS, "the kill must land mid-run for this test to mean anything"
+    env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard}  # status and logs find the cluster as `ray job` does
+    wait_for(lambda: "FAILED" in mpq("status", job_id, env=env).stdout, 120, "the job to be marked failed", every=1)
+
+    _, res = submit(cluster, out, "--follow")
+    assert res.returncode == 0 and "job SUCCEEDED" in res.stdout, res.stdout[-3000:]
+    assert f"{SMOKE_ROWS - partial} rows written (0 with errors), {partial} already there" in res.stdout
+    assert_exact_smoke_rows(out)
+
+
+@pytest.mark.slow
+def test_stop_ends_a_submitted_job(cluster, tmp_path):
+    env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard}
+    job_id, _ = submit(cluster, tmp_path / "stopped", env=env)
+    res = mpq("stop", job_id, env=env)
+    assert res.returncode == 0 and job_id in res.stdout
+    wait_for(lambda: job_status(cluster, job_id) == "STOPPED", 120, "the job to stop")
+    res = mpq("logs", job_id, "--follow", env=env)
+    assert res.returncode == 1 and "job STOPPED" in res.stdout
