@@ -62,20 +62,17 @@ class LocalCluster:
             RAY_AUTH_MODE="disabled",  # loopback only; keeps the test off ~/.ray/auth_token
             RAY_USAGE_STATS_ENABLED="0",
             RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
-            RAY_agent_register_timeout_ms="120000",  # a loaded 2-core machine starts agents slowly
         )
         self.worker_ports = random.randrange(20000, 60000, 1000)
 
     def start(self) -> None:
         gcs, dash, client, agent, agent_grpc, rt_env, metrics = free_ports(7)
         self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
-        self._start(
+        self._start_node(
             "head", "--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--num-cpus=1",
             *self._node_ports(agent, agent_grpc, rt_env, metrics),
         )
-        # A worker started before the head has registered itself gives up.
-        wait_for(lambda: "Ray runtime started" in Path(self.logs[0]).read_text(), 180, "the head node", every=0.5)
         self.worker = self.start_worker()
 
     def _node_ports(self, *ports: int) -> list[str]:
@@ -99,9 +96,22 @@ class LocalCluster:
         self.groups.append(proc)
         return proc
 
+    def _start_node(self, name: str, *args: str) -> subprocess.Popen:
+        """Start a node and wait until it runs. Ray 2.60's raylet gives its dashboard agent a
+        fixed 15 s to start (ray-project/ray#65983) and exits when a loaded machine is slower:
+        such a node is started again."""
+        for _ in range(4):
+            proc = self._start(name, *args)
+            log = Path(self.logs[-1])
+            wait_for(lambda: proc.poll() is not None or "Ray runtime started" in log.read_text(), 300, f"the {name} node", every=0.5)
+            if proc.poll() is None:
+                return proc
+            self.kill(proc)
+        raise AssertionError(f"the {name} node did not start; see {log}")
+
     def start_worker(self) -> subprocess.Popen:
         nm, om, *rest = free_ports(6)
-        return self._start("worker", f"--address={self.gcs}", "--num-cpus=3", f"--node-manager-port={nm}",
+        return self._start_node("worker", f"--address={self.gcs}", "--num-cpus=3", f"--node-manager-port={nm}",
                            f"--object-manager-port={om}", *self._node_ports(*rest))
 
     def kill(self, proc: subprocess.Popen) -> None:

@@ -10,7 +10,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from mpq import registry
-from mpq.components import Asset
+from mpq.components import Asset, AssetUnavailable
 from mpq.engine.plan import plan
 from mpq.engine.stages import Finalize
 from mpq.results import ResultStore, schema_for
@@ -46,8 +46,14 @@ def job_assets(job: JobSpec) -> list[Asset]:
 
 def preflight(job: JobSpec) -> None:
     """Fail before any work when an asset the job names cannot be had (offline and not cached, typo)."""
+    missing = []
     for asset in job_assets(job):
-        asset.check()
+        try:
+            asset.check()
+        except AssetUnavailable as exc:
+            missing.append(str(exc))
+    if missing:  # all of them at once, not one per attempt
+        raise AssetUnavailable("\n".join(missing))
     for spec in job.tasks:
         registry.get("task", spec.name)(job.task_options(spec)).preflight()
 

@@ -74,8 +74,12 @@ ActorPool = int | tuple[int, int]
 
 class Resources(_Strict):
     codec_cpus: float = Field(default=1, gt=0)
+    # Custom Ray resources each codec task also asks for, e.g. {codec_node: 1} to keep codec work on
+    # the nodes that declare it (cluster.yaml's CPU group); ignored where no node has or can get it.
+    codec_resources: dict[str, float] = {}
     model_gpus: float = Field(default=1, ge=0, description="GPUs per model actor, when the cluster has GPUs")
     metric_gpus: float = Field(default=0, ge=0)
+    metric_batch_size: int = Field(default=16, gt=0)
     model_actors: ActorPool = 1
     metric_actors: ActorPool = 1
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -61,6 +61,19 @@ def _pool(size) -> "ray.data.ActorPoolStrategy":
     return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
 
 
+def _available(resource: str) -> bool:
+    """Whether the cluster has the resource now, or its autoscaler can add nodes that have it."""
+    import ray
+
+    if ray.cluster_resources().get(resource, 0) > 0:
+        return True
+    try:  # the autoscaler's node types (what Ray Data itself consults to plan for autoscaling)
+        most = ray._private.state.state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # no autoscaler, or an older Ray
+        most = {}
+    return most.get(resource, 0) > 0
+
+
 def init_ray(address: str | None = None) -> None:
     import ray
 
@@ -84,15 +97,16 @@ def run_ray(job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, addre
     ctx.enable_progress_bars = False  # mpq shows its own
     ctx.print_on_execution_start = False
     res = job.resources
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    has_gpu = _available("GPU")
     model_gpus = res.model_gpus if has_gpu else 0
     metric_gpus = res.metric_gpus if has_gpu else 0
+    codec_resources = {k: v for k, v in res.codec_resources.items() if _available(k)} or None
     threads = max(1, int(res.codec_cpus))
 
     # One block per sample: samples are the unit of parallelism for loading and coding.
     ds = ray.data.from_items([{COLUMN: pickle.dumps(i, protocol=5)} for i in items], override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(_apply, fn_kwargs={"stage": Load(job)}, batch_size=1, batch_format="pyarrow", num_cpus=res.codec_cpus)
-    ds = ds.map_batches(_apply, fn_kwargs={"stage": Encode(job)}, batch_size=1, batch_format="pyarrow", num_cpus=res.codec_cpus)
+    ds = ds.map_batches(_apply, fn_kwargs={"stage": Load(job)}, batch_size=1, batch_format="pyarrow", num_cpus=res.codec_cpus, resources=codec_resources)
+    ds = ds.map_batches(_apply, fn_kwargs={"stage": Encode(job)}, batch_size=1, batch_format="pyarrow", num_cpus=res.codec_cpus, resources=codec_resources)
     for task in job.tasks:
         ds = ds.map_batches(
             _Actor, fn_constructor_args=(Predict, job, task.task_id), fn_constructor_kwargs={"threads": threads},
@@ -102,7 +116,7 @@ def run_ray(job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, addre
     if job.metrics:
         ds = ds.map_batches(
             _Actor, fn_constructor_args=(Measure, job), fn_constructor_kwargs={"threads": threads},
-            batch_size=16, batch_format="pyarrow", compute=_pool(res.metric_actors),
+            batch_size=res.metric_batch_size, batch_format="pyarrow", compute=_pool(res.metric_actors),
             num_gpus=metric_gpus, num_cpus=0 if metric_gpus else res.codec_cpus,
         )
     ds = ds.map_batches(_finalize, fn_kwargs={"stage": finalize}, batch_size=None, batch_format="pyarrow", num_cpus=0.1)
