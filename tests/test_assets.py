@@ -27,6 +27,7 @@ def mpq(*args, env=None):
     return subprocess.run([sys.executable, "-m", "mpq.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_every_asset_of_a_hub_job_is_listed_once():
     assets = [str(a) for a in job_assets(load_job(ROOT / "jobs" / "beans.yaml"))]
     assert assets == [
@@ -76,6 +77,7 @@ def test_lpips_backbone_is_a_torchvision_checkpoint(tmp_path, monkeypatch):
     assert LPIPS(LPIPSOptions(backbone="random")).assets() == []
 
 
+@pytest.mark.slow
 def test_offline_run_with_missing_checkpoint_fails_before_work_naming_it(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({
@@ -118,6 +120,7 @@ def test_air_gapped_run_loads_a_copied_hub_cache_and_names_what_is_missing(tmp_p
     assert "model 'mpq-test/tiny-vit' could not be loaded" in res.stderr and "not its weights" in res.stderr
 
 
+@pytest.mark.slow
 def test_fetch_into_a_given_directory_reports_each_asset(tmp_path):
     res = mpq("fetch", "jobs/smoke.yaml", "--cache-dir", str(tmp_path))
     assert res.returncode == 0 and "0 assets cached (the job downloads nothing)" in res.stdout

@@ -28,6 +28,7 @@ def test_bad_job_file_fails_before_work_with_one_message(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # the check before work imports compressai and torchvision for their checkpoint URLs
 def test_offline_hub_model_fails_naming_the_model(tmp_path):
     out = mpq("run", str(ROOT / "jobs" / "beans.yaml"), "--output", str(tmp_path / "o"), env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert out.returncode == 2

@@ -20,13 +20,24 @@ import polars as pl
 import psutil
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import ROOT
 
 from mpq.results import KEY
 from mpq.summary import read_results
 
 VENV_BIN = os.path.dirname(sys.executable)
-SMOKE_ROWS = 8 * 6  # 8 photos × (baseline + 5 codec settings) × 1 task
+# The fault tests' job: the smoke job's stages with many small batches and enough work that
+# results stream out over a while, so a kill lands between the first rows and the last.
+FAULT_JOB = {
+    "name": "faults",
+    "datasets": [{"name": "skimage", "source": {"samples": "skimage"}, "limit": 4}],
+    "codecs": [{"name": "jpeg", "settings": list(range(5, 100, 5))}],
+    "tasks": [{"name": "classify", "model": "builtin:tiny-vit", "batch_size": 2}],
+    "metrics": ["psnr", {"name": "lpips", "backbone": "random"}],
+    "resources": {"metric_batch_size": 2},
+}
+FAULT_ROWS = 4 * 20  # 4 photos × (baseline + 19 JPEG qualities) × 1 task
 
 
 def free_ports(n: int) -> list[int]:
@@ -189,8 +200,8 @@ def rows_written(out: Path) -> int:
     return sum(pq.read_metadata(f).num_rows for f in (out / "results").glob("*.parquet"))
 
 
-def submit(c: LocalCluster, out: Path, *extra: str, env: dict | None = None) -> tuple[str, subprocess.CompletedProcess]:
-    res = mpq("submit", "jobs/smoke.yaml", "--address", c.dashboard, "--output", str(out),
+def submit(c: LocalCluster, job: Path, out: Path, *extra: str, env: dict | None = None) -> tuple[str, subprocess.CompletedProcess]:
+    res = mpq("submit", str(job), "--address", c.dashboard, "--output", str(out),
               "--env", "MPQ_FLUSH_ROWS=1", *extra, env=env or c.env)
     assert res.returncode in (0, 1), res.stderr
     job_id = next(line.split()[1] for line in res.stdout.splitlines() if line.startswith("submitted "))
@@ -204,10 +215,17 @@ def job_status(c: LocalCluster, job_id: str) -> str:
     return str(JobSubmissionClient(c.dashboard).get_job_status(job_id))
 
 
-def assert_exact_smoke_rows(out: Path) -> None:
+def assert_exact_rows(out: Path, n: int) -> None:
     df = read_results(str(out))
-    assert df.height == SMOKE_ROWS and df.select(KEY).is_unique().all()
+    assert df.height == n and df.select(KEY).is_unique().all()
     assert df.filter(pl.col("error").is_not_null()).height == 0
+
+
+@pytest.fixture
+def fault_job(tmp_path) -> Path:
+    path = tmp_path / "faults.yaml"
+    path.write_text(yaml.safe_dump(FAULT_JOB))
+    return path
 
 
 def test_submit_refuses_a_relative_output_before_contacting_any_cluster(tmp_path):
@@ -217,28 +235,40 @@ def test_submit_refuses_a_relative_output_before_contacting_any_cluster(tmp_path
 
 
 @pytest.mark.slow
-def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path):
-    out = tmp_path / "worker-kill"
-    job_id, _ = submit(cluster, out)
-    wait_for(lambda: rows_written(out) > 0, 300, "the first rows")
-    busy = cluster.busy_workers(cluster.worker)
-    partial = rows_written(out)
-    cluster.kill(cluster.worker)
-    assert 0 < partial < SMOKE_ROWS, "the kill must land mid-run for this test to mean anything"
-    assert busy, "the killed node must have been doing part of the work"
-    cluster.worker = cluster.start_worker()  # as an autoscaler would replace a lost node
-    status = wait_for(lambda: (s := job_status(cluster, job_id)) in ("SUCCEEDED", "FAILED", "STOPPED") and s, 300, "the job to end")
-    if status != "SUCCEEDED":  # a run that gave up resumes: the same job on the same output
-        _, res = submit(cluster, out, "--follow")
-        assert res.returncode == 0, res.stdout[-3000:]
-    assert_exact_smoke_rows(out)
+def test_submit_runs_the_smoke_job_on_the_cluster(cluster, tmp_path):
+    out = tmp_path / "smoke"
+    job_id, res = submit(cluster, ROOT / "jobs" / "smoke.yaml", out, "--limit", "2", "--follow")
+    assert res.returncode == 0 and "job SUCCEEDED" in res.stdout, res.stdout[-3000:]
+    assert "12 rows written (0 with errors), 0 already there" in res.stdout  # the driver's own report
+    assert_exact_rows(out, 2 * 6)
+    env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard}  # found as `ray job` finds it
+    assert f"{job_id}: SUCCEEDED" in mpq("status", job_id, env=env).stdout
+    assert "12 rows written" in mpq("logs", job_id, env=env).stdout
 
 
 @pytest.mark.slow
-def test_driver_killed_mid_run_then_rerun_finishes_exactly(cluster, tmp_path):
+def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, fault_job, tmp_path):
+    out = tmp_path / "worker-kill"
+    job_id, _ = submit(cluster, fault_job, out)
+    wait_for(lambda: rows_written(out) > 0, 600, "the first rows")
+    busy = cluster.busy_workers(cluster.worker)
+    partial = rows_written(out)
+    cluster.kill(cluster.worker)
+    assert 0 < partial < FAULT_ROWS, "the kill must land mid-run for this test to mean anything"
+    assert busy, "the killed node must have been doing part of the work"
+    cluster.worker = cluster.start_worker()  # as an autoscaler replaces a lost node
+    status = wait_for(lambda: (s := job_status(cluster, job_id)) in ("SUCCEEDED", "FAILED", "STOPPED") and s, 600, "the job to end")
+    if status != "SUCCEEDED":  # a run that gave up resumes: the same job on the same output
+        _, res = submit(cluster, fault_job, out, "--follow")
+        assert res.returncode == 0, res.stdout[-3000:]
+    assert_exact_rows(out, FAULT_ROWS)
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_run_then_rerun_finishes_exactly(cluster, fault_job, tmp_path):
     out = tmp_path / "driver-kill"
-    job_id, _ = submit(cluster, out)
-    wait_for(lambda: rows_written(out) > 0, 300, "the first rows")
+    job_id, _ = submit(cluster, fault_job, out)
+    wait_for(lambda: rows_written(out) > 0, 600, "the first rows")
 
     def driver():
         for p in psutil.process_iter(["cmdline"]):
@@ -250,20 +280,19 @@ def test_driver_killed_mid_run_then_rerun_finishes_exactly(cluster, tmp_path):
     proc.kill()
     proc.wait(30)
     partial = rows_written(out)
-    assert 0 < partial < SMOKE_ROWS, "the kill must land mid-run for this test to mean anything"
-    env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard}  # status and logs find the cluster as `ray job` does
-    wait_for(lambda: "FAILED" in mpq("status", job_id, env=env).stdout, 120, "the job to be marked failed", every=1)
+    assert 0 < partial < FAULT_ROWS, "the kill must land mid-run for this test to mean anything"
+    wait_for(lambda: job_status(cluster, job_id) == "FAILED", 120, "the job to be marked failed", every=1)
 
-    _, res = submit(cluster, out, "--follow")
+    _, res = submit(cluster, fault_job, out, "--follow")
     assert res.returncode == 0 and "job SUCCEEDED" in res.stdout, res.stdout[-3000:]
-    assert f"{SMOKE_ROWS - partial} rows written (0 with errors), {partial} already there" in res.stdout
-    assert_exact_smoke_rows(out)
+    assert f"{FAULT_ROWS - partial} rows written (0 with errors), {partial} already there" in res.stdout
+    assert_exact_rows(out, FAULT_ROWS)
 
 
 @pytest.mark.slow
 def test_stop_ends_a_submitted_job(cluster, tmp_path):
     env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard}
-    job_id, _ = submit(cluster, tmp_path / "stopped", env=env)
+    job_id, _ = submit(cluster, ROOT / "jobs" / "smoke.yaml", tmp_path / "stopped", env=env)
     res = mpq("stop", job_id, env=env)
     assert res.returncode == 0 and job_id in res.stdout
     wait_for(lambda: job_status(cluster, job_id) == "STOPPED", 120, "the job to stop")
