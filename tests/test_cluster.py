@@ -8,6 +8,7 @@ the machine; teardown kills exactly those processes (never `ray stop`).
 import os
 import random
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -165,6 +166,7 @@ class LocalCluster:
                     p.kill()
                 except psutil.Error:
                     pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def mpq(*args: str, env: dict, **kw) -> subprocess.CompletedProcess:

@@ -61,6 +61,11 @@ class Asset:
     def __init__(self, name: str):
         self.name = name
 
+    @property
+    def key(self) -> tuple:
+        """What makes two assets the same download (the job's list holds each once)."""
+        return (type(self).__name__, self.name)
+
     def fetch(self) -> None:
         raise NotImplementedError
 

@@ -41,7 +41,7 @@ def job_assets(job: JobSpec) -> list[Asset]:
         found += registry.get("task", t.name)(job.task_options(t)).assets()
     for m in job.metrics:
         found += registry.get("metric", m.name)(job.metric_options(m)).assets()
-    return list({str(a): a for a in found}.values())
+    return list({a.key: a for a in found}.values())
 
 
 def preflight(job: JobSpec) -> None:

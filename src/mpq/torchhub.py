@@ -19,6 +19,10 @@ class TorchHubCheckpoint(Asset):
         self.url = url
 
     @property
+    def key(self) -> tuple:
+        return ("checkpoint", self.url)
+
+    @property
     def path(self) -> Path:
         """Where ``torch.hub.load_state_dict_from_url`` looks for it (read at call time: TORCH_HOME)."""
         import torch.hub

@@ -86,6 +86,10 @@ class HubDataset(Asset):
         super().__init__(options.hf)
         self.args = (options.hf, options.config, options.split, options.revision)
 
+    @property
+    def key(self) -> tuple:
+        return ("dataset", *self.args)
+
     def fetch(self) -> None:
         open_split(*self.args)
 

@@ -43,6 +43,10 @@ class HubModel(Asset):
         super().__init__(model_id)
         self.revision, self.loaders = revision, loaders
 
+    @property
+    def key(self) -> tuple:
+        return ("model", self.name, self.revision)
+
     def fetch(self) -> None:
         import transformers
 
