@@ -7,6 +7,8 @@ that registered metrics declare, the task scores are whatever each task's
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
 from mpq import registry
@@ -18,9 +20,14 @@ RATES = ("bpp", "bps")
 CONDITION = ["dataset", "task", "codec", "setting"]
 
 
-def load(results: str | pl.DataFrame) -> pl.DataFrame:
+def load(results: str | Path | pl.DataFrame) -> pl.DataFrame:
     """Result rows from an output folder or URI (or a frame, returned as is)."""
-    df = results if isinstance(results, pl.DataFrame) else read_results(results)
+    if isinstance(results, pl.DataFrame):
+        df = results
+    elif "://" not in str(results) and not (Path(results) / "results").is_dir():
+        raise ValueError(f"no results folder at {results}/results: is {results} a job's output?")
+    else:
+        df = read_results(str(results))
     if df.is_empty():
         where = "" if isinstance(results, pl.DataFrame) else f" under {results}/results"
         raise ValueError(f"no result rows{where}")
