@@ -21,6 +21,10 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)).strip("-")
 
 
+def _distinct(df: pl.DataFrame, column: str) -> str:
+    return ", ".join(sorted(df[column].drop_nulls().unique())) if column in df.columns else ""
+
+
 def correlation_display(corr: pl.DataFrame, digits: int = 3) -> pl.DataFrame:
     """Coefficients as ``r [low, high]`` strings, one column per method."""
     if corr.is_empty():
@@ -95,8 +99,10 @@ def write_report(
         "rows": df.height,
         "error rows (left out)": int(errors),
         "datasets": ", ".join(sorted(df["dataset"].unique())),
-        "mpq versions": ", ".join(sorted(df["mpq_version"].drop_nulls().unique())) if "mpq_version" in df.columns else "",
+        "mpq versions": _distinct(df, "mpq_version"),
         "runs": df["run_id"].n_unique() if "run_id" in df.columns else "",
+        "models": _distinct(df, "model"),
+        "codecs": _distinct(df, "codec_version"),
         "bootstrap resamples": n_resamples,
         "seed": seed,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

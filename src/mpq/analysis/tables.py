@@ -45,8 +45,11 @@ def metric_columns(df: pl.DataFrame) -> list[str]:
 
 
 def lower_better(column: str) -> bool:
-    """Whether smaller values of a metric column mean better quality (LPIPS, CDPAM)."""
-    return any(column in cls.columns and cls.lower_better for _, cls in registry.items("metric"))
+    """Whether smaller values of a metric column mean better quality (LPIPS, CDPAM).
+
+    ``Metric.lower_better`` describes the column named like the metric; its other columns
+    (e.g. ``cdpam_db`` = −10·log10(cdpam)) may point the other way, so they are not marked."""
+    return any(name == column and cls.lower_better for name, cls in registry.items("metric"))
 
 
 def rate_columns(df: pl.DataFrame) -> list[str]:
