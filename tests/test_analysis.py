@@ -47,7 +47,7 @@ def test_correlate_hand_worked_example():
     assert math.isnan(r["pearson_low"])  # no resamples, no interval
 
 
-@pytest.mark.parametrize("n", [12, 150])  # below and above the vectorised-Kendall cut-off
+@pytest.mark.parametrize("n", [12, 150, 5000])  # Kendall by the level grid (12, 150) and by scipy (5000)
 def test_correlate_matches_scipy_with_ties(n):
     rng = np.random.default_rng(n)
     x = rng.normal(size=n)
