@@ -18,8 +18,10 @@ from mpq.runner import run_job
 from mpq.spec import parse_job
 from mpq.summary import read_results
 
+TWO_CODECS = (("a", ("2", "10", "30", "60")), ("b", ("1", "5", "20", "40")))
 
-def results_frame(seed=0, samples=6, codecs={"a": ["2", "10", "30", "60"], "b": ["1", "5", "20", "40"]}, tasks=("t",)):
+
+def results_frame(seed=0, samples=6, codecs=TWO_CODECS, tasks=("t",)):
     """Hand-built result rows in the shape the pipeline writes (classify task)."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -27,7 +29,7 @@ def results_frame(seed=0, samples=6, codecs={"a": ["2", "10", "30", "60"], "b": 
         for i in range(samples):
             base = {"dataset": "d", "sample_id": f"s{i}", "task": task, "task_type": "classify", "error": None}
             rows.append({**base, "codec": "none", "setting": "", "bits": None, "bpp": None, "psnr": None, "lpips": None, "correct": bool(rng.random() < 0.9)})
-            for codec, settings in codecs.items():
+            for codec, settings in codecs:
                 for k, setting in enumerate(settings):
                     bits = int(1000 * (k + 1) * (1 + rng.random()))
                     correct = bool(rng.random() < 0.3 + 0.15 * k)
@@ -137,7 +139,7 @@ def test_bd_rate_refuses_curves_that_do_not_overlap_or_do_not_move():
 
 
 def test_bd_rates_on_results_pairs_codecs_with_enough_settings():
-    a = results_frame(samples=10, codecs={"a": ["1", "2", "3", "4"], "c": ["1", "2", "3"]})
+    a = results_frame(samples=10, codecs=(("a", ("1", "2", "3", "4")), ("c", ("1", "2", "3"))))
     # Codec b: a's decisions at 80 % of a's bits, sample by sample.
     b = a.filter(pl.col("codec") == "a").with_columns(codec=pl.lit("b"), bits=(pl.col("bits") * 0.8).cast(pl.Int64))
     bd = analysis.bd_rates(pl.concat([a, b]))

@@ -12,7 +12,14 @@ from mpq.analysis.bdrate import bd_rate, bd_rates
 from mpq.analysis.correlation import correlate, correlations
 from mpq.analysis.plots import metric_performance, png, rate_performance
 from mpq.analysis.report import correlation_display, write_report
-from mpq.analysis.tables import conditions, load, metric_columns, rate_column, summary_tables, to_markdown
+from mpq.analysis.tables import (
+    conditions,
+    load,
+    metric_columns,
+    rate_column,
+    summary_tables,
+    to_markdown,
+)
 
 __all__ = [
     "bd_rate", "bd_rates", "conditions", "correlate", "correlation_display", "correlations", "load",

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from mpq.analysis.tables import ok_rows, conditions, load, metric_columns, rate_columns
+from mpq.analysis.tables import conditions, load, metric_columns, ok_rows, rate_columns
 from mpq.results import BASELINE
 
 METHODS = ("pearson", "spearman", "kendall")

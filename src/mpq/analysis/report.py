@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -14,7 +15,14 @@ import polars as pl
 from mpq.analysis.bdrate import MIN_SETTINGS, bd_rates
 from mpq.analysis.correlation import METHODS, N_RESAMPLES, correlations
 from mpq.analysis.plots import metric_performance, png, rate_performance
-from mpq.analysis.tables import conditions, load, metric_columns, rate_column, summary_tables, to_markdown
+from mpq.analysis.tables import (
+    conditions,
+    load,
+    metric_columns,
+    rate_column,
+    summary_tables,
+    to_markdown,
+)
 
 
 def _slug(*parts: str) -> str:
@@ -31,9 +39,9 @@ def correlation_display(corr: pl.DataFrame, digits: int = 3) -> pl.DataFrame:
         return corr
 
     def fmt(r, lo, hi):
-        if r is None or r != r:
+        if r is None or math.isnan(r):
             return "—"
-        ci = "" if lo is None or lo != lo else f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+        ci = "" if lo is None or math.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]"
         return f"{r:.{digits}f}{ci}"
 
     shown = [
@@ -105,7 +113,7 @@ def write_report(
         "codecs": _distinct(df, "codec_version"),
         "bootstrap resamples": n_resamples,
         "seed": seed,
-        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     checks = df["pipeline_check"].drop_nulls().str.split("; ").explode().unique().sort().to_list() if "pipeline_check" in df.columns else []
     section("Run", _html_table(pl.DataFrame({"": list(info), "value": [str(v) for v in info.values()]})),
