@@ -36,7 +36,7 @@ def summarize(df: pl.DataFrame) -> pl.DataFrame:
     """Mean rate and fidelity, and each task's split-level score, per (dataset, task, codec, setting)."""
     if df.is_empty():
         return df
-    means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in ("bpp", "psnr", "lpips") if c in df.columns]
+    means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in ("bpp", "psnr", "ssim", "ms_ssim", "lpips") if c in df.columns]
     aggs = [pl.len().alias("n"), pl.col("error").is_not_null().sum().alias("errors"), *means]
     keys = SUMMARY_KEYS
     return (

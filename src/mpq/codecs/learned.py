@@ -79,3 +79,13 @@ class MBT2018(CompressAICodec):
     family = "mbt2018"
     qualities = range(1, 9)
     default_settings = [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+@register("codec", "cheng2020-anchor")
+class Cheng2020Anchor(CompressAICodec):
+    """Cheng et al. 2020, anchor variant: residual blocks, sub-pixel up-sampling, context model
+    and hyperprior with a single Gaussian (no mixture, no attention)."""
+
+    family = "cheng2020_anchor"
+    qualities = range(1, 7)
+    default_settings = [1, 2, 3, 4, 5, 6]

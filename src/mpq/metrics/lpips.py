@@ -1,4 +1,4 @@
-"""LPIPS (Zhang et al. 2018) through the ``lpips`` package, inputs scaled to [-1, 1]."""
+"""LPIPS (Zhang et al. 2018) through the ``lpips`` package (AlexNet or VGG), inputs scaled to [-1, 1]."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import functools
 import warnings
 from typing import Literal
 
-import numpy as np
 import pyarrow as pa
 
 from mpq.components import Metric, Options
+from mpq.metrics.fidelity import by_shape
 from mpq.registry import register
 
 
@@ -37,14 +37,6 @@ def load_lpips(net: str, random_backbone: bool):
         raise offline_hint("checkpoint", f"torchvision {net} backbone for LPIPS", exc) from exc
 
 
-def to_lpips_tensor(images: list[np.ndarray]):
-    """uint8 (H, W, 3) → float (N, 3, H, W) in [-1, 1], as lpips expects."""
-    import torch
-
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
-
-
 @register("metric", "lpips")
 class LPIPS(Metric):
     Options = LPIPSOptions
@@ -57,19 +49,6 @@ class LPIPS(Metric):
             self.pipeline_check = f"lpips {self.options.net} with a random backbone: values mean nothing"
 
     def compute(self, references, tests):
-        import torch
-
         net = load_lpips(self.options.net, self.options.backbone == "random").to(self.device)
-        # Images in a batch can differ in size: group by shape so each group is one forward pass.
-        by_shape: dict[tuple, list[int]] = {}
-        for i, r in enumerate(references):
-            by_shape.setdefault(r.shape, []).append(i)
-        values = [0.0] * len(references)
-        with torch.inference_mode():
-            for idx in by_shape.values():
-                ref = to_lpips_tensor([references[i] for i in idx]).to(self.device)
-                test = to_lpips_tensor([tests[i] for i in idx]).to(self.device)
-                d = net(ref, test).flatten().tolist()
-                for i, v in zip(idx, d):
-                    values[i] = float(v)
+        values = by_shape(references, tests, lambda a, b: net(a / 127.5 - 1.0, b / 127.5 - 1.0), self.device)
         return [{"lpips": v} for v in values]
