@@ -93,3 +93,16 @@ def image_from_array(arr: np.ndarray) -> RGBImage:
     if not shape_ok or arr.dtype not in (np.uint8, np.uint16) or (arr.dtype == np.uint16 and arr.ndim != 2):
         raise MediaError(f"unsupported image array: dtype {arr.dtype}, shape {arr.shape}")
     return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
+def label_map_from_bytes(data: bytes) -> np.ndarray:
+    """An annotation image (PNG, one class index per pixel) as an (H, W) integer array, read
+    as stored: never converted to RGB, never resampled."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as exc:
+        raise MediaError(f"not a readable label map: {type(exc).__name__}") from exc
+    if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+        raise MediaError(f"label map has mode {img.mode}; expected one channel of class indices (L, P, I or I;16)")
+    return np.asarray(img).astype(np.int32)

@@ -23,6 +23,7 @@ _BUILTIN_MODULES = (
     "mpq.codecs.image",
     "mpq.codecs.learned",
     "mpq.tasks.classify",
+    "mpq.tasks.segment",
     "mpq.metrics.fidelity",
     "mpq.metrics.lpips",
 )

@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from pydantic import model_validator
+
 from mpq.components import Options, Sample, Source
-from mpq.media import image_from_array, image_from_bytes, to_rgb
+from mpq.media import MediaError, image_from_array, image_from_bytes, label_map_from_bytes, to_rgb
 from mpq.registry import register
 
 
@@ -26,6 +28,16 @@ class HFOptions(Options):
     revision: str | None = None
     image: str = "image"
     label: str | None = "label"
+    # A column of annotation images (one class index per pixel) as the target, for
+    # segmentation; it replaces ``label`` unless that is given too.
+    label_map: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _label_map_replaces_label(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("label_map") and "label" not in data:
+            data = {**data, "label": None}
+        return data
 
 
 def offline_hint(kind: str, name: str, exc: Exception) -> AssetUnavailable:
@@ -62,13 +74,15 @@ class HFSource(Source):
         ds = open_split(o.hf, o.config, o.split, o.revision)
         import datasets
 
-        if isinstance(ds.features.get(o.image), datasets.Image):
-            ds = ds.cast_column(o.image, datasets.Image(decode=False))
+        for column in (o.image, o.label_map):
+            if column and isinstance(ds.features.get(column), datasets.Image):
+                ds = ds.cast_column(column, datasets.Image(decode=False))
         return ds
 
     def ids(self) -> list[str]:
         ds = self._split()
-        missing = [c for c in (self.options.image, self.options.label) if c and c not in ds.column_names]
+        o = self.options
+        missing = [c for c in (o.image, o.label, o.label_map) if c and c not in ds.column_names]
         if missing:
             raise ValueError(f"dataset {self.options.hf!r} has no column(s) {missing}; columns: {ds.column_names}")
         return [str(i) for i in range(len(ds))]
@@ -77,7 +91,12 @@ class HFSource(Source):
         ds = self._split()
         row = ds[int(sample_id)]
         img = _image(row[self.options.image])
-        return Sample(sample_id, img.pixels, target=self._label(ds, row), conversion=img.conversion)
+        target = self._label(ds, row)
+        if self.options.label_map:
+            target = _label_map(row[self.options.label_map])
+            if target.shape != img.pixels.shape[:2]:
+                raise MediaError(f"label map is {target.shape[1]}×{target.shape[0]}, image {img.width}×{img.height}")
+        return Sample(sample_id, img.pixels, target=target, conversion=img.conversion)
 
     def _label(self, ds, row: dict[str, Any]) -> Any:
         name = self.options.label
@@ -104,3 +123,14 @@ def _image(value: Any):
     if hasattr(value, "mode"):  # an already decoded PIL image
         return to_rgb(value)
     return image_from_array(value)
+
+
+def _label_map(value: Any):
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return label_map_from_bytes(value["bytes"])
+        with open(value["path"], "rb") as f:
+            return label_map_from_bytes(f.read())
+    import numpy as np
+
+    return np.asarray(value)
