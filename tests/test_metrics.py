@@ -47,8 +47,8 @@ def test_lpips_vgg_matches_the_lpips_package_called_directly():
     import torch
 
     a, b = photo(64, 64, seed=4), photo(64, 64, seed=5)
-    cls = registry.get("metric", "lpips")
-    got = cls(cls.Options(net="vgg", backbone="random")).compute([a], [b])[0]["lpips"]
+    cls = registry.get("metric", "lpips_vgg")
+    got = cls(cls.Options(backbone="random")).compute([a], [b])[0]["lpips_vgg"]
     torch.manual_seed(0)
     net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval()
     with torch.inference_mode():

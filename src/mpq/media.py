@@ -74,6 +74,20 @@ def to_rgb(img: Image.Image) -> RGBImage:
     return RGBImage(np.asarray(rgb, dtype=np.uint8).copy(), f"{mode} → RGB")
 
 
+GRAY_BACK = "decoded RGB → L (ITU-R 601 luma) → RGB"
+
+
+def is_gray(pixels: np.ndarray) -> bool:
+    """An RGB image whose three channels are identical (a grayscale image made RGB)."""
+    return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
+
+
+def back_to_gray(pixels: np.ndarray) -> np.ndarray:
+    """A codec's RGB output of a grayscale input, made grayscale again (Pillow's "L" conversion)."""
+    gray = np.asarray(Image.fromarray(pixels).convert("L"))
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
 def image_from_bytes(data: bytes) -> RGBImage:
     try:
         img = Image.open(io.BytesIO(data))

@@ -18,6 +18,7 @@ def read_results(output: str) -> pl.DataFrame:
 
 
 SUMMARY_KEYS = ["dataset", "task", "codec", "setting"]
+MEAN_COLUMNS = ("bpp", "psnr", "ssim", "ms_ssim", "lpips", "lpips_vgg")
 
 
 def task_aggregates(df: pl.DataFrame, keys: list[str] = SUMMARY_KEYS) -> pl.DataFrame:
@@ -36,7 +37,7 @@ def summarize(df: pl.DataFrame) -> pl.DataFrame:
     """Mean rate and fidelity, and each task's split-level score, per (dataset, task, codec, setting)."""
     if df.is_empty():
         return df
-    means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in ("bpp", "psnr", "ssim", "ms_ssim", "lpips") if c in df.columns]
+    means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in MEAN_COLUMNS if c in df.columns]
     aggs = [pl.len().alias("n"), pl.col("error").is_not_null().sum().alias("errors"), *means]
     keys = SUMMARY_KEYS
     return (

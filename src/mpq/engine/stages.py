@@ -34,9 +34,21 @@ def image_rate(media, bits: int) -> dict[str, Any]:
     return {"bpp": bits / (media.shape[0] * media.shape[1])}
 
 
-# Per modality: the size columns of the original, and the rate columns of a coded version.
+def image_decoded(row: Row, decoded) -> Row:
+    """Grayscale inputs go through the codec as RGB; what comes back is made gray again,
+    as the input was, and the row says so."""
+    from mpq.media import GRAY_BACK, back_to_gray, is_gray
+
+    if not is_gray(row["original"]):
+        return {"decoded": decoded}
+    return {"decoded": back_to_gray(decoded), "conversion": "; ".join(filter(None, [row["conversion"], GRAY_BACK]))}
+
+
+# Per modality: the size columns of the original, the rate columns of a coded version, and
+# what is done to the decoded media before anything downstream sees it.
 MEDIA_COLUMNS = {"image": image_columns}
 RATE_COLUMNS = {"image": image_rate}
+DECODED = {"image": image_decoded}
 
 
 class _JobStage:
@@ -90,7 +102,8 @@ class Encode(_JobStage):
             except Exception as exc:
                 row["error"] = f"codec: {_error(exc)}"
                 continue
-            row.update(decoded=coded.decoded, bits=int(coded.bits), codec_version=codec.version(), **coded.extra)
+            row.update(bits=int(coded.bits), codec_version=codec.version(), **coded.extra)
+            row.update(DECODED[modality](row, coded.decoded))
             row.update(RATE_COLUMNS[modality](row["original"], coded.bits))
         return rows
 

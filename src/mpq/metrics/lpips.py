@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 
@@ -14,7 +14,6 @@ from mpq.registry import register
 
 
 class LPIPSOptions(Options):
-    net: Literal["alex", "vgg"] = "alex"
     # "random" builds the same network with a random backbone (lpips' pnet_rand): only for
     # offline pipeline checks; such rows are marked in the pipeline_check column.
     backbone: Literal["pretrained", "random"] = "pretrained"
@@ -39,16 +38,28 @@ def load_lpips(net: str, random_backbone: bool):
 
 @register("metric", "lpips")
 class LPIPS(Metric):
+    """LPIPS with the AlexNet backbone (the authors' default); column ``lpips``."""
+
     Options = LPIPSOptions
     lower_better = True
+    net: ClassVar[str] = "alex"
     columns = {"lpips": pa.float64()}
 
     def __init__(self, options=None, device="cpu"):
         super().__init__(options, device)
         if self.options.backbone == "random":
-            self.pipeline_check = f"lpips {self.options.net} with a random backbone: values mean nothing"
+            self.pipeline_check = f"lpips {self.net} with a random backbone: values mean nothing"
 
     def compute(self, references, tests):
-        net = load_lpips(self.options.net, self.options.backbone == "random").to(self.device)
+        net = load_lpips(self.net, self.options.backbone == "random").to(self.device)
         values = by_shape(references, tests, lambda a, b: net(a / 127.5 - 1.0, b / 127.5 - 1.0), self.device)
-        return [{"lpips": v} for v in values]
+        (column,) = self.columns
+        return [{column: v} for v in values]
+
+
+@register("metric", "lpips_vgg")
+class LPIPSVGG(LPIPS):
+    """LPIPS with the VGG-16 backbone; its own column, so both can be in one job."""
+
+    net = "vgg"
+    columns = {"lpips_vgg": pa.float64()}
