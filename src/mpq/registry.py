@@ -22,6 +22,7 @@ _BUILTIN_MODULES = (
     "mpq.sources.hf",
     "mpq.codecs.image",
     "mpq.codecs.learned",
+    "mpq.codecs.hific",
     "mpq.tasks.classify",
     "mpq.tasks.segment",
     "mpq.metrics.fidelity",
