@@ -115,3 +115,14 @@ def test_hific_refuses_bad_checkpoints_settings_and_tiny_images(tmp_path):
         cls().check_setting("lo")
     with pytest.raises(FileNotFoundError, match="hific_hi.pt"):
         cls(cls.Options(checkpoints=str(tmp_path))).roundtrip(photo(80, 80), "high")
+
+    from mpq.runner import run_job
+    from mpq.spec import parse_job
+
+    job = parse_job({
+        "name": "h", "datasets": [{"name": "d", "source": {"samples": "skimage"}}],
+        "codecs": [{"name": "hific", "settings": ["low"], "checkpoints": str(tmp_path / "none")}],
+    })
+    with pytest.raises(FileNotFoundError, match="hific_low.pt"):  # before any work is done
+        run_job(job, str(tmp_path / "out"), engine="serial", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ STUDY_IMAGE_ROWS = {
     "lxyuan/vit-xray-pneumonia-classification": ("keremberke/chest-xray-classification", "full", "validation", None),
     "nvidia/segformer-b0-finetuned-ade-512-512": ("scene_parse_150", "scene_parsing", "validation", None),
 }
-IMAGE_CODECS = {"jpeg", "webp", "avif", "jpegxl", "mbt2018", "cheng2020-anchor"}
+IMAGE_CODECS = {"jpeg", "webp", "avif", "jpegxl", "mbt2018", "cheng2020-anchor", "hific"}
 IMAGE_METRICS = {"psnr", "ssim", "ms_ssim", "lpips", "lpips_vgg"}
 
 
@@ -39,7 +39,7 @@ def test_all_yaml_holds_every_image_row_of_the_study():
     assert seen == STUDY_IMAGE_ROWS
     assert IMAGE_CODECS <= {c.name for c in job.codecs}
     assert IMAGE_METRICS <= {m.name for m in job.metrics}
-    study_defaults = {"jpeg": 5, "webp": 0, "mbt2018": 1}  # the study's settings are in each default sweep
+    study_defaults = {"jpeg": 5, "webp": 0, "mbt2018": 1, "hific": "low"}  # the study's settings are in each default sweep
     for c in job.codecs:
         if c.name in study_defaults:
             assert study_defaults[c.name] in job.settings(c)

@@ -81,6 +81,10 @@ class Codec(Component):
     def version(self) -> str:
         raise NotImplementedError
 
+    def preflight(self, settings: list) -> None:
+        """Cheap check, on the driver before any work, that the weights these settings need
+        can be had; raises ``AssetUnavailable`` naming them otherwise."""
+
     def roundtrip(self, media: Any, setting: Any) -> Coded:
         raise NotImplementedError
 

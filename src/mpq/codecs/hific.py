@@ -52,10 +52,14 @@ def checkpoint_path(setting: str, folder: str | None) -> Path:
     try:
         torch.hub.download_url_to_file(CHECKPOINT_URL.format(name), str(tmp), progress=False)
     except OSError as exc:  # urllib errors are OSErrors
-        from mpq.sources.hf import offline_hint
+        from mpq.sources.hf import AssetUnavailable
 
         tmp.unlink(missing_ok=True)
-        raise offline_hint("checkpoint", f"HiFiC {name} (Zenodo record 4026003, into {path.parent})", exc) from exc
+        raise AssetUnavailable(
+            f"HiFiC checkpoint {name} is not in {path.parent} and could not be fetched from Zenodo "
+            f"({type(exc).__name__}: {exc}). Download {CHECKPOINT_URL.format(name)} into that folder, "
+            "or name a folder holding it with the codec option `checkpoints:`."
+        ) from exc
     tmp.rename(path)  # atomic: concurrent workers never see half a file
     return path
 
@@ -102,6 +106,10 @@ class HiFiC(Codec):
     def check_setting(self, setting) -> None:
         if setting not in CHECKPOINT_FILES:
             raise ValueError(f"hific setting must be one of: {', '.join(CHECKPOINT_FILES)}")
+
+    def preflight(self, settings: list) -> None:
+        for setting in settings:
+            checkpoint_path(setting, self.options.checkpoints)
 
     def version(self) -> str:
         import compressai
