@@ -54,7 +54,10 @@ BASE_SCHEMA = pa.schema(
 )
 
 # Libraries whose versions can change a result; recorded in every row.
-TRACKED_LIBRARIES = ("torch", "torchvision", "transformers", "datasets", "compressai", "lpips", "pillow", "numpy", "ray")
+TRACKED_LIBRARIES = (
+    "torch", "torchvision", "transformers", "datasets", "compressai", "lpips", "pillow", "imagecodecs",
+    "pytorch-msssim", "numpy", "ray",
+)
 
 
 def library_versions() -> str:
