@@ -85,3 +85,9 @@ def test_unreadable_and_non_yaml_files(tmp_path):
     bad.write_text("name: [unclosed")
     with pytest.raises(JobSpecError, match="not valid YAML"):
         load_job(bad)
+
+
+def test_unknown_builtin_model_is_refused_before_any_work():
+    msg = problems(with_(tasks=[{"name": "classify", "model": "builtin:tiny-vitt"}]))
+    assert "tasks[0].model" in msg and "builtin:tiny-vitt" in msg and "builtin:tiny-vit," in msg
+    assert "Value error" not in msg

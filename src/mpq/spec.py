@@ -154,7 +154,7 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
         if err["type"] == "extra_forbidden":
             problems.append(f"{where}: unknown key")
         else:
-            problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+            problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
     return problems
 
 

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import pyarrow as pa
+from pydantic import field_validator
 
 from mpq.components import Options, Task
 from mpq.registry import register
@@ -19,8 +20,15 @@ TINY_VIT = "builtin:tiny-vit"
 
 
 class ClassifyOptions(Options):
-    model: str = "google/vit-base-patch16-224"
+    model: str = "google/vit-base-patch16-224"  # hub id, local folder, or builtin:tiny-vit
     revision: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_builtin(cls, model: str) -> str:
+        if model.startswith(BUILTIN_PREFIX) and model != TINY_VIT:
+            raise ValueError(f"unknown built-in model {model!r}; valid choices: {TINY_VIT}, a hub id or a local folder")
+        return model
 
 
 def tiny_vit() -> str:
@@ -77,8 +85,6 @@ class Classify(Task):
         if model_id == TINY_VIT:
             model_id = tiny_vit()
             self.pipeline_check = "tiny random classifier: accuracy means nothing"
-        elif model_id.startswith(BUILTIN_PREFIX):
-            raise ValueError(f"unknown built-in model {model_id!r}; valid choices: {TINY_VIT}")
         kw = {"revision": self.options.revision} if self.options.revision else {}
         self.processor = from_pretrained(AutoImageProcessor, model_id, **kw)
         self.model = from_pretrained(AutoModelForImageClassification, model_id, **kw)
