@@ -110,6 +110,8 @@ def test_hf_source_reads_label_maps_unconverted(ade_like):
     assert s.target.shape == (H, W) and set(np.unique(s.target)) <= {0, 1, 2, 3}
     with pytest.raises(Exception, match="label map is"):
         source.load("3")
+    with pytest.raises(ValueError, match="either `label`"):
+        registry.get("source", "hf").Options(hf=str(ade_like), label="scene", label_map="annotation")
 
 
 @pytest.mark.slow

@@ -28,14 +28,16 @@ class HFOptions(Options):
     revision: str | None = None
     image: str = "image"
     label: str | None = "label"
-    # A column of annotation images (one class index per pixel) as the target, for
-    # segmentation; it replaces ``label`` unless that is given too.
+    # A column of annotation images (one class index per pixel): the target instead of
+    # ``label``, for segmentation.
     label_map: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _label_map_replaces_label(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("label_map") and "label" not in data:
+        if isinstance(data, dict) and data.get("label_map"):
+            if data.get("label"):
+                raise ValueError("give either `label` (a class column) or `label_map` (a column of label images), not both")
             data = {**data, "label": None}
         return data
 
@@ -91,11 +93,12 @@ class HFSource(Source):
         ds = self._split()
         row = ds[int(sample_id)]
         img = _image(row[self.options.image])
-        target = self._label(ds, row)
         if self.options.label_map:
             target = _label_map(row[self.options.label_map])
             if target.shape != img.pixels.shape[:2]:
                 raise MediaError(f"label map is {target.shape[1]}×{target.shape[0]}, image {img.width}×{img.height}")
+        else:
+            target = self._label(ds, row)
         return Sample(sample_id, img.pixels, target=target, conversion=img.conversion)
 
     def _label(self, ds, row: dict[str, Any]) -> Any:
