@@ -39,6 +39,7 @@ def test_compressai_codec_pads_codes_and_crops_back(name, family):
     codec = cls(cls.Options(pretrained=False))
     coded = codec.roundtrip(img, 1)
     assert coded.decoded.shape == img.shape
+    assert "random weights" in codec.pipeline_check and cls().pipeline_check is None
     # independently: the same zoo construction, padded by hand, compressed directly
     from mpq.codecs.learned import load_zoo_model
 

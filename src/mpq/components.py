@@ -74,6 +74,7 @@ class Coded:
 class Codec(Component):
     default_settings: ClassVar[list] = []
     setting_type: ClassVar[type] = int
+    pipeline_check: str | None = None  # why this codec's output means nothing, if it doesn't
 
     def check_setting(self, setting: Any) -> None:
         """Raise ValueError naming the valid range when ``setting`` is out of it."""

@@ -45,6 +45,11 @@ class CompressAICodec(Codec):
     family: ClassVar[str]
     qualities: ClassVar[range]
 
+    def __init__(self, options=None):
+        super().__init__(options)
+        if not self.options.pretrained:
+            self.pipeline_check = f"{self.name} with random weights: its output means nothing"
+
     def check_setting(self, setting) -> None:
         if not isinstance(setting, int) or setting not in self.qualities:
             raise ValueError(f"{self.name} quality must be an integer in [{self.qualities[0]}, {self.qualities[-1]}]")

@@ -103,6 +103,8 @@ class Encode(_JobStage):
                 row["error"] = f"codec: {_error(exc)}"
                 continue
             row.update(bits=int(coded.bits), codec_version=codec.version(), **coded.extra)
+            if codec.pipeline_check:
+                row.setdefault("checks", []).append(codec.pipeline_check)
             row.update(DECODED[modality](row, coded.decoded))
             row.update(RATE_COLUMNS[modality](row["original"], coded.bits))
         return rows
