@@ -96,7 +96,7 @@ class HiFiCOptions(Options):
 
 @register("codec", "hific")
 class HiFiC(Codec):
-    """Settings ``low``, ``med``, ``high``: the HIFIC-low/-med/-high checkpoints."""
+    """HiFiC (Mentzer et al. 2020), the generative codec: settings low, med, high (port checkpoints)."""
 
     Options = HiFiCOptions
     setting_type = str

@@ -84,8 +84,9 @@ class AVIF(PillowCodec):
 
 @register("codec", "jpegxl")
 class JPEGXL(Codec):
-    """JPEG XL through imagecodecs (libjxl). The setting is libjxl's Butteraugli distance
-    (cjxl's ``-d``): 0 is lossless, 1 visually lossless, larger is coarser (up to 25)."""
+    """JPEG XL through imagecodecs (libjxl); the setting is the Butteraugli distance.
+
+    The distance is cjxl's ``-d``: 0 is lossless, 1 visually lossless, larger is coarser (up to 25)."""
 
     setting_type = float
     default_settings = [1, 2, 4, 8, 15]

@@ -88,8 +88,9 @@ class MBT2018(CompressAICodec):
 
 @register("codec", "cheng2020-anchor")
 class Cheng2020Anchor(CompressAICodec):
-    """Cheng et al. 2020, anchor variant: residual blocks, sub-pixel up-sampling, context model
-    and hyperprior with a single Gaussian (no mixture, no attention)."""
+    """Cheng et al. 2020, anchor variant (single Gaussian; no mixture, no attention).
+
+    Residual blocks, sub-pixel up-sampling, context model and hyperprior."""
 
     family = "cheng2020_anchor"
     qualities = range(1, 7)

@@ -65,6 +65,8 @@ def mean_iou(intersection: np.ndarray, union: np.ndarray) -> float | None:
 
 @register("task", "segment")
 class Segment(Task):
+    """Semantic segmentation: per-sample intersection/union counts, split-level mIoU."""
+
     Options = SegmentOptions
     columns = {
         "score": pa.float64(),  # this sample's own mIoU (classes present in it)
