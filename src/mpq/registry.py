@@ -22,6 +22,8 @@ _BUILTIN_MODULES = (
     "mpq.sources.hf",
     "mpq.codecs.image",
     "mpq.codecs.learned",
+    "mpq.codecs.audio",
+    "mpq.codecs.neural_audio",
     "mpq.tasks.classify",
     "mpq.metrics.fidelity",
     "mpq.metrics.lpips",
