@@ -25,8 +25,10 @@ _BUILTIN_MODULES = (
     "mpq.codecs.audio",
     "mpq.codecs.neural_audio",
     "mpq.tasks.classify",
+    "mpq.tasks.asr",
     "mpq.metrics.fidelity",
     "mpq.metrics.lpips",
+    "mpq.metrics.audio",
 )
 
 _registry: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
