@@ -20,6 +20,8 @@ _BUILTIN_MODULES = (
     "mpq.sources.samples",
     "mpq.sources.folder",
     "mpq.sources.hf",
+    "mpq.sources.audio_samples",
+    "mpq.sources.musdb",
     "mpq.codecs.image",
     "mpq.codecs.learned",
     "mpq.codecs.audio",

@@ -34,9 +34,18 @@ def image_rate(media, bits: int) -> dict[str, Any]:
     return {"bpp": bits / (media.shape[0] * media.shape[1])}
 
 
+def audio_columns(media) -> dict[str, Any]:
+    return {"sample_rate": media.sample_rate, "channels": media.channels, "num_samples": media.num_samples, "duration": media.duration}
+
+
+def audio_rate(media, bits: int) -> dict[str, Any]:
+    """Bits per sample (per time step at the input's rate, all channels together) and kbps."""
+    return {"bps": bits / media.num_samples, "kbps": bits / media.duration / 1000}
+
+
 # Per modality: the size columns of the original, and the rate columns of a coded version.
-MEDIA_COLUMNS = {"image": image_columns}
-RATE_COLUMNS = {"image": image_rate}
+MEDIA_COLUMNS = {"image": image_columns, "audio": audio_columns}
+RATE_COLUMNS = {"image": image_rate, "audio": audio_rate}
 
 
 class _JobStage:

@@ -1,8 +1,11 @@
 """Datasets from the Hugging Face hub (or its local cache) through ``datasets.load_dataset``.
 
 Sample ids are row indices in the split, so listing them is cheap once the split is
-cached and any sample can be loaded on any worker. Images are read as raw bytes and
-decoded by mpq, so a corrupt file becomes an ``error`` row instead of killing the run.
+cached and any sample can be loaded on any worker. Images and audio are read as raw bytes
+(``decode=False``) and decoded by mpq (Pillow; libsndfile or FFmpeg), so a corrupt file
+becomes an ``error`` row instead of killing the run, and no torchcodec is needed. A
+dataset with an ``audio`` column is an audio dataset; its ``label`` column is the target
+(e.g. the transcript).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import functools
 from typing import Any
 
 from mpq.components import Options, Sample, Source
-from mpq.media import image_from_array, image_from_bytes, to_rgb
+from mpq.media import audio_from_array, audio_from_bytes, image_from_array, image_from_bytes, to_rgb
 from mpq.registry import register
 
 
@@ -25,6 +28,7 @@ class HFOptions(Options):
     split: str = "validation"
     revision: str | None = None
     image: str = "image"
+    audio: str | None = None  # an audio column: makes this an audio dataset (image is then unused)
     label: str | None = "label"
 
 
@@ -57,18 +61,26 @@ def open_split(hf: str, config: str | None, split: str, revision: str | None):
 class HFSource(Source):
     Options = HFOptions
 
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.modality = "audio" if self.options.audio else "image"
+        self.column = self.options.audio or self.options.image
+
     def _split(self):
         o = self.options
         ds = open_split(o.hf, o.config, o.split, o.revision)
         import datasets
 
-        if isinstance(ds.features.get(o.image), datasets.Image):
-            ds = ds.cast_column(o.image, datasets.Image(decode=False))
+        feature = ds.features.get(self.column)
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(self.column, datasets.Image(decode=False))
+        elif isinstance(feature, datasets.Audio):
+            ds = ds.cast_column(self.column, datasets.Audio(decode=False))
         return ds
 
     def ids(self) -> list[str]:
         ds = self._split()
-        missing = [c for c in (self.options.image, self.options.label) if c and c not in ds.column_names]
+        missing = [c for c in (self.column, self.options.label) if c and c not in ds.column_names]
         if missing:
             raise ValueError(f"dataset {self.options.hf!r} has no column(s) {missing}; columns: {ds.column_names}")
         return [str(i) for i in range(len(ds))]
@@ -76,7 +88,10 @@ class HFSource(Source):
     def load(self, sample_id: str) -> Sample:
         ds = self._split()
         row = ds[int(sample_id)]
-        img = _image(row[self.options.image])
+        if self.modality == "audio":
+            audio = _audio(row[self.column])
+            return Sample(sample_id, audio, target=self._label(ds, row), conversion=audio.conversion)
+        img = _image(row[self.column])
         return Sample(sample_id, img.pixels, target=self._label(ds, row), conversion=img.conversion)
 
     def _label(self, ds, row: dict[str, Any]) -> Any:
@@ -104,3 +119,14 @@ def _image(value: Any):
     if hasattr(value, "mode"):  # an already decoded PIL image
         return to_rgb(value)
     return image_from_array(value)
+
+
+def _audio(value: Any):
+    if isinstance(value, dict) and "array" in value:  # already decoded: {"array", "sampling_rate"}
+        return audio_from_array(value["array"], value["sampling_rate"])
+    if isinstance(value, dict):  # datasets.Audio(decode=False): {"bytes": ..., "path": ...}
+        if value.get("bytes") is not None:
+            return audio_from_bytes(value["bytes"])
+        with open(value["path"], "rb") as f:
+            return audio_from_bytes(f.read())
+    raise TypeError(f"unsupported audio value of type {type(value).__name__}")
