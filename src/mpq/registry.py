@@ -28,6 +28,7 @@ _BUILTIN_MODULES = (
     "mpq.codecs.neural_audio",
     "mpq.tasks.classify",
     "mpq.tasks.asr",
+    "mpq.tasks.separate",
     "mpq.metrics.fidelity",
     "mpq.metrics.lpips",
     "mpq.metrics.audio",
