@@ -100,11 +100,13 @@ def image_from_array(arr: np.ndarray) -> RGBImage:
 #
 # Conversions (recorded in ``conversion``): integer PCM is scaled to [-1, 1] (by the
 # decoder); float samples beyond [-1, 1] are clipped; more than two channels are mixed
-# down to mono (the mean). Refused with a MediaError: no samples, NaN or infinite
-# samples, and sample rates outside [MIN_RATE, MAX_RATE]. Odd rates are kept: each
+# down to mono (the mean). Refused with a MediaError: no samples, clips shorter than
+# MIN_SECONDS (too short for CDPAM's and the codecs' windows), NaN or infinite samples,
+# and sample rates outside [MIN_RATE, MAX_RATE]. Odd rates are kept: each
 # codec, model and metric resamples (soxr) to the rate it needs and back.
 
 MIN_RATE, MAX_RATE = 1000, 384_000
+MIN_SECONDS = 0.01
 
 
 @dataclass
@@ -142,6 +144,8 @@ def audio_from_array(samples: np.ndarray, sample_rate: int, conversion: str | No
     x = x.astype(np.float32)
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise MediaError("empty audio: no samples")
+    if x.shape[0] < MIN_SECONDS * sample_rate:
+        raise MediaError(f"audio too short: {x.shape[0]} samples at {sample_rate} Hz (minimum {MIN_SECONDS * 1000:g} ms)")
     bad = int(np.count_nonzero(~np.isfinite(x)))
     if bad:
         raise MediaError(f"audio has {bad} NaN or infinite sample(s)")

@@ -162,10 +162,15 @@ class Measure(_JobStage):
                 metric = self.metrics[spec.name]
                 try:
                     values = metric.compute([r["original"] for r in todo], [r["decoded"] for r in todo])
-                except Exception as exc:
+                except Exception:
+                    # One bad sample must not fail the batch: retry one by one to find it.
+                    values = []
                     for r in todo:
-                        r["error"] = f"metric {spec.name}: {_error(exc)}"
-                    continue
+                        try:
+                            values.append(metric.compute([r["original"]], [r["decoded"]])[0])
+                        except Exception as exc:
+                            r["error"] = f"metric {spec.name}: {_error(exc)}"
+                            values.append({})
                 for r, v in zip(todo, values):
                     r.update(v)
                     if metric.pipeline_check:

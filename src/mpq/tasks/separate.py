@@ -11,8 +11,9 @@ repeat), and each estimate is resampled back to the stem's rate, channels and le
 Scores follow museval's BSS Eval v4 conventions (SiSEC 2018): SDR on 1 s windows with
 1 s hop (``museval.evaluate``), windows where the reference is silent are undefined, and
 a track's SDR per source is the median over its windows. Per row: ``sdr_<source>`` and
-``score`` = their mean. Split level (``aggregate``): per source the median and the mean
-over tracks; ``sdr_median`` / ``sdr_mean`` average those over the four sources.
+``score`` = their mean. Split level (``aggregate``): per source the median over tracks;
+``sdr_median`` / ``sdr_mean`` = the mean over the four sources of the per-source median /
+mean over tracks (the SiSEC/Demucs "All" figure is ``sdr_median``).
 """
 
 from __future__ import annotations
@@ -143,15 +144,16 @@ class Separate(Task):
 
     @classmethod
     def aggregate(cls, rows):
-        out = {}
+        """Per source the median over tracks (``sdr_<source>``); ``sdr_median`` and ``sdr_mean``
+        average the per-source medians and means over the four sources."""
+        medians, means = {}, {}
         for s in STEMS:
             col = rows[f"sdr_{s}"].drop_nulls().drop_nans()
-            out[f"sdr_{s}_median"] = col.median() if col.len() else None
-            out[f"sdr_{s}_mean"] = col.mean() if col.len() else None
-        for stat in ("median", "mean"):
-            values = [out[f"sdr_{s}_{stat}"] for s in STEMS if out[f"sdr_{s}_{stat}"] is not None]
-            out[f"sdr_{stat}"] = float(np.mean(values)) if values else None
-        return out
+            if col.len():
+                medians[s], means[s] = float(col.median()), float(col.mean())
+        out = {"sdr_median": float(np.mean(list(medians.values()))) if medians else None,
+               "sdr_mean": float(np.mean(list(means.values()))) if means else None}
+        return out | {f"sdr_{s}": medians.get(s) for s in STEMS}
 
     def separate(self, mix: Audio) -> dict[str, np.ndarray]:
         """Estimates per source at the model's rate: (n, model channels) float32."""
