@@ -71,7 +71,7 @@ def tiny_demucs(name: str) -> Path:
         if sig == "tiny_hdemucs":
             model = HDemucs(sources=list(STEMS), channels=4, segment=4)  # demucs_unittest, shorter segments
         else:
-            model = HTDemucs(sources=list(STEMS), channels=4, dconv_comp=2, t_layers=1, t_heads=2)
+            model = HTDemucs(sources=list(STEMS), channels=4, dconv_comp=2, t_layers=1, t_heads=2, segment=2)
         args, kwargs = model._init_args_kwargs
         package = {"klass": type(model), "args": args, "kwargs": kwargs, "state": model.state_dict(), "training_args": {}}
         repo.mkdir(parents=True, exist_ok=True)
