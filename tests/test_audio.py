@@ -304,3 +304,16 @@ def test_hf_audio_column_is_decoded_by_mpq_without_torchcodec(tmp_path):
     sample = src.load("1")
     assert sample.target == "general kenobi" and sample.media.sample_rate == 48000
     assert np.allclose(sample.media.samples, audio_from_bytes(clips[1]).samples)
+
+
+def test_commonvoice_release_folder_in_tsv_order(tmp_path):
+    (tmp_path / "clips").mkdir()
+    rows = [("b.mp3", "Second clip, read first."), ("a.mp3", "Then this one.")]
+    for name, _ in rows:
+        (tmp_path / "clips" / name).write_bytes(wav_bytes(tone(0.3, 48000), 48000))  # libsndfile sniffs the content
+    (tmp_path / "dev.tsv").write_text("client_id\tpath\tsentence\tup_votes\n" + "".join(f"x\t{p}\t{s}\t2\n" for p, s in rows))
+    cls = registry.get("source", "commonvoice")
+    src = cls(cls.Options(commonvoice=str(tmp_path)))
+    assert src.ids() == ["b.mp3", "a.mp3"]
+    sample = src.load("a.mp3")
+    assert sample.target == "Then this one." and sample.media.sample_rate == 48000

@@ -22,6 +22,7 @@ _BUILTIN_MODULES = (
     "mpq.sources.hf",
     "mpq.sources.audio_samples",
     "mpq.sources.musdb",
+    "mpq.sources.commonvoice",
     "mpq.codecs.image",
     "mpq.codecs.learned",
     "mpq.codecs.audio",
