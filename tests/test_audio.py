@@ -317,3 +317,16 @@ def test_commonvoice_release_folder_in_tsv_order(tmp_path):
     assert src.ids() == ["b.mp3", "a.mp3"]
     sample = src.load("a.mp3")
     assert sample.target == "Then this one." and sample.media.sample_rate == 48000
+
+
+@pytest.mark.slow
+def test_offline_hub_codec_and_demucs_fail_before_work_naming_them(tmp_path):
+    from mpq.runner import run_job
+    from mpq.sources.hf import AssetUnavailable
+    from mpq.spec import parse_job
+
+    base = {"name": "x", "datasets": [{"name": "m", "source": {"music": "synthetic", "tracks": 1, "seconds": 1}}]}
+    with pytest.raises(AssetUnavailable, match="facebook/encodec_48khz"):
+        run_job(parse_job({**base, "codecs": [{"name": "encodec_48khz", "settings": [6]}]}), str(tmp_path / "a"), engine="serial", progress=False)
+    with pytest.raises(AssetUnavailable, match="demucs htdemucs"):
+        run_job(parse_job({**base, "tasks": [{"name": "separate"}]}), str(tmp_path / "b"), engine="serial", progress=False)

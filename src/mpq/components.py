@@ -81,6 +81,10 @@ class Codec(Component):
     def version(self) -> str:
         raise NotImplementedError
 
+    def preflight(self) -> None:
+        """Cheap check, on the driver before any work, that the codec's model can be loaded;
+        raises ``AssetUnavailable`` naming it otherwise."""
+
     def roundtrip(self, media: Any, setting: Any) -> Coded:
         raise NotImplementedError
 

@@ -33,6 +33,8 @@ def preflight(job: JobSpec) -> None:
     """Fail before any work when a model the job names cannot be loaded (offline, typo)."""
     for spec in job.tasks:
         registry.get("task", spec.name)(job.task_options(spec)).preflight()
+    for spec in job.codecs:
+        registry.get("codec", spec.name)(job.codec_options(spec)).preflight()
 
 
 def run_job(

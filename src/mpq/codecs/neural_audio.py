@@ -104,6 +104,12 @@ class NeuralAudioCodec(Codec):
         if isinstance(setting, bool) or not isinstance(setting, (int, float)) or setting <= 0:
             raise ValueError(f"{self.name} bitrate must be a positive number of kbps")
 
+    def preflight(self) -> None:
+        from transformers import AutoConfig
+
+        if not self.options.model.startswith(BUILTIN_PREFIX):
+            from_pretrained(AutoConfig, self.options.model)
+
     @property
     def model(self):
         return load_codec_model(self.family, self.options.model)
