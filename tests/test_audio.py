@@ -94,7 +94,7 @@ def test_mp3_below_lames_floor_is_reported_not_hidden():
 @pytest.mark.parametrize("name,model,kbps,channels", [
     ("encodec_24khz", "builtin:tiny-encodec-24khz", 6, 1),
     ("encodec_48khz", "builtin:tiny-encodec-48khz", 6, 2),
-    ("dac_44khz", "builtin:tiny-dac-44khz", 3.45, 1),
+    ("dac", "builtin:tiny-dac-44khz", 3.45, 1),
 ])
 def test_neural_codecs_decode_from_their_bytes_exactly_as_the_model_does(name, model, kbps, channels):
     import torch

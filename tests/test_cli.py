@@ -16,7 +16,7 @@ def test_list_shows_every_registered_component():
     out = mpq("list")
     assert out.returncode == 0
     for name in ("jpeg", "webp", "mbt2018", "classify", "psnr", "lpips", "hf", "folder", "samples",
-                 "mp3", "opus", "aac", "encodec_48khz", "dac_44khz", "asr", "separate", "cdpam", "audio_psnr", "speech", "music", "musdb"):
+                 "mp3", "opus", "aac", "encodec_48khz", "dac", "asr", "separate", "cdpam", "audio_psnr", "speech", "music", "musdb"):
         assert name in out.stdout
 
 

@@ -197,8 +197,15 @@ class EnCodec(NeuralAudioCodec):
         return data, count * nbits, decode
 
 
+@register("codec", "dac")
 class DAC(NeuralAudioCodec):
+    """DAC (transformers; default the 44.1 kHz model, any DAC via `model`), kbps → the nearest number of codebooks."""
+
+    class Options(NeuralCodecOptions):
+        model: str = "descript/dac_44khz"
+
     family = "dac"
+    default_settings = [0.86, 1.72, 3.45, 6.03, 7.75]  # 1, 2, 4, 7, 9 codebooks (mono)
 
     def encode(self, x, kbps):
         import torch
@@ -242,12 +249,3 @@ class EnCodec48kHz(EnCodec):
 
     default_settings = [3, 6, 12, 24]
 
-
-@register("codec", "dac_44khz")
-class DAC44kHz(DAC):
-    """DAC 44.1 kHz (transformers), kbps → the nearest number of codebooks."""
-
-    class Options(NeuralCodecOptions):
-        model: str = "descript/dac_44khz"
-
-    default_settings = [0.86, 1.72, 3.45, 6.03, 7.75]  # 1, 2, 4, 7, 9 codebooks (mono)
