@@ -91,6 +91,7 @@ def test_mp3_below_lames_floor_is_reported_not_hidden():
 # --- neural codecs -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,model,kbps,channels", [
     ("encodec_24khz", "builtin:tiny-encodec-24khz", 6, 1),
     ("encodec_48khz", "builtin:tiny-encodec-48khz", 6, 2),
@@ -189,6 +190,7 @@ def test_word_errors_and_wra_hand_worked():
     assert ASR.aggregate(rows) == pytest.approx({"wra": 1 - 4 / 10, "wra_norm": 1 - 1 / 10})
 
 
+@pytest.mark.slow
 def test_tiny_whisper_loads_through_from_pretrained_and_transcribes_any_rate():
     cls = registry.get("task", "asr")
     task = cls(cls.Options(model="builtin:tiny-whisper"))
@@ -200,6 +202,7 @@ def test_tiny_whisper_loads_through_from_pretrained_and_transcribes_any_rate():
     assert task.pipeline_check
 
 
+@pytest.mark.slow
 def test_sdr_follows_bss_eval_v4_and_aggregates_over_tracks():
     from mpq.tasks.separate import Separate, median_sdr
 
@@ -284,6 +287,7 @@ def test_bad_audio_files_become_error_rows_and_good_ones_get_rates_and_metrics(t
     assert set(df.filter(pl.col("sample_id") == "odd_rate.wav")["sample_rate"]) == {11025}
 
 
+@pytest.mark.slow
 def test_hf_audio_column_is_decoded_by_mpq_without_torchcodec(tmp_path):
     """A split laid out as the hub's Parquet files are (Audio feature: bytes + path)."""
     import json
