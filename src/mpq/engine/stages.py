@@ -44,11 +44,24 @@ def image_decoded(row: Row, decoded) -> Row:
     return {"decoded": back_to_gray(decoded), "conversion": "; ".join(filter(None, [row["conversion"], GRAY_BACK]))}
 
 
+def audio_columns(media) -> dict[str, Any]:
+    return {"sample_rate": media.sample_rate, "channels": media.channels, "num_samples": media.num_samples, "duration": media.duration}
+
+
+def audio_rate(media, bits: int) -> dict[str, Any]:
+    """Bits per sample (per time step at the input's rate, all channels together) and kbps."""
+    return {"bps": bits / media.num_samples, "kbps": bits / media.duration / 1000}
+
+
+def audio_decoded(row: Row, decoded) -> Row:
+    return {"decoded": decoded}
+
+
 # Per modality: the size columns of the original, the rate columns of a coded version, and
 # what is done to the decoded media before anything downstream sees it.
-MEDIA_COLUMNS = {"image": image_columns}
-RATE_COLUMNS = {"image": image_rate}
-DECODED = {"image": image_decoded}
+MEDIA_COLUMNS = {"image": image_columns, "audio": audio_columns}
+RATE_COLUMNS = {"image": image_rate, "audio": audio_rate}
+DECODED = {"image": image_decoded, "audio": audio_decoded}
 
 
 class _JobStage:
@@ -168,10 +181,15 @@ class Measure(_JobStage):
                 metric = self.metrics[spec.name]
                 try:
                     values = metric.compute([r["original"] for r in todo], [r["decoded"] for r in todo])
-                except Exception as exc:
+                except Exception:
+                    # One bad sample must not fail the batch: retry one by one to find it.
+                    values = []
                     for r in todo:
-                        r["error"] = f"metric {spec.name}: {_error(exc)}"
-                    continue
+                        try:
+                            values.append(metric.compute([r["original"]], [r["decoded"]])[0])
+                        except Exception as exc:
+                            r["error"] = f"metric {spec.name}: {_error(exc)}"
+                            values.append({})
                 for r, v in zip(todo, values):
                     r.update(v)
                     if metric.pipeline_check:
