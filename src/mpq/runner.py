@@ -56,6 +56,8 @@ def preflight(job: JobSpec) -> None:
         raise AssetUnavailable("\n".join(missing))
     for spec in job.tasks:
         registry.get("task", spec.name)(job.task_options(spec)).preflight()
+    for codec in job.codecs:
+        registry.get("codec", codec.name)(job.codec_options(codec)).preflight(job.settings(codec))
 
 
 def run_job(
