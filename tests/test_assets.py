@@ -18,7 +18,7 @@ from mpq.codecs.learned import MBT2018, ZooOptions, load_zoo_model
 from mpq.components import AssetUnavailable
 from mpq.metrics.lpips import LPIPS, LPIPSOptions
 from mpq.runner import job_assets
-from mpq.spec import load_job
+from mpq.spec import load_job, parse_job
 from mpq.torchhub import TorchHubCheckpoint
 
 
@@ -29,12 +29,19 @@ def mpq(*args, env=None):
 
 @pytest.mark.slow
 def test_every_asset_of_a_hub_job_is_listed_once():
-    assets = [str(a) for a in job_assets(load_job(ROOT / "jobs" / "beans.yaml"))]
-    assert assets == [
+    job = parse_job({
+        "name": "hub",
+        "datasets": [{"name": "beans", "source": {"hf": "beans", "label": "labels"}},
+                     {"name": "beans2", "source": {"hf": "beans", "label": "labels"}}],
+        "codecs": [{"name": "jpeg"}, {"name": "mbt2018", "settings": [1, 3]}, {"name": "cheng2020-anchor", "settings": [2]}],
+        "tasks": [{"name": "classify", "model": "nateraw/vit-base-beans"}],
+        "metrics": ["psnr", "lpips"],
+    })
+    assert [str(a) for a in job_assets(job)] == [
         "dataset beans",
         "checkpoint compressai mbt2018 q1 mse",
-        "checkpoint compressai mbt2018 q2 mse",
         "checkpoint compressai mbt2018 q3 mse",
+        "checkpoint compressai cheng2020_anchor q2 mse",
         "model nateraw/vit-base-beans",
         "checkpoint torchvision alex backbone for LPIPS",
     ]

@@ -62,7 +62,7 @@ class CompressAICodec(Codec):
             return []
         from compressai.zoo.image import model_urls
 
-        urls = model_urls[self.family][self.options.metric]
+        urls = model_urls[self.family.replace("_", "-")][self.options.metric]  # the zoo's URL table spells names with "-"
         return [
             TorchHubCheckpoint(checkpoint_name(self.family, q, self.options.metric), urls[q])
             for q in settings or self.default_settings

@@ -60,8 +60,8 @@ class LPIPS(Metric):
 
         # lpips builds torchvision's alexnet / vgg16 with their ImageNet weights; its own
         # linear layers ship in its wheel.
-        weights = {"alex": models.AlexNet_Weights, "vgg": models.VGG16_Weights}[self.options.net].IMAGENET1K_V1
-        return [TorchHubCheckpoint(backbone_name(self.options.net), weights.url)]
+        weights = {"alex": models.AlexNet_Weights, "vgg": models.VGG16_Weights}[self.net].IMAGENET1K_V1
+        return [TorchHubCheckpoint(backbone_name(self.net), weights.url)]
 
     def compute(self, references, tests):
         net = load_lpips(self.net, self.options.backbone == "random").to(self.device)
