@@ -80,6 +80,7 @@ def test_adding_a_task_decodes_from_the_cache_instead_of_encoding_again(photos, 
 
     more = run_job(job(photos, tasks=("classify", "again")), out, engine="serial", progress=False)
     assert more.written == 3 * 4 and len(roundtrips) == 9  # the new task's rows, and not one round trip more
+    assert 0 < more.startup_seconds <= more.seconds
     df = read_results(out)
     key = ["sample_id", "codec", "setting"]
     assert df.filter(pl.col("task") == "classify").drop("run_id").sort(key).equals(first.drop("run_id").sort(key))

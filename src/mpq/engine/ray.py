@@ -93,16 +93,17 @@ def _groups(job: JobSpec, has_gpu: bool) -> list[_Group]:
     return groups
 
 
-def _pool(group: _Group, cluster: dict[str, float], has_gpu: bool):
+def _pool(group: _Group, cluster: dict[str, float], shared: bool):
+    """The job's pool size, or by default as many actors as the cluster's GPUs (CPUs for CPU
+    actors) hold; autoscaling from one when other operators need the same resource."""
     import ray.data
 
     if group.pool is not None:
         lo, hi = (group.pool, group.pool) if isinstance(group.pool, int) else group.pool
-    elif group.gpus:  # one actor per GPU share
-        lo = hi = max(1, math.floor(cluster.get("GPU", 0) / group.gpus))
-    else:  # on CPUs: as many actors as fit; next to GPU stages they share CPUs with coding, so autoscale
-        hi = max(1, math.floor(cluster.get("CPU", 1) / group.cpus))
-        lo = 1 if has_gpu else hi
+    else:
+        kind, each = ("GPU", group.gpus) if group.gpus else ("CPU", group.cpus)
+        hi = max(1, math.floor(cluster.get(kind, 0) / each))
+        lo = 1 if shared else hi
     return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
 
 
@@ -142,11 +143,13 @@ def run_ray(
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus,
     )
     for i, group in enumerate(groups):
+        # Does it share its resource? GPU pools with each other; CPU actors next to GPUs with coding.
+        shared = any(bool(g.gpus) == bool(group.gpus) for g in groups if g is not group) or (has_gpu and not group.gpus)
         ds = ds.map_batches(
             _Actor, fn_constructor_args=(group.specs, finalize if i == len(groups) - 1 else None, max(1, int(group.cpus))),
             # On CPUs a call takes whatever block arrives (one sample's rows); GPUs get full batches.
             batch_size=group.batch_size if group.gpus else None, batch_format="pyarrow",
-            compute=_pool(group, cluster, has_gpu), num_cpus=group.cpus, num_gpus=group.gpus,
+            compute=_pool(group, cluster, shared), num_cpus=group.cpus, num_gpus=group.gpus,
         )
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         yield batch
