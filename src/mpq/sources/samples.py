@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from mpq.components import Options, Sample, Source
-from mpq.media import image_from_array
+from mpq.media import RGBImage, image_from_array
 from mpq.registry import register
 
 # Real, lossless images shipped in scikit-image's wheel. camera is grayscale and logo is
@@ -25,16 +26,23 @@ class SamplesOptions(Options):
     repeat: int = Field(default=1, ge=1)
 
 
+@functools.cache
+def photo(name: str) -> RGBImage:
+    """Read and converted once per process: repeated samples share it."""
+    from skimage import data
+
+    return image_from_array(getattr(data, name)())
+
+
 def variant(pixels: np.ndarray, k: int) -> np.ndarray:
-    """Copy k of a photo: flipped left-right if bit 0 of k, upside down if bit 1, and
-    shifted (circularly) right by 7 × (k // 4) pixels; copy 0 is the photo itself."""
+    """Copy k of a photo (a new array): flipped left-right if bit 0 of k, upside down if
+    bit 1, and shifted (circularly) right by 7 × (k // 4) pixels; copy 0 is the photo itself."""
     out = pixels
     if k & 1:
         out = out[:, ::-1]
     if k & 2:
         out = out[::-1]
-    out = np.roll(out, 7 * (k // 4), axis=1)
-    return np.ascontiguousarray(out)
+    return np.roll(out, 7 * (k // 4), axis=1)  # np.roll always copies
 
 
 @register("source", "samples")
@@ -52,12 +60,9 @@ class EmbeddedSamples(Source):
         return list(names) + [f"{n}{COPY_SEP}{k}" for k in range(1, self.options.repeat) for n in names]
 
     def load(self, sample_id: str) -> Sample:
-        from skimage import data
-
         name, _, copy = sample_id.partition(COPY_SEP)
-        img = image_from_array(getattr(data, name)())
-        pixels = variant(img.pixels, int(copy)) if copy else img.pixels
-        return Sample(sample_id, pixels, target=name, conversion=img.conversion)
+        img = photo(name)
+        return Sample(sample_id, variant(img.pixels, int(copy or 0)), target=name, conversion=img.conversion)
 
     def describe(self) -> str:
         import skimage
