@@ -46,6 +46,27 @@ def run(
     print_summary(read_results(out))
 
 
+@app.command()
+def report(
+    output: Annotated[str, typer.Argument(help="a job's output folder or URI (the one holding results/)")],
+    to: Annotated[Optional[Path], typer.Option("--to", help="where to write the report (default: OUTPUT/report)")] = None,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the correlation intervals (0: none)")] = 1000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    min_settings: Annotated[int, typer.Option(help="settings a codec needs for BD-rate")] = 4,
+) -> None:
+    """Summary tables, metric↔task correlations, machine BD-rate and plots, as Markdown, CSV,
+    PNG and one self-contained HTML file."""
+    from mpq.analysis import write_report
+
+    if to is None and "://" in output:
+        _fail(f"{output} is remote: name a local folder for the report with --to")
+    try:
+        path = write_report(output, to or Path(output) / "report", n_resamples=resamples, seed=seed, min_settings=min_settings)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"report: {path}")
+
+
 @app.command("list")
 def list_components() -> None:
     """Print every registered source, codec, task and metric."""

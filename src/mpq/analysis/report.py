@@ -1,0 +1,170 @@
+"""Everything in one go: tables (Markdown + CSV), plots (PNG) and one self-contained HTML
+report (figures embedded as base64), from a job's Parquet results."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from mpq.analysis.bdrate import MIN_SETTINGS, bd_rates
+from mpq.analysis.correlation import METHODS, N_RESAMPLES, correlations
+from mpq.analysis.plots import metric_performance, png, rate_performance
+from mpq.analysis.tables import (
+    conditions,
+    load,
+    metric_columns,
+    rate_column,
+    summary_tables,
+    to_markdown,
+)
+
+
+def _slug(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)).strip("-")
+
+
+def _distinct(df: pl.DataFrame, column: str) -> str:
+    return ", ".join(sorted(df[column].drop_nulls().unique())) if column in df.columns else ""
+
+
+def correlation_display(corr: pl.DataFrame, digits: int = 3) -> pl.DataFrame:
+    """Coefficients as ``r [low, high]`` strings, one column per method."""
+    if corr.is_empty():
+        return corr
+
+    def fmt(r, lo, hi):
+        if r is None or math.isnan(r):
+            return "—"
+        ci = "" if lo is None or math.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+        return f"{r:.{digits}f}{ci}"
+
+    shown = [
+        pl.struct(m, f"{m}_low", f"{m}_high").map_elements(lambda s, m=m: fmt(s[m], s[f"{m}_low"], s[f"{m}_high"]), return_dtype=pl.String).alias(m)
+        for m in METHODS
+    ]
+    return corr.select("level", "dataset", "task", "metric", "score_name", "n", *shown)
+
+
+def _html_table(df: pl.DataFrame, digits: int = 4) -> str:
+    def cell(v):
+        if v is None:
+            return ""
+        return html.escape(f"{v:.{digits}g}" if isinstance(v, float) else str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    numeric = [df.schema[c].is_numeric() for c in df.columns]
+    body = "".join(
+        "<tr>" + "".join(f"<td class={'num' if n else 'txt'}>{cell(v)}</td>" for v, n in zip(row, numeric)) + "</tr>"
+        for row in df.iter_rows()
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.note{background:#fff6d5;border-left:4px solid #e0b000;padding:.4em .8em}img{max-width:100%}
+"""
+
+
+def write_report(
+    results: str | Path | pl.DataFrame,
+    out_dir: str | Path,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    min_settings: int = MIN_SETTINGS,
+    title: str | None = None,
+) -> Path:
+    """Write tables, plots and ``report.html`` under ``out_dir``; returns the HTML's path.
+
+    ``out_dir/`` gets ``summary_<modality>.{md,csv}``, ``conditions.csv``,
+    ``correlations.{md,csv}``, ``bd_rate.{md,csv}`` and ``plots/*.png``."""
+    df = load(results)
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    conds = conditions(df)
+    corr = correlations(df, n_resamples=n_resamples, seed=seed)
+    bd = bd_rates(df, min_settings=min_settings)
+    metrics = metric_columns(df)
+    parts: list[str] = []
+
+    def section(heading: str, *body: str) -> None:
+        parts.append(f"<h2>{html.escape(heading)}</h2>" + "".join(body))
+
+    def note(text: str) -> str:
+        return f"<p class=note>{html.escape(text)}</p>"
+
+    errors = df["error"].is_not_null().sum()
+    info = {
+        "results": "(data frame)" if isinstance(results, pl.DataFrame) else str(results),
+        "rows": df.height,
+        "error rows (left out)": int(errors),
+        "datasets": ", ".join(sorted(df["dataset"].unique())),
+        "mpq versions": _distinct(df, "mpq_version"),
+        "runs": df["run_id"].n_unique() if "run_id" in df.columns else "",
+        "models": _distinct(df, "model"),
+        "codecs": _distinct(df, "codec_version"),
+        "bootstrap resamples": n_resamples,
+        "seed": seed,
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    checks = df["pipeline_check"].drop_nulls().str.split("; ").explode().unique().sort().to_list() if "pipeline_check" in df.columns else []
+    section("Run", _html_table(pl.DataFrame({"": list(info), "value": [str(v) for v in info.values()]})),
+            *(note(f"pipeline check: {c}") for c in checks))
+
+    body = []
+    for modality, table in summary_tables(df).items():
+        table.write_csv(out / f"summary_{modality}.csv")
+        (out / f"summary_{modality}.md").write_text(to_markdown(table))
+        body.append(f"<h3>{html.escape(modality)}</h3>" + _html_table(table))
+    section("Summary (means per codec setting; task scores from each task's aggregate)", *body)
+
+    conds.write_csv(out / "conditions.csv")
+    corr.write_csv(out / "correlations.csv")
+    shown = correlation_display(corr)
+    (out / "correlations.md").write_text(to_markdown(shown))
+    section(
+        "Correlation of quality metrics with task scores",
+        "<p>Across conditions: one point per codec setting (metric mean vs split-level score). "
+        f"Across samples: one point per coded sample (metric vs per-sample score). "
+        f"Brackets: {n_resamples}-resample percentile bootstrap 95 % interval. — : undefined (a constant side or under 3 points).</p>",
+        *(f"<h3>across {lvl}</h3>" + _html_table(shown.filter(pl.col("level") == lvl).drop("level")) for lvl in ("conditions", "samples") if shown.height),
+    )
+
+    bd.write_csv(out / "bd_rate.csv")
+    (out / "bd_rate.md").write_text(to_markdown(bd))
+    section(
+        "Machine BD-rate (bits vs task score)",
+        f"<p>Average bit-rate change of <i>test</i> against <i>anchor</i> at equal task score (pchip fit of log-bits over score, "
+        f"over the score range both reach); negative: fewer bits. Codecs with at least {min_settings} settings.</p>",
+        _html_table(bd) if bd.height else note(f"no dataset has two codecs with {min_settings} or more settings"),
+    )
+
+    figures = []
+    scored = conds.filter(pl.col("score_name").is_not_null())
+    for (dataset, task, score_name), group in scored.group_by(["dataset", "task", "score_name"], maintain_order=True):
+        rate = rate_column(df.filter(pl.col("dataset") == dataset))
+        plots = [("rate", rate_performance(group, dataset, task, score_name, rate))]
+        if any(group[m].null_count() < group.height for m in metrics):
+            plots.append(("metrics", metric_performance(group, dataset, task, score_name, metrics)))
+        for kind, fig in plots:
+            data = png(fig)
+            (out / "plots" / f"{_slug(kind, dataset, task, score_name)}.png").write_bytes(data)
+            figures.append(f'<img alt="{html.escape(f"{kind}: {dataset} {task} {score_name}")}" src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+    section("Rate–performance and metric–performance", *figures)
+
+    title = title or f"mpq report: {info['datasets']}"
+    page = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n"
+    )
+    path = out / "report.html"
+    path.write_text(page)
+    return path

@@ -1,0 +1,197 @@
+"""Per-condition means and split-level task scores, and the study's summary-table layout.
+
+Everything is driven by the columns present: the quality metrics are the float columns
+that registered metrics declare, the task scores are whatever each task's
+``Task.aggregate`` returns. Error rows are left out of every mean and score.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from mpq import registry
+from mpq.results import BASELINE
+from mpq.summary import read_results, task_aggregates
+
+# Rate columns, per modality: bits per pixel (images), bits per sample (audio).
+RATES = ("bpp", "bps")
+CONDITION = ["dataset", "task", "codec", "setting"]
+
+
+def load(results: str | Path | pl.DataFrame) -> pl.DataFrame:
+    """Result rows from an output folder or URI (or a frame, returned as is)."""
+    if isinstance(results, pl.DataFrame):
+        df = results
+    elif "://" not in str(results) and not (Path(results) / "results").is_dir():
+        raise ValueError(f"no results folder at {results}/results: is {results} a job's output?")
+    else:
+        df = read_results(str(results))
+    if df.is_empty():
+        where = "" if isinstance(results, pl.DataFrame) else f" under {results}/results"
+        raise ValueError(f"no result rows{where}")
+    return df
+
+
+def _numeric(df: pl.DataFrame, col: str) -> bool:
+    return col in df.columns and df.schema[col].is_numeric() and df[col].null_count() < df.height
+
+
+def metric_columns(df: pl.DataFrame) -> list[str]:
+    """Quality-metric columns present in ``df`` (declared by registered metrics), in ``df``'s order."""
+    declared = {col for _, cls in registry.items("metric") for col in cls.columns}
+    return [c for c in df.columns if c in declared and _numeric(df, c)]
+
+
+def lower_better(column: str) -> bool:
+    """Whether smaller values of a metric column mean better quality (LPIPS, CDPAM).
+
+    ``Metric.lower_better`` describes the column named like the metric; its other columns
+    (e.g. ``cdpam_db`` = −10·log10(cdpam)) may point the other way, so they are not marked."""
+    return any(name == column and cls.lower_better for name, cls in registry.items("metric"))
+
+
+def rate_columns(df: pl.DataFrame) -> list[str]:
+    return [c for c in RATES if _numeric(df, c)]
+
+
+def rate_column(df: pl.DataFrame) -> str:
+    """The rate unit of these rows: bpp for images, bps for audio, else raw bits."""
+    return next(iter(rate_columns(df)), "bits")
+
+
+def ok_rows(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("error").is_null())
+
+
+def _means(columns: list[str]) -> list[pl.Expr]:
+    # inf (PSNR of an identical decode) would swamp a mean: only finite values count.
+    fine = pl.col("error").is_null()
+    return [pl.col(c).cast(pl.Float64).filter(fine & pl.col(c).is_finite()).mean().alias(c) for c in columns]
+
+
+def _order(df: pl.DataFrame) -> pl.DataFrame:
+    """Baseline first, then codecs by name, settings numerically where they are numbers."""
+    return (
+        df.with_columns(pl.col("setting").cast(pl.Float64, strict=False).alias("_num"))
+        .sort([pl.col("codec") != BASELINE, "codec", "_num", "setting"], nulls_last=True)
+        .drop("_num")
+    )
+
+
+def modalities(df: pl.DataFrame) -> dict[str, str]:
+    """Dataset → modality, from the registered codecs that coded it ("other" if unknown)."""
+    out = {}
+    for dataset, codecs in df.filter(pl.col("codec") != BASELINE).group_by("dataset").agg(pl.col("codec").unique()).iter_rows():
+        kinds = set()
+        for name in codecs:
+            try:
+                kinds.add(registry.get("codec", name).modality)
+            except KeyError:
+                kinds.add("other")
+        out[dataset] = kinds.pop() if len(kinds) == 1 else "other"
+    for dataset in df["dataset"].unique():
+        out.setdefault(dataset, "other")
+    return out
+
+
+def _by_modality(df: pl.DataFrame) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for dataset, modality in sorted(modalities(df).items()):
+        out.setdefault(modality, []).append(dataset)
+    return dict(sorted(out.items()))
+
+
+def scores(df: pl.DataFrame) -> pl.DataFrame:
+    """Split-level task scores per condition, long: one row per (condition, score_name)."""
+    agg = task_aggregates(df, CONDITION)
+    values = [c for c in agg.columns if c not in CONDITION]
+    if not values:
+        return pl.DataFrame(schema={**{k: pl.String for k in CONDITION}, "score_name": pl.String, "score": pl.Float64})
+    agg = agg.with_columns(pl.col(values).cast(pl.Float64, strict=False))
+    return agg.unpivot(index=CONDITION, variable_name="score_name", value_name="score").drop_nulls("score")
+
+
+def conditions(results: str | pl.DataFrame) -> pl.DataFrame:
+    """One row per (dataset, task, codec, setting, score_name): sample count, errors, mean
+    bits, mean rate and metrics, and the task's split-level score (``Task.aggregate``)."""
+    df = load(results)
+    quality = ["bits", *rate_columns(df), *metric_columns(df)]
+    per_condition = (
+        df.lazy()
+        .group_by(CONDITION)
+        .agg(
+            pl.len().alias("n"),
+            pl.col("error").is_not_null().sum().alias("errors"),
+            *_means(quality)
+        )
+        .collect()
+    )
+    mod = modalities(df)
+    out = per_condition.join(scores(df), on=CONDITION, how="left", nulls_equal=True)
+    out = out.with_columns(pl.col("dataset").replace_strict(mod, return_dtype=pl.String).alias("modality"))
+    return _order(out.sort("dataset", "task", "score_name"))
+
+
+COLUMN_LABEL = pl.when(pl.col("codec") == BASELINE).then(pl.lit("baseline")).otherwise(pl.concat_str("codec", "setting", separator=" ").str.strip_chars())
+
+
+def summary_tables(results: str | pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The study's Tables 3 and 4: per modality, one row per (measure, dataset) and one
+    column per codec setting, the baseline first. Measures: each quality metric, the rate
+    (means over the samples of a dataset, error rows left out), then each task score."""
+    df = load(results)
+    ok = ok_rows(df)
+    quality = [*metric_columns(df), *rate_columns(df)]
+    # Metric values do not depend on the task: count each (sample, condition) once.
+    means = (
+        ok.lazy()
+        .unique(["dataset", "sample_id", "codec", "setting"])
+        .group_by(["dataset", "codec", "setting"])
+        .agg(_means(quality))
+        .collect()
+    )
+    long = [
+        means.select("dataset", pl.col("dataset").alias("label"), "codec", "setting", pl.lit(m).alias("measure"), pl.col(m).alias("value"))
+        for m in quality
+    ]
+    task_scores = scores(df)
+    if task_scores.height:
+        # A dataset read by several tasks gets one score row per task.
+        several = pl.col("task").n_unique().over("dataset") > 1
+        label = pl.when(several).then(pl.col("dataset") + " / " + pl.col("task")).otherwise(pl.col("dataset"))
+        long.append(task_scores.select("dataset", label.alias("label"), "codec", "setting", pl.col("score_name").alias("measure"), pl.col("score").alias("value")))
+    measure_order = {m: i for i, m in enumerate(dict.fromkeys(quality + task_scores["score_name"].to_list()))}
+    cells = pl.concat(long).drop_nulls("value").with_columns(COLUMN_LABEL.alias("column"))
+    out = {}
+    for modality, datasets in _by_modality(df).items():
+        part = cells.filter(pl.col("dataset").is_in(datasets))
+        if part.is_empty():
+            continue
+        columns = _order(part.select("codec", "setting", "column").unique())["column"].to_list()
+        table = (
+            part.pivot(on="column", index=["measure", "label"], values="value", aggregate_function="first")
+            .with_columns(pl.col("measure").replace_strict(measure_order, return_dtype=pl.Int64).alias("_m"))
+            .sort("_m", "label")
+            .drop("_m")
+            .rename({"label": "dataset"})
+        )
+        out[modality] = table.select("measure", "dataset", *[c for c in columns if c in table.columns])
+    return out
+
+
+def _cell(value, digits: int) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def to_markdown(df: pl.DataFrame, digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table; floats to ``digits`` significant digits."""
+    header = "| " + " | ".join(df.columns) + " |"
+    rule = "|" + "|".join("---:" if df.schema[c].is_numeric() else "---" for c in df.columns) + "|"
+    rows = ["| " + " | ".join(_cell(v, digits) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join([header, rule, *rows]) + "\n"
