@@ -15,7 +15,8 @@ def mpq(*args, **kw):
 def test_list_shows_every_registered_component():
     out = mpq("list")
     assert out.returncode == 0
-    for name in ("jpeg", "webp", "mbt2018", "classify", "psnr", "lpips", "hf", "folder", "samples"):
+    for name in ("jpeg", "webp", "mbt2018", "classify", "psnr", "lpips", "hf", "folder", "samples",
+                 "mp3", "opus", "aac", "encodec_48khz", "dac", "asr", "separate", "cdpam", "audio_psnr", "speech", "music", "musdb"):
         assert name in out.stdout
 
 
@@ -40,9 +41,9 @@ def test_smoke_job_end_to_end_and_second_run_adds_nothing(tmp_path):
     first = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
     assert first.returncode == 0, first.stderr
     df = read_results(str(out))
-    # 8 samples × (baseline + 5 settings) × 1 task
-    assert df.height == 8 * 6 and df.filter(pl.col("error").is_not_null()).height == 0
+    # images: 8 samples × (baseline + 5 settings); audio: (2 speech + 1 music) × (baseline + 3 settings)
+    assert df.height == 8 * 6 + 3 * 4 and df.filter(pl.col("error").is_not_null()).height == 0
     assert "summary" in first.stdout and "accuracy" in first.stdout
     second = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
     assert second.returncode == 0 and "0 rows written" in second.stdout
-    assert read_results(str(out)).height == 48
+    assert read_results(str(out)).height == 60

@@ -29,21 +29,73 @@ def test_lower_quality_means_fewer_bits():
 
 
 @pytest.mark.slow
-def test_mbt2018_pads_codes_and_crops_back():
+@pytest.mark.parametrize("name,family", [("mbt2018", "mbt2018"), ("cheng2020-anchor", "cheng2020_anchor")])
+def test_compressai_codec_pads_codes_and_crops_back(name, family):
     import torch
     import torch.nn.functional as F
 
     img = photo(40, 72)  # neither side a multiple of 64
-    cls = registry.get("codec", "mbt2018")
+    cls = registry.get("codec", name)
     codec = cls(cls.Options(pretrained=False))
     coded = codec.roundtrip(img, 1)
     assert coded.decoded.shape == img.shape
+    assert "random weights" in codec.pipeline_check and cls().pipeline_check is None
     # independently: the same zoo construction, padded by hand, compressed directly
     from mpq.codecs.learned import load_zoo_model
 
-    net = load_zoo_model("mbt2018", 1, "mse", False)
+    net = load_zoo_model(family, 1, "mse", False)  # the loader real weights go through
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     x = F.pad(x, (0, 128 - 72, 0, 64 - 40), mode="replicate")
     with torch.inference_mode():
         strings = net.compress(x)["strings"]
     assert coded.bits == 8 * sum(len(s[0]) for s in strings)
+
+
+def test_avif_round_trip_counts_real_bytes():
+    img = photo(40, 56)
+    coded = registry.get("codec", "avif")().roundtrip(img, 30)
+    buf = io.BytesIO()  # independently: Pillow called directly with the same settings
+    Image.fromarray(img).save(buf, format="AVIF", quality=30, speed=6, subsampling="4:2:0", max_threads=1)
+    assert coded.bits == 8 * len(buf.getvalue())
+    assert np.array_equal(coded.decoded, np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    assert 0 < np.abs(coded.decoded.astype(int) - img).mean() < 20
+    assert registry.get("codec", "avif")().roundtrip(img, 0).bits < coded.bits
+
+
+def test_jpegxl_round_trip_counts_real_bytes_and_distance_zero_is_lossless():
+    import imagecodecs
+
+    img = photo(40, 56)
+    codec = registry.get("codec", "jpegxl")()
+    coded = codec.roundtrip(img, 4)
+    data = imagecodecs.jpegxl_encode(img, distance=4.0, effort=7, numthreads=1)
+    assert coded.bits == 8 * len(data) and data[:2] == b"\xff\x0a"  # a bare JPEG XL codestream
+    assert np.array_equal(coded.decoded, imagecodecs.jpegxl_decode(data))
+    assert 0 < np.abs(coded.decoded.astype(int) - img).mean() < 20
+    assert np.array_equal(codec.roundtrip(img, 0).decoded, img)
+    assert codec.roundtrip(img, 15).bits < coded.bits
+    with pytest.raises(ValueError, match=r"\[0, 25\]"):
+        codec.check_setting(30)
+
+
+def test_gray_input_goes_through_rgb_and_back_and_is_recorded(tmp_path):
+    from mpq.engine.stages import Encode, Load
+    from mpq.spec import parse_job
+
+    rgb = photo(40, 56)
+    Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    job = parse_job({
+        "name": "gray", "datasets": [{"name": "d", "source": {"folder": str(tmp_path)}}],
+        "codecs": [{"name": "jpegxl", "settings": [4]}],
+    })
+    rows = Encode(job)(Load(job)([
+        {"dataset": "d", "sample_id": sid, "units": [("jpegxl", 4, [])]} for sid in ("gray.png", "rgb.png")
+    ]))
+    gray, color = rows
+    direct = registry.get("codec", "jpegxl")().roundtrip(gray["original"], 4).decoded
+    assert not (direct[..., 0] == direct[..., 2]).all()  # the codec's own output drifts off gray
+    want = np.asarray(Image.fromarray(direct).convert("L"))  # independently: Pillow's luma
+    assert all(np.array_equal(gray["decoded"][..., c], want) for c in range(3))
+    assert gray["conversion"] == "L → RGB; decoded RGB → L (ITU-R 601 luma) → RGB"
+    assert color["conversion"] is None and not (color["decoded"][..., 0] == color["decoded"][..., 1]).all()

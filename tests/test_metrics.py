@@ -42,3 +42,58 @@ def test_lpips_matches_the_lpips_package_called_directly():
     assert got[1]["lpips"] == pytest.approx(0.0, abs=1e-7)
     assert got[2]["lpips"] == pytest.approx(0.0, abs=1e-7)
     assert metric.pipeline_check  # random backbone rows are marked
+
+
+def test_lpips_vgg_matches_the_lpips_package_called_directly():
+    import lpips
+    import torch
+
+    a, b = photo(64, 64, seed=4), photo(64, 64, seed=5)
+    cls = registry.get("metric", "lpips_vgg")
+    got = cls(cls.Options(backbone="random")).compute([a], [b])[0]["lpips_vgg"]
+    torch.manual_seed(0)
+    net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval()
+    with torch.inference_mode():
+        want = net(lpips.im2tensor(a), lpips.im2tensor(b)).item()
+    assert got == pytest.approx(want, rel=1e-5) and got > 0
+
+
+def degraded(h, w, seed):
+    """A photo-like image and a noisier, blurred copy of it (SSIM well inside (0, 1))."""
+    from scipy.ndimage import uniform_filter
+
+    a = photo(h, w, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    b = uniform_filter(a.astype(float), size=(3, 3, 1)) + rng.normal(0, 12, a.shape)
+    return a, np.clip(b, 0, 255).round().astype(np.uint8)
+
+
+def test_ssim_matches_skimage_with_the_same_settings():
+    from skimage.metrics import structural_similarity
+
+    pairs = [degraded(48, 64, 1), degraded(70, 50, 2), degraded(48, 64, 3)]  # two shapes in one batch
+    got = registry.get("metric", "ssim")().compute([p[0] for p in pairs], [p[1] for p in pairs])
+    for (a, b), g in zip(pairs, got):
+        # Gaussian window sigma 1.5 (truncated to 11 taps), population covariances, mean over RGB
+        want = structural_similarity(
+            a, b, data_range=255, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
+        assert 0.2 < want < 0.99
+        assert g["ssim"] == pytest.approx(want, abs=1e-4)
+    same = registry.get("metric", "ssim")().compute([pairs[0][0]], [pairs[0][0]])[0]["ssim"]
+    assert same == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ms_ssim_matches_piq_and_small_images_get_null():
+    import piq
+    import torch
+
+    a, b = degraded(192, 208, 7)
+    tiny = photo(64, 64)
+    got = registry.get("metric", "ms_ssim")().compute([a, tiny], [b, tiny])
+    x, y = (torch.from_numpy(v).permute(2, 0, 1)[None].float() for v in (a, b))
+    # piq: an independent implementation of Wang et al. 2003 (its own windows and pooling)
+    want = piq.multi_scale_ssim(x, y, data_range=255.0, kernel_size=11, kernel_sigma=1.5).item()
+    assert 0.3 < want < 0.99
+    assert got[0]["ms_ssim"] == pytest.approx(want, abs=1e-3)
+    assert got[1]["ms_ssim"] is None  # below 161 px: the 5-scale pyramid does not fit

@@ -74,12 +74,17 @@ class Coded:
 class Codec(Component):
     default_settings: ClassVar[list] = []
     setting_type: ClassVar[type] = int
+    pipeline_check: str | None = None  # why this codec's output means nothing, if it doesn't
 
     def check_setting(self, setting: Any) -> None:
         """Raise ValueError naming the valid range when ``setting`` is out of it."""
 
     def version(self) -> str:
         raise NotImplementedError
+
+    def preflight(self, settings: list) -> None:
+        """Cheap check, on the driver before any work, that the weights these settings need
+        can be had; raises ``AssetUnavailable`` naming them otherwise."""
 
     def roundtrip(self, media: Any, setting: Any) -> Coded:
         raise NotImplementedError

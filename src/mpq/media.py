@@ -74,6 +74,20 @@ def to_rgb(img: Image.Image) -> RGBImage:
     return RGBImage(np.asarray(rgb, dtype=np.uint8).copy(), f"{mode} → RGB")
 
 
+GRAY_BACK = "decoded RGB → L (ITU-R 601 luma) → RGB"
+
+
+def is_gray(pixels: np.ndarray) -> bool:
+    """An RGB image whose three channels are identical (a grayscale image made RGB)."""
+    return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
+
+
+def back_to_gray(pixels: np.ndarray) -> np.ndarray:
+    """A codec's RGB output of a grayscale input, made grayscale again (Pillow's "L" conversion)."""
+    gray = np.asarray(Image.fromarray(pixels).convert("L"))
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
 def image_from_bytes(data: bytes) -> RGBImage:
     try:
         img = Image.open(io.BytesIO(data))
@@ -93,3 +107,144 @@ def image_from_array(arr: np.ndarray) -> RGBImage:
     if not shape_ok or arr.dtype not in (np.uint8, np.uint16) or (arr.dtype == np.uint16 and arr.ndim != 2):
         raise MediaError(f"unsupported image array: dtype {arr.dtype}, shape {arr.shape}")
     return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
+def label_map_from_bytes(data: bytes) -> np.ndarray:
+    """An annotation image (PNG, one class index per pixel) as an (H, W) integer array, read
+    as stored: never converted to RGB, never resampled."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as exc:
+        raise MediaError(f"not a readable label map: {type(exc).__name__}") from exc
+    if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+        raise MediaError(f"label map has mode {img.mode}; expected one channel of class indices (L, P, I or I;16)")
+    return np.asarray(img).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------
+# Audio: float32 samples of shape (num_samples, channels) in [-1, 1], at the file's own rate.
+#
+# Conversions (recorded in ``conversion``): integer PCM is scaled to [-1, 1] (by the
+# decoder); float samples beyond [-1, 1] are clipped; more than two channels are mixed
+# down to mono (the mean). Refused with a MediaError: no samples, clips shorter than
+# MIN_SECONDS (too short for CDPAM's and the codecs' windows), NaN or infinite samples,
+# and sample rates outside [MIN_RATE, MAX_RATE]. Odd rates are kept: each
+# codec, model and metric resamples (soxr) to the rate it needs and back.
+
+MIN_RATE, MAX_RATE = 1000, 384_000
+MIN_SECONDS = 0.01
+
+
+@dataclass
+class Audio:
+    samples: np.ndarray  # (num_samples, channels) float32 in [-1, 1]
+    sample_rate: int
+    conversion: str | None = None
+
+    @property
+    def channels(self) -> int:
+        return int(self.samples.shape[1])
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / self.sample_rate
+
+
+def audio_from_array(samples: np.ndarray, sample_rate: int, conversion: str | None = None) -> Audio:
+    """Check and canonicalise decoded samples: (n,) or (n, channels), any float or int PCM dtype."""
+    x = np.asarray(samples)
+    notes = [conversion] if conversion else []
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise MediaError(f"unsupported audio array shape {x.shape}; expected (samples,) or (samples, channels)")
+    if not MIN_RATE <= int(sample_rate) <= MAX_RATE:
+        raise MediaError(f"unsupported sample rate {sample_rate} Hz; expected {MIN_RATE}..{MAX_RATE} Hz")
+    if np.issubdtype(x.dtype, np.integer):
+        info = np.iinfo(x.dtype)
+        x = (x.astype(np.float64) - (info.max + 1 + info.min) / 2) / ((info.max - info.min + 1) / 2)
+    x = x.astype(np.float32)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise MediaError("empty audio: no samples")
+    if x.shape[0] < MIN_SECONDS * sample_rate:
+        raise MediaError(f"audio too short: {x.shape[0]} samples at {sample_rate} Hz (minimum {MIN_SECONDS * 1000:g} ms)")
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:
+        raise MediaError(f"audio has {bad} NaN or infinite sample(s)")
+    if x.shape[1] > 2:
+        notes.append(f"{x.shape[1]} channels → mono (mean)")
+        x = x.mean(axis=1, keepdims=True)
+    over = int(np.count_nonzero(np.abs(x) > 1.0))
+    if over:
+        notes.append(f"clipped {over} sample(s) beyond [-1, 1]")
+        x = np.clip(x, -1.0, 1.0)
+    return Audio(np.ascontiguousarray(x), int(sample_rate), "; ".join(notes) or None)
+
+
+def audio_from_bytes(data: bytes) -> Audio:
+    """Decode an audio file: libsndfile (WAV, FLAC, OGG, MP3) first, FFmpeg (PyAV) for the rest."""
+    import soundfile as sf
+
+    if not data:
+        raise MediaError("not a readable audio file: 0 bytes")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception:
+        samples, rate = _decode_with_ffmpeg(data)
+    return audio_from_array(samples, rate)
+
+
+def _decode_with_ffmpeg(data: bytes) -> tuple[np.ndarray, int]:
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.audio:
+                raise MediaError("not a readable audio file: no audio stream")
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate
+            frames = [f.to_ndarray() for f in container.decode(stream)]
+    except MediaError:
+        raise
+    except Exception as exc:  # PyAV raises InvalidDataError, EOFError, ... for bad files
+        raise MediaError(f"not a readable audio file: {type(exc).__name__}") from exc
+    return planar_to_samples(frames), rate
+
+
+def planar_to_samples(frames: list[np.ndarray]) -> np.ndarray:
+    """PyAV frames (planar (channels, n) or packed (1, n * channels)) → (n, channels) float32."""
+    if not frames:
+        return np.zeros((0, 1), np.float32)
+    return np.concatenate(frames, axis=1).T.astype(np.float32)
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """soxr's high-quality resampler; (n, channels) float32 in and out."""
+    import soxr
+
+    if rate_in == rate_out:
+        return samples
+    return soxr.resample(samples, rate_in, rate_out, quality="HQ").astype(np.float32)
+
+
+def fit_length(samples: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad (n, channels) samples to exactly n."""
+    if samples.shape[0] >= n:
+        return samples[:n]
+    return np.pad(samples, ((0, n - samples.shape[0]), (0, 0)))
+
+
+def with_channels(samples: np.ndarray, channels: int) -> np.ndarray:
+    """Mono ↔ stereo: duplicate a mono channel, or average channels down to mono."""
+    if samples.shape[1] == channels:
+        return samples
+    if channels == 1:
+        return samples.mean(axis=1, keepdims=True)
+    if samples.shape[1] == 1:
+        return np.repeat(samples, channels, axis=1)
+    raise ValueError(f"cannot map {samples.shape[1]} channels to {channels}")

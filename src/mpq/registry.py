@@ -20,11 +20,21 @@ _BUILTIN_MODULES = (
     "mpq.sources.samples",
     "mpq.sources.folder",
     "mpq.sources.hf",
+    "mpq.sources.audio_samples",
+    "mpq.sources.musdb",
+    "mpq.sources.commonvoice",
     "mpq.codecs.image",
     "mpq.codecs.learned",
+    "mpq.codecs.hific",
+    "mpq.codecs.audio",
+    "mpq.codecs.neural_audio",
     "mpq.tasks.classify",
+    "mpq.tasks.segment",
+    "mpq.tasks.asr",
+    "mpq.tasks.separate",
     "mpq.metrics.fidelity",
     "mpq.metrics.lpips",
+    "mpq.metrics.audio",
 )
 
 _registry: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}

@@ -38,6 +38,12 @@ BASE_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("bits", pa.int64()),
         ("bpp", pa.float64()),
+        ("sample_rate", pa.int32()),  # audio: the input's rate, channels, length
+        ("channels", pa.int32()),
+        ("num_samples", pa.int64()),
+        ("duration", pa.float64()),
+        ("bps", pa.float64()),  # audio rate: bits per sample (time step) and effective kbps
+        ("kbps", pa.float64()),
         ("label", pa.string()),
         ("prediction", pa.string()),
         ("correct", pa.bool_()),
@@ -54,7 +60,11 @@ BASE_SCHEMA = pa.schema(
 )
 
 # Libraries whose versions can change a result; recorded in every row.
-TRACKED_LIBRARIES = ("torch", "torchvision", "transformers", "datasets", "compressai", "lpips", "pillow", "numpy", "ray")
+TRACKED_LIBRARIES = (
+    "torch", "torchvision", "transformers", "datasets", "compressai", "lpips", "pillow", "imagecodecs",
+    "pytorch-msssim", "numpy", "ray", "av", "soxr", "soundfile", "cdpam", "demucs", "museval", "jiwer",
+    "whisper-normalizer",
+)
 
 
 def library_versions() -> str:

@@ -33,9 +33,11 @@ class RunStats:
 
 
 def preflight(job: JobSpec) -> None:
-    """Fail before any work when a model the job names cannot be loaded (offline, typo)."""
+    """Fail before any work when a model or codec weights the job names cannot be loaded (offline, typo)."""
     for spec in job.tasks:
         registry.get("task", spec.name)(job.task_options(spec)).preflight()
+    for codec in job.codecs:
+        registry.get("codec", codec.name)(job.codec_options(codec)).preflight(job.settings(codec))
 
 
 def run_job(

@@ -124,7 +124,8 @@ class JobSpec(_Strict):
         return spec.settings if spec.settings is not None else list(registry.get("codec", spec.name).default_settings)
 
     def modality(self, dataset: DatasetSpec) -> str:
-        return registry.get("source", dataset.source_type).modality
+        # A source may serve either modality depending on its options (hf: image or audio column).
+        return registry.get("source", dataset.source_type)(self.source_options(dataset)).modality
 
     def tasks_for(self, dataset: DatasetSpec) -> list[TaskSpec]:
         mod = self.modality(dataset)
@@ -189,8 +190,10 @@ def validate(job: JobSpec) -> list[str]:
                 f"{where}: needs exactly one source key, got {sorted(d.source) or 'none'}; valid choices: {_choices('source')}"
             )
             continue
-        problems += _option_problems("source", kinds[0], d.source, where)
-        modalities.add(registry.get("source", kinds[0]).modality)
+        source_problems = _option_problems("source", kinds[0], d.source, where)
+        problems += source_problems
+        cls = registry.get("source", kinds[0])
+        modalities.add(cls.modality if source_problems else cls(cls.Options(**d.source)).modality)
     for dup in {n for n in dataset_names if dataset_names.count(n) > 1}:
         problems.append(f"datasets: name {dup!r} is used twice")
 

@@ -18,6 +18,7 @@ def read_results(output: str) -> pl.DataFrame:
 
 
 SUMMARY_KEYS = ["dataset", "task", "codec", "setting"]
+MEAN_COLUMNS = ("bpp", "bps", "kbps", "psnr", "ssim", "ms_ssim", "lpips", "lpips_vgg", "cdpam_db")
 
 
 def task_aggregates(df: pl.DataFrame, keys: list[str] = SUMMARY_KEYS) -> pl.DataFrame:
@@ -36,7 +37,7 @@ def summarize(df: pl.DataFrame) -> pl.DataFrame:
     """Mean rate and fidelity, and each task's split-level score, per (dataset, task, codec, setting)."""
     if df.is_empty():
         return df
-    means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in ("bpp", "psnr", "lpips") if c in df.columns]
+    means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in MEAN_COLUMNS if c in df.columns]
     aggs = [pl.len().alias("n"), pl.col("error").is_not_null().sum().alias("errors"), *means]
     keys = SUMMARY_KEYS
     return (
@@ -58,12 +59,25 @@ def print_summary(df: pl.DataFrame) -> None:
     if table.is_empty():
         console.print("no results")
         return
-    out = Table(title="summary (means per codec setting)")
-    for col in table.columns:
-        out.add_column(col, justify="left" if table.schema[col] == pl.String else "right")
-    for row in table.iter_rows():
-        out.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    console.print(out)
+    # Datasets of different modalities share few columns: one table per set of filled columns.
+    groups: dict[tuple[str, ...], list[pl.DataFrame]] = {}
+    for part in table.partition_by("dataset", maintain_order=True):
+        part = part.select([c for c in part.columns if part[c].null_count() < part.height])
+        groups.setdefault(tuple(part.columns), []).append(part)
+    for columns, parts in groups.items():
+        out = Table(title="summary (means per codec setting)")
+        merged = pl.concat(parts)
+        for col in columns:
+            out.add_column(col, justify="left" if merged.schema[col] == pl.String else "right")
+        for row in merged.iter_rows():
+            out.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        console.print(out)
+    if "rate_note" in df.columns:  # effective bitrate > 10 % off the requested one
+        notes = df.filter(pl.col("rate_note").is_not_null()).group_by("dataset", "codec", "setting").agg(
+            pl.len().alias("n"), pl.col("kbps").mean().alias("kbps"), pl.col("requested_kbps").first()
+        ).sort("dataset", "codec", "setting")
+        for d, c, s, n, kbps, req in notes.iter_rows():
+            console.print(f"[yellow]bitrate:[/] {d} {c} {s}: {n} row(s) off the requested {req:g} kbps by > 10 % (mean effective {kbps:.3g} kbps; see rate_note)")
     if "pipeline_check" in df.columns:
         for note in df["pipeline_check"].drop_nulls().unique().to_list():
             console.print(f"[yellow]pipeline check:[/] {note}")

@@ -45,6 +45,11 @@ class CompressAICodec(Codec):
     family: ClassVar[str]
     qualities: ClassVar[range]
 
+    def __init__(self, options=None):
+        super().__init__(options)
+        if not self.options.pretrained:
+            self.pipeline_check = f"{self.name} with random weights: its output means nothing"
+
     def check_setting(self, setting) -> None:
         if not isinstance(setting, int) or setting not in self.qualities:
             raise ValueError(f"{self.name} quality must be an integer in [{self.qualities[0]}, {self.qualities[-1]}]")
@@ -79,3 +84,14 @@ class MBT2018(CompressAICodec):
     family = "mbt2018"
     qualities = range(1, 9)
     default_settings = [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+@register("codec", "cheng2020-anchor")
+class Cheng2020Anchor(CompressAICodec):
+    """Cheng et al. 2020, anchor variant (single Gaussian; no mixture, no attention).
+
+    Residual blocks, sub-pixel up-sampling, context model and hyperprior."""
+
+    family = "cheng2020_anchor"
+    qualities = range(1, 7)
+    default_settings = [1, 2, 3, 4, 5, 6]

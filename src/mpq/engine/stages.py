@@ -35,9 +35,34 @@ def image_rate(media, bits: int) -> dict[str, Any]:
     return {"bpp": bits / (media.shape[0] * media.shape[1])}
 
 
-# Per modality: the size columns of the original, and the rate columns of a coded version.
-MEDIA_COLUMNS = {"image": image_columns}
-RATE_COLUMNS = {"image": image_rate}
+def image_decoded(row: Row, decoded) -> Row:
+    """Grayscale inputs go through the codec as RGB; what comes back is made gray again,
+    as the input was, and the row says so."""
+    from mpq.media import GRAY_BACK, back_to_gray, is_gray
+
+    if not is_gray(row["original"]):
+        return {"decoded": decoded}
+    return {"decoded": back_to_gray(decoded), "conversion": "; ".join(filter(None, [row["conversion"], GRAY_BACK]))}
+
+
+def audio_columns(media) -> dict[str, Any]:
+    return {"sample_rate": media.sample_rate, "channels": media.channels, "num_samples": media.num_samples, "duration": media.duration}
+
+
+def audio_rate(media, bits: int) -> dict[str, Any]:
+    """Bits per sample (per time step at the input's rate, all channels together) and kbps."""
+    return {"bps": bits / media.num_samples, "kbps": bits / media.duration / 1000}
+
+
+def audio_decoded(row: Row, decoded) -> Row:
+    return {"decoded": decoded}
+
+
+# Per modality: the size columns of the original, the rate columns of a coded version, and
+# what is done to the decoded media before anything downstream sees it.
+MEDIA_COLUMNS = {"image": image_columns, "audio": audio_columns}
+RATE_COLUMNS = {"image": image_rate, "audio": audio_rate}
+DECODED = {"image": image_decoded, "audio": audio_decoded}
 
 
 class _JobStage:
@@ -109,7 +134,10 @@ class Encode(_JobStage):
             except Exception as exc:
                 row["error"] = f"codec: {_error(exc)}"
                 continue
-            row.update(decoded=coded.decoded, bits=int(coded.bits), codec_version=codec.version(), **coded.extra)
+            row.update(bits=int(coded.bits), codec_version=codec.version(), **coded.extra)
+            if codec.pipeline_check:
+                row.setdefault("checks", []).append(codec.pipeline_check)
+            row.update(DECODED[modality](row, coded.decoded))
             row.update(RATE_COLUMNS[modality](row["original"], coded.bits))
         return rows
 
@@ -188,10 +216,15 @@ class Measure(_JobStage):
                 metric = self.metrics[spec.name]
                 try:
                     values = self.compute(metric, [r["original"] for r in todo], [r["decoded"] for r in todo])
-                except Exception as exc:
+                except Exception:
+                    # One bad sample must not fail the batch: retry one by one to find it.
+                    values = []
                     for r in todo:
-                        r["error"] = f"metric {spec.name}: {_error(exc)}"
-                    continue
+                        try:
+                            values.append(self.compute(metric, [r["original"]], [r["decoded"]])[0])
+                        except Exception as exc:
+                            r["error"] = f"metric {spec.name}: {_error(exc)}"
+                            values.append({})
                 for r, v in zip(todo, values):
                     r.update(v)
                     if metric.pipeline_check:

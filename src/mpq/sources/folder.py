@@ -1,5 +1,10 @@
-"""Images from a local folder (recursively). The label is the name of the file's parent
-folder when ``labels: parent`` (the ImageFolder convention), else none."""
+"""Images or audio files from a local folder (recursively).
+
+Images: the label is the name of the file's parent folder when ``labels: parent`` (the
+ImageFolder convention), else none. Audio (``media: audio``; WAV, FLAC, OGG, MP3, M4A, ...
+decoded by libsndfile or FFmpeg): with ``labels: text`` the target is the text of the
+file of the same name ending in ``.txt`` (e.g. a transcript), if there is one.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,26 @@ from pathlib import Path
 from typing import Literal
 
 from mpq.components import Options, Sample, Source
-from mpq.media import image_from_bytes
+from mpq.media import audio_from_bytes, image_from_bytes
 from mpq.registry import register
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".au", ".webm"}
 
 
 class FolderOptions(Options):
     folder: str
-    labels: Literal["parent", "none"] = "none"
+    media: Literal["image", "audio"] = "image"
+    labels: Literal["parent", "text", "none"] = "none"
 
 
 @register("source", "folder")
 class FolderSource(Source):
     Options = FolderOptions
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.modality = self.options.media
 
     @property
     def root(self) -> Path:
@@ -29,14 +40,25 @@ class FolderSource(Source):
     def ids(self) -> list[str]:
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset folder {str(self.root)!r} does not exist")
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        suffixes = AUDIO_SUFFIXES if self.modality == "audio" else IMAGE_SUFFIXES
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         return [p.relative_to(self.root).as_posix() for p in files]
 
     def load(self, sample_id: str) -> Sample:
         path = self.root / sample_id
+        if self.modality == "audio":
+            audio = audio_from_bytes(path.read_bytes())
+            return Sample(sample_id, audio, target=self._target(path), conversion=audio.conversion)
         img = image_from_bytes(path.read_bytes())
-        target = path.parent.name if self.options.labels == "parent" else None
-        return Sample(sample_id, img.pixels, target=target, conversion=img.conversion)
+        return Sample(sample_id, img.pixels, target=self._target(path), conversion=img.conversion)
+
+    def _target(self, path: Path) -> str | None:
+        if self.options.labels == "parent":
+            return path.parent.name
+        text = path.with_suffix(".txt")
+        if self.options.labels == "text" and text.is_file():
+            return text.read_text().strip()
+        return None
 
     def describe(self) -> str:
         return f"folder:{self.root.resolve()}"

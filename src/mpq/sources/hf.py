@@ -1,8 +1,11 @@
 """Datasets from the Hugging Face hub (or its local cache) through ``datasets.load_dataset``.
 
 Sample ids are row indices in the split, so listing them is cheap once the split is
-cached and any sample can be loaded on any worker. Images are read as raw bytes and
-decoded by mpq, so a corrupt file becomes an ``error`` row instead of killing the run.
+cached and any sample can be loaded on any worker. Images and audio are read as raw bytes
+(``decode=False``) and decoded by mpq (Pillow; libsndfile or FFmpeg), so a corrupt file
+becomes an ``error`` row instead of killing the run, and no torchcodec is needed. A
+dataset with an ``audio`` column is an audio dataset; its ``label`` column is the target
+(e.g. the transcript).
 """
 
 from __future__ import annotations
@@ -10,8 +13,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from pydantic import model_validator
+
 from mpq.components import Options, Sample, Source
-from mpq.media import image_from_array, image_from_bytes, to_rgb
+from mpq.media import (
+    MediaError, audio_from_array, audio_from_bytes, image_from_array, image_from_bytes, label_map_from_bytes, to_rgb,
+)
 from mpq.registry import register
 
 
@@ -25,7 +32,20 @@ class HFOptions(Options):
     split: str = "validation"
     revision: str | None = None
     image: str = "image"
+    audio: str | None = None  # an audio column: makes this an audio dataset (image is then unused)
     label: str | None = "label"
+    # A column of annotation images (one class index per pixel): the target instead of
+    # ``label``, for segmentation.
+    label_map: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _label_map_replaces_label(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("label_map"):
+            if data.get("label"):
+                raise ValueError("give either `label` (a class column) or `label_map` (a column of label images), not both")
+            data = {**data, "label": None}
+        return data
 
 
 def offline_hint(kind: str, name: str, exc: Exception) -> AssetUnavailable:
@@ -57,18 +77,28 @@ def open_split(hf: str, config: str | None, split: str, revision: str | None):
 class HFSource(Source):
     Options = HFOptions
 
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.modality = "audio" if self.options.audio else "image"
+        self.column = self.options.audio or self.options.image
+
     def _split(self):
         o = self.options
         ds = open_split(o.hf, o.config, o.split, o.revision)
         import datasets
 
-        if isinstance(ds.features.get(o.image), datasets.Image):
-            ds = ds.cast_column(o.image, datasets.Image(decode=False))
+        for column in (self.column, o.label_map):
+            feature = ds.features.get(column) if column else None
+            if isinstance(feature, datasets.Image):
+                ds = ds.cast_column(column, datasets.Image(decode=False))
+            elif isinstance(feature, datasets.Audio):
+                ds = ds.cast_column(column, datasets.Audio(decode=False))
         return ds
 
     def ids(self) -> list[str]:
         ds = self._split()
-        missing = [c for c in (self.options.image, self.options.label) if c and c not in ds.column_names]
+        o = self.options
+        missing = [c for c in (self.column, o.label, o.label_map) if c and c not in ds.column_names]
         if missing:
             raise ValueError(f"dataset {self.options.hf!r} has no column(s) {missing}; columns: {ds.column_names}")
         return [str(i) for i in range(len(ds))]
@@ -76,8 +106,17 @@ class HFSource(Source):
     def load(self, sample_id: str) -> Sample:
         ds = self._split()
         row = ds[int(sample_id)]
-        img = _image(row[self.options.image])
-        return Sample(sample_id, img.pixels, target=self._label(ds, row), conversion=img.conversion)
+        if self.modality == "audio":
+            audio = _audio(row[self.column])
+            return Sample(sample_id, audio, target=self._label(ds, row), conversion=audio.conversion)
+        img = _image(row[self.column])
+        if self.options.label_map:
+            target = _label_map(row[self.options.label_map])
+            if target.shape != img.pixels.shape[:2]:
+                raise MediaError(f"label map is {target.shape[1]}×{target.shape[0]}, image {img.width}×{img.height}")
+        else:
+            target = self._label(ds, row)
+        return Sample(sample_id, img.pixels, target=target, conversion=img.conversion)
 
     def _label(self, ds, row: dict[str, Any]) -> Any:
         name = self.options.label
@@ -104,3 +143,25 @@ def _image(value: Any):
     if hasattr(value, "mode"):  # an already decoded PIL image
         return to_rgb(value)
     return image_from_array(value)
+
+
+def _label_map(value: Any):
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return label_map_from_bytes(value["bytes"])
+        with open(value["path"], "rb") as f:
+            return label_map_from_bytes(f.read())
+    import numpy as np
+
+    return np.asarray(value)
+
+
+def _audio(value: Any):
+    if isinstance(value, dict) and "array" in value:  # already decoded: {"array", "sampling_rate"}
+        return audio_from_array(value["array"], value["sampling_rate"])
+    if isinstance(value, dict):  # datasets.Audio(decode=False): {"bytes": ..., "path": ...}
+        if value.get("bytes") is not None:
+            return audio_from_bytes(value["bytes"])
+        with open(value["path"], "rb") as f:
+            return audio_from_bytes(f.read())
+    raise TypeError(f"unsupported audio value of type {type(value).__name__}")

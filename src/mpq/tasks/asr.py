@@ -1,0 +1,193 @@
+"""Speech recognition with any Whisper model (hub id or local folder) through transformers.
+
+The audio is resampled (soxr) to Whisper's 16 kHz and mixed to mono. Clips up to 30 s
+are transcribed in one window; longer clips go through Whisper's sequential long-form
+decoding. The language and task are forced (English transcription by default).
+
+Per sample: the reference (``label``), the transcript (``prediction``), and word errors
+(substitutions + deletions + insertions, by jiwer) with the reference's word count, on
+the raw text (only whitespace normalised) and after Whisper's English text normaliser
+(``*_norm``). The split-level score is the word recognition accuracy WRA = 1 − WER,
+with WER = Σ errors / Σ reference words over the split.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import field_validator
+
+from mpq.components import Options, Task
+from mpq.media import Audio, resample, with_channels
+from mpq.registry import register
+from mpq.tasks.hub import BUILTIN_PREFIX, from_pretrained, mpq_cache, revision_of, torch_dtype
+
+TINY_WHISPER = "builtin:tiny-whisper"
+WHISPER_RATE = 16000
+WINDOW_SECONDS = 30
+
+
+class ASROptions(Options):
+    model: str = "openai/whisper-medium"  # any Whisper: hub id, local folder, or builtin:tiny-whisper
+    revision: str | None = None
+    language: str = "en"
+    max_new_tokens: int | None = None  # default: the model's generation config
+
+    @field_validator("model")
+    @classmethod
+    def _known_builtin(cls, model: str) -> str:
+        if model.startswith(BUILTIN_PREFIX) and model != TINY_WHISPER:
+            raise ValueError(f"unknown built-in model {model!r}; valid choices: {TINY_WHISPER}, a hub id or a local folder")
+        return model
+
+
+def tiny_whisper() -> str:
+    """A tiny randomly initialised Whisper, with a byte-level tokenizer and a generation
+    config, written once in HF format to mpq's cache: it runs the real loading and
+    generation path offline; its transcripts are noise."""
+    path = mpq_cache() / "models" / "tiny-whisper-random"
+    if (path / "config.json").exists():
+        return str(path)
+    import torch
+    import transformers
+    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import WhisperProcessor, WhisperTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    transformers.utils.logging.disable_progress_bar()
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    vocab.update({tok: len(vocab) + i for i, tok in enumerate(specials)})
+    ids = {tok: vocab[tok] for tok in specials}
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=len(vocab), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=1500, max_target_positions=64, pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
+        decoder_start_token_id=ids["<|startoftranscript|>"], begin_suppress_tokens=None, suppress_tokens=None,
+    )
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], max_length=24,
+        is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        max_initial_timestamp_index=50, begin_suppress_tokens=[], suppress_tokens=[],
+    )
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    model.save_pretrained(tmp)
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(tmp)
+    try:
+        tmp.rename(path)  # atomic: concurrent actors never see half a model
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(path)
+
+
+@functools.cache
+def english_normalizer():
+    """Whisper's English normaliser (OpenAI's rules and spelling map, as packaged by whisper-normalizer)."""
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(substitutions + deletions + insertions, reference words), words split on whitespace."""
+    import jiwer
+
+    ref, hyp = reference.split(), hypothesis.split()
+    if not ref:
+        return len(hyp), 0
+    if not hyp:
+        return len(ref), len(ref)
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return out.substitutions + out.deletions + out.insertions, len(ref)
+
+
+def _wra(errors, words) -> float | None:
+    total = words.sum()
+    return None if not total else 1.0 - errors.sum() / total
+
+
+@register("task", "asr")
+class ASR(Task):
+    """Whisper speech recognition; word errors per sample, WRA = 1 − WER over the split."""
+
+    Options = ASROptions
+    modality = "audio"
+    columns = {
+        "label": pa.string(), "prediction": pa.string(), "correct": pa.bool_(), "score": pa.float64(),
+        "word_errors": pa.int64(), "ref_words": pa.int64(),
+        "word_errors_norm": pa.int64(), "ref_words_norm": pa.int64(),
+    }
+
+    def preflight(self) -> None:
+        from transformers import AutoConfig
+
+        if not self.options.model.startswith(BUILTIN_PREFIX):
+            kw = {"revision": self.options.revision} if self.options.revision else {}
+            from_pretrained(AutoConfig, self.options.model, **kw)
+
+    def load(self) -> None:
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        model_id = self.options.model
+        if model_id == TINY_WHISPER:
+            model_id = tiny_whisper()
+            self.pipeline_check = "tiny random Whisper: transcripts and WRA mean nothing"
+        kw = {"revision": self.options.revision} if self.options.revision else {}
+        self.processor = from_pretrained(WhisperProcessor, model_id, **kw)
+        self.model = from_pretrained(WhisperForConditionalGeneration, model_id, **kw)
+        self.dtype = torch_dtype(self.precision, self.device)
+        self.model.to(self.device, dtype=self.dtype).eval()
+        self.model_id = self.options.model
+        self.model_revision = revision_of(self.model)
+
+    @classmethod
+    def aggregate(cls, rows):
+        return {
+            "wra": _wra(rows["word_errors"], rows["ref_words"]),
+            "wra_norm": _wra(rows["word_errors_norm"], rows["ref_words_norm"]),
+        }
+
+    def transcribe(self, media: list[Audio]) -> list[str]:
+        import torch
+
+        waves = [resample(with_channels(a.samples, 1), a.sample_rate, WHISPER_RATE)[:, 0] for a in media]
+        long_form = max(len(w) for w in waves) > WINDOW_SECONDS * WHISPER_RATE
+        kw = {"truncation": False, "padding": "longest", "return_attention_mask": True} if long_form else {}
+        inputs = self.processor.feature_extractor(waves, sampling_rate=WHISPER_RATE, return_tensors="pt", **kw)
+        gen = {"language": self.options.language, "task": "transcribe"}
+        if self.options.max_new_tokens:
+            gen["max_new_tokens"] = self.options.max_new_tokens
+        if long_form:
+            gen["attention_mask"] = inputs["attention_mask"].to(self.device)
+        with torch.inference_mode():
+            ids = self.model.generate(inputs["input_features"].to(self.device, dtype=self.dtype), **gen)
+        return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+
+    def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
+        norm = english_normalizer()
+        rows = []
+        for hyp, ref in zip(self.transcribe(media), targets):
+            ref = "" if ref is None else str(ref)
+            errors, words = word_errors(ref, hyp)
+            errors_n, words_n = word_errors(norm(ref), norm(hyp))
+            rows.append({
+                "label": ref, "prediction": hyp, "correct": None,
+                "score": None if not words_n else 1.0 - errors_n / words_n,  # per-sample WRA (normalised)
+                "word_errors": errors, "ref_words": words, "word_errors_norm": errors_n, "ref_words_norm": words_n,
+            })
+        return rows

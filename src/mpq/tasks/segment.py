@@ -1,0 +1,136 @@
+"""Semantic segmentation with any ``AutoModelForSemanticSegmentation`` (e.g. SegFormer).
+
+Per sample: the logits are upsampled (bilinear) to the label map's size and arg-maxed; the
+label map itself is never resized. Each row keeps, per class, the pixel counts of the
+intersection and union of prediction and label (pixels labelled ``ignore_index`` left
+out), plus correct and valid pixel counts, so that the split-level mIoU can be computed
+the way ADE20k defines it: intersections and unions summed over the whole split, IoU per
+class, then the mean over classes that occur (in labels or predictions) at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mpq.components import Options, Task
+from mpq.registry import register
+from mpq.tasks.hub import from_pretrained, revision_of, torch_dtype
+
+
+class SegmentOptions(Options):
+    model: str = "nvidia/segformer-b0-finetuned-ade-512-512"
+    revision: str | None = None
+    # Shift labels down by one, making 0 ("other") the ignored class, as ADE20k-trained
+    # models expect. None: follow the model's image processor (`do_reduce_labels`).
+    reduce_labels: bool | None = None
+    ignore_index: int = 255
+
+
+def reduce_labels(label: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """0 → ignored, k → k − 1 (the ADE20k convention; ``do_reduce_labels`` in transformers)."""
+    out = label.astype(np.int64) - 1
+    out[label == 0] = ignore_index
+    out[label == ignore_index] = ignore_index
+    return out
+
+
+def iou_counts(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = 255) -> dict[str, Any]:
+    """Per-class intersection and union pixel counts and the pixel accuracy counts of one map."""
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction {pred.shape} and label map {label.shape} differ in size")
+    valid = label != ignore_index
+    p, t = pred[valid].astype(np.int64), label[valid].astype(np.int64)
+    if t.size and (t.min() < 0 or t.max() >= num_classes):
+        raise ValueError(f"label map holds classes outside [0, {num_classes}) besides ignore_index {ignore_index}")
+    area_pred = np.bincount(p, minlength=num_classes)
+    area_label = np.bincount(t, minlength=num_classes)
+    intersection = np.bincount(p[p == t], minlength=num_classes)
+    union = area_pred + area_label - intersection
+    return {
+        "intersection": intersection.tolist(),
+        "union": union.tolist(),
+        "pixels_correct": int((p == t).sum()),
+        "pixels_valid": int(valid.sum()),
+    }
+
+
+def mean_iou(intersection: np.ndarray, union: np.ndarray) -> float | None:
+    """Mean over classes of intersection / union, classes with an empty union left out."""
+    present = union > 0
+    return float(np.mean(intersection[present] / union[present])) if present.any() else None
+
+
+@register("task", "segment")
+class Segment(Task):
+    """Semantic segmentation: per-sample intersection/union counts, split-level mIoU."""
+
+    Options = SegmentOptions
+    columns = {
+        "score": pa.float64(),  # this sample's own mIoU (classes present in it)
+        "pixel_accuracy": pa.float64(),
+        "pixels_correct": pa.int64(),
+        "pixels_valid": pa.int64(),
+        "intersection": pa.list_(pa.int64()),  # per class, indexed like the model's id2label
+        "union": pa.list_(pa.int64()),
+    }
+
+    def preflight(self) -> None:
+        from transformers import AutoConfig
+
+        from_pretrained(AutoConfig, self.options.model, **self._revision())
+
+    def _revision(self) -> dict:
+        return {"revision": self.options.revision} if self.options.revision else {}
+
+    def load(self) -> None:
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+        self.processor = from_pretrained(AutoImageProcessor, self.options.model, **self._revision())
+        self.model = from_pretrained(AutoModelForSemanticSegmentation, self.options.model, **self._revision())
+        self.dtype = torch_dtype(self.precision, self.device)
+        self.model.to(self.device, dtype=self.dtype).eval()
+        self.model_id, self.model_revision = self.options.model, revision_of(self.model)
+        self.num_classes = self.model.config.num_labels
+        reduce = self.options.reduce_labels
+        self.reduce = bool(getattr(self.processor, "do_reduce_labels", False)) if reduce is None else reduce
+
+    def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
+        import torch
+        import torch.nn.functional as F
+
+        inputs = self.processor(images=list(media), return_tensors="pt")
+        with torch.inference_mode():
+            logits = self.model(pixel_values=inputs["pixel_values"].to(self.device, dtype=self.dtype)).logits
+            rows = []
+            for image, target, lg in zip(media, targets, logits):
+                if target is None:
+                    raise ValueError("segmentation needs a label map as target (the source's `label_map` column)")
+                # One sample at a time: full-size logits of a whole batch can be large.
+                up = F.interpolate(lg[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)
+                pred = up[0].argmax(0).cpu().numpy()
+                label = reduce_labels(target, self.options.ignore_index) if self.reduce else target
+                counts = iou_counts(pred, label, self.num_classes, self.options.ignore_index)
+                valid = counts["pixels_valid"]
+                rows.append({
+                    **counts,
+                    "label": None, "prediction": None, "correct": None,
+                    "score": mean_iou(np.array(counts["intersection"]), np.array(counts["union"])),
+                    "pixel_accuracy": counts["pixels_correct"] / valid if valid else None,
+                })
+        return rows
+
+    @classmethod
+    def aggregate(cls, rows):
+        """Dataset-level mIoU (counts summed over the split first) and pixel accuracy."""
+        if rows.is_empty():
+            return {"mIoU": None, "pixel_accuracy": None}
+        intersection = np.array(rows["intersection"].to_list(), dtype=np.int64).sum(0)
+        union = np.array(rows["union"].to_list(), dtype=np.int64).sum(0)
+        valid = rows["pixels_valid"].sum()
+        return {
+            "mIoU": mean_iou(intersection, union),
+            "pixel_accuracy": rows["pixels_correct"].sum() / valid if valid else None,
+        }

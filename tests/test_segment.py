@@ -1,0 +1,170 @@
+"""Segmentation: scoring by hand, the label-map source, and a tiny SegFormer through the pipeline."""
+
+import io
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import photo
+from PIL import Image
+
+from mpq import registry
+from mpq.tasks.segment import iou_counts, reduce_labels
+
+IGNORE = 255
+
+
+def test_iou_counts_hand_worked_with_ignored_pixels_and_an_absent_class():
+    label = np.array([[0, 0, 1], [1, IGNORE, 2], [2, 2, IGNORE]])
+    pred = np.array([[0, 1, 1], [1, 0, 2], [0, 2, 2]])  # predictions on ignored pixels must not count
+    c = iou_counts(pred, label, num_classes=4)
+    # valid (pred, label) pairs: (0,0) (1,0) (1,1) (1,1) (2,2) (0,2) (2,2)
+    assert c["intersection"] == [1, 2, 2, 0]
+    assert c["union"] == [3, 3, 3, 0]  # class 3: in neither map
+    assert (c["pixels_correct"], c["pixels_valid"]) == (5, 7)
+
+
+def test_dataset_level_miou_sums_counts_over_the_split_before_averaging_classes():
+    a = iou_counts(np.array([[0, 1, 1], [1, 0, 2], [0, 2, 2]]), np.array([[0, 0, 1], [1, IGNORE, 2], [2, 2, IGNORE]]), 4)
+    b = iou_counts(np.array([[3, 0], [1, 0]]), np.array([[3, 3], [IGNORE, 0]]), 4)
+    assert b["intersection"] == [1, 0, 0, 1] and b["union"] == [2, 0, 0, 2]
+    rows = pl.DataFrame([a, b])
+    agg = registry.get("task", "segment").aggregate(rows)
+    # summed: I = [2, 2, 2, 1], U = [5, 3, 3, 2]
+    assert agg["mIoU"] == pytest.approx((2 / 5 + 2 / 3 + 2 / 3 + 1 / 2) / 4)
+    assert agg["pixel_accuracy"] == pytest.approx(7 / 10)
+    # (the mean of per-sample mIoUs would be (5/9 + 1/2) / 2 = 0.528, not 0.558)
+
+
+def test_reduce_labels_makes_class_zero_the_ignored_one():
+    out = reduce_labels(np.array([[0, 1, 150], [IGNORE, 2, 0]], dtype=np.uint8))
+    assert out.tolist() == [[IGNORE, 0, 149], [IGNORE, 1, IGNORE]]
+
+
+def test_iou_counts_refuses_out_of_range_classes_and_size_mismatch():
+    with pytest.raises(ValueError, match="outside"):
+        iou_counts(np.zeros((2, 2), int), np.full((2, 2), 7), 4)
+    with pytest.raises(ValueError, match="differ in size"):
+        iou_counts(np.zeros((2, 3), int), np.zeros((3, 2), int), 4)
+
+
+# --- the real pipeline on local data -------------------------------------------------------
+
+H, W = 37, 53  # odd sizes: labels must come back at exactly this size
+
+
+def png(array) -> dict:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+@pytest.fixture
+def ade_like(tmp_path):
+    """A local dataset in the hub's parquet layout: images and ADE-style annotations
+    (0 = "other", classes 1..4), one of them grayscale, one with a mismatched label map."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images, maps = [], []
+    for i in range(4):
+        img = photo(H, W, seed=i)
+        ann = np.zeros((H, W), np.uint8)
+        ann[: H // 2, : W // 2], ann[: H // 2, W // 2 :], ann[H // 2 :, : W // 3] = 1, 2, 3
+        ann[rng.random((H, W)) < 0.1] = 0
+        if i == 1:
+            img = np.asarray(Image.fromarray(img).convert("L"))
+        if i == 3:
+            ann = ann[:-1]
+        images.append(png(img))
+        maps.append(png(ann))
+    feats = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image(), "scene": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"image": images, "annotation": maps, "scene": ["a"] * 4}, features=feats)
+    root = tmp_path / "ade"
+    (root / "data").mkdir(parents=True)
+    ds.to_parquet(root / "data" / "validation-00000-of-00001.parquet")
+    return root
+
+
+@pytest.fixture
+def tiny_segformer(tmp_path):
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)
+    config = SegformerConfig(
+        num_labels=4, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
+        decoder_hidden_size=16, id2label={i: f"c{i}" for i in range(4)}, label2id={f"c{i}": i for i in range(4)},
+    )
+    path = tmp_path / "tiny-segformer"
+    SegformerForSemanticSegmentation(config).save_pretrained(path)
+    SegformerImageProcessor(size={"height": 32, "width": 32}, do_reduce_labels=True).save_pretrained(path)
+    return str(path)
+
+
+def test_hf_source_reads_label_maps_unconverted(ade_like):
+    source = registry.get("source", "hf")(registry.get("source", "hf").Options(hf=str(ade_like), label_map="annotation"))
+    assert source.ids() == ["0", "1", "2", "3"]
+    s = source.load("1")
+    assert s.media.shape == (H, W, 3) and s.conversion == "L → RGB"
+    assert s.target.shape == (H, W) and set(np.unique(s.target)) <= {0, 1, 2, 3}
+    with pytest.raises(Exception, match="label map is"):
+        source.load("3")
+    with pytest.raises(ValueError, match="either `label`"):
+        registry.get("source", "hf").Options(hf=str(ade_like), label="scene", label_map="annotation")
+
+
+@pytest.mark.slow
+def test_tiny_segformer_through_the_pipeline(ade_like, tiny_segformer, tmp_path):
+    import torch
+    import torch.nn.functional as F
+    from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    from mpq.runner import run_job
+    from mpq.spec import parse_job
+    from mpq.summary import read_results, summarize
+
+    job = parse_job({
+        "name": "seg",
+        "datasets": [{"name": "ade", "source": {"hf": str(ade_like), "label_map": "annotation"}}],
+        "codecs": [{"name": "jpeg", "settings": [5]}, {"name": "avif", "settings": [20]}],
+        "tasks": [{"name": "segment", "model": tiny_segformer, "batch_size": 2}],
+        "metrics": ["psnr"],
+    })
+    out = str(tmp_path / "out")
+    run_job(job, out, engine="serial", progress=False)
+    df = read_results(out)
+    assert df.height == 4 * 3
+    bad = df.filter(pl.col("sample_id") == "3")
+    assert bad["error"].str.contains("label map is").all()
+    ok = df.filter(pl.col("error").is_null())
+    assert ok.height == 9 and (ok["task_type"] == "segment").all()
+    assert ok["intersection"].list.len().eq(4).all()
+
+    # Independently, for the baseline rows: the model called directly, logits upsampled to
+    # the label's size, labels reduced by hand (0 → ignored, k → k - 1).
+    from mpq.sources.hf import HFSource
+
+    source = HFSource(HFSource.Options(hf=str(ade_like), label_map="annotation"))
+    model = SegformerForSemanticSegmentation.from_pretrained(tiny_segformer).eval()
+    processor = SegformerImageProcessor.from_pretrained(tiny_segformer)
+    for sid in ("0", "1", "2"):
+        s = source.load(sid)
+        with torch.inference_mode():
+            logits = model(**processor(images=[s.media], return_tensors="pt")).logits
+        pred = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+        label = np.where(s.target == 0, IGNORE, s.target.astype(int) - 1)
+        valid = label != IGNORE
+        row = ok.filter((pl.col("sample_id") == sid) & (pl.col("codec") == "none")).row(0, named=True)
+        assert row["pixels_valid"] == valid.sum() and row["pixels_correct"] == (pred == label)[valid].sum()
+        for k in range(4):
+            assert row["intersection"][k] == ((pred == k) & (label == k) & valid).sum()
+            assert row["union"][k] == (((pred == k) | (label == k)) & valid).sum()
+
+    summary = summarize(df)
+    base = summary.filter(pl.col("codec") == "none").row(0, named=True)
+    baseline = ok.filter(pl.col("codec") == "none")
+    inter = np.array(baseline["intersection"].to_list()).sum(0)
+    union = np.array(baseline["union"].to_list()).sum(0)
+    assert base["mIoU"] == pytest.approx(np.mean(inter[union > 0] / union[union > 0]))
+    assert summary.filter(pl.col("codec") == "jpeg")["bpp"][0] > 0
