@@ -62,6 +62,9 @@ def test_ray_and_serial_engines_agree_row_for_row(odd_folder, tmp_path, ray_loca
     for col in ("psnr", "bpp", "lpips"):  # batched inference may differ in the last bits
         diff = (serial[col] - ray_[col]).abs().max()
         assert diff is None or diff < 1e-5, col
+    # Ray's workers fill the encoded cache with the same entries (5 readable files × 3 settings).
+    entries = [sorted(p.relative_to(tmp_path / e) for p in (tmp_path / e / "cache").rglob("*.arrow")) for e in ("serial", "ray")]
+    assert len(entries[0]) == 15 and entries[0] == entries[1]
 
 
 def test_rerun_adds_nothing_and_extending_the_job_adds_only_new_rows(odd_folder, tmp_path):

@@ -28,15 +28,17 @@ def test_lpips_matches_the_lpips_package_called_directly():
     import lpips
     import torch
 
-    a, b, c = photo(64, 64, seed=1), photo(64, 64, seed=2), photo(48, 80, seed=3)
+    a, b, c, d = photo(64, 64, seed=1), photo(64, 64, seed=2), photo(48, 80, seed=3), photo(64, 64, seed=4)
     cls = registry.get("metric", "lpips")
     metric = cls(cls.Options(backbone="random"))
-    got = metric.compute([a, c, a], [b, c, a])  # two sizes in one batch
+    # two sizes in one batch; reference a (its features computed once) against b, a and d
+    got = metric.compute([a, c, a, a.copy()], [b, c, a, d])
     torch.manual_seed(0)
     net = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
     with torch.inference_mode():
-        want = net(lpips.im2tensor(a), lpips.im2tensor(b)).item()  # lpips' own [-1, 1] scaling
-    assert got[0]["lpips"] == pytest.approx(want, rel=1e-5)
+        want = [net(lpips.im2tensor(a), lpips.im2tensor(x)).item() for x in (b, d)]  # lpips' own [-1, 1] scaling
+    assert got[0]["lpips"] == pytest.approx(want[0], rel=1e-5)
+    assert got[3]["lpips"] == pytest.approx(want[1], rel=1e-5) and want[0] != pytest.approx(want[1])
     assert got[1]["lpips"] == pytest.approx(0.0, abs=1e-7)
     assert got[2]["lpips"] == pytest.approx(0.0, abs=1e-7)
     assert metric.pipeline_check  # random backbone rows are marked

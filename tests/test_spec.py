@@ -27,7 +27,7 @@ def test_good_job_parses_to_typed_spec():
     job = parse_job(GOOD)
     assert job.codecs[0].settings == [5, 10]
     assert job.tasks[0].task_id == "classify"
-    assert job.resources.model_actors == 1
+    assert job.resources.model_actors is None  # auto: as many as the cluster holds
 
 
 def test_unknown_codec_names_key_value_and_choices():

@@ -90,6 +90,11 @@ def schema_for(job: JobSpec) -> pa.Schema:
     return pa.schema(list(fields.values()))
 
 
+def filesystem(output: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and path of a local folder or an fsspec/Arrow URI (s3://, gs://)."""
+    return pafs.FileSystem.from_uri(output) if "://" in output else (pafs.LocalFileSystem(), output)
+
+
 def setting_str(setting) -> str:
     return "" if setting is None else str(setting)
 
@@ -102,7 +107,7 @@ class ResultStore:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def __post_init__(self):
-        self.fs, root = pafs.FileSystem.from_uri(self.output) if "://" in self.output else (pafs.LocalFileSystem(), self.output)
+        self.fs, root = filesystem(self.output)
         self.root = root.rstrip("/") + "/results"
         self.fs.create_dir(self.root, recursive=True)
         self._seq = 0

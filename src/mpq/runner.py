@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from mpq import registry
 from mpq.components import Asset, AssetUnavailable
+from mpq.cache import EncodedCache
 from mpq.engine.plan import plan
 from mpq.engine.stages import Finalize
 from mpq.results import ResultStore, schema_for
@@ -28,6 +29,8 @@ class RunStats:
     expected: int
     written: int
     errors: int
+    seconds: float = 0.0  # from the plan to the last row written
+    startup_seconds: float = 0.0  # until the first result rows arrived (engine start, model loading)
 
 
 def job_assets(job: JobSpec) -> list[Asset]:
@@ -73,28 +76,33 @@ def run_job(
     preflight(job)
     store = ResultStore(output)
     done = store.done_keys()
+    start = time.monotonic()
     items, expected = plan(job, done, limit)
     finalize = Finalize(job, schema_for(job), store.run_id)
+    cache = EncodedCache(output) if job.cache else None
     if not items:
         stream: Iterator[pa.Table] = iter(())
     elif engine == "serial":
         from mpq.engine.serial import run_serial
 
-        stream = run_serial(job, items, finalize)
+        stream = run_serial(job, items, finalize, cache)
     else:
         from mpq.engine.ray import run_ray
 
-        stream = run_ray(job, items, finalize, address)
-    written, errors = _sink(stream, store, expected, progress, f"{job.name} ({engine})")
-    return RunStats(output, len(done), expected, written, errors)
+        stream = run_ray(job, items, finalize, address, cache)
+    written, errors, first = _sink(stream, store, expected, progress, f"{job.name} ({engine})")
+    end = time.monotonic()
+    return RunStats(output, len(done), expected, written, errors, end - start, (first or end) - start)
 
 
-def _sink(stream: Iterator[pa.Table], store: ResultStore, expected: int, progress: bool, label: str) -> tuple[int, int]:
+def _sink(
+    stream: Iterator[pa.Table], store: ResultStore, expected: int, progress: bool, label: str
+) -> tuple[int, int, float | None]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     pending: list[pa.Table] = []
     written = errors = 0
-    last = time.monotonic()
+    last, first = time.monotonic(), None
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress,
@@ -109,6 +117,7 @@ def _sink(stream: Iterator[pa.Table], store: ResultStore, expected: int, progres
     with bar:
         task = bar.add_task(label, total=expected)
         for table in stream:
+            first = first or time.monotonic()
             pending.append(table)
             written += table.num_rows
             errors += table.num_rows - table.column("error").null_count
@@ -116,4 +125,4 @@ def _sink(stream: Iterator[pa.Table], store: ResultStore, expected: int, progres
             if sum(t.num_rows for t in pending) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
                 flush()
         flush()
-    return written, errors
+    return written, errors, first

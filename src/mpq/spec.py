@@ -80,13 +80,16 @@ class Resources(_Strict):
     model_gpus: float = Field(default=1, ge=0, description="GPUs per model actor, when the cluster has GPUs")
     metric_gpus: float = Field(default=0, ge=0)
     metric_batch_size: int = Field(default=16, gt=0)
-    model_actors: ActorPool = 1
-    metric_actors: ActorPool = 1
+    # Actor pool sizes; by default as many actors as the cluster's GPUs (or CPUs) hold.
+    model_actors: ActorPool | None = None
+    metric_actors: ActorPool | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     @field_validator("model_actors", "metric_actors")
     @classmethod
-    def _pool(cls, v: ActorPool) -> ActorPool:
+    def _pool(cls, v: ActorPool | None) -> ActorPool | None:
+        if v is None:
+            return v
         lo, hi = (v, v) if isinstance(v, int) else v
         if lo < 1 or hi < lo:
             raise ValueError(f"actor pool must be N >= 1 or [min, max] with 1 <= min <= max, got {v}")
@@ -101,6 +104,7 @@ class JobSpec(_Strict):
     tasks: list[TaskSpec] = []
     metrics: list[MetricSpec] = []
     resources: Resources = Resources()
+    cache: bool = True  # keep codec outputs under OUTPUT/cache, so that no sample is encoded twice
 
     @field_validator("metrics", mode="before")
     @classmethod

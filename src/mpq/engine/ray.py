@@ -1,16 +1,23 @@
 """The Ray engine: the stages as one streaming Ray Data graph.
 
 Working rows (which hold numpy media of any shape) travel between stages as pickled
-blobs in a single binary column; only the final result rows are columnar. Load and
-codec stages run as CPU task pools, model and metric stages as actor pools (with GPUs
-when the cluster has them). The driver consumes result blocks as they stream out and
-hands them to the sink, so the dataset is never materialised.
+blobs in a single binary column; only the final result rows are columnar. Loading and
+coding run as CPU tasks, one sample per task; model and metric stages run in actor pools
+(on GPUs when the cluster has them) that load their models once. Consecutive model and
+metric stages that need the same resources share one actor: on a cluster without GPUs
+that is every one of them, and Ray Data then fuses loading and coding into that actor
+too, so each sample goes through the whole pipeline in one process, without moving its
+media through the object store, on as many actors as there are CPUs. The last stage
+turns rows into result rows, so only those reach the driver, which hands them to the
+sink as they stream out; the dataset is never materialised.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -19,6 +26,7 @@ import pyarrow as pa
 # share this interpreter and cluster jobs get theirs from `mpq-ray submit`'s runtime_env.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
+from mpq.cache import EncodedCache
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.spec import JobSpec
 
@@ -33,31 +41,68 @@ def _unpack(batch: pa.Table) -> list[dict[str, Any]]:
     return [pickle.loads(b) for b in batch.column(COLUMN).to_pylist()]
 
 
-def _apply(batch: pa.Table, stage) -> pa.Table:
-    return _pack(stage(_unpack(batch)))
-
-
-def _finalize(batch: pa.Table, stage: Finalize) -> pa.Table:
-    return stage(_unpack(batch))
+def _run(batch: pa.Table, stages: list, finalize: Finalize | None) -> pa.Table:
+    rows = _unpack(batch)
+    for stage in stages:
+        rows = stage(rows)
+    return _pack(rows) if finalize is None else finalize(rows)
 
 
 class _Actor:
-    """An actor holding one stage object built once (model loading happens here)."""
+    """Stage objects built once per actor (model loading happens here), run in order."""
 
-    def __init__(self, stage_cls, *args, threads: int = 1):
+    def __init__(self, specs: list[tuple], finalize: Finalize | None, threads: int):
         import torch
 
-        torch.set_num_threads(max(1, threads))
-        self.stage = stage_cls(*args)
+        torch.set_num_threads(threads)
+        self.stages = [cls(*args) for cls, args in specs]
+        self.finalize = finalize
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _pack(self.stage(_unpack(batch)))
+        return _run(batch, self.stages, self.finalize)
 
 
-def _pool(size) -> "ray.data.ActorPoolStrategy":
+@dataclass
+class _Group:
+    """Model/metric stages sharing one actor pool: same CPUs and GPUs per actor."""
+
+    cpus: float
+    gpus: float
+    pool: Any  # the job's actor-pool setting of the first stage: n, (min, max) or None (auto)
+    batch_size: int
+    specs: list[tuple] = field(default_factory=list)
+
+
+def _groups(job: JobSpec, has_gpu: bool) -> list[_Group]:
+    res = job.resources
+    stages = []
+    for task in job.tasks:
+        gpus = res.model_gpus if has_gpu else 0
+        stages.append((gpus, res.model_actors, task.batch_size, (Predict, (job, task.task_id, "cuda" if gpus else "cpu"))))
+    if job.metrics:
+        gpus = res.metric_gpus if has_gpu else 0
+        stages.append((gpus, res.metric_actors, res.metric_batch_size, (Measure, (job, "cuda" if gpus else "cpu"))))
+    groups: list[_Group] = []
+    for gpus, pool, batch, spec in stages:
+        cpus = 0 if gpus else res.codec_cpus
+        if not groups or (groups[-1].cpus, groups[-1].gpus) != (cpus, gpus):
+            groups.append(_Group(cpus, gpus, pool, batch))
+        groups[-1].batch_size = max(groups[-1].batch_size, batch)
+        groups[-1].specs.append(spec)
+    return groups
+
+
+def _pool(group: _Group, cluster: dict[str, float], shared: bool):
+    """The job's pool size, or by default as many actors as the cluster's GPUs (CPUs for CPU
+    actors) hold; autoscaling from one when other operators need the same resource."""
     import ray.data
 
-    lo, hi = (size, size) if isinstance(size, int) else size
+    if group.pool is not None:
+        lo, hi = (group.pool, group.pool) if isinstance(group.pool, int) else group.pool
+    else:
+        kind, each = ("GPU", group.gpus) if group.gpus else ("CPU", group.cpus)
+        hi = max(1, math.floor(cluster.get(kind, 0) / each))
+        lo = 1 if shared else hi
     return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
 
 
@@ -88,7 +133,10 @@ def init_ray(address: str | None = None) -> None:
     )
 
 
-def run_ray(job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, address: str | None = None) -> Iterator[pa.Table]:
+def run_ray(
+    job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, address: str | None = None,
+    cache: EncodedCache | None = None,
+) -> Iterator[pa.Table]:
     import ray
     import ray.data
 
@@ -96,29 +144,25 @@ def run_ray(job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, addre
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # mpq shows its own
     ctx.print_on_execution_start = False
-    res = job.resources
+    cluster = ray.cluster_resources()
     has_gpu = _available("GPU")
-    model_gpus = res.model_gpus if has_gpu else 0
-    metric_gpus = res.metric_gpus if has_gpu else 0
-    codec_resources = {k: v for k, v in res.codec_resources.items() if _available(k)} or None
-    threads = max(1, int(res.codec_cpus))
+    groups = _groups(job, has_gpu)
+    codec_resources = {k: v for k, v in job.resources.codec_resources.items() if _available(k)} or None
 
-    # One block per sample: samples are the unit of parallelism for loading and coding.
+    # One block, and one coding task, per sample.
     ds = ray.data.from_items([{COLUMN: pickle.dumps(i, protocol=5)} for i in items], override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(_apply, fn_kwargs={"stage": Load(job)}, batch_size=1, batch_format="pyarrow", num_cpus=res.codec_cpus, resources=codec_resources)
-    ds = ds.map_batches(_apply, fn_kwargs={"stage": Encode(job)}, batch_size=1, batch_format="pyarrow", num_cpus=res.codec_cpus, resources=codec_resources)
-    for task in job.tasks:
+    ds = ds.map_batches(
+        _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize},
+        batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,
+    )
+    for i, group in enumerate(groups):
+        # Does it share its resource? GPU pools with each other; CPU actors next to GPUs with coding.
+        shared = any(bool(g.gpus) == bool(group.gpus) for g in groups if g is not group) or (has_gpu and not group.gpus)
         ds = ds.map_batches(
-            _Actor, fn_constructor_args=(Predict, job, task.task_id), fn_constructor_kwargs={"threads": threads},
-            batch_size=task.batch_size, batch_format="pyarrow", compute=_pool(res.model_actors),
-            num_gpus=model_gpus, num_cpus=0 if model_gpus else res.codec_cpus,
+            _Actor, fn_constructor_args=(group.specs, finalize if i == len(groups) - 1 else None, max(1, int(group.cpus))),
+            # On CPUs a call takes whatever block arrives (one sample's rows); GPUs get full batches.
+            batch_size=group.batch_size if group.gpus else None, batch_format="pyarrow",
+            compute=_pool(group, cluster, shared), num_cpus=group.cpus, num_gpus=group.gpus,
         )
-    if job.metrics:
-        ds = ds.map_batches(
-            _Actor, fn_constructor_args=(Measure, job), fn_constructor_kwargs={"threads": threads},
-            batch_size=res.metric_batch_size, batch_format="pyarrow", compute=_pool(res.metric_actors),
-            num_gpus=metric_gpus, num_cpus=0 if metric_gpus else res.codec_cpus,
-        )
-    ds = ds.map_batches(_finalize, fn_kwargs={"stage": finalize}, batch_size=None, batch_format="pyarrow", num_cpus=0.1)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         yield batch

@@ -9,12 +9,15 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
+from mpq.cache import EncodedCache
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.spec import JobSpec
 
 
-def run_serial(job: JobSpec, items: list[dict[str, Any]], finalize: Finalize) -> Iterator[pa.Table]:
-    load, encode, measure = Load(job), Encode(job), Measure(job)
+def run_serial(
+    job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, cache: EncodedCache | None = None
+) -> Iterator[pa.Table]:
+    load, encode, measure = Load(job), Encode(job, cache), Measure(job)
     predictors = [Predict(job, t.task_id) for t in job.tasks]
     stages: list[Callable] = [load, encode, *predictors, measure]
     for item in items:

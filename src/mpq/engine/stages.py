@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 from mpq import registry
-from mpq.components import Source
+from mpq.cache import EncodedCache
+from mpq.components import Coded, Source
 from mpq.results import BASELINE, run_metadata, setting_str
 from mpq.spec import JobSpec
 
@@ -99,7 +100,25 @@ class Load(_JobStage):
 
 
 class Encode(_JobStage):
-    """Codec round trip on CPU: encode to a real bitstream, count its bits, decode."""
+    """Codec round trip on CPU: encode to a real bitstream, count its bits, decode; or take
+    that round trip from the cache, when given one and it holds it."""
+
+    def __init__(self, job: JobSpec, cache: EncodedCache | None = None):
+        super().__init__(job)
+        self.cache = cache
+
+    def roundtrip(self, row: Row) -> Coded:
+        codec = self.codecs[row["codec"]]
+        if self.cache is None:
+            return codec.roundtrip(row["original"], row["setting"])
+        path = self.cache.path(
+            row["dataset"], row["sample_id"], row["codec"], row["setting"], codec.version(), codec.options.model_dump(mode="json")
+        )
+        coded = self.cache.get(path)
+        if coded is None:
+            coded = codec.roundtrip(row["original"], row["setting"])
+            self.cache.put(path, coded)
+        return coded
 
     def __call__(self, rows: list[Row]) -> list[Row]:
         for row in rows:
@@ -111,7 +130,7 @@ class Encode(_JobStage):
             codec = self.codecs[row["codec"]]
             modality = self.job.modality(self.datasets[row["dataset"]])
             try:
-                coded = codec.roundtrip(row["original"], row["setting"])
+                coded = self.roundtrip(row)
             except Exception as exc:
                 row["error"] = f"codec: {_error(exc)}"
                 continue
@@ -134,16 +153,13 @@ class Predict:
 
     def __init__(self, job: JobSpec, task_id: str, device: str | None = None):
         spec = next(t for t in job.tasks if t.task_id == task_id)
-        self.task_id = task_id
+        self.task_id, self.batch_size = task_id, spec.batch_size
         self.task = registry.get("task", spec.name)(job.task_options(spec), device or default_device(), job.resources.precision)
         self.task.load()
 
-    def __call__(self, rows: list[Row]) -> list[Row]:
-        todo = [r for r in rows if r["error"] is None and self.task_id in r["tasks"]]
-        for row in rows:
-            row.setdefault("results", {})
+    def predict(self, todo: list[Row]) -> list[dict[str, Any]]:
         try:
-            preds = self.task.predict([r["decoded"] for r in todo], [r["target"] for r in todo])
+            return self.task.predict([r["decoded"] for r in todo], [r["target"] for r in todo])
         except Exception:
             # One bad sample must not fail the batch: retry one by one to find it.
             preds = []
@@ -152,6 +168,13 @@ class Predict:
                     preds.append(self.task.predict([r["decoded"]], [r["target"]])[0])
                 except Exception as exc:
                     preds.append({"error": f"task: {_error(exc)}"})
+            return preds
+
+    def __call__(self, rows: list[Row]) -> list[Row]:
+        todo = [r for r in rows if r["error"] is None and self.task_id in r["tasks"]]
+        for row in rows:
+            row.setdefault("results", {})
+        preds = [p for i in range(0, len(todo), self.batch_size) for p in self.predict(todo[i : i + self.batch_size])]
         info = {"model": self.task.model_id, "model_revision": self.task.model_revision}
         for row, pred in zip(todo, preds):
             row["results"][self.task_id] = {**info, **pred}
@@ -172,6 +195,18 @@ class Measure(_JobStage):
         device = self.device or default_device()
         return {m.name: registry.get("metric", m.name)(self.job.metric_options(m), device) for m in self.job.metrics}
 
+    def compute(self, metric, references: list, tests: list) -> list[dict[str, Any]]:
+        """On GPUs in the job's precision (autocast for bf16/fp16); on CPUs in fp32."""
+        precision = self.job.resources.precision
+        if precision == "fp32" or not metric.device.startswith("cuda"):
+            return metric.compute(references, tests)
+        import torch
+
+        from mpq.tasks.hub import torch_dtype
+
+        with torch.autocast("cuda", dtype=torch_dtype(precision, metric.device)):
+            return metric.compute(references, tests)
+
     def __call__(self, rows: list[Row]) -> list[Row]:
         for dataset in {r["dataset"] for r in rows}:
             todo = [r for r in rows if r["dataset"] == dataset and r["error"] is None and r["codec"] != BASELINE]
@@ -180,13 +215,13 @@ class Measure(_JobStage):
             for spec in self.job.metrics_for(self.datasets[dataset]):
                 metric = self.metrics[spec.name]
                 try:
-                    values = metric.compute([r["original"] for r in todo], [r["decoded"] for r in todo])
+                    values = self.compute(metric, [r["original"] for r in todo], [r["decoded"] for r in todo])
                 except Exception:
                     # One bad sample must not fail the batch: retry one by one to find it.
                     values = []
                     for r in todo:
                         try:
-                            values.append(metric.compute([r["original"]], [r["decoded"]])[0])
+                            values.append(self.compute(metric, [r["original"]], [r["decoded"]])[0])
                         except Exception as exc:
                             r["error"] = f"metric {spec.name}: {_error(exc)}"
                             values.append({})

@@ -1,0 +1,68 @@
+"""Encode once: every codec round trip is kept under ``OUTPUT/cache/encoded/``.
+
+An entry holds what the codec produced for one sample at one setting: the bits counted
+from its bitstream, the decoded media and the codec's own columns. It is keyed by
+(dataset, sample id, codec, setting, codec version, codec options), so a job extended
+with a task or a metric, or resumed after a crash, decodes from the cache instead of
+encoding again, and a new codec library version encodes afresh.
+
+Each entry is one zstd-compressed Arrow IPC file written through pyarrow's filesystems
+(local paths, ``s3://``, ``gs://``...), under a temporary name first and then renamed, so
+a run killed mid-write leaves no partial entry; an unreadable entry counts as a miss and
+is rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mpq.components import Coded
+from mpq.results import filesystem, setting_str
+
+SCHEMA = pa.schema(
+    [("bits", pa.int64()), ("extra", pa.string()), ("dtype", pa.string()), ("shape", pa.list_(pa.int64())), ("data", pa.large_binary())]
+)
+WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+
+
+class EncodedCache:
+    """Codec round trips of one job's output; picklable, so Ray tasks carry it."""
+
+    def __init__(self, output: str):
+        self.fs, root = filesystem(output)
+        self.root = root.rstrip("/") + "/cache/encoded"
+
+    def path(self, dataset: str, sample_id: str, codec: str, setting: Any, version: str, options: dict) -> str:
+        key = json.dumps([dataset, sample_id, codec, setting_str(setting), version, options], sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.root}/{dataset}/{codec}-{setting_str(setting)}/{digest}.arrow"
+
+    def get(self, path: str) -> Coded | None:
+        try:
+            with self.fs.open_input_file(path) as f:
+                row = pa.ipc.open_file(f).read_all().to_pylist()[0]
+        except (OSError, pa.ArrowInvalid, IndexError):  # missing (FileNotFoundError) or damaged: encode again
+            return None
+        media = np.frombuffer(row["data"], dtype=row["dtype"]).reshape(row["shape"]).copy()
+        return Coded(bits=row["bits"], decoded=media, extra=json.loads(row["extra"]))
+
+    def put(self, path: str, coded: Coded) -> None:
+        media = np.ascontiguousarray(coded.decoded)
+        table = pa.table(
+            {
+                "bits": [int(coded.bits)], "extra": [json.dumps(coded.extra)], "dtype": [media.dtype.str],
+                "shape": [list(media.shape)], "data": [media.tobytes()],
+            },
+            schema=SCHEMA,
+        )
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(tmp) as f, pa.ipc.new_file(f, SCHEMA, options=WRITE_OPTIONS) as writer:
+            writer.write_table(table)
+        self.fs.move(tmp, path)

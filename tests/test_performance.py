@@ -1,0 +1,58 @@
+"""What the throughput work relies on: scaled sample sets and the Ray graph's actor pools."""
+
+import numpy as np
+
+from mpq.engine.ray import _groups, _pool
+from mpq.engine.stages import Measure, Predict
+from mpq.sources.samples import EmbeddedSamples, SamplesOptions
+from mpq.spec import parse_job
+
+
+def test_repeated_samples_are_distinct_deterministic_variants():
+    source = EmbeddedSamples(SamplesOptions(samples="skimage", names=["chelsea", "coffee"], repeat=6))
+    ids = source.ids()
+    assert ids[:4] == ["chelsea", "coffee", "chelsea~1", "coffee~1"] and len(ids) == 12 == len(set(ids))
+    chelsea = source.load("chelsea").media
+    copies = [source.load(f"chelsea~{k}") for k in range(1, 6)]
+    assert all(c.target == "chelsea" and c.media.shape == chelsea.shape for c in copies)
+    pixels = [chelsea, *(c.media for c in copies)]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(pixels) for b in pixels[i + 1 :])
+    assert np.array_equal(copies[0].media, chelsea[:, ::-1])  # copy 1: mirrored
+    assert np.array_equal(copies[4].media, np.roll(chelsea[:, ::-1], 7, axis=1))  # copy 5: mirrored, shifted 7 px
+    assert np.array_equal(source.load("chelsea~5").media, copies[4].media)
+
+
+def job(**resources):
+    return parse_job({
+        "name": "pools",
+        "datasets": [{"name": "d", "source": {"samples": "skimage"}}],
+        "codecs": [{"name": "jpeg", "settings": [10]}],
+        "tasks": [{"name": "classify", "model": "builtin:tiny-vit", "batch_size": 32}, {"name": "classify", "id": "b"}],
+        "metrics": ["psnr"],
+        "resources": resources,
+    })
+
+
+def test_without_gpus_models_and_metrics_share_one_actor_per_cpu():
+    (group,) = _groups(job(), has_gpu=False)
+    assert [cls for cls, _ in group.specs] == [Predict, Predict, Measure]
+    assert all(args[-1] == "cpu" for _, args in group.specs) and (group.cpus, group.gpus) == (1, 0)
+    pool = _pool(group, {"CPU": 2.0}, shared=False)
+    assert (pool.min_size, pool.max_size) == (2, 2)
+    (group,) = _groups(job(codec_cpus=2, model_actors=[1, 3]), has_gpu=False)
+    pool = _pool(group, {"CPU": 8.0}, shared=False)
+    assert group.cpus == 2 and (pool.min_size, pool.max_size) == (1, 3)  # the job's own setting wins
+
+
+def test_with_gpus_models_batch_on_gpu_actors_and_metrics_stay_on_cpu():
+    models, metrics = _groups(job(model_gpus=0.5), has_gpu=True)
+    assert [cls for cls, _ in models.specs] == [Predict, Predict] and all(a[-1] == "cuda" for _, a in models.specs)
+    assert (models.cpus, models.gpus, models.batch_size) == (0, 0.5, 32)
+    assert metrics.specs == [(Measure, (metrics.specs[0][1][0], "cpu"))] and (metrics.cpus, metrics.gpus) == (1, 0)
+    pool = _pool(models, {"CPU": 16.0, "GPU": 2.0}, shared=False)
+    assert (pool.min_size, pool.max_size) == (4, 4)  # two GPUs, half a GPU each
+    pool = _pool(metrics, {"CPU": 16.0, "GPU": 2.0}, shared=True)  # beside coding tasks: autoscale
+    assert (pool.min_size, pool.max_size) == (1, 16)
+    (both,) = _groups(job(metric_gpus=1), has_gpu=True)  # same resources: one actor holds models and metrics
+    assert [cls for cls, _ in both.specs] == [Predict, Predict, Measure] and all(a[-1] == "cuda" for _, a in both.specs)
+
