@@ -14,6 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from mpq import registry
 from mpq.codecs.learned import MBT2018, ZooOptions, load_zoo_model
 from mpq.components import AssetUnavailable
 from mpq.metrics.lpips import LPIPS, LPIPSOptions
@@ -137,3 +138,126 @@ def test_fetch_into_a_given_directory_reports_each_asset(tmp_path):
     assert res.returncode == 2
     for name in ("dataset beans", "model nateraw/vit-base-beans", "checkpoint compressai mbt2018 q3 mse"):
         assert f"failed  {name}" in res.stdout
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    """Empty torch hub and Hugging Face caches (the hub's location is read when a call is made)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return tmp_path
+
+
+def assets_of(kind, name, **options):
+    cls = registry.get(kind, name)
+    component = cls(cls.Options(**options))
+    return component.assets(component.default_settings) if kind == "codec" else component.assets()
+
+
+@pytest.mark.parametrize("kind, name, expected", [
+    ("codec", "encodec_24khz", "model facebook/encodec_24khz"),
+    ("codec", "encodec_48khz", "model facebook/encodec_48khz"),
+    ("codec", "dac", "model descript/dac_44khz"),
+    ("task", "asr", "model openai/whisper-medium"),
+    ("task", "segment", "model nvidia/segformer-b0-finetuned-ade-512-512"),
+    ("task", "separate", "checkpoint demucs htdemucs"),
+])
+def test_hub_models_of_audio_codecs_and_tasks_are_assets_named_when_missing_offline(empty_caches, kind, name, expected):
+    (asset,) = assets_of(kind, name)
+    assert str(asset) == expected
+    with pytest.raises(AssetUnavailable, match=f"{expected.split(' ', 1)[1]}.*mpq-ray fetch"):
+        asset.check()
+
+
+@pytest.mark.parametrize("kind, name, model", [
+    ("codec", "encodec_24khz", "builtin:tiny-encodec-24khz"), ("codec", "encodec_48khz", "builtin:tiny-encodec-48khz"),
+    ("codec", "dac", "builtin:tiny-dac-44khz"), ("task", "asr", "builtin:tiny-whisper"),
+    ("task", "separate", "builtin:tiny-hdemucs"), ("task", "separate", "builtin:tiny-htdemucs"),
+])
+def test_builtin_tiny_models_need_no_assets(kind, name, model):
+    assert assets_of(kind, name, model=model) == []
+
+
+def test_cdpam_weights_ship_in_its_wheel():
+    from mpq.metrics.audio import cdpam_weights
+
+    assert cdpam_weights().is_file() and assets_of("metric", "cdpam") == []
+
+
+def test_whisper_in_the_hub_cache_needs_its_processor_files(empty_caches):
+    from huggingface_hub import constants
+
+    from mpq.tasks.asr import tiny_whisper
+
+    snapshot = hub_cache_with_model(empty_caches / "hf", "mpq-test/tiny-whisper", tiny_whisper())
+    assert constants.HF_HUB_CACHE == str(empty_caches / "hf" / "hub")
+    (asset,) = assets_of("task", "asr", model="mpq-test/tiny-whisper")
+    asset.check()
+    (snapshot / "tokenizer_config.json").unlink()  # a cache copied without the tokenizer
+    with pytest.raises(AssetUnavailable, match="'mpq-test/tiny-whisper'.*not tokenizer_config.json"):
+        asset.check()
+    (snapshot / "processor_config.json").rename(snapshot / "preprocessor_config.json")  # the older hub models' name
+    (snapshot / "tokenizer_config.json").write_text("{}")
+    asset.check()
+    (snapshot / "preprocessor_config.json").unlink()
+    with pytest.raises(AssetUnavailable, match="not processor_config.json or preprocessor_config.json"):
+        asset.check()
+
+
+def test_demucs_checkpoints_in_torch_hub_or_hf_cache_pass_the_check(empty_caches):
+    from mpq.tasks.separate import DemucsModel
+
+    asset = DemucsModel("htdemucs")
+    (legacy,) = asset.legacy_checkpoints()  # htdemucs is a bag of one model in demucs' remote repo
+    assert legacy.url == "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/955717e8-8726e21a.th"
+    assert legacy.path == empty_caches / "torch" / "hub" / "checkpoints" / "955717e8-8726e21a.th"
+    with pytest.raises(AssetUnavailable, match="'demucs htdemucs'.*neither in the Hugging Face cache nor in torch's hub cache"):
+        asset.check()
+    legacy.path.parent.mkdir(parents=True)
+    legacy.path.touch()  # where torch.hub.load_state_dict_from_url looks before downloading
+    asset.check()
+    legacy.path.unlink()
+
+    # demucs >= 4.1 looks on the hub first: the bag's YAML and its safetensors in the HF cache.
+    bag = empty_caches / "bag"
+    bag.mkdir()
+    (bag / "htdemucs.yaml").write_text("models: ['955717e8']\n")
+    snapshot = hub_cache_with_model(empty_caches / "hf", "adefossez/HTDemucs", bag)
+    with pytest.raises(AssetUnavailable, match="demucs htdemucs"):
+        asset.check()  # the YAML without its model file
+    (snapshot / "955717e8.safetensors").touch()
+    asset.check()
+
+
+def test_demucs_in_a_local_repo_folder(tmp_path):
+    from mpq.tasks.separate import DemucsModel, tiny_demucs
+
+    repo = tiny_demucs("builtin:tiny-hdemucs")
+    DemucsModel("tiny_hdemucs", str(repo)).check()
+    with pytest.raises(AssetUnavailable, match="'htdemucs' is not in the repo folder"):
+        DemucsModel("htdemucs", str(repo)).check()
+    with pytest.raises(AssetUnavailable, match="not in the repo folder"):
+        DemucsModel("htdemucs", str(tmp_path / "none")).check()
+
+
+@pytest.mark.slow
+def test_hific_checkpoints_are_zenodo_files_in_the_torch_hub_cache(empty_caches):
+    from test_hific import write_checkpoint
+
+    from mpq.codecs.hific import checkpoint_path
+    from mpq.codecs.hific_net import load_net
+
+    assets = assets_of("codec", "hific")
+    assert [a.url for a in assets] == [f"https://zenodo.org/record/4026003/files/hific_{s}.pt" for s in ("low", "med", "hi")]
+    low = assets[0]
+    with pytest.raises(AssetUnavailable, match="HiFiC hific_low.pt.*mpq-ray fetch"):
+        low.check()
+    low.path.parent.mkdir(parents=True)
+    write_checkpoint(low.path.parent, "hific_low.pt")
+    low.check()
+    assert checkpoint_path("low", None) == low.path  # what the codec loads
+    load_net(low.path)
+    cls = registry.get("codec", "hific")
+    assert cls(cls.Options(checkpoints=str(empty_caches))).assets(["low"]) == []  # the user's folder: preflight checks it

@@ -4,7 +4,7 @@ The official weights are TensorFlow-Compression metagraphs that cannot be import
 this stack (REFERENCE.md §3). mpq runs the checkpoints of Justin Tan's PyTorch port
 (github Justin-Tan/high-fidelity-generative-compression): HIFIC-low / -med / -high,
 trained on OpenImages for 0.14 / 0.30 / 0.45 bpp, files ``hific_low.pt``,
-``hific_med.pt`` and ``hific_hi.pt`` (Zenodo record 4026003). The network is mpq's own
+``hific_med.pt`` and ``hific_hi.pt`` (Zenodo record 4026003), kept in torch's hub cache. The network is mpq's own
 (``hific_net.py``), built to the port's checkpoint layout so its weights load key for key.
 
 The image (in [0, 1]) is reflect-padded to a multiple of 16 and its latents to a multiple
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,42 +25,29 @@ import pyarrow as pa
 
 from mpq.components import Codec, Coded, Options
 from mpq.registry import register
+from mpq.torchhub import TorchHubCheckpoint
 
 CHECKPOINT_FILES = {"low": "hific_low.pt", "med": "hific_med.pt", "high": "hific_hi.pt"}
 CHECKPOINT_URL = "https://zenodo.org/record/4026003/files/{}"
 
 
+def checkpoint(setting: str) -> TorchHubCheckpoint:
+    """A setting's checkpoint from Zenodo, in torch's hub cache like the other downloaded weights."""
+    name = CHECKPOINT_FILES[setting]
+    return TorchHubCheckpoint(f"HiFiC {name} (Zenodo 4026003)", CHECKPOINT_URL.format(name))
+
+
 def checkpoint_path(setting: str, folder: str | None) -> Path:
     """A setting's checkpoint: in ``folder`` (the codec's ``checkpoints`` option) when given,
-    else in ``$MPQ_CACHE/hific``, fetched from Zenodo on first use when the network allows."""
-    from mpq.tasks.hub import mpq_cache
-
-    name = CHECKPOINT_FILES[setting]
+    else in torch's hub cache, fetched from Zenodo on first use when the network allows."""
     if folder:
-        path = Path(folder).expanduser() / name
+        path = Path(folder).expanduser() / CHECKPOINT_FILES[setting]
         if not path.exists():
             raise FileNotFoundError(f"HiFiC checkpoint {str(path)!r} does not exist")
         return path
-    path = mpq_cache() / "hific" / name
-    if path.exists():
-        return path
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{name}.tmp-{os.getpid()}")
-    try:
-        torch.hub.download_url_to_file(CHECKPOINT_URL.format(name), str(tmp), progress=False)
-    except OSError as exc:  # urllib errors are OSErrors
-        from mpq.sources.hf import AssetUnavailable
-
-        tmp.unlink(missing_ok=True)
-        raise AssetUnavailable(
-            f"HiFiC checkpoint {name} is not in {path.parent} and could not be fetched from Zenodo "
-            f"({type(exc).__name__}: {exc}). Download {CHECKPOINT_URL.format(name)} into that folder, "
-            "or name a folder holding it with the codec option `checkpoints:`."
-        ) from exc
-    tmp.rename(path)  # atomic: concurrent workers never see half a file
-    return path
+    asset = checkpoint(setting)
+    asset.fetch()
+    return asset.path
 
 
 def _sha256(path: Path) -> str:
@@ -107,9 +93,15 @@ class HiFiC(Codec):
         if setting not in CHECKPOINT_FILES:
             raise ValueError(f"hific setting must be one of: {', '.join(CHECKPOINT_FILES)}")
 
+    def assets(self, settings=None):
+        if self.options.checkpoints:
+            return []  # the user's own files, checked by preflight
+        return [checkpoint(s) for s in settings or self.default_settings]
+
     def preflight(self, settings: list) -> None:
-        for setting in settings:
-            checkpoint_path(setting, self.options.checkpoints)
+        if self.options.checkpoints:
+            for setting in settings:
+                checkpoint_path(setting, self.options.checkpoints)
 
     def version(self) -> str:
         import compressai

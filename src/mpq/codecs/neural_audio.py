@@ -27,7 +27,7 @@ from mpq.codecs.audio import AUDIO_CODEC_COLUMNS, rate_note
 from mpq.components import Codec, Coded, Options
 from mpq.media import Audio, fit_length, resample, with_channels
 from mpq.registry import register
-from mpq.tasks.hub import BUILTIN_PREFIX, from_pretrained, mpq_cache
+from mpq.tasks.hub import BUILTIN_PREFIX, HubModel, from_pretrained, mpq_cache
 
 
 def pack_codes(codes: np.ndarray, nbits: int) -> bytes:
@@ -104,11 +104,10 @@ class NeuralAudioCodec(Codec):
         if isinstance(setting, bool) or not isinstance(setting, (int, float)) or setting <= 0:
             raise ValueError(f"{self.name} bitrate must be a positive number of kbps")
 
-    def preflight(self, settings: list) -> None:
-        from transformers import AutoConfig
-
-        if not self.options.model.startswith(BUILTIN_PREFIX):
-            from_pretrained(AutoConfig, self.options.model)
+    def assets(self, settings=None):
+        if self.options.model.startswith(BUILTIN_PREFIX):
+            return []  # written by mpq itself, offline
+        return [HubModel(self.options.model, loaders=("EncodecModel" if self.family == "encodec" else "DacModel",))]
 
     @property
     def model(self):

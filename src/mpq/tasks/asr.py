@@ -24,7 +24,7 @@ from pydantic import field_validator
 from mpq.components import Options, Task
 from mpq.media import Audio, resample, with_channels
 from mpq.registry import register
-from mpq.tasks.hub import BUILTIN_PREFIX, from_pretrained, mpq_cache, revision_of, torch_dtype
+from mpq.tasks.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, from_pretrained, mpq_cache, revision_of, torch_dtype
 
 TINY_WHISPER = "builtin:tiny-whisper"
 WHISPER_RATE = 16000
@@ -133,12 +133,11 @@ class ASR(Task):
         "word_errors_norm": pa.int64(), "ref_words_norm": pa.int64(),
     }
 
-    def preflight(self) -> None:
-        from transformers import AutoConfig
-
-        if not self.options.model.startswith(BUILTIN_PREFIX):
-            kw = {"revision": self.options.revision} if self.options.revision else {}
-            from_pretrained(AutoConfig, self.options.model, **kw)
+    def assets(self):
+        if self.options.model.startswith(BUILTIN_PREFIX):
+            return []  # written by mpq itself, offline
+        return [HubModel(self.options.model, self.options.revision, ("WhisperProcessor", "WhisperForConditionalGeneration"),
+                         files=(PROCESSOR_FILES, ("tokenizer_config.json",)))]
 
     def load(self) -> None:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor

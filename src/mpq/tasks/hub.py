@@ -30,6 +30,8 @@ def from_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
 
 
 # Any one of these in the cache means the weights are there (a sharded index names its shards).
+# Processor settings: transformers 5 saves processor_config.json, the hub's older models have preprocessor_config.json.
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -39,9 +41,12 @@ class HubModel(Asset):
 
     kind = "model"
 
-    def __init__(self, model_id: str, revision: str | None = None, loaders: tuple[str, ...] = ("AutoModel",)):
+    def __init__(self, model_id: str, revision: str | None = None, loaders: tuple[str, ...] = ("AutoModel",),
+                 files: tuple[tuple[str, ...], ...] = ()):
         super().__init__(model_id)
-        self.revision, self.loaders = revision, loaders
+        # What the loaders need besides config and weights (processor, tokenizer), checked offline:
+        # any one file of each group.
+        self.revision, self.loaders, self.files = revision, loaders, files
 
     @property
     def key(self) -> tuple:
@@ -66,6 +71,12 @@ class HubModel(Asset):
         cached = (try_to_load_from_cache(self.name, f, revision=self.revision) for f in WEIGHT_FILES)
         if offline() and not any(isinstance(path, str) for path in cached):
             raise offline_hint("model", self.name, FileNotFoundError("its config is cached but not its weights"))
+        missing = [
+            " or ".join(group) for group in self.files
+            if not any(isinstance(try_to_load_from_cache(self.name, f, revision=self.revision), str) for f in group)
+        ]
+        if offline() and missing:
+            raise offline_hint("model", self.name, FileNotFoundError(f"its weights are cached but not {', '.join(missing)}"))
 
 
 def revision_of(model: Any) -> str:

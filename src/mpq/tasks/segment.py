@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from mpq.components import Options, Task
 from mpq.registry import register
-from mpq.tasks.hub import from_pretrained, revision_of, torch_dtype
+from mpq.tasks.hub import PROCESSOR_FILES, HubModel, from_pretrained, revision_of, torch_dtype
 
 
 class SegmentOptions(Options):
@@ -77,10 +77,9 @@ class Segment(Task):
         "union": pa.list_(pa.int64()),
     }
 
-    def preflight(self) -> None:
-        from transformers import AutoConfig
-
-        from_pretrained(AutoConfig, self.options.model, **self._revision())
+    def assets(self):
+        return [HubModel(self.options.model, self.options.revision, ("AutoImageProcessor", "AutoModelForSemanticSegmentation"),
+                         files=(PROCESSOR_FILES,))]
 
     def _revision(self) -> dict:
         return {"revision": self.options.revision} if self.options.revision else {}

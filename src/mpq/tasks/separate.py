@@ -28,11 +28,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from mpq.components import Options, Task
+from mpq.components import Asset, AssetUnavailable, Options, Task, offline, offline_hint
 from mpq.media import Audio, fit_length, resample, with_channels
 from mpq.registry import register
 from mpq.sources.audio_samples import STEMS
 from mpq.tasks.hub import BUILTIN_PREFIX, mpq_cache
+from mpq.torchhub import TorchHubCheckpoint
 
 TINY = ("builtin:tiny-hdemucs", "builtin:tiny-htdemucs")
 
@@ -79,6 +80,91 @@ def tiny_demucs(name: str) -> Path:
         torch.save(package, tmp)
         tmp.rename(path)
     return repo
+
+
+class DemucsModel(Asset):
+    """A pretrained Demucs as ``get_model`` finds it: the bag's files on the Hugging Face hub
+    (demucs >= 4.1 looks there first, into the HF cache), else its checkpoints in demucs' legacy
+    remote repo, fetched by URL into torch's hub cache; or a name in a local ``repo`` folder."""
+
+    kind = "checkpoint"
+
+    def __init__(self, model: str, repo: str | None = None):
+        super().__init__(f"demucs {model}")
+        self.model, self.repo = model, repo
+
+    @property
+    def key(self) -> tuple:
+        return ("demucs", self.model, self.repo)
+
+    def legacy_checkpoints(self) -> list[TorchHubCheckpoint]:
+        """The model's files in demucs' remote repo (its bag YAMLs and URL list ship in the wheel)."""
+        import yaml
+        from demucs.pretrained import REMOTE_ROOT, _parse_remote_files
+
+        urls = _parse_remote_files(REMOTE_ROOT / "files.txt")
+        bag = REMOTE_ROOT / f"{self.model}.yaml"
+        sigs = yaml.safe_load(bag.read_text())["models"] if bag.exists() else [self.model] if self.model in urls else []
+        return [TorchHubCheckpoint(f"{self.name} {sig}", urls[sig]) for sig in sigs if sig in urls]
+
+    def hub_repo(self) -> tuple[str, str] | None:
+        """(repo id, model name) where demucs' hub loader looks; None before demucs 4.1."""
+        try:
+            from demucs.hf import DEFAULT_NAMESPACE, hf_repo_name
+        except ImportError:
+            return None
+        namespace, _, name = self.model.removeprefix("hf://").rpartition("/")
+        return f"{namespace or DEFAULT_NAMESPACE}/{hf_repo_name(name)}", name
+
+    def hub_files_cached(self) -> bool:
+        """Whether the bag's YAML and every model file are in the Hugging Face cache."""
+        import yaml
+        from huggingface_hub import try_to_load_from_cache
+
+        if (hub := self.hub_repo()) is None:
+            return False
+        repo_id, name = hub
+        bag = try_to_load_from_cache(repo_id, f"{name}.yaml")
+        if not isinstance(bag, str):
+            return False
+        sigs = yaml.safe_load(Path(bag).read_text())["models"]
+        return all(isinstance(try_to_load_from_cache(repo_id, f"{sig}.safetensors"), str) for sig in sigs)
+
+    def fetch(self) -> None:
+        from demucs.pretrained import get_model
+
+        try:  # demucs' own loader fills its own caches
+            get_model(self.model, repo=Path(self.repo) if self.repo else None)
+        except Exception as exc:  # urllib / hub errors, an unknown name
+            raise offline_hint(self.kind, self.name, exc) from exc
+
+    def check(self) -> None:
+        if self.repo:
+            from demucs.repo import AnyModelRepo, BagOnlyRepo, LocalRepo
+
+            repo = Path(self.repo).expanduser()
+            models = LocalRepo(repo) if repo.is_dir() else None
+            if models is None or not AnyModelRepo(models, BagOnlyRepo(repo, models)).has_model(self.model):
+                raise AssetUnavailable(f"demucs model {self.model!r} is not in the repo folder {str(repo)!r}")
+            return
+        legacy = self.legacy_checkpoints()
+        if self.hub_files_cached() or (legacy and all(c.path.exists() for c in legacy)):
+            return
+        if offline():
+            raise offline_hint(self.kind, self.name, FileNotFoundError("neither in the Hugging Face cache nor in torch's hub cache"))
+        if hub := self.hub_repo():  # not cached: a small download tells whether the hub has it
+            from huggingface_hub import hf_hub_download
+
+            try:
+                hf_hub_download(hub[0], f"{hub[1]}.yaml")
+                return
+            except Exception as exc:
+                if not legacy:
+                    raise offline_hint(self.kind, self.name, exc) from exc
+        if not legacy:
+            raise AssetUnavailable(f"{self.name}: no such model on the hub or in demucs' remote repo")
+        for c in legacy:  # else reachable by URL is enough
+            c.check()
 
 
 @functools.cache
@@ -131,9 +217,10 @@ class Separate(Task):
 
             raise offline_hint("checkpoint", f"demucs {name}", exc) from exc
 
-    def preflight(self) -> None:
-        if self.options.model not in TINY:
-            self._get_model()
+    def assets(self):
+        if self.options.model in TINY:
+            return []  # written by mpq itself, offline
+        return [DemucsModel(self.options.model, self.options.repo)]
 
     def load(self) -> None:
         self.model = self._get_model().to(self.device).eval()
