@@ -17,14 +17,13 @@ import functools
 import os
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from pydantic import field_validator
 
 from mpq.components import Options, Task
 from mpq.media import Audio, resample, with_channels
 from mpq.registry import register
-from mpq.tasks.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, from_pretrained, mpq_cache, revision_of, torch_dtype
+from mpq.tasks.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, load_processor_and_model, mpq_cache
 
 TINY_WHISPER = "builtin:tiny-whisper"
 WHISPER_RATE = 16000
@@ -146,13 +145,7 @@ class ASR(Task):
         if model_id == TINY_WHISPER:
             model_id = tiny_whisper()
             self.pipeline_check = "tiny random Whisper: transcripts and WRA mean nothing"
-        kw = {"revision": self.options.revision} if self.options.revision else {}
-        self.processor = from_pretrained(WhisperProcessor, model_id, **kw)
-        self.model = from_pretrained(WhisperForConditionalGeneration, model_id, **kw)
-        self.dtype = torch_dtype(self.precision, self.device)
-        self.model.to(self.device, dtype=self.dtype).eval()
-        self.model_id = self.options.model
-        self.model_revision = revision_of(self.model)
+        load_processor_and_model(self, WhisperProcessor, WhisperForConditionalGeneration, model_id)
 
     @classmethod
     def aggregate(cls, rows):

@@ -14,7 +14,7 @@ from pydantic import field_validator
 
 from mpq.components import Options, Task
 from mpq.registry import register
-from mpq.tasks.hub import BUILTIN_PREFIX, HubModel, from_pretrained, mpq_cache, revision_of, torch_dtype
+from mpq.tasks.hub import BUILTIN_PREFIX, HubModel, load_processor_and_model, mpq_cache
 
 TINY_VIT = "builtin:tiny-vit"
 
@@ -76,20 +76,13 @@ class Classify(Task):
         return [HubModel(self.options.model, self.options.revision, ("AutoImageProcessor", "AutoModelForImageClassification"))]
 
     def load(self) -> None:
-        import torch
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         model_id = self.options.model
         if model_id == TINY_VIT:
             model_id = tiny_vit()
             self.pipeline_check = "tiny random classifier: accuracy means nothing"
-        kw = {"revision": self.options.revision} if self.options.revision else {}
-        self.processor = from_pretrained(AutoImageProcessor, model_id, **kw)
-        self.model = from_pretrained(AutoModelForImageClassification, model_id, **kw)
-        self.dtype = torch_dtype(self.precision, self.device)
-        self.model.to(self.device, dtype=self.dtype).eval()
-        self.model_id = self.options.model
-        self.model_revision = revision_of(self.model)
+        load_processor_and_model(self, AutoImageProcessor, AutoModelForImageClassification, model_id)
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
 
     @classmethod

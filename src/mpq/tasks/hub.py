@@ -79,6 +79,17 @@ class HubModel(Asset):
             raise offline_hint("model", self.name, FileNotFoundError(f"its weights are cached but not {', '.join(missing)}"))
 
 
+def load_processor_and_model(task: Any, processor_cls: Any, model_cls: Any, path: str) -> None:
+    """A task's processor and model from ``path`` (hub id or folder) at the task's revision,
+    on its device in its precision; records the model id and revision that every row names."""
+    kw = {"revision": task.options.revision} if task.options.revision else {}
+    task.processor = from_pretrained(processor_cls, path, **kw)
+    task.model = from_pretrained(model_cls, path, **kw)
+    task.dtype = torch_dtype(task.precision, task.device)
+    task.model.to(task.device, dtype=task.dtype).eval()
+    task.model_id, task.model_revision = task.options.model, revision_of(task.model)
+
+
 def revision_of(model: Any) -> str:
     return getattr(model.config, "_commit_hash", None) or "local"
 

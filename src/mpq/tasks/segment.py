@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from mpq.components import Options, Task
 from mpq.registry import register
-from mpq.tasks.hub import PROCESSOR_FILES, HubModel, from_pretrained, revision_of, torch_dtype
+from mpq.tasks.hub import PROCESSOR_FILES, HubModel, load_processor_and_model
 
 
 class SegmentOptions(Options):
@@ -81,17 +81,10 @@ class Segment(Task):
         return [HubModel(self.options.model, self.options.revision, ("AutoImageProcessor", "AutoModelForSemanticSegmentation"),
                          files=(PROCESSOR_FILES,))]
 
-    def _revision(self) -> dict:
-        return {"revision": self.options.revision} if self.options.revision else {}
-
     def load(self) -> None:
         from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-        self.processor = from_pretrained(AutoImageProcessor, self.options.model, **self._revision())
-        self.model = from_pretrained(AutoModelForSemanticSegmentation, self.options.model, **self._revision())
-        self.dtype = torch_dtype(self.precision, self.device)
-        self.model.to(self.device, dtype=self.dtype).eval()
-        self.model_id, self.model_revision = self.options.model, revision_of(self.model)
+        load_processor_and_model(self, AutoImageProcessor, AutoModelForSemanticSegmentation, self.options.model)
         self.num_classes = self.model.config.num_labels
         reduce = self.options.reduce_labels
         self.reduce = bool(getattr(self.processor, "do_reduce_labels", False)) if reduce is None else reduce
