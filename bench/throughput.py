@@ -1,16 +1,24 @@
 """Throughput and memory of the Ray engine against the serial baseline.
 
-    uv run python bench/throughput.py                  # the smoke job on 48 samples: serial, then Ray
+    uv run python bench/throughput.py                  # the smoke job on 48 images: serial, then Ray
     uv run python bench/throughput.py --samples 96 --repeat 3
     uv run python bench/throughput.py --memory         # Ray at 100 and at 1000 samples: peak memory
 
 Each run is a fresh process (so a run pays its own start-up: imports, `ray.init`, actors
 and model loading) writing to a fresh output (so no run reuses another's encoded cache).
+A sample is one planned item: one input through every codec setting, task and metric.
+The embedded `samples` source has 8 photographs; the job's image datasets are scaled to N
+samples with its `repeat` option (deterministic variants with their own sample ids) and a
+`limit`; the smoke job's speech (2 clips) and music (1 track) stay as they are.
+
+Stage throughput is each stage alone over the same samples, in one process with the whole
+machine (torch's default threads). On a machine without GPUs every stage shares the same
+cores, so no engine can beat running them one after another at full speed: that bound,
+1 / sum(1 / stage rate), is printed beside the slowest stage's rate.
+
 Memory is the proportional set size (PSS: shared pages, e.g. Ray's object store, counted
 once) summed over the run's process and all its descendants (Ray's raylet, GCS and
-workers), sampled every 0.2 s. The embedded `samples` source has 8 photographs; the job
-is scaled to N samples with its `repeat` option (deterministic variants with their own
-sample ids) and a `limit`.
+workers), sampled every 0.5 s.
 """
 
 from __future__ import annotations
@@ -54,18 +62,21 @@ def child_run(job_data: dict, engine: str, output: str) -> dict:
     from mpq.spec import parse_job
 
     stats = run_job(parse_job(job_data), output, engine=engine, progress=False)
-    return {"rows": stats.written, "errors": stats.errors, "seconds": stats.seconds, "startup": stats.startup_seconds}
+    return {
+        "samples": stats.samples, "rows": stats.written, "errors": stats.errors, "seconds": stats.seconds,
+        "startup": stats.startup_seconds,
+    }
 
 
-def child_stages(job_data: dict, samples: int) -> dict:
-    """Samples per second of each stage alone, in this one process (torch's default threads),
-    models loaded beforehand; the inputs of each stage are computed before it is timed."""
+def child_stages(job_data: dict) -> dict:
+    """Samples per second of each stage alone over all samples, in this one process (torch's
+    default threads), models loaded beforehand; each stage's inputs are made before it is timed."""
     from mpq.engine.plan import plan
     from mpq.engine.stages import Encode, Load, Measure, Predict
     from mpq.spec import parse_job
 
     job = parse_job(job_data)
-    items, _ = plan(job, set(), samples)
+    items, _ = plan(job, set())
     load, encode, measure = Load(job), Encode(job), Measure(job)
     predictors = {t.task_id: Predict(job, t.task_id) for t in job.tasks}
     out = {}
@@ -115,7 +126,7 @@ def spawn(args: list[str]) -> tuple[dict, int]:
         nonlocal peak
         while not stop.is_set():
             peak = max(peak, tree_pss(proc.pid))
-            stop.wait(0.2)
+            stop.wait(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -131,10 +142,9 @@ def run_engine(job: dict, engine: str, workdir: str, tag: str) -> dict:
     job_file = Path(workdir) / f"{tag}.json"
     job_file.write_text(json.dumps(job))
     result, peak = spawn(["--child", "run", "--engine", engine, "--job-json", str(job_file), "--output", f"{workdir}/{tag}"])
-    samples = job["datasets"][0]["limit"] * len(job["datasets"])
     return {
-        **result, "peak_mib": peak / 2**20, "sps": samples / result["seconds"],
-        "steady_sps": samples / max(result["seconds"] - result["startup"], 1e-9),
+        **result, "peak_mib": peak / 2**20, "sps": result["samples"] / result["seconds"],
+        "steady_sps": result["samples"] / max(result["seconds"] - result["startup"], 1e-9),
     }
 
 
@@ -143,7 +153,7 @@ def spread(values: list[float]) -> str:
     return f"{med:.2f}" if len(values) == 1 else f"{med:.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
-def throughput(job_file: str, samples: int, repeat: int, stage_samples: int) -> None:
+def throughput(job_file: str, samples: int, repeat: int) -> None:
     job = scaled_job(job_file, samples)
     runs: dict[str, list[dict]] = {"serial": [], "ray": []}
     with tempfile.TemporaryDirectory(prefix="mpq-bench-") as workdir:
@@ -153,11 +163,11 @@ def throughput(job_file: str, samples: int, repeat: int, stage_samples: int) -> 
                 r = runs[engine][-1]
                 print(f"  run {i + 1} {engine:<6} {r['seconds']:7.1f} s, startup {r['startup']:5.1f} s, peak {r['peak_mib']:6.0f} MiB", flush=True)
         stage_file = Path(workdir) / "stages.json"
-        stage_file.write_text(json.dumps(scaled_job(job_file, stage_samples)))
-        stages, stage_peak = spawn(["--child", "stages", "--job-json", str(stage_file), "--samples", str(stage_samples)])
+        stage_file.write_text(json.dumps(job))
+        stages, stage_peak = spawn(["--child", "stages", "--job-json", str(stage_file)])
 
-    rows = runs["serial"][0]["rows"]
-    print(f"\n{Path(job_file).name}: {samples} samples, {rows} rows; {os.cpu_count()} CPUs, load average now {os.getloadavg()[0]:.1f}")
+    first = runs["serial"][0]
+    print(f"\n{Path(job_file).name}: {first['samples']} samples, {first['rows']} rows; {os.cpu_count()} CPUs, load average now {os.getloadavg()[0]:.1f}")
     print(f"{'engine':<8}{'seconds':>18}{'startup s':>18}{'samples/s':>18}{'after startup':>20}{'peak MiB':>18}")
     for engine, rs in runs.items():
         cols = [spread([r[k] for r in rs]) for k in ("seconds", "startup", "sps", "steady_sps", "peak_mib")]
@@ -165,12 +175,16 @@ def throughput(job_file: str, samples: int, repeat: int, stage_samples: int) -> 
     ratio = [r["sps"] / s["sps"] for r, s in zip(runs["ray"], runs["serial"])]
     steady = [r["steady_sps"] / s["steady_sps"] for r, s in zip(runs["ray"], runs["serial"])]
     print(f"Ray / serial: {spread(ratio)}× end to end, {spread(steady)}× after startup (median (min–max) of {repeat} paired runs)")
-    print(f"\neach stage alone, one process, {stage_samples} samples (samples/s; peak {stage_peak / 2**20:.0f} MiB):")
+    print(f"\neach stage alone, one process, the same samples (samples/s; peak {stage_peak / 2**20:.0f} MiB):")
     for name, sps in stages.items():
-        print(f"  {name:<28}{sps:8.2f}")
+        print(f"  {name:<40}{sps:8.2f}")
     slowest = min(stages, key=stages.get)
-    frac = [r["steady_sps"] / stages[slowest] for r in runs["ray"]]
-    print(f"Ray after startup / slowest stage ({slowest}): {spread([100 * f for f in frac])} %")
+    bound = 1 / sum(1 / sps for sps in stages.values())
+    print(f"  {'all stages one after another (bound)':<40}{bound:8.2f}")
+    for engine, rs in runs.items():
+        of_slowest = spread([100 * r["steady_sps"] / stages[slowest] for r in rs])
+        of_bound = spread([100 * r["steady_sps"] / bound for r in rs])
+        print(f"{engine} after startup: {of_slowest} % of the slowest stage ({slowest}), {of_bound} % of the bound")
 
 
 def memory(job_file: str, sizes: list[int], engine: str) -> None:
@@ -189,7 +203,6 @@ def main() -> None:
     ap.add_argument("--job", default=str(ROOT / "jobs" / "smoke.yaml"))
     ap.add_argument("--samples", type=int, default=48)
     ap.add_argument("--repeat", type=int, default=1, help="paired serial/Ray runs (report median and spread)")
-    ap.add_argument("--stage-samples", type=int, default=16, help="samples for the stages-alone measurement")
     ap.add_argument("--memory", action="store_true", help="peak memory at each of --sizes samples instead")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--engine", default="ray")
@@ -199,12 +212,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         job = json.loads(Path(args.job_json).read_text())
-        result = child_run(job, args.engine, args.output) if args.child == "run" else child_stages(job, args.samples)
+        result = child_run(job, args.engine, args.output) if args.child == "run" else child_stages(job)
         print(json.dumps(result))
     elif args.memory:
         memory(args.job, args.sizes, args.engine)
     else:
-        throughput(args.job, args.samples, args.repeat, args.stage_samples)
+        throughput(args.job, args.samples, args.repeat)
 
 
 if __name__ == "__main__":

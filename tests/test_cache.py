@@ -91,6 +91,28 @@ def test_adding_a_task_decodes_from_the_cache_instead_of_encoding_again(photos, 
     assert cached.equals(fresh) and cached["psnr"].is_not_null().sum() == 9
 
 
+def test_adding_a_metric_recomputes_rows_from_the_cache_and_supersedes_them(photos, tmp_path, roundtrips):
+    out = str(tmp_path / "out")
+    run_job(job(photos), out, engine="serial", progress=False)
+    first = read_results(out)
+    assert "ssim" not in first.columns and len(roundtrips) == 9
+
+    more = run_job(job(photos, metrics=["psnr", "ssim"]), out, engine="serial", progress=False)
+    assert more.already_done == 0 and more.written == 3 * 4 and len(roundtrips) == 9  # redone, not re-encoded
+    df = read_results(out)
+    assert df.height == 12 and df.select("sample_id", "codec", "setting").n_unique() == 12  # superseded, not doubled
+    coded = df.filter(pl.col("codec") != "none")
+    assert coded["ssim"].is_not_null().all() and coded["ssim"].is_between(0, 1).all()
+    assert df["run_id"].n_unique() == 1 and df["run_id"][0] != first["run_id"][0]
+    key = ["sample_id", "codec", "setting"]
+    assert df.select(*key, "bits", "psnr", "prediction").sort(key).equals(first.select(*key, "bits", "psnr", "prediction").sort(key))
+
+    again = run_job(job(photos, metrics=["psnr", "ssim"]), out, engine="serial", progress=False)
+    assert again.written == 0 and again.already_done == 12  # and now it is done
+    dropped = run_job(job(photos), out, engine="serial", progress=False)
+    assert dropped.written == 0  # a metric taken out of the job leaves the rows as they are
+
+
 def test_cache_off_encodes_every_time_and_stores_nothing(photos, tmp_path, roundtrips):
     out = tmp_path / "out"
     run_job(job(photos, cache=False), str(out), engine="serial", progress=False)

@@ -56,3 +56,22 @@ def test_with_gpus_models_batch_on_gpu_actors_and_metrics_stay_on_cpu():
     (both,) = _groups(job(metric_gpus=1), has_gpu=True)  # same resources: one actor holds models and metrics
     assert [cls for cls, _ in both.specs] == [Predict, Predict, Measure] and all(a[-1] == "cuda" for _, a in both.specs)
 
+
+
+def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail():
+    from mpq.engine.plan import plan
+
+    two = parse_job({
+        "name": "turns",
+        "datasets": [
+            {"name": "many", "source": {"samples": "skimage"}, "limit": 4},
+            {"name": "few", "source": {"samples": "skimage", "names": ["chelsea", "coffee"]}},
+        ],
+        "codecs": [{"name": "jpeg", "settings": [10]}],
+        "tasks": [{"name": "classify", "model": "builtin:tiny-vit"}],
+    })
+    items, rows = plan(two, set())
+    assert [i["dataset"] for i in items] == ["many", "few", "many", "few", "many", "many"] and rows == 6 * 2
+    done = {("many", items[0]["sample_id"], "none", "", "classify")}
+    again, rows = plan(two, done)
+    assert again[0]["units"] == [("jpeg", 10, ["classify"])] and rows == 6 * 2 - 1

@@ -4,6 +4,11 @@ Results are a Parquet dataset under ``OUTPUT/results/``, one row per
 (dataset, sample_id, codec, setting, task). Each file is written under a temporary name
 and renamed when complete, so a run killed at any moment leaves only whole files; the
 next run reads the keys already present and skips that work.
+
+A key is done when a file holds it with every metric column its dataset now asks for; a
+job extended with a metric redoes its old rows (decoding from the encoded cache) and the
+new rows supersede the old: files are named in the order they were written, and readers
+keep each key's last row.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 
 import pyarrow as pa
@@ -104,7 +110,8 @@ class ResultStore:
     """Parquet files under ``<output>/results``; ``output`` is a local path or an fsspec/Arrow URI."""
 
     output: str
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # Starts with the time (to the microsecond), so that file names sort in the order the runs were made.
+    run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f-") + uuid.uuid4().hex[:4])
 
     def __post_init__(self):
         self.fs, root = filesystem(self.output)
@@ -116,11 +123,14 @@ class ResultStore:
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
-    def done_keys(self) -> set[tuple[str, ...]]:
+    def done_keys(self, required: dict[str, set[str]] | None = None) -> set[tuple[str, ...]]:
+        """Keys written in a file that has every column in ``required[dataset]`` (metric columns)."""
         keys: set[tuple[str, ...]] = set()
         for path in self.files():
             table = pq.read_table(path, columns=list(KEY), filesystem=self.fs)
-            keys.update(zip(*(table.column(k).to_pylist() for k in KEY)))
+            has = set(pq.read_schema(path, filesystem=self.fs).names)
+            datasets = {d for d in table.column("dataset").unique().to_pylist() if (required or {}).get(d, set()) <= has}
+            keys.update(k for k in zip(*(table.column(c).to_pylist() for c in KEY)) if k[0] in datasets)
         return keys
 
     def write(self, table: pa.Table) -> None:

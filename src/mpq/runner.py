@@ -25,6 +25,7 @@ FLUSH_ROWS, FLUSH_SECONDS = int(os.environ.get("MPQ_FLUSH_ROWS", 512)), 10.0
 @dataclass
 class RunStats:
     output: str
+    samples: int  # samples with work left, each through every codec setting and task
     already_done: int
     expected: int
     written: int
@@ -45,6 +46,13 @@ def job_assets(job: JobSpec) -> list[Asset]:
     for m in job.metrics:
         found += registry.get("metric", m.name)(job.metric_options(m)).assets()
     return list({a.key: a for a in found}.values())
+
+
+def metric_columns(job: JobSpec) -> dict[str, set[str]]:
+    """Per dataset, the columns of the metrics the job computes on it."""
+    return {
+        d.name: {col for m in job.metrics_for(d) for col in registry.get("metric", m.name).columns} for d in job.datasets
+    }
 
 
 def preflight(job: JobSpec) -> None:
@@ -75,7 +83,7 @@ def run_job(
         raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
     preflight(job)
     store = ResultStore(output)
-    done = store.done_keys()
+    done = store.done_keys(metric_columns(job))
     start = time.monotonic()
     items, expected = plan(job, done, limit)
     finalize = Finalize(job, schema_for(job), store.run_id)
@@ -92,7 +100,7 @@ def run_job(
         stream = run_ray(job, items, finalize, address, cache)
     written, errors, first = _sink(stream, store, expected, progress, f"{job.name} ({engine})")
     end = time.monotonic()
-    return RunStats(output, len(done), expected, written, errors, end - start, (first or end) - start)
+    return RunStats(output, len(items), len(done), expected, written, errors, end - start, (first or end) - start)
 
 
 def _sink(

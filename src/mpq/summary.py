@@ -8,17 +8,29 @@ from mpq import registry
 
 
 def read_results(output: str) -> pl.DataFrame:
-    """All result rows under ``output`` (files written by runs with other columns are aligned)."""
-    from mpq.results import ResultStore
+    """All result rows under ``output``, the last written of each key (a job extended with a
+    metric rewrites its rows); files written by runs with other columns are aligned."""
+    from mpq.results import KEY, ResultStore
 
-    files = ResultStore(output).files()
+    files = ResultStore(output).files()  # in the order they were written
     if not files:
         return pl.DataFrame()
-    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    df = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    return df.unique(subset=list(KEY), keep="last", maintain_order=True)
 
 
 SUMMARY_KEYS = ["dataset", "task", "codec", "setting"]
-MEAN_COLUMNS = ("bpp", "bps", "kbps", "psnr", "ssim", "ms_ssim", "lpips", "lpips_vgg", "cdpam_db")
+RATE_COLUMNS = ("bpp", "bps", "kbps")
+
+
+def filled_numeric(df: pl.DataFrame, col: str) -> bool:
+    return col in df.columns and df.schema[col].is_numeric() and df[col].null_count() < df.height
+
+
+def metric_columns(df: pl.DataFrame) -> list[str]:
+    """Quality-metric columns present in ``df`` (declared by registered metrics), in ``df``'s order."""
+    declared = {col for _, cls in registry.items("metric") for col in cls.columns}
+    return [c for c in df.columns if c in declared and filled_numeric(df, c)]
 
 
 def task_aggregates(df: pl.DataFrame, keys: list[str] = SUMMARY_KEYS) -> pl.DataFrame:
@@ -37,7 +49,8 @@ def summarize(df: pl.DataFrame) -> pl.DataFrame:
     """Mean rate and fidelity, and each task's split-level score, per (dataset, task, codec, setting)."""
     if df.is_empty():
         return df
-    means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in MEAN_COLUMNS if c in df.columns]
+    columns = [c for c in RATE_COLUMNS if c in df.columns] + metric_columns(df)
+    means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in columns]
     aggs = [pl.len().alias("n"), pl.col("error").is_not_null().sum().alias("errors"), *means]
     keys = SUMMARY_KEYS
     return (

@@ -13,7 +13,7 @@ import polars as pl
 
 from mpq import registry
 from mpq.results import BASELINE
-from mpq.summary import read_results, task_aggregates
+from mpq.summary import filled_numeric, metric_columns, read_results, task_aggregates
 
 # Rate columns, per modality: bits per pixel (images), bits per sample (audio).
 RATES = ("bpp", "bps")
@@ -34,16 +34,6 @@ def load(results: str | Path | pl.DataFrame) -> pl.DataFrame:
     return df
 
 
-def _numeric(df: pl.DataFrame, col: str) -> bool:
-    return col in df.columns and df.schema[col].is_numeric() and df[col].null_count() < df.height
-
-
-def metric_columns(df: pl.DataFrame) -> list[str]:
-    """Quality-metric columns present in ``df`` (declared by registered metrics), in ``df``'s order."""
-    declared = {col for _, cls in registry.items("metric") for col in cls.columns}
-    return [c for c in df.columns if c in declared and _numeric(df, c)]
-
-
 def lower_better(column: str) -> bool:
     """Whether smaller values of a metric column mean better quality (LPIPS, CDPAM).
 
@@ -53,7 +43,7 @@ def lower_better(column: str) -> bool:
 
 
 def rate_columns(df: pl.DataFrame) -> list[str]:
-    return [c for c in RATES if _numeric(df, c)]
+    return [c for c in RATES if filled_numeric(df, c)]
 
 
 def rate_column(df: pl.DataFrame) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from mpq import registry
@@ -15,9 +16,14 @@ def plan(job: JobSpec, done: set[tuple[str, ...]], limit: int | None = None) -> 
     Returns the items and the number of result rows they will produce. A unit lists only
     the tasks whose rows are not in ``done``, so an interrupted or extended job redoes
     nothing that was written.
+
+    Datasets take turns in the order (one sample of each, then the next of each...): a
+    dataset whose samples are slow (long music tracks) is then spread over the run instead
+    of being its tail, where one worker would finish it alone while the others idle.
     """
-    items, rows = [], 0
+    per_dataset, rows = [], 0
     for dataset in job.datasets:
+        items = []
         source = registry.get("source", dataset.source_type)(job.source_options(dataset))
         ids = source.ids()
         n = min(x for x in (dataset.limit, limit, len(ids)) if x is not None)
@@ -32,4 +38,6 @@ def plan(job: JobSpec, done: set[tuple[str, ...]], limit: int | None = None) -> 
                     rows += len(todo)
             if units:
                 items.append({"dataset": dataset.name, "sample_id": sample_id, "units": units})
-    return items, rows
+        per_dataset.append(items)
+    turns = itertools.chain.from_iterable(itertools.zip_longest(*per_dataset))
+    return [item for item in turns if item is not None], rows
