@@ -42,7 +42,8 @@ def run(
     except (AssetUnavailable, FileNotFoundError, ValueError) as exc:
         _fail(f"{job_file}: {exc}")
     typer.echo(
-        f"{stats.written} rows written ({stats.errors} with errors), {stats.already_done} already there; results in {out}/results"
+        f"{stats.written} rows written ({stats.errors} with errors), {stats.already_done} already there; "
+        f"{stats.samples} samples in {stats.seconds:.0f} s; results in {out}/results"
     )
     print_summary(read_results(out))
 
