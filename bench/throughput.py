@@ -168,10 +168,10 @@ def throughput(job_file: str, samples: int, repeat: int) -> None:
 
     first = runs["serial"][0]
     print(f"\n{Path(job_file).name}: {first['samples']} samples, {first['rows']} rows; {os.cpu_count()} CPUs, load average now {os.getloadavg()[0]:.1f}")
-    print(f"{'engine':<8}{'seconds':>18}{'startup s':>18}{'samples/s':>18}{'after startup':>20}{'peak MiB':>18}")
+    print(f"{'engine':<8}" + "".join(f"{h:>24}" for h in ("seconds", "startup s", "samples/s", "after startup", "peak MiB")))
     for engine, rs in runs.items():
         cols = [spread([r[k] for r in rs]) for k in ("seconds", "startup", "sps", "steady_sps", "peak_mib")]
-        print(f"{engine:<8}" + "".join(f"{c:>{w}}" for c, w in zip(cols, (18, 18, 18, 20, 18))))
+        print(f"{engine:<8}" + "".join(f"{c:>24}" for c in cols))
     ratio = [r["sps"] / s["sps"] for r, s in zip(runs["ray"], runs["serial"])]
     steady = [r["steady_sps"] / s["steady_sps"] for r, s in zip(runs["ray"], runs["serial"])]
     print(f"Ray / serial: {spread(ratio)}× end to end, {spread(steady)}× after startup (median (min–max) of {repeat} paired runs)")
