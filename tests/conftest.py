@@ -28,6 +28,13 @@ def ray_local():
     ray.shutdown()
 
 
+def rows_on_disk(output) -> int:
+    """Rows in every results file, superseded ones included (``read_results`` keeps one per key)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(f).num_rows for f in (Path(output) / "results").glob("*.parquet"))
+
+
 def photo(h=48, w=64, seed=0) -> np.ndarray:
     """A smooth synthetic RGB image (compressible like a photo, unlike noise)."""
     rng = np.random.default_rng(seed)

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import polars as pl
 import psutil
-import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, rows_on_disk
 
 from mpq.engine.plan import plan
-from mpq.results import KEY
 from mpq.spec import load_job
 from mpq.summary import read_results
 
@@ -200,10 +198,6 @@ def mpq_job_ok(c: LocalCluster, code: str) -> bool:
     return status == "SUCCEEDED"
 
 
-def rows_written(out: Path) -> int:
-    return sum(pq.read_metadata(f).num_rows for f in (out / "results").glob("*.parquet"))
-
-
 def submit(c: LocalCluster, job: Path, out: Path, *extra: str, env: dict | None = None) -> tuple[str, subprocess.CompletedProcess]:
     res = mpq("submit", str(job), "--address", c.dashboard, "--output", str(out),
               "--env", "MPQ_FLUSH_ROWS=1", *extra, env=env or c.env)
@@ -220,8 +214,8 @@ def job_status(c: LocalCluster, job_id: str) -> str:
 
 
 def assert_exact_rows(out: Path, n: int) -> None:
-    df = read_results(str(out))
-    assert df.height == n and df.select(KEY).is_unique().all()
+    df = read_results(str(out))  # the last row of each key...
+    assert df.height == n and rows_on_disk(out) == n  # ...and not one more row on disk
     assert df.filter(pl.col("error").is_not_null()).height == 0
 
 
@@ -255,10 +249,10 @@ def test_submit_runs_the_smoke_job_on_the_cluster(cluster, tmp_path):
 def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, fault_job, tmp_path):
     out = tmp_path / "worker-kill"
     job_id, _ = submit(cluster, fault_job, out)
-    wait_for(lambda: rows_written(out) > 0, 600, "the first rows", every=0.05)
+    wait_for(lambda: rows_on_disk(out) > 0, 600, "the first rows", every=0.05)
     busy = cluster.busy_workers(cluster.worker)
     cluster.kill(cluster.worker)
-    assert rows_written(out) < FAULT_ROWS, "the kill must land mid-run for this test to mean anything"
+    assert rows_on_disk(out) < FAULT_ROWS, "the kill must land mid-run for this test to mean anything"
     assert busy, "the killed node must have been doing part of the work"
     cluster.worker = cluster.start_worker()  # as an autoscaler replaces a lost node
     status = wait_for(lambda: (s := job_status(cluster, job_id)) in ("SUCCEEDED", "FAILED", "STOPPED") and s, 600, "the job to end")
@@ -280,10 +274,10 @@ def test_driver_killed_mid_run_then_rerun_finishes_exactly(cluster, fault_job, t
                 return p
 
     proc = wait_for(driver, 600, "the job's driver", every=0.5)
-    wait_for(lambda: rows_written(out) > 0, 600, "the first rows", every=0.05)
+    wait_for(lambda: rows_on_disk(out) > 0, 600, "the first rows", every=0.05)
     proc.kill()
     proc.wait(30)
-    partial = rows_written(out)
+    partial = rows_on_disk(out)
     assert 0 < partial < FAULT_ROWS, "the kill must land mid-run for this test to mean anything"
     wait_for(lambda: job_status(cluster, job_id) == "FAILED", 120, "the job to be marked failed", every=1)
 

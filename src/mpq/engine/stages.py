@@ -9,7 +9,6 @@ codec's, tasks' and metrics' columns. ``Finalize`` turns it into result rows.
 from __future__ import annotations
 
 import functools
-import traceback
 from typing import Any
 
 import pyarrow as pa
