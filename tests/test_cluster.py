@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import polars as pl
 import psutil
@@ -78,13 +79,16 @@ class LocalCluster:
         self.worker_ports = random.randrange(20000, 60000, 1000)
 
     def start(self) -> None:
-        gcs, dash, client, agent, agent_grpc, rt_env, metrics = free_ports(7)
-        self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
-        self._start_node(
-            "head", "--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--num-cpus=1",
-            *self._node_ports(agent, agent_grpc, rt_env, metrics),
-        )
+        def head_args() -> list[str]:
+            gcs, dash, client, agent, agent_grpc, rt_env, metrics = free_ports(7)
+            self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
+            return [
+                "--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--num-cpus=1",
+                *self._node_ports(agent, agent_grpc, rt_env, metrics),
+            ]
+
+        self._start_node("head", head_args)
         self.worker = self.start_worker()
 
     def _node_ports(self, *ports: int) -> list[str]:
@@ -108,23 +112,26 @@ class LocalCluster:
         self.groups.append(proc)
         return proc
 
-    def _start_node(self, name: str, *args: str) -> subprocess.Popen:
+    def _start_node(self, name: str, args: Callable[[], list[str]]) -> subprocess.Popen:
         """Start a node and wait until it runs. Ray 2.60's raylet gives its dashboard agent a
         fixed 15 s to start (ray-project/ray#65983) and exits when a loaded machine is slower:
-        such a node is started again."""
+        such a node is started again, on fresh ports (a failed start may leave one taken)."""
         for _ in range(10):  # a quiet machine needs one; one shared with 4 other test suites, up to ~6
-            proc = self._start(name, *args)
+            proc = self._start(name, *args())
             log = Path(self.logs[-1])
             wait_for(lambda: proc.poll() is not None or "Ray runtime started" in log.read_text(), 300, f"the {name} node", every=0.5)
             if proc.poll() is None:
                 return proc
             self.kill(proc)
-        raise AssertionError(f"the {name} node did not start; see {log}")
+        raise AssertionError(f"the {name} node did not start; the last try's log ends:\n{log.read_text()[-3000:]}")
 
     def start_worker(self) -> subprocess.Popen:
-        nm, om, *rest = free_ports(6)
-        return self._start_node("worker", f"--address={self.gcs}", "--num-cpus=3", f"--node-manager-port={nm}",
-                           f"--object-manager-port={om}", *self._node_ports(*rest))
+        def worker_args() -> list[str]:
+            nm, om, *rest = free_ports(6)
+            return [f"--address={self.gcs}", "--num-cpus=3", f"--node-manager-port={nm}",
+                    f"--object-manager-port={om}", *self._node_ports(*rest)]
+
+        return self._start_node("worker", worker_args)
 
     def kill(self, proc: subprocess.Popen) -> None:
         """SIGKILL a node: its process group, and any of its processes that left the group."""
