@@ -127,8 +127,9 @@ class ResultStore:
         """Keys written in a file that has every column in ``required[dataset]`` (metric columns)."""
         keys: set[tuple[str, ...]] = set()
         for path in self.files():
-            table = pq.read_table(path, columns=list(KEY), filesystem=self.fs)
-            has = set(pq.read_schema(path, filesystem=self.fs).names)
+            with self.fs.open_input_file(path) as f:
+                parquet = pq.ParquetFile(f)
+                has, table = set(parquet.schema_arrow.names), parquet.read(columns=list(KEY))
             datasets = {d for d in table.column("dataset").unique().to_pylist() if (required or {}).get(d, set()) <= has}
             keys.update(k for k in zip(*(table.column(c).to_pylist() for c in KEY)) if k[0] in datasets)
         return keys

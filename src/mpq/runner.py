@@ -48,7 +48,7 @@ def job_assets(job: JobSpec) -> list[Asset]:
     return list({a.key: a for a in found}.values())
 
 
-def metric_columns(job: JobSpec) -> dict[str, set[str]]:
+def required_metric_columns(job: JobSpec) -> dict[str, set[str]]:
     """Per dataset, the columns of the metrics the job computes on it."""
     return {
         d.name: {col for m in job.metrics_for(d) for col in registry.get("metric", m.name).columns} for d in job.datasets
@@ -83,7 +83,7 @@ def run_job(
         raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
     preflight(job)
     store = ResultStore(output)
-    done = store.done_keys(metric_columns(job))
+    done = store.done_keys(required_metric_columns(job))
     start = time.monotonic()
     items, expected = plan(job, done, limit)
     finalize = Finalize(job, schema_for(job), store.run_id)

@@ -20,7 +20,7 @@ def read_results(output: str) -> pl.DataFrame:
 
 
 SUMMARY_KEYS = ["dataset", "task", "codec", "setting"]
-RATE_COLUMNS = ("bpp", "bps", "kbps")
+MEAN_RATES = ("bpp", "bps", "kbps")  # the rate columns whose means the summary shows
 
 
 def filled_numeric(df: pl.DataFrame, col: str) -> bool:
@@ -49,7 +49,7 @@ def summarize(df: pl.DataFrame) -> pl.DataFrame:
     """Mean rate and fidelity, and each task's split-level score, per (dataset, task, codec, setting)."""
     if df.is_empty():
         return df
-    columns = [c for c in RATE_COLUMNS if c in df.columns] + metric_columns(df)
+    columns = [c for c in MEAN_RATES if c in df.columns] + metric_columns(df)
     means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in columns]
     aggs = [pl.len().alias("n"), pl.col("error").is_not_null().sum().alias("errors"), *means]
     keys = SUMMARY_KEYS
