@@ -23,7 +23,7 @@ from pydantic import field_validator
 from mpq.components import Options, Task
 from mpq.media import Audio, resample, with_channels
 from mpq.registry import register
-from mpq.tasks.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, load_processor_and_model, mpq_cache
+from mpq.tasks.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, known_builtin, load_processor_and_model, mpq_cache
 
 TINY_WHISPER = "builtin:tiny-whisper"
 WHISPER_RATE = 16000
@@ -39,9 +39,7 @@ class ASROptions(Options):
     @field_validator("model")
     @classmethod
     def _known_builtin(cls, model: str) -> str:
-        if model.startswith(BUILTIN_PREFIX) and model != TINY_WHISPER:
-            raise ValueError(f"unknown built-in model {model!r}; valid choices: {TINY_WHISPER}, a hub id or a local folder")
-        return model
+        return known_builtin(model, (TINY_WHISPER,))
 
 
 def tiny_whisper() -> str:

@@ -14,7 +14,7 @@ from pydantic import field_validator
 
 from mpq.components import Options, Task
 from mpq.registry import register
-from mpq.tasks.hub import BUILTIN_PREFIX, HubModel, load_processor_and_model, mpq_cache
+from mpq.tasks.hub import BUILTIN_PREFIX, HubModel, known_builtin, load_processor_and_model, mpq_cache
 
 TINY_VIT = "builtin:tiny-vit"
 
@@ -26,9 +26,7 @@ class ClassifyOptions(Options):
     @field_validator("model")
     @classmethod
     def _known_builtin(cls, model: str) -> str:
-        if model.startswith(BUILTIN_PREFIX) and model != TINY_VIT:
-            raise ValueError(f"unknown built-in model {model!r}; valid choices: {TINY_VIT}, a hub id or a local folder")
-        return model
+        return known_builtin(model, (TINY_VIT,))
 
 
 def tiny_vit() -> str:

@@ -11,6 +11,13 @@ from mpq.components import Asset, offline, offline_hint
 BUILTIN_PREFIX = "builtin:"
 
 
+def known_builtin(model: str, builtins: tuple[str, ...], otherwise: str = "a hub id or a local folder") -> str:
+    """``model``, unless it names a built-in model that does not exist (a job-file check)."""
+    if model.startswith(BUILTIN_PREFIX) and model not in builtins:
+        raise ValueError(f"unknown built-in model {model!r}; valid choices: {', '.join(builtins)}, {otherwise}")
+    return model
+
+
 def mpq_cache() -> Path:
     """mpq's own cache (built-in pipeline-check models, encoded outputs)."""
     root = os.environ.get("MPQ_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "mpq")

@@ -32,7 +32,7 @@ from mpq.components import Asset, AssetUnavailable, Options, Task, offline, offl
 from mpq.media import Audio, fit_length, resample, with_channels
 from mpq.registry import register
 from mpq.sources.audio_samples import STEMS
-from mpq.tasks.hub import BUILTIN_PREFIX, mpq_cache
+from mpq.tasks.hub import BUILTIN_PREFIX, known_builtin, mpq_cache
 from mpq.torchhub import TorchHubCheckpoint
 
 TINY = ("builtin:tiny-hdemucs", "builtin:tiny-htdemucs")
@@ -47,9 +47,7 @@ class SeparateOptions(Options):
     @field_validator("model")
     @classmethod
     def _known_builtin(cls, model: str) -> str:
-        if model.startswith(BUILTIN_PREFIX) and model not in TINY:
-            raise ValueError(f"unknown built-in model {model!r}; valid choices: {', '.join(TINY)}, or a demucs model name")
-        return model
+        return known_builtin(model, TINY, "or a demucs model name")
 
 
 def demucs_signature(name: str) -> str:
