@@ -59,11 +59,10 @@ def test_entries_round_trip_exactly_and_damaged_ones_are_misses(tmp_path):
     hit = cache.get(path)
     assert hit.bits == 1234 and hit.extra == {"bits_side": 56}
     assert hit.decoded.dtype == np.uint8 and np.array_equal(hit.decoded, image)
-    wave = np.linspace(-1, 1, 999, dtype=np.float32)  # any array: audio too
     other = cache.path("d", "cats/a.png", "jpeg", 10, "pillow 12 libjpeg 8", {})  # a new codec version: a new entry
     assert other != path and cache.get(other) is None
-    cache.put(other, Coded(bits=8, decoded=wave))
-    assert np.array_equal(cache.get(other).decoded, wave) and cache.get(other).decoded.dtype == np.float32
+    cache.put(other, Coded(bits=8, decoded=image[:10]))
+    assert np.array_equal(cache.get(other).decoded, image[:10])
     assert not list(Path(tmp_path).rglob("*.tmp-*"))  # written under a temporary name, then renamed
 
     Path(path.removeprefix("file://")).write_bytes(b"half an entry")  # damaged (not by mpq: mpq renames whole files)
@@ -118,3 +117,91 @@ def test_cache_off_encodes_every_time_and_stores_nothing(photos, tmp_path, round
     run_job(job(photos, cache=False), str(out), engine="serial", progress=False)
     run_job(job(photos, tasks=("classify", "again"), cache=False), str(out), engine="serial", progress=False)
     assert len(roundtrips) == 9 + 9 and not (out / "cache").exists()
+
+
+AUDIO_CODECS = [("mp3", {}, 32), ("opus", {}, 12), ("encodec_48khz", {"model": "builtin:tiny-encodec-48khz"}, 6)]
+
+
+@pytest.mark.parametrize("name, options, setting", AUDIO_CODECS)
+def test_real_audio_round_trips_the_cache_exactly(tmp_path, name, options, setting):
+    from test_audio import tone
+
+    from mpq import registry
+    from mpq.media import Audio, audio_from_array
+
+    codec_cls = registry.get("codec", name)
+    codec = codec_cls(codec_cls.Options(**options))
+    coded = codec.roundtrip(audio_from_array(tone(0.5, 44100, channels=2), 44100), setting)
+    assert isinstance(coded.decoded, Audio)
+    cache = EncodedCache(str(tmp_path / "out"))
+    path = cache.path("music", "t0", name, setting, codec.version(), codec.options.model_dump(mode="json"))
+    cache.put(path, coded)
+    hit = cache.get(path)
+    assert isinstance(hit.decoded, Audio) and hit.bits == coded.bits and hit.extra == coded.extra
+    assert hit.decoded.sample_rate == 44100 and hit.decoded.channels == 2
+    assert hit.decoded.samples.dtype == np.float32 and np.array_equal(hit.decoded.samples, coded.decoded.samples)
+    assert hit.decoded.conversion == coded.decoded.conversion
+
+
+def test_an_entry_of_another_kind_or_format_is_a_miss_not_an_error(tmp_path):
+    """An entry written by an older mpq (an object pointer where audio should be) is encoded afresh."""
+    import pyarrow as pa
+
+    cache = EncodedCache(str(tmp_path / "out"))
+    path = cache.path("music", "t0", "mp3", 32, "v", {})
+    old = pa.table({"bits": [8], "extra": ["{}"], "dtype": ["|O"], "shape": [[]], "data": [b"\x00" * 8]})
+    Path(path).parent.mkdir(parents=True)
+    with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, old.schema) as w:
+        w.write_table(old)
+    assert cache.get(path) is None
+
+
+def music_job(**extra):
+    return parse_job({
+        "name": "music",
+        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 2, "seconds": 1}}],
+        "codecs": [{"name": "mp3", "settings": [32]}, {"name": "opus", "settings": [12]}],
+        "metrics": ["audio_psnr"],
+        **extra,
+    })
+
+
+def test_audio_rerun_from_the_cache_gives_no_error_rows(tmp_path):
+    """Measured on the smoke job: results deleted, run again: every audio row became a `codec:` error row."""
+    import shutil
+
+    out = tmp_path / "out"
+    first = run_job(music_job(), str(out), engine="serial", progress=False)
+    assert first.written == 2 * 3 and first.errors == 0
+    shutil.rmtree(out / "results")
+    again = run_job(music_job(), str(out), engine="serial", progress=False)
+    assert again.written == 2 * 3 and again.errors == 0
+    df = read_results(str(out))
+    assert df["error"].null_count() == df.height
+    assert df.filter(pl.col("codec") != "none")["psnr"].is_finite().all()
+
+
+def test_rows_lost_to_the_old_cache_bug_are_redone(tmp_path):
+    """Error rows that the cache (not the sample) caused are not done: a re-run redoes them."""
+    out = tmp_path / "out"
+    run_job(music_job(), str(out), engine="serial", progress=False)
+    files = list((out / "results").glob("*.parquet"))
+    df = pl.read_parquet(files[0])
+    broken = df.with_columns(
+        pl.when(pl.col("codec") == "mp3").then(pl.lit("codec: ValueError: cannot create an OBJECT array from memory buffer"))
+        .otherwise(pl.col("error")).alias("error")
+    )
+    for f in files:
+        f.unlink()
+    broken.write_parquet(out / "results" / "part-0-000001.parquet")
+    again = run_job(music_job(), str(out), engine="serial", progress=False)
+    assert again.written == 2 and again.errors == 0  # the two mp3 rows, redone
+    assert read_results(str(out))["error"].null_count() == 6
+
+
+def test_machine_failures_are_retryable_and_sample_failures_are_done():
+    from mpq.engine.stages import _error
+    from mpq.results import retryable
+
+    assert retryable(_error("task", MemoryError("no room"))) and _error("task", MemoryError()).startswith("infra: task:")
+    assert not retryable(_error("codec", ValueError("bad setting"))) and not retryable(None)

@@ -6,7 +6,8 @@ from its bitstream, the decoded media and the codec's own columns. It is keyed b
 with a task or a metric, or resumed after a crash, decodes from the cache instead of
 encoding again, and a new codec library version encodes afresh.
 
-Each entry is one zstd-compressed Arrow IPC file written through pyarrow's filesystems
+Each entry is one zstd-compressed Arrow IPC file holding the media as ``media.media_to_record``
+writes it (images and ``Audio`` alike), written through pyarrow's filesystems
 (local paths, ``s3://``, ``gs://``...), under a temporary name first and then renamed, so
 a run killed mid-write leaves no partial entry; an unreadable entry counts as a miss and
 is rewritten.
@@ -19,15 +20,17 @@ import json
 import uuid
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from mpq.components import Coded
+from mpq.media import MediaError, media_from_record, media_to_record
 from mpq.results import filesystem, setting_str
 
 SCHEMA = pa.schema(
-    [("bits", pa.int64()), ("extra", pa.string()), ("dtype", pa.string()), ("shape", pa.list_(pa.int64())), ("data", pa.large_binary())]
+    [("bits", pa.int64()), ("extra", pa.string()), ("kind", pa.string()), ("dtype", pa.string()),
+     ("shape", pa.list_(pa.int64())), ("data", pa.large_binary()), ("sample_rate", pa.int64()), ("conversion", pa.string())]
 )
+FORMAT = 2  # in every key: entries of an older layout are never read (format 1 stored audio as an object pointer)
 WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
 
@@ -39,28 +42,22 @@ class EncodedCache:
         self.root = root.rstrip("/") + "/cache/encoded"
 
     def path(self, dataset: str, sample_id: str, codec: str, setting: Any, version: str, options: dict) -> str:
-        key = json.dumps([dataset, sample_id, codec, setting_str(setting), version, options], sort_keys=True)
+        key = json.dumps([FORMAT, dataset, sample_id, codec, setting_str(setting), version, options], sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"{self.root}/{dataset}/{codec}-{setting_str(setting)}/{digest}.arrow"
 
     def get(self, path: str) -> Coded | None:
+        """The entry, or None when it is missing, damaged or of another layout: encode again."""
         try:
             with self.fs.open_input_file(path) as f:
                 row = pa.ipc.open_file(f).read_all().to_pylist()[0]
-        except (OSError, pa.ArrowInvalid, IndexError):  # missing (FileNotFoundError) or damaged: encode again
+            return Coded(bits=row["bits"], decoded=media_from_record(row), extra=json.loads(row["extra"]))
+        except (OSError, pa.ArrowException, IndexError, KeyError, TypeError, ValueError, MediaError):
             return None
-        media = np.frombuffer(row["data"], dtype=row["dtype"]).reshape(row["shape"]).copy()
-        return Coded(bits=row["bits"], decoded=media, extra=json.loads(row["extra"]))
 
     def put(self, path: str, coded: Coded) -> None:
-        media = np.ascontiguousarray(coded.decoded)
-        table = pa.table(
-            {
-                "bits": [int(coded.bits)], "extra": [json.dumps(coded.extra)], "dtype": [media.dtype.str],
-                "shape": [list(media.shape)], "data": [media.tobytes()],
-            },
-            schema=SCHEMA,
-        )
+        record = {"bits": int(coded.bits), "extra": json.dumps(coded.extra), **media_to_record(coded.decoded)}
+        table = pa.Table.from_pylist([record], schema=SCHEMA)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with self.fs.open_output_stream(tmp) as f, pa.ipc.new_file(f, SCHEMA, options=WRITE_OPTIONS) as writer:

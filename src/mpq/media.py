@@ -248,3 +248,30 @@ def with_channels(samples: np.ndarray, channels: int) -> np.ndarray:
     if samples.shape[1] == 1:
         return np.repeat(samples, channels, axis=1)
     raise ValueError(f"cannot map {samples.shape[1]} channels to {channels}")
+
+
+# ---------------------------------------------------------------------------------------
+# Serialisation (the encoded cache): a decoded image (uint8 array) or Audio as one record of
+# plain fields, and back. A record of an unknown kind, or one that does not rebuild the
+# media exactly, raises MediaError: the cache treats that as a miss.
+
+def media_to_record(media: np.ndarray | Audio) -> dict:
+    if isinstance(media, Audio):
+        x = np.ascontiguousarray(media.samples, dtype=np.float32)
+        return {"kind": "audio", "dtype": x.dtype.str, "shape": list(x.shape), "data": x.tobytes(),
+                "sample_rate": media.sample_rate, "conversion": media.conversion}
+    x = np.asarray(media)
+    if x.dtype != np.uint8 or x.ndim != 3:
+        raise MediaError(f"cannot serialise media of type {type(media).__name__} (dtype {x.dtype}, shape {x.shape})")
+    return {"kind": "image", "dtype": x.dtype.str, "shape": list(x.shape), "data": np.ascontiguousarray(x).tobytes(),
+            "sample_rate": None, "conversion": None}
+
+
+def media_from_record(rec: dict) -> np.ndarray | Audio:
+    kind, dtype = rec.get("kind"), np.dtype(rec["dtype"])
+    if kind not in ("image", "audio") or dtype.hasobject:
+        raise MediaError(f"unknown media record kind {kind!r} (dtype {dtype})")
+    x = np.frombuffer(rec["data"], dtype=dtype).reshape(rec["shape"]).copy()
+    if kind == "image":
+        return x
+    return Audio(x, int(rec["sample_rate"]), rec["conversion"])

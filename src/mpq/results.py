@@ -29,6 +29,14 @@ from mpq.spec import JobSpec
 
 KEY = ("dataset", "sample_id", "codec", "setting", "task")
 BASELINE = "none"  # codec name of the uncompressed baseline row (setting "")
+INFRA_PREFIX = "infra: "  # an error the machine caused (out of memory, a lost worker), not the sample
+# mpq 0.1.0's encoded cache stored audio as an object pointer and failed reading it back.
+OLD_CACHE_ERROR = "cannot create an OBJECT array from memory buffer"
+
+
+def retryable(error: str | None) -> bool:
+    """An error row that is not done: the infrastructure failed, not the sample; a re-run redoes it."""
+    return error is not None and (error.startswith(INFRA_PREFIX) or OLD_CACHE_ERROR in error)
 
 BASE_SCHEMA = pa.schema(
     [
@@ -124,14 +132,18 @@ class ResultStore:
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
     def done_keys(self, required: dict[str, set[str]] | None = None) -> set[tuple[str, ...]]:
-        """Keys written in a file that has every column in ``required[dataset]`` (metric columns)."""
+        """Keys written in a file that has every column in ``required[dataset]`` (metric columns),
+        except rows whose error is ``retryable``."""
         keys: set[tuple[str, ...]] = set()
         for path in self.files():
             with self.fs.open_input_file(path) as f:
                 parquet = pq.ParquetFile(f)
-                has, table = set(parquet.schema_arrow.names), parquet.read(columns=list(KEY))
+                has = set(parquet.schema_arrow.names)
+                table = parquet.read(columns=list(KEY) + (["error"] if "error" in has else []))
             datasets = {d for d in table.column("dataset").unique().to_pylist() if (required or {}).get(d, set()) <= has}
-            keys.update(k for k in zip(*(table.column(c).to_pylist() for c in KEY)) if k[0] in datasets)
+            errors = table.column("error").to_pylist() if "error" in has else [None] * table.num_rows
+            rows = zip(*(table.column(c).to_pylist() for c in KEY))
+            keys.update(k for k, e in zip(rows, errors) if k[0] in datasets and not retryable(e))
         return keys
 
     def write(self, table: pa.Table) -> None:

@@ -9,6 +9,7 @@ codec's, tasks' and metrics' columns. ``Finalize`` turns it into result rows.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import pyarrow as pa
@@ -16,14 +17,20 @@ import pyarrow as pa
 from mpq import registry
 from mpq.cache import EncodedCache
 from mpq.components import Coded, Source
-from mpq.results import BASELINE, run_metadata, setting_str
+from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
 from mpq.spec import JobSpec
 
 Row = dict[str, Any]
 
 
-def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip()
+# Failures of the machine, not of the sample: their rows are written with INFRA_PREFIX and
+# are not done, so a re-run tries them again.
+INFRA_ERRORS = ("MemoryError", "OutOfMemoryError", "RayActorError", "ActorDiedError", "WorkerCrashedError", "ObjectLostError")
+
+
+def _error(stage: str, exc: BaseException) -> str:
+    infra = INFRA_PREFIX if type(exc).__name__ in INFRA_ERRORS else ""
+    return f"{infra}{stage}: {type(exc).__name__}: {exc}".strip()
 
 
 def image_columns(media) -> dict[str, Any]:
@@ -92,7 +99,7 @@ class Load(_JobStage):
                 base.update(original=sample.media, target=sample.target, conversion=sample.conversion)
                 base.update(MEDIA_COLUMNS[modality](sample.media))
             except Exception as exc:
-                base.update(original=None, target=None, conversion=None, error=f"load: {_error(exc)}")
+                base.update(original=None, target=None, conversion=None, error=_error("load", exc))
             for codec, setting, tasks in item["units"]:
                 out.append({**base, "codec": codec, "setting": setting, "tasks": tasks})
         return out
@@ -116,7 +123,10 @@ class Encode(_JobStage):
         coded = self.cache.get(path)
         if coded is None:
             coded = codec.roundtrip(row["original"], row["setting"])
-            self.cache.put(path, coded)
+            try:
+                self.cache.put(path, coded)
+            except Exception as exc:  # the round trip is in hand: a cache that cannot be written costs speed, not the row
+                warnings.warn(f"encoded cache: cannot write {path}: {exc}", stacklevel=1)
         return coded
 
     def __call__(self, rows: list[Row]) -> list[Row]:
@@ -131,7 +141,7 @@ class Encode(_JobStage):
             try:
                 coded = self.roundtrip(row)
             except Exception as exc:
-                row["error"] = f"codec: {_error(exc)}"
+                row["error"] = _error("codec", exc)
                 continue
             row.update(bits=int(coded.bits), codec_version=codec.version(), **coded.extra)
             if codec.pipeline_check:
@@ -166,7 +176,7 @@ class Predict:
                 try:
                     preds.append(self.task.predict([r["decoded"]], [r["target"]])[0])
                 except Exception as exc:
-                    preds.append({"error": f"task: {_error(exc)}"})
+                    preds.append({"error": _error("task", exc)})
             return preds
 
     def __call__(self, rows: list[Row]) -> list[Row]:
@@ -222,7 +232,7 @@ class Measure(_JobStage):
                         try:
                             values.append(self.compute(metric, [r["original"]], [r["decoded"]])[0])
                         except Exception as exc:
-                            r["error"] = f"metric {spec.name}: {_error(exc)}"
+                            r["error"] = _error(f"metric {spec.name}", exc)
                             values.append({})
                 for r, v in zip(todo, values):
                     r.update(v)
