@@ -106,3 +106,25 @@ def test_run_killed_halfway_resumes_without_duplicates_or_losses(odd_folder, tmp
     subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
     df = read_results(str(tmp_path / "out"))  # the last row of each key...
     assert df.height == expected == rows_on_disk(tmp_path / "out")  # ...and not one more row on disk
+
+
+def test_rows_record_precision_device_task_options_and_weights(tmp_path):
+    """A row says what produced it: the precision the model ran in (CPUs run fp32 whatever the
+    job asks), the device, every task option, and a weights identity for Demucs."""
+    import json
+
+    job = parse_job({
+        "name": "prov",
+        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 1, "seconds": 1}}],
+        "codecs": [{"name": "mp3", "settings": [32]}],
+        "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs", "batch_size": 1}],
+        "resources": {"precision": "bf16"},
+    })
+    out = tmp_path / "out"
+    run_job(job, str(out), engine="serial", progress=False)
+    df = read_results(str(out))
+    assert df.height == 2 and df["error"].null_count() == 2
+    assert df["precision"].to_list() == ["fp32", "fp32"] and df["device"].to_list() == ["cpu", "cpu"]
+    options = json.loads(df["task_options"][0])
+    assert options["model"] == "builtin:tiny-htdemucs" and "shifts" in options
+    assert df["model_revision"][0].startswith("HTDemucs sha256:") and df["model_revision"].n_unique() == 1

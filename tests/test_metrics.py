@@ -97,3 +97,40 @@ def test_ms_ssim_matches_piq_and_small_images_get_null():
     assert 0.3 < want < 0.99
     assert got[0]["ms_ssim"] == pytest.approx(want, abs=1e-3)
     assert got[1]["ms_ssim"] is None  # below 161 px: the 5-scale pyramid does not fit
+
+
+def test_metrics_are_fp32_whatever_the_precision():
+    """Measured under bf16 autocast: MS-SSIM 1.0069 (> 1), CDPAM −36 %; fp16: SSIM NaN.
+
+    Precision applies to task models only: the metric stage gives the same values in a job
+    that asks for bf16, even when the stage runs inside an autocast region."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from mpq.engine.stages import Measure
+    from mpq.spec import parse_job
+
+    def job(precision):
+        return parse_job({
+            "name": "p", "datasets": [{"name": "d", "source": {"samples": "skimage"}}],
+            "metrics": ["psnr", "ssim", "ms_ssim", {"name": "lpips", "backbone": "random"}],
+            "resources": {"precision": precision},
+        })
+
+    ref = photo(192, 192, seed=5)
+    buf = io.BytesIO()
+    Image.fromarray(ref).save(buf, format="JPEG", quality=10)
+    dec = np.asarray(Image.open(buf).convert("RGB"))
+
+    def rows():
+        return [{"dataset": "d", "sample_id": "x", "codec": "jpeg", "setting": 10, "error": None, "original": ref, "decoded": dec}]
+
+    want = Measure(job("fp32"), device="cpu")(rows())[0]
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        with torch.autocast("cpu", dtype=dtype):
+            got = Measure(job(precision), device="cpu")(rows())[0]
+        for col in ("psnr", "ssim", "ms_ssim", "lpips"):
+            assert got[col] == want[col], (precision, col)
+    assert 0 < want["ms_ssim"] <= 1

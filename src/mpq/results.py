@@ -48,6 +48,9 @@ BASE_SCHEMA = pa.schema(
         ("task_type", pa.string()),  # the task's registry name, for its split-level aggregate
         ("model", pa.string()),
         ("model_revision", pa.string()),
+        ("precision", pa.string()),  # the task model's: fp32 on CPUs whatever the job asks; metrics are always fp32
+        ("device", pa.string()),
+        ("task_options", pa.string()),  # JSON: every option of the task, defaults included
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("bits", pa.int64()),

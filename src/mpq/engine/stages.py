@@ -8,7 +8,9 @@ codec's, tasks' and metrics' columns. ``Finalize`` turns it into result rows.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import warnings
 from typing import Any
 
@@ -19,6 +21,7 @@ from mpq.cache import EncodedCache
 from mpq.components import Coded, Source
 from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
 from mpq.spec import JobSpec
+from mpq.tasks.hub import torch_dtype
 
 Row = dict[str, Any]
 
@@ -165,6 +168,13 @@ class Predict:
         self.task_id, self.batch_size = task_id, spec.batch_size
         self.task = registry.get("task", spec.name)(job.task_options(spec), device or default_device(), job.resources.precision)
         self.task.load()
+        # What else changes a score: the precision the model actually ran in (CPUs run fp32), the
+        # device, and the task's options (language, reduce_labels, ...).
+        self.provenance = {
+            "precision": self.task.precision if torch_dtype(self.task.precision, self.task.device) != torch_dtype("fp32", "cpu") else "fp32",
+            "device": self.task.device,
+            "task_options": json.dumps(self.task.options.model_dump(mode="json"), sort_keys=True),
+        }
 
     def predict(self, todo: list[Row]) -> list[dict[str, Any]]:
         try:
@@ -184,7 +194,7 @@ class Predict:
         for row in rows:
             row.setdefault("results", {})
         preds = [p for i in range(0, len(todo), self.batch_size) for p in self.predict(todo[i : i + self.batch_size])]
-        info = {"model": self.task.model_id, "model_revision": self.task.model_revision}
+        info = {"model": self.task.model_id, "model_revision": self.task.model_revision, **self.provenance}
         for row, pred in zip(todo, preds):
             row["results"][self.task_id] = {**info, **pred}
             if self.task.pipeline_check:
@@ -204,16 +214,16 @@ class Measure(_JobStage):
         device = self.device or default_device()
         return {m.name: registry.get("metric", m.name)(self.job.metric_options(m), device) for m in self.job.metrics}
 
-    def compute(self, metric, references: list, tests: list) -> list[dict[str, Any]]:
-        """On GPUs in the job's precision (autocast for bf16/fp16); on CPUs in fp32."""
-        precision = self.job.resources.precision
-        if precision == "fp32" or not metric.device.startswith("cuda"):
-            return metric.compute(references, tests)
+    @staticmethod
+    def compute(metric, references: list, tests: list) -> list[dict[str, Any]]:
+        """Always in fp32: bf16/fp16 break quality metrics (MS-SSIM above 1, NaN SSIM, CDPAM off
+        by a third), so the job's precision applies to task models only, and no autocast
+        region around this stage reaches the metric."""
         import torch
 
-        from mpq.tasks.hub import torch_dtype
-
-        with torch.autocast("cuda", dtype=torch_dtype(precision, metric.device)):
+        with contextlib.ExitStack() as stack:
+            for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+                stack.enter_context(torch.autocast(device, enabled=False))
             return metric.compute(references, tests)
 
     def __call__(self, rows: list[Row]) -> list[Row]:

@@ -101,6 +101,19 @@ def revision_of(model: Any) -> str:
     return getattr(model.config, "_commit_hash", None) or "local"
 
 
+def weights_digest(model: Any) -> str:
+    """``sha256:`` and the first 16 hex digits of the hash of a torch module's weights (names and bytes)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{h.hexdigest()[:16]}"
+
+
 def torch_dtype(precision: str, device: str):
     import torch
 

@@ -32,7 +32,7 @@ from mpq.components import Asset, AssetUnavailable, Options, Task, offline, offl
 from mpq.media import Audio, fit_length, resample, with_channels
 from mpq.registry import register
 from mpq.sources.audio_samples import STEMS
-from mpq.tasks.hub import BUILTIN_PREFIX, known_builtin, mpq_cache
+from mpq.tasks.hub import BUILTIN_PREFIX, known_builtin, mpq_cache, weights_digest
 from mpq.torchhub import TorchHubCheckpoint
 
 TINY = ("builtin:tiny-hdemucs", "builtin:tiny-htdemucs")
@@ -225,7 +225,8 @@ class Separate(Task):
         if self.options.model in TINY:
             self.pipeline_check = "tiny random Demucs: separations and SDR mean nothing"
         self.model_id = self.options.model
-        self.model_revision = type(getattr(self.model, "models", [self.model])[0]).__name__
+        # Demucs names carry no revision: the weights' own digest says which ones ran.
+        self.model_revision = f"{type(getattr(self.model, 'models', [self.model])[0]).__name__} {weights_digest(self.model)}"
 
     @classmethod
     def aggregate(cls, rows):
