@@ -334,3 +334,16 @@ def test_offline_hub_codec_and_demucs_fail_before_work_naming_them(tmp_path):
         run_job(parse_job({**base, "codecs": [{"name": "encodec_48khz", "settings": [6]}]}), str(tmp_path / "a"), engine="serial", progress=False)
     with pytest.raises(AssetUnavailable, match="demucs htdemucs"):
         run_job(parse_job({**base, "tasks": [{"name": "separate"}]}), str(tmp_path / "b"), engine="serial", progress=False)
+
+
+def test_bps_is_the_studys_bits_per_channel_sample():
+    """The study's Table 4: EnCodec 6.06 kbps / (2 × 44100) = 0.0687; MP3 32 kbps → 0.3628."""
+    from mpq.engine.stages import audio_rate
+    from mpq.media import Audio
+
+    stereo = Audio(np.zeros((44100 * 2, 2), np.float32), 44100)  # 2 s
+    assert audio_rate(stereo, 2 * 32000)["bps"] == pytest.approx(0.3628, abs=1e-4)
+    assert audio_rate(stereo, 2 * 6060)["bps"] == pytest.approx(0.0687, abs=1e-4)
+    assert audio_rate(stereo, 2 * 32000)["kbps"] == pytest.approx(32)
+    mono = Audio(np.zeros((44100, 1), np.float32), 44100)
+    assert audio_rate(mono, 32000)["bps"] == pytest.approx(32000 / 44100)

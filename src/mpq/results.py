@@ -59,7 +59,7 @@ BASE_SCHEMA = pa.schema(
         ("channels", pa.int32()),
         ("num_samples", pa.int64()),
         ("duration", pa.float64()),
-        ("bps", pa.float64()),  # audio rate: bits per sample (time step) and effective kbps
+        ("bps", pa.float64()),  # audio rate: bits per channel sample (the study's) and effective kbps
         ("kbps", pa.float64()),
         ("label", pa.string()),
         ("prediction", pa.string()),

@@ -59,8 +59,9 @@ def audio_columns(media) -> dict[str, Any]:
 
 
 def audio_rate(media, bits: int) -> dict[str, Any]:
-    """Bits per sample (per time step at the input's rate, all channels together) and kbps."""
-    return {"bps": bits / media.num_samples, "kbps": bits / media.duration / 1000}
+    """Bits per sample as the study counts them (per channel sample: bits / (time steps × channels))
+    and kbps."""
+    return {"bps": bits / (media.num_samples * media.channels), "kbps": bits / media.duration / 1000}
 
 
 def audio_decoded(row: Row, decoded) -> Row:
