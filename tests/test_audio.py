@@ -347,3 +347,29 @@ def test_bps_is_the_studys_bits_per_channel_sample():
     assert audio_rate(stereo, 2 * 32000)["kbps"] == pytest.approx(32)
     mono = Audio(np.zeros((44100, 1), np.float32), 44100)
     assert audio_rate(mono, 32000)["bps"] == pytest.approx(32000 / 44100)
+
+
+def test_dac_settings_give_distinct_rates_on_stereo_or_are_refused(tmp_path):
+    """Measured: tiny DAC on 44.1 kHz stereo gave 1.725, 1.725, 3.448, 6.896, 6.896 kbps for its
+    five default settings: codebooks were rounded over both channels. A setting is per channel
+    (the mono model codes each channel), so the sweep's settings stay distinct."""
+    from mpq.runner import run_job
+    from mpq.spec import parse_job
+
+    cls = registry.get("codec", "dac")
+    codec = cls(cls.Options(model="builtin:tiny-dac-44khz"))
+    stereo = audio_from_array(tone(0.5, 44100, channels=2), 44100)
+    coded = [codec.roundtrip(stereo, s) for s in cls.default_settings]
+    kbps = [c.bits / stereo.duration / 1000 for c in coded]
+    assert len({round(k, 3) for k in kbps}) == len(kbps) and kbps == sorted(kbps)
+    per_channel = 44100 / 512 * 10 / 1000  # one codebook, one channel
+    for setting, c in zip(cls.default_settings, coded):
+        assert c.extra["bits_codebook"] == 2 * round(setting / per_channel) * math.ceil(stereo.num_samples / 512) * 10
+        assert c.extra["rate_note"] is None or "each of the 2 channels" in c.extra["rate_note"]
+
+    job = parse_job({
+        "name": "dac", "datasets": [{"name": "m", "source": {"music": "synthetic", "tracks": 1, "seconds": 1}}],
+        "codecs": [{"name": "dac", "model": "builtin:tiny-dac-44khz", "settings": [0.86, 1.0]}],
+    })
+    with pytest.raises(ValueError, match=r"0\.86 and 1 kbps both give 1 codebook"):
+        run_job(job, str(tmp_path / "o"), engine="serial", progress=False)

@@ -1,7 +1,9 @@
 """Neural audio codecs through transformers: EnCodec (Défossez et al. 2022) and DAC (Kumar et al. 2023).
 
 A setting is the requested bitrate in kbps: for EnCodec one of the model's target
-bandwidths, for DAC the number of codebooks that comes closest to it. The audio is
+bandwidths, for DAC the number of codebooks that comes closest to it on one channel (a
+stereo input, each channel coded by the mono model, takes twice that; the row's
+``rate_note`` says so). The audio is
 resampled (soxr) to the model's rate and channel count (mono models code each channel
 of a stereo input separately; the stereo 48 kHz EnCodec codes a mono input duplicated),
 encoded, and the codes are written as a real bitstream: each code as a
@@ -204,7 +206,34 @@ class DAC(NeuralAudioCodec):
         model: str = "descript/dac_44khz"
 
     family = "dac"
-    default_settings = [0.86, 1.72, 3.45, 6.03, 7.75]  # 1, 2, 4, 7, 9 codebooks (mono)
+    default_settings = [0.86, 1.72, 3.45, 6.03, 7.75]  # 1, 2, 4, 7, 9 codebooks
+
+    @staticmethod
+    def codebook_kbps(cfg) -> float:
+        """The rate one codebook adds to one channel."""
+        return cfg.sampling_rate / int(np.prod(cfg.downsampling_ratios)) * math.log2(cfg.codebook_size) / 1000
+
+    def codebooks(self, cfg, kbps: float) -> int:
+        """A setting is kbps per channel (the mono model codes each channel on its own), so the
+        codebooks it takes do not depend on the input and a sweep stays a sweep on stereo."""
+        per = self.codebook_kbps(cfg)
+        n_q = max(1, round(kbps / per))
+        if n_q > cfg.n_codebooks:
+            raise ValueError(f"{self.options.model} reaches at most {cfg.n_codebooks * per:.3g} kbps per channel, not {kbps:g}")
+        return n_q
+
+    def preflight(self, settings: list) -> None:
+        """Two settings that round to the same number of codebooks would be one point under two labels."""
+        cfg = self.model.config
+        seen: dict[int, float] = {}
+        for s in settings:
+            n_q = self.codebooks(cfg, float(s))
+            if n_q in seen:
+                raise ValueError(
+                    f"dac settings {seen[n_q]:g} and {s:g} kbps both give {n_q} codebook(s) of {self.codebook_kbps(cfg):.3g} kbps "
+                    f"per channel with {self.options.model}: the same rate twice; keep one"
+                )
+            seen[n_q] = float(s)
 
     def encode(self, x, kbps):
         import torch
@@ -212,10 +241,7 @@ class DAC(NeuralAudioCodec):
         model, cfg = self.model, self.model.config
         nbits = int(math.log2(cfg.codebook_size))
         hop = int(np.prod(cfg.downsampling_ratios))
-        per_codebook = cfg.sampling_rate / hop * nbits / 1000 * x.shape[1]  # kbps of one codebook, all channels
-        n_q = max(1, round(kbps / per_codebook))
-        if n_q > cfg.n_codebooks:
-            raise ValueError(f"{self.options.model} reaches at most {cfg.n_codebooks * per_codebook:.3g} kbps here")
+        n_q = self.codebooks(cfg, kbps)
         n = x.shape[0]
         batch = np.pad(x.T, ((0, 0), (0, (-n) % hop)))[:, None, :]  # mono model: channels as batch items
         codes = model.encode(torch.from_numpy(np.ascontiguousarray(batch)), n_quantizers=n_q).audio_codes[:, :n_q].numpy()
