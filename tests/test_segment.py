@@ -168,3 +168,51 @@ def test_tiny_segformer_through_the_pipeline(ade_like, tiny_segformer, tmp_path)
     union = np.array(baseline["union"].to_list()).sum(0)
     assert base["mIoU"] == pytest.approx(np.mean(inter[union > 0] / union[union > 0]))
     assert summary.filter(pl.col("codec") == "jpeg")["bpp"][0] > 0
+
+
+def test_a_config_with_only_the_old_reduce_labels_key_is_honoured(ade_like, tmp_path):
+    """The nvidia ADE20k SegFormer configs predate `do_reduce_labels`; transformers 5 loads their
+    `"reduce_labels": true` with do_reduce_labels=False, and labels were scored shifted by one."""
+    import json
+    from pathlib import Path
+
+    from mpq.runner import run_job
+    from mpq.spec import parse_job
+    from mpq.summary import read_results
+
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)  # three classes: ADE-style labels 1..3 fit only once reduced to 0..2
+    tiny_segformer = str(tmp_path / "three")
+    SegformerForSemanticSegmentation(SegformerConfig(
+        num_labels=3, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16,
+    )).save_pretrained(tiny_segformer)
+    SegformerImageProcessor(size={"height": 32, "width": 32}, do_reduce_labels=True).save_pretrained(tiny_segformer)
+    config = Path(tiny_segformer) / "preprocessor_config.json"
+    old = json.loads(config.read_text())
+    old["reduce_labels"] = old.pop("do_reduce_labels")  # as the hub's older configs hold it
+    config.write_text(json.dumps(old))
+
+    task_cls = registry.get("task", "segment")
+    task = task_cls(task_cls.Options(model=tiny_segformer))
+    task.load()
+    assert task.reduce is True
+
+    def run(**options):
+        job = parse_job({
+            "name": "seg", "datasets": [{"name": "ade", "source": {"hf": str(ade_like), "label_map": "annotation"}}],
+            "tasks": [{"name": "segment", "model": tiny_segformer, "batch_size": 2, **options}],
+        })
+        out = tmp_path / f"out{len(options)}"
+        run_job(job, str(out), engine="serial", progress=False)
+        return read_results(str(out)).sort("sample_id")
+
+    df = run()
+    assert df["reduce_labels"].to_list() == [True] * 3 + [None]  # the value used, in every row (sample 3 fails to load)
+    assert df.filter(pl.col("sample_id") != "3")["error"].is_null().all()
+    # Not reduced, label 3 is beyond the model's 3 classes: a clear error row, not a silent score.
+    raw = run(reduce_labels=False)
+    assert raw["task_options"].str.contains('"reduce_labels": false').all()
+    ok = raw.filter(pl.col("sample_id") != "3")
+    assert ok["error"].str.contains("class 3 .*3 classes.*reduce_labels").all(), ok["error"].to_list()

@@ -44,7 +44,9 @@ def iou_counts(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_ind
     valid = label != ignore_index
     p, t = pred[valid].astype(np.int64), label[valid].astype(np.int64)
     if t.size and (t.min() < 0 or t.max() >= num_classes):
-        raise ValueError(f"label map holds classes outside [0, {num_classes}) besides ignore_index {ignore_index}")
+        bad = int(t.max()) if t.max() >= num_classes else int(t.min())
+        raise ValueError(f"label map holds class {bad} (after reduce_labels, if on), outside the model's {num_classes} classes "
+                         f"[0, {num_classes}) and not ignore_index {ignore_index}: check the task's `reduce_labels`")
     area_pred = np.bincount(p, minlength=num_classes)
     area_label = np.bincount(t, minlength=num_classes)
     intersection = np.bincount(p[p == t], minlength=num_classes)
@@ -75,6 +77,7 @@ class Segment(Task):
         "pixels_valid": pa.int64(),
         "intersection": pa.list_(pa.int64()),  # per class, indexed like the model's id2label
         "union": pa.list_(pa.int64()),
+        "reduce_labels": pa.bool_(),  # the value used: from the job, else the model's image processor
     }
 
     def assets(self):
@@ -87,7 +90,10 @@ class Segment(Task):
         load_processor_and_model(self, AutoImageProcessor, AutoModelForSemanticSegmentation, self.options.model)
         self.num_classes = self.model.config.num_labels
         reduce = self.options.reduce_labels
-        self.reduce = bool(getattr(self.processor, "do_reduce_labels", False)) if reduce is None else reduce
+        # transformers 5 keeps the hub's older key `reduce_labels` (nvidia's ADE20k configs) as a plain
+        # attribute and leaves do_reduce_labels False: honour either.
+        from_config = getattr(self.processor, "do_reduce_labels", False) or getattr(self.processor, "reduce_labels", False)
+        self.reduce = bool(from_config) if reduce is None else reduce
 
     def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
         import torch
@@ -111,6 +117,7 @@ class Segment(Task):
                     "label": None, "prediction": None, "correct": None,
                     "score": mean_iou(np.array(counts["intersection"]), np.array(counts["union"])),
                     "pixel_accuracy": counts["pixels_correct"] / valid if valid else None,
+                    "reduce_labels": self.reduce,
                 })
         return rows
 
