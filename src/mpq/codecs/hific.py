@@ -87,7 +87,7 @@ class HiFiC(Codec):
     Options = HiFiCOptions
     setting_type = str
     default_settings = ["low", "med", "high"]
-    columns = {"codec_variant": pa.string()}
+    columns = {"codec_variant": pa.string(), "payload_bits": pa.int64()}  # payload = bits: no container
 
     def check_setting(self, setting) -> None:
         if setting not in CHECKPOINT_FILES:
@@ -119,8 +119,9 @@ class HiFiC(Codec):
             strings, z_shape = coder.compress(x)
             x_hat = coder.decompress(strings, z_shape, (h, w))
         pixels = x_hat[0].mul(255).round().byte().permute(1, 2, 0).numpy()
+        nbytes = sum(len(s) for s in strings)
         return Coded(
-            bits=8 * sum(len(s) for s in strings),
+            bits=8 * nbytes,
             decoded=np.ascontiguousarray(pixels),
-            extra={"codec_variant": f"HIFIC-{setting}: {variant}"},
+            extra={"codec_variant": f"HIFIC-{setting}: {variant}", "payload_bits": 8 * nbytes},
         )

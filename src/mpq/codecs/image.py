@@ -1,4 +1,6 @@
-"""Classical image codecs: JPEG, WebP and AVIF through Pillow, JPEG XL through imagecodecs."""
+"""Classical image codecs: JPEG, WebP and AVIF through Pillow, JPEG XL through imagecodecs.
+
+``bits`` is the whole file; ``payload_bits`` the coded bitstream inside it (see ``containers``)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import io
 from typing import ClassVar
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
+from mpq.codecs import containers
 from mpq.components import Codec, Coded
 from mpq.media import image_from_bytes
 from mpq.registry import register
@@ -18,6 +22,8 @@ class PillowCodec(Codec):
 
     format: ClassVar[str]
     quality_range: ClassVar[tuple[int, int]] = (0, 100)
+    payload: ClassVar = staticmethod(lambda data: len(data))  # bytes of the bitstream inside the file
+    columns = {"payload_bits": pa.int64()}
 
     def check_setting(self, setting) -> None:
         lo, hi = self.quality_range
@@ -36,12 +42,13 @@ class PillowCodec(Codec):
         buf = io.BytesIO()
         Image.fromarray(media).save(buf, format=self.format, **self.save_kwargs(setting))
         data = buf.getvalue()
-        return Coded(bits=8 * len(data), decoded=image_from_bytes(data).pixels)
+        return Coded(bits=8 * len(data), decoded=image_from_bytes(data).pixels, extra={"payload_bits": 8 * self.payload(data)})
 
 
 @register("codec", "jpeg")
 class JPEG(PillowCodec):
     format = "JPEG"
+    payload = staticmethod(containers.jpeg_payload)
     quality_range = (1, 95)  # Pillow: above 95 disables parts of the quantisation
     default_settings = [5, 10, 20, 30, 50, 75]
 
@@ -54,6 +61,7 @@ class JPEG(PillowCodec):
 @register("codec", "webp")
 class WebP(PillowCodec):
     format = "WEBP"
+    payload = staticmethod(containers.riff_payload)
     default_settings = [0, 10, 30, 50, 75]
 
     def save_kwargs(self, setting: int) -> dict:
@@ -70,6 +78,7 @@ class AVIF(PillowCodec):
     """AV1 still images through Pillow's own AVIF support (libavif with libaom)."""
 
     format = "AVIF"
+    payload = staticmethod(containers.isobmff_payload)
     default_settings = [0, 10, 25, 50, 75]
 
     def save_kwargs(self, setting: int) -> dict:
@@ -89,6 +98,7 @@ class JPEGXL(Codec):
     The distance is cjxl's ``-d``: 0 is lossless, 1 visually lossless, larger is coarser (up to 25)."""
 
     setting_type = float
+    columns = {"payload_bits": pa.int64()}
     default_settings = [1, 2, 4, 8, 15]
     EFFORT = 7  # libjxl's default
 
@@ -108,4 +118,7 @@ class JPEGXL(Codec):
             np.ascontiguousarray(media), distance=float(setting), lossless=setting == 0, effort=self.EFFORT, numthreads=1
         )
         decoded = imagecodecs.jpegxl_decode(data)
-        return Coded(bits=8 * len(data), decoded=np.ascontiguousarray(decoded, dtype=np.uint8))
+        return Coded(
+            bits=8 * len(data), decoded=np.ascontiguousarray(decoded, dtype=np.uint8),
+            extra={"payload_bits": 8 * containers.jxl_payload(data)},
+        )

@@ -11,6 +11,7 @@ import functools
 from typing import ClassVar, Literal
 
 import numpy as np
+import pyarrow as pa
 
 from mpq.components import Codec, Coded, Options, offline_hint
 from mpq.registry import register
@@ -45,6 +46,7 @@ def load_zoo_model(family: str, quality: int, metric: str, pretrained: bool):
 
 class CompressAICodec(Codec):
     Options = ZooOptions
+    columns = {"payload_bits": pa.int64()}  # = bits: the bitstreams are all there is
     family: ClassVar[str]
     qualities: ClassVar[range]
 
@@ -88,7 +90,7 @@ class CompressAICodec(Codec):
             nbytes = sum(len(s) for strings in out["strings"] for s in strings)
             x_hat = net.decompress(out["strings"], out["shape"])["x_hat"]
         x_hat = x_hat[0, :, :h, :w].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-        return Coded(bits=8 * nbytes, decoded=np.ascontiguousarray(x_hat))
+        return Coded(bits=8 * nbytes, decoded=np.ascontiguousarray(x_hat), extra={"payload_bits": 8 * nbytes})
 
 
 @register("codec", "mbt2018")

@@ -1,0 +1,81 @@
+"""The payload inside an image file: the coded bitstream without the container's headers.
+
+``bits`` counts the whole file (what is stored or sent); ``payload_bits`` counts only the
+codec's bitstream, as the learned codecs' ``bits`` do: JPEG's entropy-coded scan data
+(markers, quantisation and Huffman tables left out), WebP's VP8/VP8L chunk, AVIF's
+``mdat`` box contents, JPEG XL's codestream. At harsh settings the container is a sizeable
+share of a small file (JPEG q5 on a 512² photo: 609 of 8293 bytes).
+"""
+
+from __future__ import annotations
+
+import struct
+
+
+def jpeg_payload(data: bytes) -> int:
+    """Bytes of entropy-coded data over all scans (restart markers inside a scan included)."""
+    i, n, payload = 2, len(data), 0
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ValueError(f"not a JPEG marker at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xD9:  # EOI
+            break
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        i += 2 + length
+        if marker == 0xDA:  # SOS: coded data runs to the next marker that is not a stuffed 0xFF00 or RSTn
+            start = i
+            while i + 1 < n and not (data[i] == 0xFF and data[i + 1] != 0x00 and not 0xD0 <= data[i + 1] <= 0xD7):
+                i += 1
+            payload += i - start
+    return payload
+
+
+def riff_payload(data: bytes) -> int:
+    """WebP: the size of the VP8 (lossy) or VP8L (lossless) chunk's data; alpha and metadata left out."""
+    i = 12
+    while i + 8 <= len(data):
+        tag, size = data[i : i + 4], struct.unpack("<I", data[i + 4 : i + 8])[0]
+        if tag in (b"VP8 ", b"VP8L"):
+            return size
+        i += 8 + size + (size & 1)
+    raise ValueError("no VP8/VP8L chunk in the WebP file")
+
+
+def isobmff_payload(data: bytes) -> int:
+    """AVIF: the contents of the top-level ``mdat`` boxes (the AV1 bitstream)."""
+    i, payload = 0, 0
+    while i + 8 <= len(data):
+        size, tag = struct.unpack(">I", data[i : i + 4])[0], data[i + 4 : i + 8]
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", data[i + 8 : i + 16])[0], 16
+        elif size == 0:
+            size = len(data) - i
+        if tag == b"mdat":
+            payload += size - header
+        i += size
+    return payload
+
+
+def jxl_payload(data: bytes) -> int:
+    """JPEG XL: a bare codestream is all payload; in the container, the ``jxlc``/``jxlp`` boxes."""
+    if data[:2] == b"\xff\x0a":
+        return len(data)
+    i, payload = 0, 0
+    while i + 8 <= len(data):
+        size, tag = struct.unpack(">I", data[i : i + 4])[0], data[i + 4 : i + 8]
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", data[i + 8 : i + 16])[0], 16
+        elif size == 0:
+            size = len(data) - i
+        if tag == b"jxlc":
+            payload += size - header
+        elif tag == b"jxlp":
+            payload += size - header - 4  # each partial codestream box starts with a 4-byte index
+        i += size
+    return payload
