@@ -142,11 +142,13 @@ def test_bd_rates_on_results_pairs_codecs_with_enough_settings():
     a = results_frame(samples=10, codecs=(("a", ("1", "2", "3", "4")), ("c", ("1", "2", "3"))))
     # Codec b: a's decisions at 80 % of a's bits, sample by sample.
     b = a.filter(pl.col("codec") == "a").with_columns(codec=pl.lit("b"), bits=(pl.col("bits") * 0.8).cast(pl.Int64))
-    bd = analysis.bd_rates(pl.concat([a, b]))
+    bd = analysis.bd_rates(pl.concat([a, b]), n_resamples=50)
     assert bd.select("anchor", "test").rows() == [("a", "b")]  # c has only 3 settings
     row = bd.row(0, named=True)
-    assert row["score_name"] == "accuracy" and row["note"] is None
+    assert row["score_name"] == "accuracy" and "no value" not in (row["note"] or "")
     assert row["bd_rate"] == pytest.approx(-20.0, abs=0.05)  # bits were rounded to integers
+    # A resample draws a sample at every setting of both codecs: b stays a at 80 % of the bits.
+    assert row["bd_rate_low"] == pytest.approx(-20.0, abs=0.05) and row["bd_rate_high"] == pytest.approx(-20.0, abs=0.05)
 
 
 # --- tables ----------------------------------------------------------------------------
@@ -363,13 +365,21 @@ def test_bd_rates_bootstrap_interval_over_sample_ids():
 
 
 def test_bd_rates_note_says_why_a_value_is_missing_or_fitted():
-    a = bd_frame().filter(pl.col("codec") == "a")
-    # Codec c scores above a everywhere (0.9 and up): the score ranges do not overlap enough.
-    c = a.with_columns(codec=pl.lit("c"), correct=pl.lit(1.0), score=pl.lit(1.0))
-    c = c.with_columns(correct=pl.when(pl.col("sample_id").is_in(["s0", "s1", "s2"]) & (pl.col("setting") < "3")).then(0.0).otherwise(1.0))
-    bd = analysis.bd_rates(pl.concat([a, c], how="diagonal_relaxed"), n_resamples=0)
-    row = bd.row(0, named=True)
-    assert row["bd_rate"] is None and "overlap" in row["note"]
+    a = bd_frame().filter(pl.col("codec") == "a")  # accuracy 0.525, 0.65, 0.875, 1.0
+
+    def like_a(codec, right, factor):
+        """Codec at ``factor`` × a's bits whose first right[k] of 40 samples are correct at setting k."""
+        index = pl.col("sample_id").str.slice(1).cast(pl.Int64)
+        correct = pl.col("setting").cast(pl.Int64).replace_strict(dict(enumerate(right))) > index
+        return a.with_columns(codec=pl.lit(codec), bits=(pl.col("bits") * factor).cast(pl.Int64), correct=correct)
+
+    c = like_a("c", [8, 12, 18, 22], 0.5)  # 0.2–0.55: overlaps a over 0.525–0.55 only
+    d = like_a("d", [21, 26, 24, 40], 0.9)  # 0.525, 0.65, 0.6, 1.0: dips at setting 2
+    bd = analysis.bd_rates(pl.concat([a, c, d]), n_resamples=0)
+    rows = {(r["anchor"], r["test"]): r for r in bd.iter_rows(named=True)}
+    assert rows["a", "c"]["bd_rate"] is None and "under 50 % of the narrower range" in rows["a", "c"]["note"]
+    assert rows["a", "d"]["bd_rate"] is not None
+    assert rows["a", "d"]["note"] == "test d: the monotone fit moved 2 setting(s) whose score falls as bits rise"
 
 
 def inf_frame():
