@@ -142,11 +142,13 @@ def test_bd_rates_on_results_pairs_codecs_with_enough_settings():
     a = results_frame(samples=10, codecs=(("a", ("1", "2", "3", "4")), ("c", ("1", "2", "3"))))
     # Codec b: a's decisions at 80 % of a's bits, sample by sample.
     b = a.filter(pl.col("codec") == "a").with_columns(codec=pl.lit("b"), bits=(pl.col("bits") * 0.8).cast(pl.Int64))
-    bd = analysis.bd_rates(pl.concat([a, b]))
+    bd = analysis.bd_rates(pl.concat([a, b]), n_resamples=50)
     assert bd.select("anchor", "test").rows() == [("a", "b")]  # c has only 3 settings
     row = bd.row(0, named=True)
-    assert row["score_name"] == "accuracy" and row["note"] is None
+    assert row["score_name"] == "accuracy" and "no value" not in (row["note"] or "")
     assert row["bd_rate"] == pytest.approx(-20.0, abs=0.05)  # bits were rounded to integers
+    # A resample draws a sample at every setting of both codecs: b stays a at 80 % of the bits.
+    assert row["bd_rate_low"] == pytest.approx(-20.0, abs=0.05) and row["bd_rate_high"] == pytest.approx(-20.0, abs=0.05)
 
 
 # --- tables ----------------------------------------------------------------------------
@@ -252,3 +254,164 @@ def test_report_on_a_folder_without_results_fails_with_a_clear_message(tmp_path)
     assert result.exit_code == 2
     assert "no results folder" in result.output
     assert not (tmp_path / "nothing").exists()
+
+
+# --- issue 11: clustered samples, non-monotone BD-rate curves, non-finite values ---------
+
+def clustered_frame(samples=60, settings=8, seed=0):
+    """``samples`` images × ``settings`` codec settings; each image has a random effect on
+    both its PSNR and its score and one on its score alone, so an image's rows are clustered."""
+    rng = np.random.default_rng(seed)
+    effect, own = rng.normal(size=samples), rng.normal(size=samples)
+    rows = []
+    for i in range(samples):
+        for k in range(settings):
+            rows.append({"dataset": "d", "sample_id": f"s{i}", "task": "t", "task_type": "classify", "error": None,
+                         "codec": "a", "setting": str(k), "bits": 1000 * (k + 1), "bpp": (k + 1) / 3,
+                         "psnr": 25 + k + 3 * effect[i] + rng.normal(), "correct": True,
+                         "score": 0.5 * effect[i] + 0.4 * own[i] + 0.05 * k + 0.2 * rng.normal()})
+    return pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("error").cast(pl.String))
+
+
+def test_sample_level_intervals_resample_sample_ids_not_rows():
+    df = clustered_frame()
+    resamples = 1000
+    row = analysis.correlations(df, n_resamples=resamples, seed=0).filter(
+        (pl.col("level") == "samples") & (pl.col("metric") == "psnr")).row(0, named=True)
+    assert row["n"] == 480 and row["clusters"] == 60
+    # Independent recomputation: draw sample ids (sorted ids, one (B, 60) draw), stack each
+    # drawn image's 8 rows, scipy on every resample.
+    by_id = {sid: (g["psnr"].to_numpy(), g["score"].to_numpy()) for (sid,), g in df.group_by(["sample_id"])}
+    ids = sorted(by_id)
+    methods = {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": stats.kendalltau}
+    boot = {name: [] for name in methods}
+    for draw in np.random.default_rng(0).integers(0, len(ids), size=(resamples, len(ids))):
+        x = np.concatenate([by_id[ids[j]][0] for j in draw])
+        y = np.concatenate([by_id[ids[j]][1] for j in draw])
+        for name, fn in methods.items():
+            boot[name].append(fn(x, y).statistic)
+    for name, values in boot.items():
+        low, high = np.percentile(values, [2.5, 97.5])
+        assert row[f"{name}_low"] == pytest.approx(low) and row[f"{name}_high"] == pytest.approx(high), name
+    # Resampling rows as if independent gives a clearly narrower interval.
+    naive = analysis.correlate(df["psnr"].to_numpy(), df["score"].to_numpy(), n_resamples=resamples, seed=0)
+    assert naive["clusters"] == 480
+    assert row["pearson_high"] - row["pearson_low"] > 1.3 * (naive["pearson_high"] - naive["pearson_low"])
+
+
+RATES = np.array([1e4, 2e4, 4e4, 8e4])
+TEST_SCORES = np.array([0.60, 0.70, 0.72, 0.75])
+
+
+def test_bd_rate_fits_a_noisy_anchor_monotone_before_integrating():
+    # The audit's case: an anchor whose third score dips below its second (0.69 < 0.70).
+    # Hand-worked monotone (pool-adjacent-violators) fit: settings 2 and 3 pool to score
+    # 0.695 at their mean log-rate, i.e. the geometric mean of 2e4 and 4e4 bits.
+    noisy = analysis.bd_rate(RATES, [0.60, 0.70, 0.69, 0.75], RATES, TEST_SCORES)
+    pooled = analysis.bd_rate([1e4, math.sqrt(2e4 * 4e4), 8e4], [0.60, 0.695, 0.75], RATES, TEST_SCORES)
+    assert noisy == pytest.approx(pooled)
+    # A monotone anchor is used as measured; the fit changes nothing there.
+    assert analysis.bd_rate(RATES, [0.60, 0.70, 0.71, 0.75], RATES, TEST_SCORES) == pytest.approx(-5.431952, abs=1e-5)
+    # The same noisy anchor at a constant factor of the rate: exactly that factor.
+    assert analysis.bd_rate(RATES, [0.60, 0.70, 0.69, 0.75], RATES * 0.7, [0.60, 0.70, 0.69, 0.75]) == pytest.approx(-30.0)
+
+
+def test_bd_rate_needs_the_stated_minimum_overlap_of_scores():
+    # Overlap 0.74–0.75: a fifteenth of the narrower range, under the 50 % minimum.
+    with pytest.raises(ValueError, match="50 %"):
+        analysis.bd_rate(RATES, TEST_SCORES, RATES, [0.74, 0.80, 0.85, 0.90])
+    assert analysis.bd_rate(RATES, TEST_SCORES, RATES, [0.74, 0.80, 0.85, 0.90], min_overlap=0.05) is not None
+
+
+def bd_frame(samples=40, seed=1):
+    """Codec a at four settings; codec b decides like a but its accuracy lags, at 80 % of the bits."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(samples):
+        skill = rng.random()
+        for k in range(4):
+            bits = 1000 * 2**k
+            base = {"dataset": "d", "sample_id": f"s{i}", "task": "t", "task_type": "classify", "error": None, "setting": str(k)}
+            rows.append({**base, "codec": "a", "bits": bits, "correct": bool(skill < 0.4 + 0.15 * k + 0.05 * rng.normal())})
+            rows.append({**base, "codec": "b", "bits": int(bits * 0.8), "correct": bool(skill < 0.35 + 0.15 * k + 0.05 * rng.normal())})
+    df = pl.DataFrame(rows, infer_schema_length=None)
+    return df.with_columns(pl.col("error").cast(pl.String), pl.col("correct").cast(pl.Float64).alias("score"))
+
+
+def test_bd_rates_bootstrap_interval_over_sample_ids():
+    df = bd_frame()
+    resamples = 200
+    row = analysis.bd_rates(df, n_resamples=resamples, seed=3).row(0, named=True)
+    # Independent recomputation: numpy means per (codec, setting) over the drawn sample ids.
+    ids = sorted(df["sample_id"].unique())
+    table = {(c, s, sid): (b, y) for c, s, sid, b, y in df.select("codec", "setting", "sample_id", "bits", "correct").iter_rows()}
+
+    def curve(codec, draw):
+        bits = [np.mean([table[codec, str(k), ids[j]][0] for j in draw]) for k in range(4)]
+        acc = [np.mean([table[codec, str(k), ids[j]][1] for j in draw]) for k in range(4)]
+        return bits, acc
+
+    everyone = np.arange(len(ids))
+    assert row["bd_rate"] == pytest.approx(analysis.bd_rate(*curve("a", everyone), *curve("b", everyone)))
+    boot = []
+    for draw in np.random.default_rng(3).integers(0, len(ids), size=(resamples, len(ids))):
+        try:
+            boot.append(analysis.bd_rate(*curve("a", draw), *curve("b", draw)))
+        except ValueError:
+            pass
+    low, high = np.percentile(boot, [2.5, 97.5])
+    assert row["bd_rate_low"] == pytest.approx(low) and row["bd_rate_high"] == pytest.approx(high)
+    assert row["bd_rate_low"] < row["bd_rate"] < row["bd_rate_high"]
+
+
+def test_bd_rates_note_says_why_a_value_is_missing_or_fitted():
+    a = bd_frame().filter(pl.col("codec") == "a")  # accuracy 0.525, 0.65, 0.875, 1.0
+
+    def like_a(codec, right, factor):
+        """Codec at ``factor`` × a's bits whose first right[k] of 40 samples are correct at setting k."""
+        index = pl.col("sample_id").str.slice(1).cast(pl.Int64)
+        correct = pl.col("setting").cast(pl.Int64).replace_strict(dict(enumerate(right))) > index
+        return a.with_columns(codec=pl.lit(codec), bits=(pl.col("bits") * factor).cast(pl.Int64), correct=correct)
+
+    c = like_a("c", [8, 12, 18, 22], 0.5)  # 0.2–0.55: overlaps a over 0.525–0.55 only
+    d = like_a("d", [21, 26, 24, 40], 0.9)  # 0.525, 0.65, 0.6, 1.0: dips at setting 2
+    bd = analysis.bd_rates(pl.concat([a, c, d]), n_resamples=0)
+    rows = {(r["anchor"], r["test"]): r for r in bd.iter_rows(named=True)}
+    assert rows["a", "c"]["bd_rate"] is None and "under 50 % of the narrower range" in rows["a", "c"]["note"]
+    assert rows["a", "d"]["bd_rate"] is not None
+    assert rows["a", "d"]["note"] == "test d: the monotone fit moved 2 setting(s) whose score falls as bits rise"
+
+
+def inf_frame():
+    """Three images at two settings; the lossless setting decodes two of them exactly (PSNR inf)."""
+    df = results_frame(samples=3, codecs=(("a", ("1", "2")),))
+    exact = (pl.col("codec") == "a") & (pl.col("setting") == "2") & pl.col("sample_id").is_in(["s0", "s1"])
+    return df.with_columns(pl.when(exact).then(float("inf")).otherwise(pl.col("psnr")).alias("psnr"))
+
+
+def test_non_finite_values_left_out_of_means_are_counted():
+    from mpq.summary import summarize
+
+    df = inf_frame()
+    kept = df.filter((pl.col("codec") == "a") & (pl.col("setting") == "2") & (pl.col("sample_id") == "s2"))["psnr"][0]
+    summary = summarize(df).filter(pl.col("codec") == "a").sort("setting")
+    assert summary["psnr_nonfinite"].to_list() == [0, 2]
+    assert summary["psnr"][1] == pytest.approx(kept)
+    assert "lpips_nonfinite" not in summary.columns  # only metrics that have any
+
+    conds = analysis.conditions(df).filter(pl.col("codec") == "a").sort("setting")
+    assert conds["psnr_nonfinite"].to_list() == [0, 2]
+
+    table = analysis.summary_tables(df)["other"]
+    counts = table.filter(pl.col("measure") == "psnr_nonfinite").row(0, named=True)
+    assert (counts["a 1"], counts["a 2"]) == (0, 2)
+    assert table["measure"].to_list() == ["psnr", "psnr_nonfinite", "lpips", "bpp", "accuracy"]
+
+    corr = analysis.correlations(df, n_resamples=0)
+    assert corr.filter((pl.col("level") == "samples") & (pl.col("metric") == "psnr"))["nonfinite"].to_list() == [2]
+
+
+def test_report_says_how_many_non_finite_values_were_left_out(tmp_path):
+    page = analysis.write_report(inf_frame(), tmp_path, n_resamples=0).read_text()
+    assert "psnr: 2 non-finite values" in page
+    assert "resamples sample ids" in page

@@ -33,6 +33,20 @@ def metric_columns(df: pl.DataFrame) -> list[str]:
     return [c for c in df.columns if c in declared and filled_numeric(df, c)]
 
 
+def finite_means(df: pl.DataFrame, columns: list[str], where: pl.Expr = pl.lit(True)) -> list[pl.Expr]:
+    """Aggregations: each column's mean over its finite values where ``where`` holds (an
+    infinite PSNR, from a lossless decode, would swamp a mean), then, for the columns of
+    ``df`` that have any, ``<column>_nonfinite``: how many infinite or NaN values were left out."""
+    out = []
+    for c in columns:
+        x = pl.col(c).cast(pl.Float64)
+        out.append(x.filter(where & x.is_finite()).mean().alias(c))
+        left_out = where & x.is_finite().not_()
+        if df.select(left_out.any()).item():
+            out.append(left_out.sum().alias(f"{c}_nonfinite"))
+    return out
+
+
 def task_aggregates(df: pl.DataFrame, keys: list[str] = SUMMARY_KEYS) -> pl.DataFrame:
     """Each task's split-level scores (``Task.aggregate``) per group of ``keys``."""
     out = []
@@ -46,12 +60,14 @@ def task_aggregates(df: pl.DataFrame, keys: list[str] = SUMMARY_KEYS) -> pl.Data
 
 
 def summarize(df: pl.DataFrame) -> pl.DataFrame:
-    """Mean rate and fidelity, and each task's split-level score, per (dataset, task, codec, setting)."""
+    """Mean rate and fidelity, and each task's split-level score, per (dataset, task, codec, setting).
+
+    Means are over finite values; ``<column>_nonfinite`` (only for columns that have any)
+    counts the infinite or NaN values left out."""
     if df.is_empty():
         return df
     columns = [c for c in MEAN_RATES if c in df.columns] + metric_columns(df)
-    means = [pl.col(c).filter(pl.col(c).is_finite()).mean().alias(c) for c in columns]
-    aggs = [pl.len().alias("n"), pl.col("error").is_not_null().sum().alias("errors"), *means]
+    aggs = [pl.len().alias("n"), pl.col("error").is_not_null().sum().alias("errors"), *finite_means(df, columns)]
     keys = SUMMARY_KEYS
     return (
         df.group_by(keys)

@@ -7,8 +7,12 @@ Two levels, as the study's claims need both:
 - ``samples``: one point per coded sample: its metric against its per-sample ``score``.
 
 Each with Pearson, Spearman and Kendall (tau-b) coefficients and percentile-bootstrap
-intervals (points resampled with replacement, ``seed`` makes them reproducible). The
-baseline is left out: its metrics are not defined (PSNR is infinite).
+intervals (``seed`` makes them reproducible). Across conditions the bootstrap resamples
+conditions; across samples it resamples sample ids (a cluster bootstrap over (dataset,
+sample_id)): the rows of one sample at every codec setting go in or out together, as they
+are not independent, and resampling rows would give intervals too narrow. The baseline is
+left out: its metrics are not defined (PSNR is infinite); so are non-finite values (the
+infinite PSNR of a lossless decode), counted in ``nonfinite``.
 """
 
 from __future__ import annotations
@@ -30,37 +34,39 @@ _CHUNK = 2_000_000  # resampled points held in memory at once
 _GRID = 30_000
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise Pearson r of (B, n) arrays."""
-    xc, yc = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
-    return (xc * yc).sum(-1) / np.sqrt((xc**2).sum(-1) * (yc**2).sum(-1))
+def _pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Pearson r of points x, y weighted by each row of w (B, n): row b is the resample
+    that holds point i w[b, i] times."""
+    total = w.sum(-1, keepdims=True)
+    xc = x - (w * x).sum(-1, keepdims=True) / total
+    yc = y - (w * y).sum(-1, keepdims=True) / total
+    return (w * xc * yc).sum(-1) / np.sqrt((w * xc**2).sum(-1) * (w * yc**2).sum(-1))
 
 
-def _level_counts(codes: np.ndarray, k: int) -> np.ndarray:
-    """(B, k) counts of each value level in each row of a (B, n) array of level codes."""
-    rows = codes.shape[0]
-    flat = (codes + k * np.arange(rows)[:, None]).ravel()
-    return np.bincount(flat, minlength=rows * k).reshape(rows, k)
+def _level_counts(codes: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
+    """(B, k) weight of each of k levels in each row of w (B, n); codes (n,) are the points' levels."""
+    rows = w.shape[0]
+    flat = (codes[None, :] + k * np.arange(rows)[:, None]).ravel()
+    return np.bincount(flat, weights=w.ravel(), minlength=rows * k).reshape(rows, k)
 
 
 def _ranks(codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank) from level counts: O(n) per resample, no sort."""
+    """(B, n) average ranks (ties share their mean rank) from level counts: no sort."""
     below = np.cumsum(counts, axis=1) - counts
-    return np.take_along_axis(below + (counts + 1) / 2, codes, axis=1)
+    return (below + (counts + 1) / 2)[:, codes]
 
 
-def _kendall_grid(gx: np.ndarray, gy: np.ndarray, kx: int, ky: int) -> np.ndarray:
+def _kendall_grid(gx: np.ndarray, gy: np.ndarray, kx: int, ky: int, w: np.ndarray) -> np.ndarray:
     """Row-wise tau-b from the (x level, y level) count grid: each cell's points against
     the points strictly above it in x, concordant if also above in y, discordant if below."""
-    rows, n = gx.shape
-    m = np.bincount((np.arange(rows)[:, None] * (kx * ky) + gx * ky + gy).ravel(), minlength=rows * kx * ky)
-    m = m.reshape(rows, kx, ky)
+    m = _level_counts(gx * ky + gy, kx * ky, w).reshape(len(w), kx, ky)
     at_or_left = m.cumsum(1)
     right = at_or_left[:, -1:] - at_or_left  # points with a greater x level, per y level
     right_below_or_at = right.cumsum(2)
     up = right_below_or_at[:, :, -1:] - right_below_or_at  # ... and a greater y level
     down = right_below_or_at - right  # ... and a smaller y level
     s = (m * (up - down)).sum((1, 2))
+    n = w.sum(1)
     pairs = n * (n - 1) / 2
     nx, ny = m.sum(2), m.sum(1)
     ties_x, ties_y = (nx * (nx - 1) / 2).sum(1), (ny * (ny - 1) / 2).sum(1)
@@ -69,56 +75,72 @@ def _kendall_grid(gx: np.ndarray, gy: np.ndarray, kx: int, ky: int) -> np.ndarra
 
 class _Points:
     """Paired points, coded by value level once, so each resample's ranks and Kendall
-    counts come from level counts (vectorised over resamples)."""
+    counts come from level counts (vectorised over resamples). A resample is a row of
+    weights: how many times it holds each point."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
         self.x, self.y = x, y
         self.ux, self.gx = np.unique(x, return_inverse=True)
         self.uy, self.gy = np.unique(y, return_inverse=True)
 
-    def coefficients(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Each method's coefficient for each resample (row of point indices); NaN where a
-        side is constant."""
-        kx, ky, n = len(self.ux), len(self.uy), idx.shape[1]
-        gx, gy = self.gx[idx], self.gy[idx]
-        cx, cy = _level_counts(gx, kx), _level_counts(gy, ky)
+    def coefficients(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Each method's coefficient for each resample (row of w); NaN where a side is constant."""
+        kx, ky, n = len(self.ux), len(self.uy), len(self.x)
+        cx, cy = _level_counts(self.gx, kx, w), _level_counts(self.gy, ky, w)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = {
-                "pearson": _pearson(self.x[idx], self.y[idx]),
-                "spearman": _pearson(_ranks(gx, cx), _ranks(gy, cy)),
+                "pearson": _pearson(self.x, self.y, w),
+                "spearman": _pearson(_ranks(self.gx, cx), _ranks(self.gy, cy), w),
             }
             if 8 * n + kx * ky <= _GRID:
                 step = max(1, _CHUNK // (kx * ky))
-                out["kendall"] = np.concatenate([_kendall_grid(gx[i : i + step], gy[i : i + step], kx, ky) for i in range(0, len(idx), step)])
+                out["kendall"] = np.concatenate([_kendall_grid(self.gx, self.gy, kx, ky, w[i : i + step]) for i in range(0, len(w), step)])
             else:  # many distinct values on both sides: scipy's O(n log n), one resample at a time
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    out["kendall"] = np.array([stats.kendalltau(self.x[i], self.y[i]).statistic for i in idx])
-        constant = (cx.max(1) == n) | (cy.max(1) == n)
+                    times = w.astype(np.int64)
+                    out["kendall"] = np.array([stats.kendalltau(np.repeat(self.x, t), np.repeat(self.y, t)).statistic for t in times])
+        total = w.sum(1)
+        constant = (cx.max(1) == total) | (cy.max(1) == total)
         for r in out.values():
             r[constant] = np.nan
         return out
 
 
-def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95, groups=None) -> dict[str, float]:
     """Pearson, Spearman and Kendall (tau-b) coefficients of paired points, each with a
     percentile bootstrap interval (``<method>_low``, ``<method>_high``; NaN with fewer than
-    3 points, a constant side, or ``n_resamples=0``)."""
+    3 points, a constant side, or ``n_resamples=0``).
+
+    ``groups`` (one label per point) makes it a cluster bootstrap: each resample draws
+    groups with replacement and takes all their points, as points of one group (one sample
+    at several codec settings) are not independent. Without it each point is its own group.
+    ``clusters`` in the result is the number of groups."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"x and y must be 1-d and paired, got shapes {x.shape} and {y.shape}")
     n = len(x)
-    out: dict[str, float] = {"n": n}
+    if groups is None:
+        member = np.arange(n)
+    else:
+        groups = np.asarray(groups)
+        if groups.shape != x.shape:
+            raise ValueError(f"groups must give one label per point, got shape {groups.shape} for {n} points")
+        member = np.unique(groups, return_inverse=True)[1]
+    clusters = int(member.max()) + 1 if n else 0
+    out: dict[str, float] = {"n": n, "clusters": clusters}
     enough = n >= 3
     points = _Points(x, y)
-    point = points.coefficients(np.arange(n)[None]) if enough else {}
+    point = points.coefficients(np.ones((1, n))) if enough else {}
     boot: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     if enough and n_resamples > 0:
         rng = np.random.default_rng(seed)
         chunk = max(1, _CHUNK // n)
         for start in range(0, n_resamples, chunk):
-            idx = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
-            for name, r in points.coefficients(idx).items():
+            draws = rng.integers(0, clusters, size=(min(chunk, n_resamples - start), clusters))
+            times = np.bincount((draws + clusters * np.arange(len(draws))[:, None]).ravel(), minlength=draws.size)
+            weights = times.reshape(draws.shape)[:, member].astype(float)  # how often each point was drawn
+            for name, r in points.coefficients(weights).items():
                 boot[name].append(r)
     tail = 100 * (1 - level) / 2
     for name in METHODS:
@@ -132,25 +154,32 @@ def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float 
     return out
 
 
-def _finite(df: pl.DataFrame, x: str, y: str) -> pl.DataFrame:
-    pts = df.select(pl.col(x).cast(pl.Float64), pl.col(y).cast(pl.Float64)).drop_nulls()
-    return pts.filter(pl.col(x).is_finite() & pl.col(y).is_finite())
+def _points(df: pl.DataFrame, x: str, y: str, cluster: str | None) -> tuple[pl.DataFrame, int]:
+    """The finite (x, y) points (with their ``cluster`` column), and how many non-finite
+    ones were left out."""
+    pts = df.select(pl.col(x).cast(pl.Float64), pl.col(y).cast(pl.Float64), *([cluster] if cluster else [])).drop_nulls([x, y])
+    finite = pts.filter(pl.col(x).is_finite() & pl.col(y).is_finite())
+    return finite, pts.height - finite.height
 
 
 def correlations(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0) -> pl.DataFrame:
     """Every (rate or quality metric) × task score, per dataset and task, at both levels.
 
-    One row per (level, dataset, task, metric, score_name) with n, each coefficient and its
-    interval. At the ``samples`` level the score is the per-sample ``score`` column."""
+    One row per (level, dataset, task, metric, score_name) with each coefficient and its
+    interval, and: ``n`` the points, ``clusters`` the units the bootstrap resamples
+    (conditions, or sample ids at the ``samples`` level), ``nonfinite`` the points left out
+    for an infinite or NaN value. At the ``samples`` level the score is the per-sample
+    ``score`` column."""
     df = load(results)
     quality = [*(rate_columns(df) or ["bits"]), *metric_columns(df)]
     rows = []
 
-    def add(level, keys, frame, metric, score_col, score_name):
-        pts = _finite(frame, metric, score_col)
+    def add(level, keys, frame, metric, score_col, score_name, cluster=None):
+        pts, nonfinite = _points(frame, metric, score_col, cluster)
         if pts.height:
-            r = correlate(pts[metric].to_numpy(), pts[score_col].to_numpy(), n_resamples, seed)
-            rows.append({"level": level, **keys, "metric": metric, "score_name": score_name, **r})
+            groups = pts[cluster].to_numpy() if cluster else None
+            r = correlate(pts[metric].to_numpy(), pts[score_col].to_numpy(), n_resamples, seed, groups=groups)
+            rows.append({"level": level, **keys, "metric": metric, "score_name": score_name, **r, "nonfinite": nonfinite})
 
     conds = conditions(df).filter((pl.col("codec") != BASELINE) & pl.col("score_name").is_not_null())
     for (dataset, task, score_name), group in conds.group_by(["dataset", "task", "score_name"], maintain_order=True):
@@ -158,8 +187,8 @@ def correlations(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, se
             add("conditions", {"dataset": dataset, "task": task}, group, metric, "score", score_name)
     coded = ok_rows(df).filter(pl.col("codec") != BASELINE).sort("dataset", "task")
     for (dataset, task), group in coded.group_by(["dataset", "task"], maintain_order=True):
-        for metric in quality:
-            add("samples", {"dataset": dataset, "task": task}, group, metric, "score", "score")
+        for metric in quality:  # one dataset per group: sample ids are the clusters
+            add("samples", {"dataset": dataset, "task": task}, group, metric, "score", "score", cluster="sample_id")
     if not rows:
         return pl.DataFrame(schema={"level": pl.String, "dataset": pl.String, "task": pl.String, "metric": pl.String, "score_name": pl.String})
     return pl.DataFrame(rows, infer_schema_length=None)

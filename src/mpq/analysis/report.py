@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mpq.analysis.bdrate import MIN_SETTINGS, bd_rates
+from mpq.analysis.bdrate import MIN_OVERLAP, MIN_SETTINGS, bd_rates
 from mpq.analysis.correlation import METHODS, N_RESAMPLES, correlations
 from mpq.analysis.plots import metric_performance, png, rate_performance
 from mpq.analysis.tables import (
@@ -20,6 +20,7 @@ from mpq.analysis.tables import (
     load,
     metric_columns,
     rate_column,
+    rate_columns,
     summary_tables,
     to_markdown,
 )
@@ -34,7 +35,8 @@ def _distinct(df: pl.DataFrame, column: str) -> str:
 
 
 def correlation_display(corr: pl.DataFrame, digits: int = 3) -> pl.DataFrame:
-    """Coefficients as ``r [low, high]`` strings, one column per method."""
+    """Coefficients as ``r [low, high]`` strings, one column per method, after the counts
+    (``n``, ``clusters``, ``nonfinite``)."""
     if corr.is_empty():
         return corr
 
@@ -48,7 +50,8 @@ def correlation_display(corr: pl.DataFrame, digits: int = 3) -> pl.DataFrame:
         pl.struct(m, f"{m}_low", f"{m}_high").map_elements(lambda s, m=m: fmt(s[m], s[f"{m}_low"], s[f"{m}_high"]), return_dtype=pl.String).alias(m)
         for m in METHODS
     ]
-    return corr.select("level", "dataset", "task", "metric", "score_name", "n", *shown)
+    counts = [c for c in ("n", "clusters", "nonfinite") if c in corr.columns]
+    return corr.select("level", "dataset", "task", "metric", "score_name", *counts, *shown)
 
 
 def _html_table(df: pl.DataFrame, digits: int = 4) -> str:
@@ -91,7 +94,7 @@ def write_report(
     (out / "plots").mkdir(parents=True, exist_ok=True)
     conds = conditions(df)
     corr = correlations(df, n_resamples=n_resamples, seed=seed)
-    bd = bd_rates(df, min_settings=min_settings)
+    bd = bd_rates(df, min_settings=min_settings, n_resamples=n_resamples, seed=seed)
     metrics = metric_columns(df)
     parts: list[str] = []
 
@@ -124,7 +127,14 @@ def write_report(
         table.write_csv(out / f"summary_{modality}.csv")
         (out / f"summary_{modality}.md").write_text(to_markdown(table))
         body.append(f"<h3>{html.escape(modality)}</h3>" + _html_table(table))
-    section("Summary (means per codec setting; task scores from each task's aggregate)", *body)
+    ok = df.filter(pl.col("error").is_null())
+    left_out = [
+        f"{c}: {n} non-finite values (infinite or NaN, e.g. the PSNR of a lossless decode) of {ok[c].count()} "
+        "left out of the means and correlations (see the <metric>_nonfinite rows)"
+        for c in [*metrics, *rate_columns(df)]
+        if (n := ok.select(pl.col(c).cast(pl.Float64).is_finite().not_().sum()).item())
+    ]
+    section("Summary (means per codec setting; task scores from each task's aggregate)", *map(note, left_out), *body)
 
     conds.write_csv(out / "conditions.csv")
     corr.write_csv(out / "correlations.csv")
@@ -132,9 +142,11 @@ def write_report(
     (out / "correlations.md").write_text(to_markdown(shown))
     section(
         "Correlation of quality metrics with task scores",
-        "<p>Across conditions: one point per codec setting (metric mean vs split-level score). "
-        f"Across samples: one point per coded sample (metric vs per-sample score). "
-        f"Brackets: {n_resamples}-resample percentile bootstrap 95 % interval. — : undefined (a constant side or under 3 points).</p>",
+        "<p>Across conditions: one point per codec setting (metric mean vs split-level score); the bootstrap resamples conditions. "
+        "Across samples: one point per coded sample (metric vs per-sample score); the bootstrap resamples sample ids "
+        "(<i>clusters</i>), each with its rows at every codec setting, as those rows are not independent. "
+        f"Brackets: {n_resamples}-resample percentile bootstrap 95 % interval. — : undefined (a constant side or under 3 points). "
+        "<i>nonfinite</i>: points left out for an infinite or NaN value.</p>",
         *(f"<h3>across {lvl}</h3>" + _html_table(shown.filter(pl.col("level") == lvl).drop("level")) for lvl in ("conditions", "samples") if shown.height),
     )
 
@@ -142,8 +154,12 @@ def write_report(
     (out / "bd_rate.md").write_text(to_markdown(bd))
     section(
         "Machine BD-rate (bits vs task score)",
-        f"<p>Average bit-rate change of <i>test</i> against <i>anchor</i> at equal task score (pchip fit of log-bits over score, "
-        f"over the score range both reach); negative: fewer bits. Codecs with at least {min_settings} settings.</p>",
+        f"<p>Average bit-rate change of <i>test</i> against <i>anchor</i> at equal task score; negative: fewer bits. "
+        "Each codec's score is first fitted monotone in bits (isotonic regression: settings whose score falls as bits rise "
+        "share their mean score), then log-bits is interpolated over the score (pchip) and averaged over the score range both reach; "
+        f"that range must be at least {100 * MIN_OVERLAP:.0f} % of the narrower codec's, else there is no value and the note says why. "
+        f"Interval: {n_resamples}-resample percentile bootstrap 95 % over sample ids (scores and bits recomputed per resample). "
+        f"Codecs with at least {min_settings} settings.</p>",
         _html_table(bd) if bd.height else note(f"no dataset has two codecs with {min_settings} or more settings"),
     )
 

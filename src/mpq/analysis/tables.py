@@ -13,7 +13,7 @@ import polars as pl
 
 from mpq import registry
 from mpq.results import BASELINE
-from mpq.summary import filled_numeric, metric_columns, read_results, task_aggregates
+from mpq.summary import filled_numeric, finite_means, metric_columns, read_results, task_aggregates
 
 # Rate columns, per modality: bits per pixel (images), bits per sample (audio).
 RATES = ("bpp", "bps")
@@ -53,12 +53,6 @@ def rate_column(df: pl.DataFrame) -> str:
 
 def ok_rows(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("error").is_null())
-
-
-def _means(columns: list[str]) -> list[pl.Expr]:
-    # inf (PSNR of an identical decode) would swamp a mean: only finite values count.
-    fine = pl.col("error").is_null()
-    return [pl.col(c).cast(pl.Float64).filter(fine & pl.col(c).is_finite()).mean().alias(c) for c in columns]
 
 
 def _order(df: pl.DataFrame) -> pl.DataFrame:
@@ -104,8 +98,11 @@ def scores(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def conditions(results: str | pl.DataFrame) -> pl.DataFrame:
-    """One row per (dataset, task, codec, setting, score_name): sample count, errors, mean
-    bits, mean rate and metrics, and the task's split-level score (``Task.aggregate``)."""
+    """One row per (dataset, task, codec, setting, score_name): sample count ``n``,
+    ``errors``, mean bits, mean rate and metrics, and the task's split-level ``score``
+    (``Task.aggregate``). Means are over finite values of error-free rows;
+    ``<column>_nonfinite`` (only for columns that have any) counts the infinite or NaN
+    values left out (PSNR of a lossless decode)."""
     df = load(results)
     quality = ["bits", *rate_columns(df), *metric_columns(df)]
     per_condition = (
@@ -114,7 +111,7 @@ def conditions(results: str | pl.DataFrame) -> pl.DataFrame:
         .agg(
             pl.len().alias("n"),
             pl.col("error").is_not_null().sum().alias("errors"),
-            *_means(quality)
+            *finite_means(df, quality, pl.col("error").is_null()),
         )
         .collect()
     )
@@ -130,20 +127,17 @@ COLUMN_LABEL = pl.when(pl.col("codec") == BASELINE).then(pl.lit("baseline")).oth
 def summary_tables(results: str | pl.DataFrame) -> dict[str, pl.DataFrame]:
     """The study's Tables 3 and 4: per modality, one row per (measure, dataset) and one
     column per codec setting, the baseline first. Measures: each quality metric, the rate
-    (means over the samples of a dataset, error rows left out), then each task score."""
+    (means over the samples of a dataset, error rows left out), then each task score.
+    Means are over finite values; a metric with infinite or NaN values (PSNR of a lossless
+    decode) gets a ``<metric>_nonfinite`` row after its own: how many were left out."""
     df = load(results)
     ok = ok_rows(df)
-    quality = [*metric_columns(df), *rate_columns(df)]
     # Metric values do not depend on the task: count each (sample, condition) once.
-    means = (
-        ok.lazy()
-        .unique(["dataset", "sample_id", "codec", "setting"])
-        .group_by(["dataset", "codec", "setting"])
-        .agg(_means(quality))
-        .collect()
-    )
+    ok = ok.unique(["dataset", "sample_id", "codec", "setting"])
+    means = ok.group_by(["dataset", "codec", "setting"]).agg(finite_means(ok, [*metric_columns(df), *rate_columns(df)]))
+    quality = [c for c in means.columns if c not in ("dataset", "codec", "setting")]
     long = [
-        means.select("dataset", pl.col("dataset").alias("label"), "codec", "setting", pl.lit(m).alias("measure"), pl.col(m).alias("value"))
+        means.select("dataset", pl.col("dataset").alias("label"), "codec", "setting", pl.lit(m).alias("measure"), pl.col(m).cast(pl.Float64).alias("value"))
         for m in quality
     ]
     task_scores = scores(df)
