@@ -1,0 +1,127 @@
+"""Codecs compared at equal rate: which hurts the task least at a given bit budget.
+
+Codecs reach different rates at their settings (JPEG q5 ≈ 0.26 bpp against WebP q0 ≈
+0.15 bpp), so their scores are compared at target rates. Where the rows carry a target
+(a ``target_bpp`` or ``target_kbps`` column: a codec asked for a rate, the setting found
+per sample), a condition is (codec, target). Otherwise each codec stands at a target with
+its setting of highest mean rate not above the target (a codec with no setting that low
+is absent there), and ``achieved`` says the rate it reached.
+
+At each target the codecs are compared on the samples they all coded without error: each
+codec's split-level score (``Task.aggregate``) with a bootstrap interval over sample ids,
+and its paired comparison (``paired``) against the best codec there (highest score),
+p-values Holm-adjusted over the table.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+from mpq.analysis.correlation import N_RESAMPLES
+from mpq.analysis.paired import common_samples, holm, joint_bootstrap, pair_difference, percentile_interval
+from mpq.analysis.tables import load, ok_rows
+from mpq.results import BASELINE
+from mpq.summary import filled_numeric
+
+UNITS = ("bpp", "kbps", "bps")  # the rate a target is given in, by preference
+N_TARGETS = 3
+
+
+def rate_unit(rows: pl.DataFrame) -> str:
+    return next((u for u in UNITS if filled_numeric(rows, u)), "bits")
+
+
+def target_column(rows: pl.DataFrame) -> str | None:
+    """The column of rows coded at a requested rate, if any: ``target_bpp`` or ``target_kbps``."""
+    return next((f"target_{u}" for u in UNITS if filled_numeric(rows, f"target_{u}")), None)
+
+
+def _ceil2(x: float) -> float:
+    """x rounded up to two significant digits."""
+    scale = 10 ** (math.floor(math.log10(x)) - 1)
+    return math.ceil(round(x / scale, 9)) * scale
+
+
+def default_targets(means: pl.DataFrame, unit: str, n: int = N_TARGETS) -> list[float]:
+    """``n`` log-spaced targets from the lowest rate two codecs reach to the highest rate
+    every codec stays within (rounded up to two significant digits); ``means`` holds one
+    row per (codec, setting) with its mean rate."""
+    span = means.filter(pl.col(unit) > 0).group_by("codec").agg(pl.col(unit).min().alias("lo"), pl.col(unit).max().alias("hi"))
+    if span.height < 2:
+        return []
+    lo = span["lo"].sort()[1]
+    hi = max(lo, span["hi"].min())
+    return sorted({_ceil2(float(t)) for t in np.geomspace(lo, hi, n)})
+
+
+def _at_targets(group: pl.DataFrame, unit: str, targets: list[float] | None):
+    """(target, rows of the codecs standing at it, labelled by codec in ``_c``) per target."""
+    column = target_column(group)
+    if column:
+        for target in sorted(group[column].drop_nulls().unique()):
+            yield target, group.filter(pl.col(column) == target).with_columns(_c=pl.col("codec"))
+        return
+    means = group.group_by("codec", "setting").agg(pl.col(unit).cast(pl.Float64).mean()).drop_nulls(unit)
+    for target in targets if targets is not None else default_targets(means, unit):
+        chosen = means.filter(pl.col(unit) <= target).sort(unit).group_by("codec").last().select("codec", "setting")
+        yield target, group.join(chosen, on=["codec", "setting"]).with_columns(_c=pl.col("codec"))
+
+
+def equal_rate(
+    results: str | pl.DataFrame,
+    targets: list[float] | dict[str, list[float]] | None = None,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pl.DataFrame:
+    """Codec × target rate, per dataset, task and split-level score (module docstring).
+
+    ``targets``: rates in the dataset's unit (``bpp`` for images, ``kbps`` for audio), one
+    list for every dataset or a list per dataset name; by default three per dataset, from
+    the lowest rate two codecs reach to the highest every codec stays within. Ignored where
+    the rows carry their own targets.
+
+    Columns: ``rate`` (the unit), ``target``, ``codec``, ``setting`` (the settings used,
+    comma-separated), ``achieved`` (mean rate), ``n`` (samples every codec at the target
+    coded), ``score`` with ``score_low``/``score_high``, ``best`` (the highest score at the
+    target), and against the best: ``difference`` (score − best's) with its interval,
+    ``test``, ``best_only``/``codec_only`` (McNemar's discordant counts: samples right
+    under one of the two only), ``p``, ``p_holm``."""
+    df = load(results)
+    coded = ok_rows(df).filter(pl.col("codec") != BASELINE)
+    out = []
+    for (dataset, task), group in coded.sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
+        unit = rate_unit(group)
+        wanted = targets.get(dataset) if isinstance(targets, dict) else targets
+        for target, at in _at_targets(group, unit, wanted):
+            codecs = sorted(at["codec"].unique())
+            rows = common_samples(at, codecs)
+            if rows.is_empty():
+                continue
+            point, boot = joint_bootstrap(rows, n_resamples=n_resamples, seed=seed)
+            info = rows.group_by("_c").agg(pl.col("setting").unique().sort().str.join(", "), pl.col(unit).cast(pl.Float64).mean().alias("achieved"))
+            info = {r["_c"]: r for r in info.iter_rows(named=True)}
+            n = rows["sample_id"].n_unique()
+            for score_name in point[codecs[0]]:
+                scored = [c for c in codecs if np.isfinite(point[c][score_name])]
+                if not scored:
+                    continue
+                best = max(scored, key=lambda c: point[c][score_name])
+                for codec in codecs:
+                    low, high = percentile_interval(boot[codec][score_name], level)
+                    row = {"dataset": dataset, "task": task, "score_name": score_name, "rate": unit, "target": float(target),
+                           "codec": codec, "setting": info[codec]["setting"], "achieved": info[codec]["achieved"], "n": n,
+                           "score": point[codec][score_name], "score_low": low, "score_high": high, "best": codec == best}
+                    if codec != best:
+                        test = pair_difference(rows, best, codec, score_name, point, boot, level=level)
+                        row |= test | {"best_only": test["a_only"], "codec_only": test["b_only"]}
+                    out.append(row)
+    schema = {"dataset": pl.String, "task": pl.String, "score_name": pl.String, "rate": pl.String, "target": pl.Float64,
+              "codec": pl.String, "setting": pl.String, "achieved": pl.Float64, "n": pl.Int64, "score": pl.Float64,
+              "score_low": pl.Float64, "score_high": pl.Float64, "best": pl.Boolean, "difference": pl.Float64,
+              "difference_low": pl.Float64, "difference_high": pl.Float64, "test": pl.String, "best_only": pl.Int64, "codec_only": pl.Int64, "p": pl.Float64}
+    table = pl.DataFrame([{k: row.get(k) for k in schema} for row in out], schema=schema)
+    return table.with_columns(p_holm=pl.Series(holm(table["p"].to_numpy()), dtype=pl.Float64, nan_to_null=True))
