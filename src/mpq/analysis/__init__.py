@@ -17,7 +17,7 @@ from mpq.analysis.equal_rate import default_targets, equal_rate
 from mpq.analysis.paired import bootstrap_p, compare, holm, mcnemar
 from mpq.analysis.plots import metric_performance, png, rate_performance
 from mpq.analysis.ranking import metric_ranking, spearman_difference
-from mpq.analysis.report import correlation_display, write_report
+from mpq.analysis.report import correlation_display, equal_rate_display, ranking_display, write_report
 from mpq.analysis.tables import (
     conditions,
     load,
@@ -29,6 +29,6 @@ from mpq.analysis.tables import (
 
 __all__ = [
     "bd_rate", "bd_rates", "bootstrap_p", "compare", "conditions", "correlate", "correlation_display", "correlations",
-    "default_targets", "equal_rate", "holm", "load", "mcnemar", "metric_columns", "metric_performance", "metric_ranking",
-    "png", "rate_column", "rate_performance", "spearman_difference", "summary_tables", "to_markdown", "write_report",
+    "default_targets", "equal_rate", "equal_rate_display", "holm", "load", "mcnemar", "metric_columns", "metric_performance", "metric_ranking",
+    "png", "ranking_display", "rate_column", "rate_performance", "spearman_difference", "summary_tables", "to_markdown", "write_report",
 ]

@@ -157,7 +157,7 @@ def compare(
     discordant counts), ``p`` and ``p_holm`` (Holm over every row of the table)."""
     df = load(results)
     df = df.with_columns(COLUMN_LABEL.alias("_c"))
-    rows_out = []
+    rows_out, found = [], set()
     for (dataset, task), group in ok_rows(df).sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
         conds = group.select("codec", "setting").unique().sort("codec", "setting").rows()
         wanted = pairs if pairs is not None else [((BASELINE, ""), c) for c in conds if c[0] != BASELINE]
@@ -166,12 +166,16 @@ def compare(
             rows = common_samples(group, [a, b])
             if rows.is_empty():
                 continue
+            found.add(((ca, sa), (cb, sb)))
             point, boot = joint_bootstrap(rows, n_resamples=n_resamples, seed=seed)
             n = rows["sample_id"].n_unique()
             for score_name in point[a]:
                 rows_out.append({"dataset": dataset, "task": task, "score_name": score_name, "a": a, "b": b, "n": n,
                                  "score_a": point[a][score_name], "score_b": point[b][score_name],
                                  **pair_difference(rows, a, b, score_name, point, boot, level=level)})
+    missing = [f"{_label(ca, str(sa))} vs {_label(cb, str(sb))}" for (ca, sa), (cb, sb) in pairs or [] if ((ca, sa), (cb, sb)) not in found]
+    if missing:
+        raise ValueError(f"no samples coded without error under both conditions of: {'; '.join(missing)} (is each a (codec, setting) of the results?)")
     schema = {"dataset": pl.String, "task": pl.String, "score_name": pl.String, "a": pl.String, "b": pl.String, "n": pl.Int64,
               "score_a": pl.Float64, "score_b": pl.Float64, "difference": pl.Float64, "difference_low": pl.Float64,
               "difference_high": pl.Float64, "test": pl.String, "a_only": pl.Int64, "b_only": pl.Int64, "p": pl.Float64}
