@@ -41,7 +41,8 @@ def spearman_difference(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed:
 
 
 def metric_ranking(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95) -> pl.DataFrame:
-    """One row per (dataset, task, metric), best first within each task: ``rank``, ``n``
+    """One row per (dataset, task, metric), best first within each task: ``rank`` (none
+    where the correlation is undefined: a constant score or metric, last), ``n``
     points, ``clusters`` (sample ids), ``spearman`` and ``kendall`` with ``_low``/``_high``
     bootstrap intervals. The rank-1 row also holds the test against rank 2: ``vs_next``
     (|rho| difference) with ``vs_next_low``/``vs_next_high``, ``n_both`` (points where both
@@ -57,13 +58,12 @@ def metric_ranking(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, 
             if pts.height < 3:
                 continue
             r = correlate(pts[metric].to_numpy(), pts["score"].to_numpy(), n_resamples, seed, level, groups=pts["sample_id"].to_numpy())
-            if np.isfinite(r["spearman"]):
-                ranked.append({"dataset": dataset, "task": task, "metric": metric, "n": r["n"], "clusters": r["clusters"],
-                               **{k: r[k] for m in ("spearman", "kendall") for k in (m, f"{m}_low", f"{m}_high")}})
-        ranked.sort(key=lambda row: -abs(row["spearman"]))
+            ranked.append({"dataset": dataset, "task": task, "metric": metric, "n": r["n"], "clusters": r["clusters"],
+                           **{k: r[k] for m in ("spearman", "kendall") for k in (m, f"{m}_low", f"{m}_high")}})
+        ranked.sort(key=lambda row: -abs(row["spearman"]) if np.isfinite(row["spearman"]) else np.inf)
         for i, row in enumerate(ranked):
-            row["rank"] = i + 1
-        if len(ranked) > 1:
+            row["rank"] = i + 1 if np.isfinite(row["spearman"]) else None
+        if len(ranked) > 1 and ranked[1]["rank"]:
             best, second = ranked[0]["metric"], ranked[1]["metric"]
             pts = _finite(group, [best, second, "score"])
             if pts.height >= 3:

@@ -70,7 +70,7 @@ def _p(p) -> str:
 def ranking_display(ranking: pl.DataFrame) -> pl.DataFrame:
     """``metric_ranking(...)`` with each coefficient and difference as ``r [low, high]``."""
     rows = [{"dataset": r["dataset"], "task": r["task"], "rank": r["rank"], "metric": r["metric"], "n": r["n"], "clusters": r["clusters"],
-             "spearman": _interval(r["spearman"], r["spearman_low"], r["spearman_high"]),
+             "spearman": _interval(r["spearman"], r["spearman_low"], r["spearman_high"]) or "— (a constant side)",
              "kendall": _interval(r["kendall"], r["kendall_low"], r["kendall_high"]),
              "|rho| over next": _interval(r["vs_next"], r["vs_next_low"], r["vs_next_high"]), "p": _p(r["p"]), "p (Holm)": _p(r["p_holm"])}
             for r in ranking.iter_rows(named=True)]
