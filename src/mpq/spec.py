@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mpq import registry
+from mpq.codecs.target import TARGET_KEYS, Target
+from mpq.codecs.target import check as target_check
 from mpq.components import Options
 
 Setting = int | float | str
@@ -52,6 +54,13 @@ class DatasetSpec(_Strict):
 class CodecSpec(_WithOptions):
     name: str
     settings: list[Setting] | None = None  # None: the codec's default sweep
+    # Target rates instead of settings (mpq.codecs.target): the setting is searched per sample.
+    target_bpp: list[Any] | None = None
+    target_kbps: list[Any] | None = None
+
+    @property
+    def targets(self) -> dict[str, list[Any]]:
+        return {k: v for k in TARGET_KEYS if (v := getattr(self, k)) is not None}
 
 
 class TaskSpec(_WithOptions):
@@ -124,7 +133,9 @@ class JobSpec(_Strict):
     def source_options(self, spec: DatasetSpec) -> Options:
         return registry.get("source", spec.source_type).Options(**spec.source)
 
-    def settings(self, spec: CodecSpec) -> list[Setting]:
+    def settings(self, spec: CodecSpec) -> list[Setting | Target]:
+        if spec.targets:
+            return [Target(TARGET_KEYS[k][0], float(v)) for k, values in spec.targets.items() for v in values]
         return spec.settings if spec.settings is not None else list(registry.get("codec", spec.name).default_settings)
 
     def modality(self, dataset: DatasetSpec) -> str:
@@ -216,6 +227,11 @@ def validate(job: JobSpec) -> list[str]:
         if c.name not in registry.names("codec"):
             continue
         codec_cls = registry.get("codec", c.name)
+        if c.targets:
+            if c.settings is not None:
+                problems.append(f"codecs[{i}]: give settings or a target rate, not both")
+            problems += [f"codecs[{i}].{k}: {why}" for k, values in c.targets.items() if (why := target_check(codec_cls, k, values))]
+            continue
         settings = job.settings(c)
         if not settings:
             problems.append(f"codecs[{i}].settings: empty; give at least one setting")
