@@ -58,13 +58,20 @@ def job(codecs, root):
     ({"name": "jpegxl", "target_bpp": [0.5]}, "codecs[0].target_bpp: jpegxl has no monotone quality knob to search for a target rate"),
     ({"name": "mp3", "target_bpp": [0.5]}, "codecs[0].target_bpp: mp3 codes audio: target_bpp is for image codecs"),
     ({"name": "jpeg", "target_kbps": [64]}, "codecs[0].target_kbps: jpeg codes image: target_kbps is for audio codecs"),
-    ({"name": "jpeg", "target_bpp": [0.5], "settings": [5]}, "codecs[0]: give settings or a target rate, not both"),
     ({"name": "jpeg", "target_bpp": [0, 0.5]}, "codecs[0].target_bpp: must be a non-empty list of positive numbers"),
 ])
 def test_codecs_refuse_targets_they_cannot_search_with_a_clear_message(codec, why, tmp_path):
     with pytest.raises(JobSpecError) as err:
         parse_job(job([codec], tmp_path))
     assert why in str(err.value)
+
+
+def test_an_entry_may_hold_settings_and_targets(tmp_path):
+    spec = parse_job(job([{"name": "jpeg", "settings": [5, 20], "target_bpp": [0.2]}, {"name": "webp", "target_bpp": [0.2]}], tmp_path))
+    assert [str(s) for s in spec.settings(spec.codecs[0])] == ["5", "20", "bpp<=0.2"]
+    assert [str(s) for s in spec.settings(spec.codecs[1])] == ["bpp<=0.2"]  # targets only: not the default sweep too
+    with pytest.raises(JobSpecError, match=r"codecs\[0\].settings\[0\]: 200"):
+        parse_job(job([{"name": "jpeg", "settings": [200], "target_bpp": [0.2]}], tmp_path))
 
 
 @pytest.mark.slow
@@ -92,3 +99,6 @@ def test_a_job_at_target_rates_records_setting_and_rate_and_caches_each_step(tmp
     # The analysis takes the rows' own targets as the equal-rate conditions.
     table = analysis.equal_rate(read_results(str(out)), n_resamples=20)
     assert sorted(set(table.select("target", "codec").rows())) == [(2.0, "jpeg"), (2.0, "webp"), (2.5, "jpeg"), (2.5, "webp")]
+    for r in table.iter_rows(named=True):  # the qualities the search chose, e.g. "12, 30, 41"
+        chosen = rows.filter((pl.col("codec") == r["codec"]) & (pl.col("target_bpp") == r["target"]))["target_setting"]
+        assert r["setting"] == ", ".join(sorted(chosen.unique(), key=int))

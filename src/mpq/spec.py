@@ -134,9 +134,12 @@ class JobSpec(_Strict):
         return registry.get("source", spec.source_type).Options(**spec.source)
 
     def settings(self, spec: CodecSpec) -> list[Setting | Target]:
-        if spec.targets:
-            return [Target(TARGET_KEYS[k][0], float(v)) for k, values in spec.targets.items() for v in values]
-        return spec.settings if spec.settings is not None else list(registry.get("codec", spec.name).default_settings)
+        """The entry's settings (by default its codec's sweep, unless it asks for target
+        rates only), then its target rates."""
+        targets = [Target(TARGET_KEYS[k][0], float(v)) for k, values in spec.targets.items() for v in values]
+        if spec.settings is not None:
+            return [*spec.settings, *targets]
+        return targets or list(registry.get("codec", spec.name).default_settings)
 
     def modality(self, dataset: DatasetSpec) -> str:
         # A source may serve either modality depending on its options (hf: image or audio column).
@@ -227,12 +230,10 @@ def validate(job: JobSpec) -> list[str]:
         if c.name not in registry.names("codec"):
             continue
         codec_cls = registry.get("codec", c.name)
-        if c.targets:
-            if c.settings is not None:
-                problems.append(f"codecs[{i}]: give settings or a target rate, not both")
-            problems += [f"codecs[{i}].{k}: {why}" for k, values in c.targets.items() if (why := target_check(codec_cls, k, values))]
+        problems += [f"codecs[{i}].{k}: {why}" for k, values in c.targets.items() if (why := target_check(codec_cls, k, values))]
+        if c.targets and c.settings is None:
             continue
-        settings = job.settings(c)
+        settings = [s for s in job.settings(c) if not isinstance(s, Target)]
         if not settings:
             problems.append(f"codecs[{i}].settings: empty; give at least one setting")
         for j, s in enumerate(settings):

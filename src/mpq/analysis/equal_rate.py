@@ -60,14 +60,25 @@ def default_targets(means: pl.DataFrame, unit: str, n: int = N_TARGETS) -> list[
 def _at_targets(group: pl.DataFrame, unit: str, targets: list[float] | None):
     """(target, rows of the codecs standing at it, labelled by codec in ``_c``) per target."""
     column = target_column(group)
-    if column:
+    if column:  # the setting each sample's search chose
+        chosen = pl.col("target_setting") if "target_setting" in group.columns else pl.col("setting")
         for target in sorted(group[column].drop_nulls().unique()):
-            yield target, group.filter(pl.col(column) == target).with_columns(_c=pl.col("codec"))
+            yield target, group.filter(pl.col(column) == target).with_columns(_c=pl.col("codec"), _s=chosen)
         return
     means = group.group_by("codec", "setting").agg(pl.col(unit).cast(pl.Float64).mean()).drop_nulls(unit)
     for target in targets if targets is not None else default_targets(means, unit):
         chosen = means.filter(pl.col(unit) <= target).sort(unit).group_by("codec").last().select("codec", "setting")
-        yield target, group.join(chosen, on=["codec", "setting"]).with_columns(_c=pl.col("codec"))
+        yield target, group.join(chosen, on=["codec", "setting"]).with_columns(_c=pl.col("codec"), _s=pl.col("setting"))
+
+
+def _settings(values: pl.Series) -> str:
+    """The settings a codec used at a target: all of them if few, else their range."""
+    values = values.cast(pl.String).unique().to_list()
+    try:
+        values.sort(key=float)
+    except ValueError:
+        return ", ".join(sorted(values))
+    return f"{values[0]}–{values[-1]} ({len(values)} values)" if len(values) > 3 else ", ".join(values)
 
 
 def equal_rate(
@@ -84,8 +95,8 @@ def equal_rate(
     the lowest rate two codecs reach to the highest every codec stays within. Ignored where
     the rows carry their own targets.
 
-    Columns: ``rate`` (the unit), ``target``, ``codec``, ``setting`` (the settings used,
-    comma-separated), ``achieved`` (mean rate), ``n`` (samples every codec at the target
+    Columns: ``rate`` (the unit), ``target``, ``codec``, ``setting`` (the settings used:
+    the searched ones per sample where rows carry targets; their range if more than 3), ``achieved`` (mean rate), ``n`` (samples every codec at the target
     coded), ``score`` with ``score_low``/``score_high``, ``best`` (the highest score at the
     target), and against the best: ``difference`` (score − best's) with its interval,
     ``test``, ``best_only``/``codec_only`` (McNemar's discordant counts: samples right
@@ -102,8 +113,7 @@ def equal_rate(
             if rows.is_empty():
                 continue
             point, boot = joint_bootstrap(rows, n_resamples=n_resamples, seed=seed)
-            info = rows.group_by("_c").agg(pl.col("setting").unique().sort().str.join(", "), pl.col(unit).cast(pl.Float64).mean().alias("achieved"))
-            info = {r["_c"]: r for r in info.iter_rows(named=True)}
+            info = {c: {"setting": _settings(g["_s"]), "achieved": g[unit].cast(pl.Float64).mean()} for (c,), g in rows.group_by("_c")}
             n = rows["sample_id"].n_unique()
             for score_name in point[codecs[0]]:
                 scored = [c for c in codecs if np.isfinite(point[c][score_name])]

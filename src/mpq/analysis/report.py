@@ -175,7 +175,8 @@ def write_report(
     section(
         "At equal rate",
         "<p>Codecs compared at target rates, on the samples every codec at the target coded. Where the rows carry a target "
-        "(target_bpp, target_kbps) it is the condition; otherwise each codec stands at its setting of highest mean rate not above "
+        "(a codec entry with target_bpp or target_kbps: per sample, the highest setting whose bitstream fits) it is the "
+        "condition and <i>setting</i> lists the settings chosen; otherwise each codec stands at its setting of highest mean rate not above "
         "the target (<i>achieved</i>), and a codec with none that low is absent. <i>value</i>: the split-level task score "
         f"(the task's aggregate) with its {n_resamples}-resample bootstrap 95 % interval over sample ids; <i>− best</i>: the "
         "difference from the best codec at the target, paired on the same samples, with its interval. Test: McNemar exact for "
