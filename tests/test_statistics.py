@@ -191,10 +191,17 @@ def test_equal_rate_default_targets_span_the_rates_two_codecs_share():
 
 
 def test_equal_rate_uses_the_rows_own_targets_when_present():
-    df = rate_frame().with_columns(target_bpp=pl.col("setting").replace_strict({"1": 0.2, "2": 0.4, "3": 0.4}, return_dtype=pl.Float64))
-    df = df.filter(~((pl.col("codec") == "a") & (pl.col("setting") == "2")))  # a at 0.2 (setting 1) and 0.4 (setting 3)
+    df = rate_frame()
+    # Codec a asked for 0.25 and 0.45 bpp: its search chose setting 2 (0.2 bpp) and 3 (0.4 bpp) per sample;
+    # codec b (no target rows) stands at its highest setting under each target: 1 (0.15) and 2 (0.3).
+    searched = (df.filter((pl.col("codec") == "a") & pl.col("setting").is_in(["2", "3"]))
+                .with_columns(target_bpp=pl.col("setting").replace_strict({"2": 0.25, "3": 0.45}, return_dtype=pl.Float64))
+                .with_columns(target_setting=pl.col("setting"), setting=pl.format("bpp<={}", pl.col("target_bpp"))))
+    df = pl.concat([df, searched], how="diagonal_relaxed")
     table = analysis.equal_rate(df, targets=[0.12], n_resamples=0)  # targets ignored: the rows carry theirs
-    assert sorted(set(table.select("target", "codec", "setting").rows())) == [(0.2, "a", "1"), (0.2, "b", "1"), (0.4, "a", "3"), (0.4, "b", "2")]
+    assert table.select("target", "codec", "setting").rows() == [(0.25, "a", "2"), (0.25, "b", "1"), (0.45, "a", "3"), (0.45, "b", "2")]
+    at = table.filter(pl.col("target") == 0.25)
+    assert at["score"].to_list() == pytest.approx([0.5, 0.6]) and at["best"].to_list() == [False, True]
 
 
 # --- metric ranking ------------------------------------------------------------------------

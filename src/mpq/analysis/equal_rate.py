@@ -1,11 +1,13 @@
 """Codecs compared at equal rate: which hurts the task least at a given bit budget.
 
 Codecs reach different rates at their settings (JPEG q5 ≈ 0.26 bpp against WebP q0 ≈
-0.15 bpp), so their scores are compared at target rates. Where the rows carry a target
-(a ``target_bpp`` or ``target_kbps`` column: a codec asked for a rate, the setting found
-per sample), a condition is (codec, target). Otherwise each codec stands at a target with
-its setting of highest mean rate not above the target (a codec with no setting that low
-is absent there), and ``achieved`` says the rate it reached.
+0.15 bpp), so their scores are compared at target rates. Where rows carry a target (a
+``target_bpp`` or ``target_kbps`` column: the codec entry asked for rates, and the setting
+was searched per sample) those targets are the ones compared, and such a codec stands at
+a target with its rows coded at it. Any other codec (one without a quality knob to search,
+HiFiC, the learned codecs) stands at a target with its setting of highest mean rate not
+above the target; one with no setting that low is absent there. ``achieved`` says the
+mean rate each reached. Task scores are higher-better (accuracy, mIoU, WRA, SDR).
 
 At each target the codecs are compared on the samples they all coded without error: each
 codec's split-level score (``Task.aggregate``) with a bootstrap interval over sample ids,
@@ -58,17 +60,25 @@ def default_targets(means: pl.DataFrame, unit: str, n: int = N_TARGETS) -> list[
 
 
 def _at_targets(group: pl.DataFrame, unit: str, targets: list[float] | None):
-    """(target, rows of the codecs standing at it, labelled by codec in ``_c``) per target."""
+    """(target, rows of the codecs standing at it, labelled by codec in ``_c`` and by the
+    setting used in ``_s``) per target. A codec coded at the target (a ``target_<unit>``
+    column) stands with those rows; any other with its setting of highest mean rate not
+    above the target."""
     column = target_column(group)
-    if column:  # the setting each sample's search chose
-        chosen = pl.col("target_setting") if "target_setting" in group.columns else pl.col("setting")
-        for target in sorted(group[column].drop_nulls().unique()):
-            yield target, group.filter(pl.col(column) == target).with_columns(_c=pl.col("codec"), _s=chosen)
-        return
-    means = group.group_by("codec", "setting").agg(pl.col(unit).cast(pl.Float64).mean()).drop_nulls(unit)
-    for target in targets if targets is not None else default_targets(means, unit):
-        chosen = means.filter(pl.col(unit) <= target).sort(unit).group_by("codec").last().select("codec", "setting")
-        yield target, group.join(chosen, on=["codec", "setting"]).with_columns(_c=pl.col("codec"), _s=pl.col("setting"))
+    at_target = group.filter(pl.col(column).is_not_null()) if column else group.clear()
+    plain = group.filter(pl.col(column).is_null()) if column else group
+    means = plain.group_by("codec", "setting").agg(pl.col(unit).cast(pl.Float64).mean()).drop_nulls(unit)
+    if column:
+        targets = sorted(at_target[column].unique())
+    elif targets is None:
+        targets = default_targets(means, unit)
+    chosen_setting = pl.col("target_setting") if "target_setting" in group.columns else pl.col("setting")
+    for target in targets:
+        searched = at_target.filter(pl.col(column) == target).with_columns(_s=chosen_setting) if column else at_target
+        others = means.filter(~pl.col("codec").is_in(searched["codec"].unique().to_list()) & (pl.col(unit) <= target))
+        chosen = others.sort(unit).group_by("codec").last().select("codec", "setting")
+        binned = plain.join(chosen, on=["codec", "setting"]).with_columns(_s=pl.col("setting"))
+        yield target, pl.concat([searched, binned], how="diagonal_relaxed").with_columns(_c=pl.col("codec"))
 
 
 def _settings(values: pl.Series) -> str:
@@ -92,8 +102,8 @@ def equal_rate(
 
     ``targets``: rates in the dataset's unit (``bpp`` for images, ``kbps`` for audio), one
     list for every dataset or a list per dataset name; by default three per dataset, from
-    the lowest rate two codecs reach to the highest every codec stays within. Ignored where
-    the rows carry their own targets.
+    the lowest rate two codecs reach to the highest every codec stays within. Where rows
+    carry their own targets, those are the targets.
 
     Columns: ``rate`` (the unit), ``target``, ``codec``, ``setting`` (the settings used:
     the searched ones per sample where rows carry targets; their range if more than 3), ``achieved`` (mean rate), ``n`` (samples every codec at the target
