@@ -43,6 +43,23 @@ def test_search_finds_the_highest_jpeg_quality_that_fits_by_bisection(target):
     assert len(calls) <= 2 + math.ceil(math.log2(len(knob(type(codec)))))  # bisection, not a scan
 
 
+@pytest.mark.parametrize("name, target", [("opus", 20.0), ("mp3", 50.0)])
+def test_search_on_an_audio_codecs_requested_kbps(name, target):
+    from test_audio import tone
+
+    from mpq.media import audio_from_array
+
+    audio = audio_from_array(tone(1.0, 44100, 1), 44100)
+    codec = registry.get("codec", name)()
+
+    def kbps(coded):
+        return coded.bits / audio.duration / 1000
+
+    setting, coded, rate = search(lambda k: codec.roundtrip(audio, k), kbps, knob(type(codec)), target, name)
+    assert rate == kbps(codec.roundtrip(audio, setting)) <= target
+    assert kbps(codec.roundtrip(audio, setting + 1)) > target
+
+
 def test_search_says_when_a_target_is_out_of_reach():
     codec, img = jpeg(), photo(H, W)
     with pytest.raises(ValueError, match="out of reach: jpeg's lowest setting 1 gives"):

@@ -7,11 +7,14 @@ the encoded cache, like any other). The knob is the integer range a codec declar
 ``quality_range`` (Pillow's JPEG, WebP, AVIF: more quality, more bits) or ``kbps_range``
 (the FFmpeg audio codecs' requested bitrate, in whole kbps). A codec without one refuses
 targets. Bisection keeps rate(low) ≤ target < rate(high) and ends with high = low + 1: the
-chosen value fits and the next one up does not.
+chosen value fits and the next one up does not (or the encoder refuses it: a setting the
+encoder refuses for this input counts as not fitting, except the lowest, whose error is
+the row's).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -65,8 +68,16 @@ def search(roundtrip: Callable[[int], Any], rate: Callable[[Any], float], values
 
     def at(i: int) -> float:
         if i not in done:
-            coded = roundtrip(values[i])
-            done[i] = coded, rate(coded)
+            try:
+                coded = roundtrip(values[i])
+            except Exception:
+                if i == 0:
+                    raise
+                # An encoder that refuses a setting its range holds (Opus above 256 kbps on one
+                # channel): that setting cannot be had, so it does not fit.
+                done[i] = None, math.inf
+            else:
+                done[i] = coded, rate(coded)
         return done[i][1]
 
     low, high = 0, len(values) - 1
