@@ -244,6 +244,11 @@ def test_metric_ranking_orders_by_abs_spearman_and_tests_best_against_second():
     assert (best["vs_next_low"], best["vs_next_high"]) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
     assert best["p"] == pytest.approx(analysis.bootstrap_p(diffs)) and best["p"] < 0.05
     assert best["p_holm"] == pytest.approx(best["p"])  # one test in the table
+    # The report hands over the sample-level correlations it computed: the same table.
+    corr = analysis.correlations(df, n_resamples=resamples, seed=4)
+    assert analysis.metric_ranking(df, n_resamples=resamples, seed=4, correlations=corr).equals(rank)
+    marked = corr.with_columns(kendall=pl.when(pl.col("level") == "samples").then(0.123).otherwise(pl.col("kendall")))
+    assert analysis.metric_ranking(df, n_resamples=resamples, seed=4, correlations=marked)["kendall"].to_list() == [0.123, 0.123]  # taken, not recomputed
 
 
 # --- report ---------------------------------------------------------------------------------

@@ -40,24 +40,34 @@ def spearman_difference(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed:
     return {"difference": diff, "difference_low": low, "difference_high": high, "p": bootstrap_p(boot) if boot.size else float("nan")}
 
 
-def metric_ranking(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95) -> pl.DataFrame:
+def metric_ranking(
+    results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95, correlations: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """One row per (dataset, task, metric), best first within each task: ``rank`` (none
     where the correlation is undefined: a constant score or metric, last), ``n``
     points, ``clusters`` (sample ids), ``spearman`` and ``kendall`` with ``_low``/``_high``
     bootstrap intervals. The rank-1 row also holds the test against rank 2: ``vs_next``
     (|rho| difference) with ``vs_next_low``/``vs_next_high``, ``n_both`` (points where both
-    metrics are finite), ``p`` and ``p_holm``."""
+    metrics are finite), ``p`` and ``p_holm``.
+
+    ``correlations``: the frame ``correlations(results, n_resamples, seed)`` returned for the
+    same arguments, whose sample-level coefficients are then taken as they are (the same
+    computation) instead of computed again."""
     df = load(results)
     metrics = metric_columns(df)
     coded = ok_rows(df).filter((pl.col("codec") != BASELINE) & pl.col("score").is_not_null()) if "score" in df.columns else df.clear()
     rows = []
     for (dataset, task), group in coded.sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
         ranked = []
+        known = {}
+        if correlations is not None and correlations.height:
+            mine = correlations.filter((pl.col("level") == "samples") & (pl.col("dataset") == dataset) & (pl.col("task") == task))
+            known = {r["metric"]: r for r in mine.iter_rows(named=True)}
         for metric in metrics:
             pts = _finite(group, [metric, "score"])
             if pts.height < 3:
                 continue
-            r = correlate(pts[metric].to_numpy(), pts["score"].to_numpy(), n_resamples, seed, level, groups=pts["sample_id"].to_numpy())
+            r = known.get(metric) or correlate(pts[metric].to_numpy(), pts["score"].to_numpy(), n_resamples, seed, level, groups=pts["sample_id"].to_numpy())
             ranked.append({"dataset": dataset, "task": task, "metric": metric, "n": r["n"], "clusters": r["clusters"],
                            **{k: r[k] for m in ("spearman", "kendall") for k in (m, f"{m}_low", f"{m}_high")}})
         ranked.sort(key=lambda row: -abs(row["spearman"]) if np.isfinite(row["spearman"]) else np.inf)

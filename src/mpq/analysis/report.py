@@ -153,7 +153,7 @@ def write_report(
     def note(text: str) -> str:
         return f"<p class=note>{html.escape(text)}</p>"
 
-    ranking = metric_ranking(df, n_resamples=n_resamples, seed=seed)
+    ranking = metric_ranking(df, n_resamples=n_resamples, seed=seed, correlations=corr)
     ranking.write_csv(out / "metric_ranking.csv")
     shown = ranking_display(ranking)
     (out / "metric_ranking.md").write_text(to_markdown(shown))
