@@ -66,7 +66,11 @@ def preflight(job: JobSpec) -> None:
     if missing:  # all of them at once, not one per attempt
         raise AssetUnavailable("\n".join(missing))
     for spec in job.tasks:
-        registry.get("task", spec.name)(job.task_options(spec)).preflight()
+        task = registry.get("task", spec.name)(job.task_options(spec))
+        task.preflight()
+        for dataset in job.datasets:
+            if spec in job.tasks_for(dataset):
+                task.check_dataset(dataset.name, registry.get("source", dataset.source_type)(job.source_options(dataset)))
     for codec in job.codecs:
         registry.get("codec", codec.name)(job.codec_options(codec)).preflight(job.settings(codec))
 
