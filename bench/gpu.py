@@ -384,15 +384,15 @@ class Bench:
                   measure(lambda: predict(rows), b, self.device, self.min_seconds),
                   note="mpq: upsampling to the label map, argmax and IoU counts per image included")
 
-    # Speech recognition: Whisper, 16 clips of 10 s, exactly `tokens` tokens generated.
-    def asr(self, precision: str, size: str) -> None:
+    # Speech recognition: Whisper, a batch of clips of 10 s, exactly `tokens` tokens generated.
+    def asr(self, precision: str, size: str, batch: int = 16) -> None:
         import torch
 
         from mpq.engine.stages import Predict
 
         build_size = "quick" if self.quick else size
         path = self.model(f"whisper-{size}", lambda p: build_whisper(p, build_size, self.device))
-        b, tokens = self.n(16, 2), self.n(self.args.tokens, 4)
+        b, tokens = self.n(batch, 2), self.n(self.args.tokens, 4)
         job = job_spec(precision, str(self.work), "audio",
                        tasks=[{"name": "asr", "model": path, "batch_size": b, "max_new_tokens": tokens}])
         predict = Predict(job, "asr", self.device)
@@ -503,7 +503,7 @@ class Bench:
         from mpq.runner import run_job
         from mpq.spec import parse_job
 
-        n = self.n(32, 3)
+        n = self.n(self.args.e2e_samples, 3)
         folder = self.work / "e2e-images"
         if not folder.exists():
             folder.mkdir()
@@ -542,11 +542,13 @@ class Bench:
         for p in self.args.precisions:
             cases += [(f"classify {p}", lambda p=p: self.classify(p)), (f"segment {p}", lambda p=p: self.segment(p))]
         for p in self.args.precisions:
-            cases += [(f"whisper-small {p}", lambda p=p: self.asr(p, "small")), (f"lpips {p}", lambda p=p: self.lpips(p))]
+            cases += [(f"whisper-small {p} batch {b}", lambda p=p, b=b: self.asr(p, "small", b)) for b in self.args.asr_batches]
+            cases += [(f"lpips {p}", lambda p=p: self.lpips(p))]
         cases += [(f"codec {p}", lambda p=p: self.codec(p)) for p in self.args.precisions]
         cases += [(f"end to end {p}", lambda p=p: self.end_to_end(p)) for p in self.args.precisions]
         if not self.quick:  # at quick sizes it is whisper-small again
-            cases += [(f"whisper-medium {p}", lambda p=p: self.asr(p, "medium")) for p in self.args.precisions]
+            cases += [(f"whisper-medium {p} batch {b}", lambda p=p, b=b: self.asr(p, "medium", b))
+                      for p in self.args.precisions for b in self.args.asr_batches]
         only = self.args.only
         return [(name, fn) for name, fn in cases if not only or any(o in name for o in only)]
 
@@ -647,6 +649,8 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--only", nargs="+", help="run only the cases whose name contains one of these")
     ap.add_argument("--tokens", type=int, default=32, help="tokens Whisper generates per clip")
+    ap.add_argument("--asr-batches", type=int, nargs="+", default=[16], help="Whisper batch sizes")
+    ap.add_argument("--e2e-samples", type=int, default=128, help="images in the end-to-end job")
     ap.add_argument("--min-seconds", type=float, default=2.0, help="timed pass of each measurement at least this long")
     ap.add_argument("--budget", type=float, default=float("inf"), help="start no new measurement after this many seconds")
     ap.add_argument("--out", default="gpu-bench")
