@@ -2,8 +2,8 @@
 GPU is busy, against the raw model in the same run, and the serial engine end to end against
 its slowest stage alone.
 
-    python bench/gpu.py --out DIR                # on a GPU machine (a few minutes)
-    uv run python bench/gpu.py --quick           # tiny models on the CPU: a sanity check (seconds)
+    uv run python bench/gpu.py                   # on a GPU machine: a few minutes (results in out/gpu-bench)
+    uv run python bench/gpu.py --quick           # tiny models on the CPU: a sanity check (minutes on 2 cores)
 
 Models are the real architectures with random weights, built from their transformers
 configs (ViT-base, SegFormer-b0, Whisper small and medium, EnCodec 48 kHz), written with
@@ -22,7 +22,8 @@ The table gives samples/s of each, mpq's as a ratio of raw's, and the GPU busy f
 the time covered by at least one CUDA kernel over the wall time of a profiled pass
 (torch.profiler's kernel records, merged), after a warm-up, so "once started". NVML's own
 utilisation, sampled every 20 ms during the timed pass, is given beside it. Whisper
-generates exactly ``--tokens`` tokens (random weights never say end-of-text early).
+generates ``--tokens`` tokens per clip: random weights practically never end early (the
+raw output's shape is in the row's note).
 
 The codec stage: mpq runs neural codecs on the CPU today (``Encode`` is a CPU stage), so its
 row is mpq's CPU path, and raw gives the same EnCodec forward (encode and decode) on the CPU
@@ -653,7 +654,7 @@ def main() -> None:
     ap.add_argument("--e2e-samples", type=int, default=128, help="images in the end-to-end job")
     ap.add_argument("--min-seconds", type=float, default=2.0, help="timed pass of each measurement at least this long")
     ap.add_argument("--budget", type=float, default=float("inf"), help="start no new measurement after this many seconds")
-    ap.add_argument("--out", default="gpu-bench")
+    ap.add_argument("--out", default="out/gpu-bench")
     args = ap.parse_args()
     if args.device is None:
         import torch
