@@ -1,6 +1,7 @@
 """One writer per output: two runs into one output write each key once; a dead run's lease
 does not block its resume; the refusal is one line; the lease works on S3 (a moto server)."""
 
+import io
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import ROOT, photo, rows_on_disk
@@ -243,3 +245,20 @@ def test_stores_without_conditional_writes_read_the_lease_back(s3, monkeypatch):
     assert store.read("lease.json") == b"one"
     store.delete("lease.json")
     assert store.read("lease.json") is None
+
+
+def test_run_into_s3_holds_the_lease_while_it_writes(s3, pics, tmp_path):
+    out = "s3://mpq/runs/one"
+    job = parse_job(job_spec(pics, out, [20]))
+    with Lease(out, "holder-run"):
+        with pytest.raises(LeaseHeld, match="is being written by run holder-run"):
+            run_job(job, out, engine="serial", progress=False)
+
+    def keys():
+        return [o["Key"] for o in s3.list_objects_v2(Bucket="mpq", Prefix="runs/one/").get("Contents", [])]
+
+    assert not [k for k in keys() if k.endswith(".parquet")]  # stopped before any work
+    stats = run_job(job, out, engine="serial", progress=False)
+    assert stats.written == 6 and "runs/one/lease.json" not in keys()
+    parts = [k for k in keys() if k.startswith("runs/one/results/part-")]
+    assert sum(pq.read_metadata(io.BytesIO(s3.get_object(Bucket="mpq", Key=k)["Body"].read())).num_rows for k in parts) == 6
