@@ -185,7 +185,7 @@ def test_one_of_many_takes_a_stale_lease(tmp_path):
 
 @pytest.fixture(scope="module")
 def s3():
-    boto3 = pytest.importorskip("boto3")
+    import boto3
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

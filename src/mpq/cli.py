@@ -24,7 +24,7 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="at most this many samples per dataset")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-    force: Annotated[bool, typer.Option(help="take over the output's lease from a run that is gone (see README: one writer per output)")] = False,
+    force: Annotated[bool, typer.Option(help="take over the output's lease from a run that is gone")] = False,
 ) -> None:
     """Run a job; a second run on the same output resumes, skipping rows already written."""
     from mpq.components import AssetUnavailable
