@@ -14,7 +14,7 @@ from mpq.components import Asset, AssetUnavailable
 from mpq.cache import EncodedCache
 from mpq.engine.plan import plan
 from mpq.engine.stages import Finalize
-from mpq.results import ResultStore, schema_for
+from mpq.results import ResultStore, check_location, schema_for
 from mpq.spec import JobSpec
 
 ENGINES = ("ray", "serial")
@@ -81,6 +81,7 @@ def run_job(
 ) -> RunStats:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
+    check_location(output)
     preflight(job)
     store = ResultStore(output)
     done = store.done_keys(required_metric_columns(job))
