@@ -7,6 +7,7 @@ independent reader, pyarrow's dataset API over an S3FileSystem given the endpoin
 
 import logging
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -20,9 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import ROOT, photo
+from typer.testing import CliRunner
 
 from mpq import results
 from mpq.cache import EncodedCache
+from mpq.cli import app
 from mpq.components import Coded
 from mpq.results import KEY, ResultStore
 from mpq.summary import read_results
@@ -83,25 +86,27 @@ def tiny_job(tmp_path):
     return path
 
 
-def one_line_failure(out, location: str) -> str:
-    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and location in lines[0], out.stderr
+def one_line_failure(args: list[str], location: str) -> str:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output  # no traceback
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and location in lines[0], result.output
     return lines[0]
 
 
 @pytest.mark.slow
-def test_run_resume_and_report_on_s3(s3, tiny_job, tmp_path, s3_server):
+def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_server, monkeypatch):
     env, bucket = s3
     uri = f"s3://{bucket}/tiny"
-    first = mpq("run", str(tiny_job), "-o", uri, "--engine", "serial", "--limit", "2", "--no-progress", env=env)
+    run = ["run", str(tiny_job), "-o", uri, "--engine", "serial", "--limit", "2", "--no-progress"]
+    first = mpq(*run, env=env)  # as from a shell: only the AWS variables say where S3 is
     assert first.returncode == 0, first.stderr
     assert "6 rows written (0 with errors), 0 already there" in first.stdout  # 2 images × (baseline + 2 settings)
     assert "summary" in first.stdout and "accuracy" in first.stdout  # the summary read the rows back from S3
 
-    second = mpq("run", str(tiny_job), "-o", uri, "--engine", "serial", "--limit", "2", "--no-progress", env=env)
-    assert second.returncode == 0, second.stderr
-    assert "0 rows written (0 with errors), 6 already there" in second.stdout
+    second = CliRunner().invoke(app, run)
+    assert second.exit_code == 0, second.output
+    assert "0 rows written (0 with errors), 6 already there" in second.output and "accuracy" in second.output
 
     fs = independent_fs(s3_server)
     table = ds.dataset(f"{bucket}/tiny/results", filesystem=fs, format="parquet").to_table()
@@ -111,29 +116,33 @@ def test_run_resume_and_report_on_s3(s3, tiny_job, tmp_path, s3_server):
     assert sum("/cache/encoded/" in n for n in names) == 2 * 2  # one cache entry per image and setting
     assert not [n for n in names if ".tmp-" in n]
 
-    report = mpq("report", uri, "--to", str(tmp_path / "report"), "--resamples", "0", env=env)
-    assert report.returncode == 0, report.stderr
+    report = CliRunner().invoke(app, ["report", uri, "--to", str(tmp_path / "report"), "--resamples", "0"])
+    assert report.exit_code == 0, report.output
     html = (tmp_path / "report" / "report.html").read_text()
-    assert "jpeg" in html and "psnr" in html
+    assert "<th>jpeg 20</th>" in html and "psnr" in html
+
+    monkeypatch.setenv("MPQ_RESULTS", uri)  # the notebooks read through analysis.load
+    ns = runpy.run_path(str(ROOT / "analysis" / "summary.py"), run_name="__main__")
+    assert ns["df"].height == 6 and ns["conds"].height == 3
 
 
 def test_missing_bucket_is_one_line_before_any_work(s3, tiny_job, tmp_path):
     env, bucket = s3
     uri = f"s3://{bucket}-missing/tiny"
-    line = one_line_failure(mpq("run", str(tiny_job), "-o", uri, "--engine", "serial", env=env), uri)
+    line = one_line_failure(["run", str(tiny_job), "-o", uri, "--engine", "serial"], uri)
     assert f"bucket '{bucket}-missing' does not exist" in line
-    line = one_line_failure(mpq("report", uri, "--to", str(tmp_path / "r"), env=env), uri)
+    line = one_line_failure(["report", uri, "--to", str(tmp_path / "r")], uri)
     assert "does not exist" in line and not (tmp_path / "r").exists()
 
 
-def test_unreachable_endpoint_is_one_line(s3, tiny_job):
+def test_unreachable_endpoint_is_one_line(s3, tiny_job, monkeypatch):
     env, bucket = s3
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     uri = f"s3://{bucket}/tiny"
-    line = one_line_failure(mpq("run", str(tiny_job), "-o", uri, "--engine", "serial", env=env), uri)
+    line = one_line_failure(["run", str(tiny_job), "-o", uri, "--engine", "serial"], uri)
     assert "NETWORK_CONNECTION" in line and f"127.0.0.1:{port}" in line
 
 
@@ -153,9 +162,9 @@ def s3_auth(s3_server):
 def test_bad_credentials_are_one_line(s3, tiny_job, tmp_path, s3_auth):
     env, bucket = s3
     uri = f"s3://{bucket}/tiny"
-    line = one_line_failure(mpq("run", str(tiny_job), "-o", uri, "--engine", "serial", env=env), uri)
+    line = one_line_failure(["run", str(tiny_job), "-o", uri, "--engine", "serial"], uri)
     assert "INVALID_ACCESS_KEY_ID" in line
-    line = one_line_failure(mpq("report", uri, "--to", str(tmp_path / "r"), env=env), uri)
+    line = one_line_failure(["report", uri, "--to", str(tmp_path / "r")], uri)
     assert "INVALID_ACCESS_KEY_ID" in line
 
 
