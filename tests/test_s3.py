@@ -1,6 +1,6 @@
 """Results on object storage, through a real S3 API: moto's standalone server on 127.0.0.1.
 
-The CLI runs in a subprocess that finds the server the way a user's shell would, through
+The first run is a subprocess that finds the server the way a user's shell would, through
 the standard AWS variables (AWS_ENDPOINT_URL included); the rows are counted back by an
 independent reader, pyarrow's dataset API over an S3FileSystem given the endpoint explicitly.
 """
@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from mpq import results
 from mpq.cache import EncodedCache
 from mpq.cli import app
+from mpq.codecs.image import PillowCodec
 from mpq.components import Coded
 from mpq.results import KEY, ResultStore
 from mpq.summary import read_results
@@ -116,10 +117,20 @@ def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_server, 
     assert sum("/cache/encoded/" in n for n in names) == 2 * 2  # one cache entry per image and setting
     assert not [n for n in names if ".tmp-" in n]
 
+    with monkeypatch.context() as m:  # the job extended with a metric decodes from the cache on S3
+        calls = []
+        real = PillowCodec.roundtrip
+        m.setattr(PillowCodec, "roundtrip", lambda self, *a: calls.append(a) or real(self, *a))
+        spec = yaml.safe_load(tiny_job.read_text())
+        tiny_job.write_text(yaml.safe_dump({**spec, "metrics": ["psnr", "ssim"]}))
+        third = CliRunner().invoke(app, run)
+    assert third.exit_code == 0, third.output
+    assert "6 rows written (0 with errors), 0 already there" in third.output and calls == []
+
     report = CliRunner().invoke(app, ["report", uri, "--to", str(tmp_path / "report"), "--resamples", "0"])
     assert report.exit_code == 0, report.output
     html = (tmp_path / "report" / "report.html").read_text()
-    assert "<th>jpeg 20</th>" in html and "psnr" in html
+    assert "<th>jpeg 20</th>" in html and "ssim" in html
 
     monkeypatch.setenv("MPQ_RESULTS", uri)  # the notebooks read through analysis.load
     ns = runpy.run_path(str(ROOT / "analysis" / "summary.py"), run_name="__main__")
@@ -227,4 +238,5 @@ def test_an_interrupted_write_leaves_nothing_a_later_run_trusts(s3, monkeypatch,
         with pytest.raises(ConnectionError):
             cache.put(path, Coded(bits=8, decoded=image))  # over an entry that exists
     assert cache.get(other) is None and fs.open_input_file(path).readall() == whole
+    assert cache.get(path).bits == 8 and (cache.get(path).decoded == image).all()
     assert len([n for n in objects(fs, f"{bucket}/cut/cache") if ".tmp-" in n]) == 2
