@@ -15,7 +15,7 @@ from mpq.cache import EncodedCache
 from mpq.engine.plan import plan
 from mpq.engine.stages import Finalize
 from mpq.lease import Lease
-from mpq.results import ResultStore, schema_for
+from mpq.results import ResultStore, check_location, schema_for
 from mpq.spec import JobSpec
 
 ENGINES = ("ray", "serial")
@@ -88,6 +88,7 @@ def run_job(
     """``force`` takes over the output's lease from a run that is gone but refreshed it lately."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
+    check_location(output)
     preflight(job)
     store = ResultStore(output)
     with Lease(output, store.run_id, force) as lease:  # one writer per output, from the plan to the last row
