@@ -1,5 +1,6 @@
 """End to end: engines agree, bad inputs become error rows, interrupted runs resume exactly."""
 
+import json
 import os
 import signal
 import subprocess
@@ -103,7 +104,12 @@ def test_run_killed_halfway_resumes_without_duplicates_or_losses(odd_folder, tmp
     proc.wait()
     partial = read_results(str(tmp_path / "out")).height
     assert 0 < partial < expected, "the kill must land mid-run for this test to mean anything"
-    subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
+    # The killed run's lease stays behind, stale at once since its process is gone from this machine.
+    assert json.loads((tmp_path / "out" / "lease.json").read_text())["pid"] == proc.pid
+    resume = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert resume.returncode == 0, resume.stderr
+    assert f"pid {proc.pid}" in resume.stderr and "is stale; taking it over" in resume.stderr
+    assert not (tmp_path / "out" / "lease.json").exists()
     df = read_results(str(tmp_path / "out"))  # the last row of each key...
     assert df.height == expected == rows_on_disk(tmp_path / "out")  # ...and not one more row on disk
 

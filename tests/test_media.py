@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import photo
 
 from mpq.components import Sample
 from mpq.media import MediaError, image_from_bytes
@@ -39,3 +40,28 @@ def test_corrupt_and_truncated_files_raise_media_errors(odd_folder):
     assert isinstance(got["dogs/corrupt.png"], MediaError)
     with pytest.raises(MediaError, match="not a readable image"):
         image_from_bytes(b"")
+
+
+def test_exif_orientation_is_applied_as_the_datasets_library_does():
+    """`datasets`' image feature applies exif_transpose; mpq's own decoders must too, so a photo
+    reaches the model upright whatever the source."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    from mpq.media import image_from_bytes
+
+    img = Image.fromarray(photo(48, 64))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90° clockwise to view
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, exif=exif)
+    data = buf.getvalue()
+    got = image_from_bytes(data)
+    want = np.asarray(datasets.Image().decode_example({"bytes": data, "path": None}).convert("RGB"))
+    assert got.pixels.shape == (64, 48, 3) and np.array_equal(got.pixels, want)
+    assert "EXIF orientation 6" in got.conversion
+    plain = io.BytesIO()
+    img.save(plain, format="JPEG", quality=95)
+    assert image_from_bytes(plain.getvalue()).conversion is None

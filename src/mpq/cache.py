@@ -7,9 +7,10 @@ with a task or a metric, or resumed after a crash, decodes from the cache instea
 encoding again, and a new codec library version encodes afresh.
 
 Each entry is one zstd-compressed Arrow IPC file holding the media as ``media.media_to_record``
-writes it (images and ``Audio`` alike), written through pyarrow's filesystems
-(local paths, ``s3://``, ``gs://``...), under a temporary name first and then renamed, so
-a run killed mid-write leaves no partial entry; an unreadable entry counts as a miss and
+writes it (images and ``Audio`` alike), written through pyarrow's filesystems (local paths,
+``s3://``, ``gs://``...), under a temporary name first and then renamed (on object storage a
+server-side copy of the whole object), so a run killed or cut off mid-write leaves no partial
+entry under the name that is read; an unreadable entry counts as a miss and
 is rewritten.
 """
 

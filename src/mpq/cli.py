@@ -24,9 +24,11 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="at most this many samples per dataset")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    force: Annotated[bool, typer.Option(help="take over the output's lease from a run that is gone")] = False,
 ) -> None:
     """Run a job; a second run on the same output resumes, skipping rows already written."""
     from mpq.components import AssetUnavailable
+    from mpq.lease import LeaseHeld, LeaseLost
     from mpq.spec import JobSpecError, load_job
 
     try:
@@ -38,7 +40,9 @@ def run(
 
     out = output or job.output or f"out/{job.name}"
     try:
-        stats = run_job(job, out, engine=engine, limit=limit, address=address, progress=progress)
+        stats = run_job(job, out, engine=engine, limit=limit, address=address, progress=progress, force=force)
+    except (LeaseHeld, LeaseLost) as exc:
+        _fail(str(exc))
     except (AssetUnavailable, FileNotFoundError, ValueError) as exc:
         _fail(f"{job_file}: {exc}")
     typer.echo(
@@ -96,6 +100,7 @@ def submit(
     limit: Annotated[Optional[int], typer.Option(help="at most this many samples per dataset")] = None,
     env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE set for the run on the cluster (repeatable), e.g. HF_HUB_OFFLINE=1")] = None,
     follow: Annotated[bool, typer.Option(help="print the logs until the job ends; exit 0 only if it succeeded")] = False,
+    force: Annotated[bool, typer.Option(help="take over the output's lease from a run that is gone")] = False,
 ) -> None:
     """Run a job on a Ray cluster through the Jobs API; prints the job id and where results land."""
     from mpq import cluster
@@ -109,7 +114,7 @@ def submit(
     pairs = [e.partition("=") for e in env or []]
     if any(not sep or not k for k, sep, _ in pairs):
         _fail(f"--env takes KEY=VALUE, got {env}")
-    job_id = cluster.submit(job_file, job, out, address, limit, {k: v for k, _, v in pairs})
+    job_id = cluster.submit(job_file, job, out, address, limit, {k: v for k, _, v in pairs}, force)
     typer.echo(f"submitted {job_id}\nresults: {out}/results\nfollow with: mpq-ray logs {job_id} --follow")
     if follow:
         _end(cluster.follow(address, job_id))

@@ -47,6 +47,7 @@ def submit(
     address: str | None = None,
     limit: int | None = None,
     env: dict[str, str] | None = None,
+    force: bool = False,
 ) -> str:
     """Submit ``job_file`` to run on the cluster; returns the submission id."""
     staging = Path(tempfile.mkdtemp(prefix="mpq-submit-"))
@@ -55,6 +56,8 @@ def submit(
         args = ["python", "-m", "mpq.cli", "run", "job.yaml", "--output", output, "--no-progress"]
         if limit is not None:
             args += ["--limit", str(limit)]
+        if force:
+            args.append("--force")
         runtime_env = {
             "working_dir": str(staging),
             "py_modules": [os.path.dirname(mpq.__file__)],

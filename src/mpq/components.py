@@ -97,6 +97,19 @@ class Component:
         return []
 
 
+@dataclass(frozen=True)
+class ClassTarget:
+    """A classification target: the class name, and the dataset's id for it when the dataset
+    numbers its classes (a ``datasets.ClassLabel``), so a classifier trained on the same ids
+    is scored by id: names repeat (ImageNet has two classes called "crane")."""
+
+    name: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
 @dataclass
 class Sample:
     """One input sample: media converted to the canonical form, and the task target."""
@@ -119,6 +132,11 @@ class Source(Component):
     def describe(self) -> str:
         """Where the data came from, recorded in every row (e.g. ``hf:beans/default/validation``)."""
         raise NotImplementedError
+
+    def classes(self) -> list[ClassTarget] | None:
+        """The dataset's classes (with their ids where it numbers them), checked against a
+        classifier's before any work; None when its samples have no class labels."""
+        return None
 
 
 @dataclass
@@ -177,6 +195,9 @@ class Task(Component):
     def preflight(self) -> None:
         """Cheap checks, on the driver before any work, beyond its ``assets()`` (which are
         checked anyway); raises ``AssetUnavailable`` or ``ValueError`` naming the problem."""
+
+    def check_dataset(self, dataset: str, source: Source) -> None:
+        """Before any work: raise ValueError naming what in this dataset the model cannot score."""
 
     def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
         raise NotImplementedError

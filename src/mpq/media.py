@@ -6,7 +6,8 @@ explicitly and the conversion is recorded in the row's ``conversion`` column:
 - grayscale (L, I, I;16, F) and palette images become RGB by channel replication;
 - 16-bit and float images are scaled to 8 bits over their full range (16-bit: ``>> 8``);
 - RGBA, LA and transparent palette images are composited on white;
-- CMYK and YCbCr go through Pillow's colour conversion.
+- CMYK and YCbCr go through Pillow's colour conversion;
+- an EXIF orientation other than "upright" is applied (rotated/flipped as a viewer shows it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 # Truncated files must fail loudly, not decode as half-grey images.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -40,11 +41,20 @@ class RGBImage:
 
 
 def to_rgb(img: Image.Image) -> RGBImage:
-    """Convert any Pillow image to 8-bit RGB, recording the conversion."""
+    """Convert any Pillow image to 8-bit RGB, upright (EXIF orientation applied, as the
+    ``datasets`` library does), recording the conversion."""
     try:
         img.load()
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
         raise MediaError(f"cannot decode image: {exc}") from exc
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation in range(2, 9):
+        out = _to_rgb(ImageOps.exif_transpose(img))
+        return RGBImage(out.pixels, "; ".join(filter(None, [f"EXIF orientation {orientation} applied", out.conversion])))
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> RGBImage:
     mode = img.mode
     if mode == "RGB":
         return RGBImage(np.asarray(img, dtype=np.uint8).copy())

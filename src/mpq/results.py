@@ -3,7 +3,10 @@
 Results are a Parquet dataset under ``OUTPUT/results/``, one row per
 (dataset, sample_id, codec, setting, task). Each file is written under a temporary name
 and renamed when complete, so a run killed at any moment leaves only whole files; the
-next run reads the keys already present and skips that work.
+next run reads the keys already present and skips that work. On object storage the rename
+is a server-side copy, which makes the final object appear whole or not at all; a
+temporary object left by a failed write is never read (pyarrow's output streams commit
+what was written when closed after an error).
 
 A key is done when a file holds it with every metric column its dataset now asks for; a
 job extended with a metric redoes its old rows (decoding from the encoded cache) and the
@@ -111,8 +114,28 @@ def schema_for(job: JobSpec) -> pa.Schema:
 
 
 def filesystem(output: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and path of a local folder or an fsspec/Arrow URI (s3://, gs://)."""
+    """The pyarrow filesystem and path of a local folder or an fsspec/Arrow URI (s3://, gs://).
+
+    Every reader and writer of an output goes through here, so all use the same settings: for
+    s3:// the standard AWS variables, AWS_ENDPOINT_URL included (honoured by ``from_uri``)."""
     return pafs.FileSystem.from_uri(output) if "://" in output else (pafs.LocalFileSystem(), output)
+
+
+class LocationError(ValueError):
+    """An output that cannot be reached: unreachable endpoint, missing bucket, bad credentials."""
+
+
+def check_location(output: str) -> None:
+    """Fail before any work, in one line naming ``output`` and the cause, if it cannot be listed."""
+    try:
+        fs, root = filesystem(output)
+        fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))  # endpoint, credentials
+        if not isinstance(fs, pafs.LocalFileSystem):  # listing a missing bucket finds nothing, no error
+            bucket = root.split("/", 1)[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"bucket {bucket!r} does not exist")
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise LocationError(f"{output}: {' '.join(str(exc).split())}") from None
 
 
 def setting_str(setting) -> str:
@@ -130,11 +153,13 @@ class ResultStore:
     def __post_init__(self):
         self.fs, root = filesystem(self.output)
         self.root = root.rstrip("/") + "/results"
-        self.fs.create_dir(self.root, recursive=True)
         self._seq = 0
 
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
+
     def files(self) -> list[str]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False))
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
     def done_keys(self, required: dict[str, set[str]] | None = None) -> set[tuple[str, ...]]:
@@ -155,6 +180,8 @@ class ResultStore:
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
+        if self._seq == 0:  # created on the first write: readers leave no trace
+            self.fs.create_dir(self.root, recursive=True)
         self._seq += 1
         final = f"{self.root}/part-{self.run_id}-{self._seq:06d}.parquet"
         tmp = f"{self.root}/.tmp-{self.run_id}-{self._seq:06d}"

@@ -14,7 +14,8 @@ from mpq.components import Asset, AssetUnavailable
 from mpq.cache import EncodedCache
 from mpq.engine.plan import plan
 from mpq.engine.stages import Finalize
-from mpq.results import ResultStore, schema_for
+from mpq.lease import Lease
+from mpq.results import ResultStore, check_location, schema_for
 from mpq.spec import JobSpec
 
 ENGINES = ("ray", "serial")
@@ -66,7 +67,11 @@ def preflight(job: JobSpec) -> None:
     if missing:  # all of them at once, not one per attempt
         raise AssetUnavailable("\n".join(missing))
     for spec in job.tasks:
-        registry.get("task", spec.name)(job.task_options(spec)).preflight()
+        task = registry.get("task", spec.name)(job.task_options(spec))
+        task.preflight()
+        for dataset in job.datasets:
+            if spec in job.tasks_for(dataset):
+                task.check_dataset(dataset.name, registry.get("source", dataset.source_type)(job.source_options(dataset)))
     for codec in job.codecs:
         registry.get("codec", codec.name)(job.codec_options(codec)).preflight(job.settings(codec))
 
@@ -78,33 +83,37 @@ def run_job(
     limit: int | None = None,
     address: str | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> RunStats:
+    """``force`` takes over the output's lease from a run that is gone but refreshed it lately."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
+    check_location(output)
     preflight(job)
     store = ResultStore(output)
-    done = store.done_keys(required_metric_columns(job))
-    start = time.monotonic()
-    items, expected = plan(job, done, limit)
-    finalize = Finalize(job, schema_for(job), store.run_id)
-    cache = EncodedCache(output) if job.cache else None
-    if not items:
-        stream: Iterator[pa.Table] = iter(())
-    elif engine == "serial":
-        from mpq.engine.serial import run_serial
+    with Lease(output, store.run_id, force) as lease:  # one writer per output, from the plan to the last row
+        done = store.done_keys(required_metric_columns(job))
+        start = time.monotonic()
+        items, expected = plan(job, done, limit)
+        finalize = Finalize(job, schema_for(job), store.run_id)
+        cache = EncodedCache(output) if job.cache else None
+        if not items:
+            stream: Iterator[pa.Table] = iter(())
+        elif engine == "serial":
+            from mpq.engine.serial import run_serial
 
-        stream = run_serial(job, items, finalize, cache)
-    else:
-        from mpq.engine.ray import run_ray
+            stream = run_serial(job, items, finalize, cache)
+        else:
+            from mpq.engine.ray import run_ray
 
-        stream = run_ray(job, items, finalize, address, cache)
-    written, errors, first = _sink(stream, store, expected, progress, f"{job.name} ({engine})")
+            stream = run_ray(job, items, finalize, address, cache)
+        written, errors, first = _sink(stream, store, lease, expected, progress, f"{job.name} ({engine})")
     end = time.monotonic()
     return RunStats(output, len(items), len(done), expected, written, errors, end - start, (first or end) - start)
 
 
 def _sink(
-    stream: Iterator[pa.Table], store: ResultStore, expected: int, progress: bool, label: str
+    stream: Iterator[pa.Table], store: ResultStore, lease: Lease, expected: int, progress: bool, label: str
 ) -> tuple[int, int, float | None]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -119,6 +128,7 @@ def _sink(
     def flush():
         nonlocal pending, last
         if pending:
+            lease.check()
             store.write(pa.concat_tables(pending))
             pending, last = [], time.monotonic()
 

@@ -12,10 +12,15 @@ def read_results(output: str) -> pl.DataFrame:
     metric rewrites its rows); files written by runs with other columns are aligned."""
     from mpq.results import KEY, ResultStore
 
-    files = ResultStore(output).files()  # in the order they were written
+    store = ResultStore(output)
+    files = store.files()  # in the order they were written
     if not files:
         return pl.DataFrame()
-    df = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    frames = []
+    for path in files:  # through the store's filesystem: local, s3://, gs://
+        with store.fs.open_input_file(path) as f:
+            frames.append(pl.read_parquet(f))
+    df = pl.concat(frames, how="diagonal_relaxed")
     return df.unique(subset=list(KEY), keep="last", maintain_order=True)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from mpq import registry
-from mpq.results import BASELINE
+from mpq.results import BASELINE, ResultStore, check_location
 from mpq.summary import filled_numeric, finite_means, metric_columns, read_results, task_aggregates
 
 # Rate columns, per modality: bits per pixel (images), bits per sample (audio).
@@ -24,9 +24,10 @@ def load(results: str | Path | pl.DataFrame) -> pl.DataFrame:
     """Result rows from an output folder or URI (or a frame, returned as is)."""
     if isinstance(results, pl.DataFrame):
         df = results
-    elif "://" not in str(results) and not (Path(results) / "results").is_dir():
-        raise ValueError(f"no results folder at {results}/results: is {results} a job's output?")
     else:
+        check_location(str(results))  # one line for an unreachable endpoint, missing bucket, bad credentials
+        if not ResultStore(str(results)).exists():
+            raise ValueError(f"no results folder at {results}/results: is {results} a job's output?")
         df = read_results(str(results))
     if df.is_empty():
         where = "" if isinstance(results, pl.DataFrame) else f" under {results}/results"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from mpq.components import Options, Sample, Source
+from mpq.components import ClassTarget, Options, Sample, Source
 from mpq.media import audio_from_bytes, image_from_bytes
 from mpq.registry import register
 
@@ -62,3 +62,8 @@ class FolderSource(Source):
 
     def describe(self) -> str:
         return f"folder:{self.root.resolve()}"
+
+    def classes(self) -> list[ClassTarget] | None:
+        if self.modality != "image" or self.options.labels != "parent":
+            return None
+        return [ClassTarget(n) for n in sorted({(self.root / i).parent.name for i in self.ids()})]

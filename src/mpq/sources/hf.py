@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import model_validator
 
 # AssetUnavailable and offline_hint are also imported from here by components' loaders.
-from mpq.components import Asset, AssetUnavailable, Options, Sample, Source, offline_hint  # noqa: F401
+from mpq.components import Asset, AssetUnavailable, ClassTarget, Options, Sample, Source, offline_hint  # noqa: F401
 from mpq.media import (
     MediaError, audio_from_array, audio_from_bytes, image_from_array, image_from_bytes, label_map_from_bytes, to_rgb,
 )
@@ -106,7 +106,19 @@ class HFSource(Source):
             return None
         value = row[name]
         feature = ds.features[name]
-        return feature.int2str(value) if hasattr(feature, "int2str") else value
+        if hasattr(feature, "int2str"):  # a ClassLabel: the id travels with the name
+            return ClassTarget(feature.int2str(value), int(value))
+        return value
+
+    def classes(self) -> list[ClassTarget] | None:
+        name = self.options.label
+        if self.modality != "image" or not name:
+            return None
+        ds = self._split()
+        feature = ds.features.get(name)
+        if hasattr(feature, "names"):
+            return [ClassTarget(n, i) for i, n in enumerate(feature.names)]
+        return [ClassTarget(str(v)) for v in sorted(map(str, ds.unique(name)))]
 
     def describe(self) -> str:
         o = self.options

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from mpq.components import Options, Sample, Source
+from mpq.components import ClassTarget, Options, Sample, Source
 from mpq.media import RGBImage, image_from_array
 from mpq.registry import register
 
@@ -63,6 +63,9 @@ class EmbeddedSamples(Source):
         name, _, copy = sample_id.partition(COPY_SEP)
         img = photo(name)
         return Sample(sample_id, variant(img.pixels, int(copy or 0)), target=name, conversion=img.conversion)
+
+    def classes(self) -> list[ClassTarget] | None:
+        return [ClassTarget(n) for n in sorted(set(self.options.names or SKIMAGE_PHOTOS))]
 
     def describe(self) -> str:
         import skimage

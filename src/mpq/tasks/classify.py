@@ -1,7 +1,10 @@
 """Image classification with any ``AutoModelForImageClassification`` (hub id or local folder).
 
-Per sample: the label, the top-1 prediction and whether they match (by class name,
-case-insensitively, so datasets and models that index classes differently still agree).
+Per sample: the label, the top-1 prediction and whether they match: by class id where the
+dataset numbers its classes as the model does (the dataset's id names the same class in the
+model), else by class name, case-insensitively. Names must resolve to exactly one class of
+the model; ``check_dataset`` refuses, before any work, a dataset with a label that names no
+class or several (ImageNet's "crane" is 134 and 517).
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from typing import Any
 import pyarrow as pa
 from pydantic import field_validator
 
-from mpq.components import Options, Task
+from mpq.components import ClassTarget, Options, Task
 from mpq.registry import register
 from mpq.tasks.hub import BUILTIN_PREFIX, HubModel, known_builtin, load_processor_and_model, mpq_cache
 
 TINY_VIT = "builtin:tiny-vit"
+SAME_IDS = 0.9  # share of a numbered dataset's class names the model must give the same ids
 
 
 class ClassifyOptions(Options):
@@ -83,6 +87,66 @@ class Classify(Task):
         load_processor_and_model(self, AutoImageProcessor, AutoModelForImageClassification, model_id)
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
 
+    @staticmethod
+    def _ids_by_name(id2label: dict[int, str]) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i, name in sorted(id2label.items()):
+            out.setdefault(name.casefold(), []).append(i)
+        return out
+
+    @staticmethod
+    def resolve(target: Any, id2label: dict[int, str], by_name: dict[str, list[int]]) -> int:
+        """The model's class id for a target: its dataset id where the model gives that id the same
+        name, else the one class of that name, else (a numbered dataset that ``check_dataset`` found
+        to share the model's ids, under other spellings) its dataset id."""
+        name, index = str(target), getattr(target, "index", None)
+        if index is not None and id2label.get(index, "").casefold() == name.casefold():
+            return index
+        ids = by_name.get(name.casefold(), [])
+        if len(ids) == 1:
+            return ids[0]
+        if index is not None and index in id2label:
+            return index
+        raise ValueError(f"label {name!r} " + (f"names {len(ids)} classes of the model ({', '.join(map(str, ids))})" if ids else "is none of the model's classes"))
+
+    def class_of(self, target: Any, by_name: dict[str, list[int]]) -> int | None:
+        try:
+            return self.resolve(target, self.id2label, by_name)
+        except ValueError:
+            if self.pipeline_check:  # the tiny model's labels are not the dataset's: nothing is correct
+                return None
+            raise
+
+    def check_dataset(self, dataset: str, source) -> None:
+        classes = source.classes()
+        if not classes or self.options.model == TINY_VIT:  # a pipeline check scores nothing: any labels do
+            return
+        from transformers import AutoConfig
+
+        from mpq.tasks.hub import from_pretrained
+
+        model_id = tiny_vit() if self.options.model == TINY_VIT else self.options.model
+        kw = {"revision": self.options.revision} if self.options.revision else {}
+        id2label = {int(k): str(v) for k, v in from_pretrained(AutoConfig, model_id, **kw).id2label.items()}
+        # The dataset numbers its classes as the model does: as many, and nearly all named alike.
+        agree = sum(c.index is not None and id2label.get(c.index, "").casefold() == c.name.casefold() for c in classes)
+        if len(classes) == len(id2label) and agree >= SAME_IDS * len(classes):
+            return
+        by_name, problems = self._ids_by_name(id2label), []
+        for c in classes:
+            if id2label.get(c.index, "").casefold() == c.name.casefold():
+                continue  # scored by id
+            try:
+                self.resolve(ClassTarget(c.name), id2label, by_name)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise ValueError(
+                f"dataset {dataset!r}: {len(problems)} of its {len(classes)} labels cannot be scored by {self.options.model}: "
+                f"{'; '.join(problems[:3])}{more}"
+            )
+
     @classmethod
     def aggregate(cls, rows):
         correct = rows["correct"].drop_nulls()
@@ -95,10 +159,11 @@ class Classify(Task):
         pixel_values = inputs["pixel_values"].to(self.device, dtype=self.dtype)
         with torch.inference_mode():
             top1 = self.model(pixel_values=pixel_values).logits.argmax(-1).tolist()
-        rows = []
+        by_name, rows = self._ids_by_name(self.id2label), []
         for pred, target in zip(top1, targets):
-            name = self.id2label.get(pred, str(pred))
-            label = None if target is None else str(target)
-            correct = None if label is None else name.casefold() == label.casefold()
-            rows.append({"label": label, "prediction": name, "correct": correct, "score": None if correct is None else float(correct)})
+            correct = None if target is None else pred == self.class_of(target, by_name)
+            rows.append({
+                "label": None if target is None else str(target), "prediction": self.id2label.get(pred, str(pred)),
+                "correct": correct, "score": None if correct is None else float(correct),
+            })
         return rows
