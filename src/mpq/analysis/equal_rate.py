@@ -106,9 +106,10 @@ def equal_rate(
     carry their own targets, those are the targets.
 
     Columns: ``rate`` (the unit), ``target``, ``codec``, ``setting`` (the settings used:
-    the searched ones per sample where rows carry targets; their range if more than 3), ``achieved`` (mean rate), ``n`` (samples every codec at the target
-    coded), ``score`` with ``score_low``/``score_high``, ``best`` (the highest score at the
-    target), and against the best: ``difference`` (score − best's) with its interval,
+    the searched ones per sample where rows carry targets; their range if more than 3),
+    ``achieved`` (mean rate), ``n`` (samples every codec at the target coded), ``score``
+    with ``score_low``/``score_high``, ``best`` (the highest score at the target; of tied
+    codecs the first by name), and against the best: ``difference`` (score − best's) with its interval,
     ``test``, ``best_only``/``codec_only`` (McNemar's discordant counts: samples right
     under one of the two only), ``p``, ``p_holm``."""
     df = load(results)
