@@ -277,7 +277,7 @@ def test_bad_audio_files_become_error_rows_and_good_ones_get_rates_and_metrics(t
         assert str(errors[sample_id]).startswith("load: MediaError"), (sample_id, errors)
     ok = df.filter(pl.col("error").is_null() & (pl.col("codec") != "none"))
     assert ok.height == 4 * 2 and ok["psnr"].is_not_null().all()
-    assert (ok["bps"] - ok["bits"] / ok["num_samples"]).abs().max() < 1e-12
+    assert (ok["bps"] - ok["bits"] / (ok["num_samples"] * ok["channels"])).abs().max() < 1e-12
     assert (ok["kbps"] - ok["bits"] / ok["duration"] / 1000).abs().max() < 1e-12
     mp3 = ok.filter((pl.col("codec") == "mp3") & (pl.col("sample_id") == "speech.wav"))
     assert mp3["rate_note"][0] is not None and mp3["requested_kbps"][0] == 8

@@ -277,6 +277,18 @@ def media_to_record(media: np.ndarray | Audio) -> dict:
             "sample_rate": None, "conversion": None}
 
 
+def media_digest(media: np.ndarray | Audio) -> str:
+    """What the media holds, as a short hash: the encoded cache's key names the original, so an
+    entry made from other data under the same sample id is never served."""
+    import hashlib
+
+    rec = media_to_record(media)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{rec['kind']} {rec['dtype']} {rec['shape']} {rec['sample_rate']}".encode())
+    h.update(rec["data"])
+    return h.hexdigest()
+
+
 def media_from_record(rec: dict) -> np.ndarray | Audio:
     kind, dtype = rec.get("kind"), np.dtype(rec["dtype"])
     if kind not in ("image", "audio") or dtype.hasobject:

@@ -21,6 +21,7 @@ from mpq.cache import EncodedCache
 from mpq.codecs.target import Target, knob
 from mpq.codecs.target import search as target_search
 from mpq.components import Coded, Source
+from mpq.media import media_digest
 from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
 from mpq.spec import JobSpec
 from mpq.tasks.hub import torch_dtype
@@ -118,13 +119,17 @@ class Encode(_JobStage):
     def __init__(self, job: JobSpec, cache: EncodedCache | None = None):
         super().__init__(job)
         self.cache = cache
+        self.digest: tuple[Any, str] = (None, "")
 
     def roundtrip(self, row: Row) -> Coded:
         codec = self.codecs[row["codec"]]
         if self.cache is None:
             return codec.roundtrip(row["original"], row["setting"])
+        if self.digest[0] is not row["original"]:  # once per sample: its rows share the original (held, so `is` is safe)
+            self.digest = (row["original"], media_digest(row["original"]))
         path = self.cache.path(
-            row["dataset"], row["sample_id"], row["codec"], row["setting"], codec.version(), codec.options.model_dump(mode="json")
+            row["dataset"], row["sample_id"], row["codec"], row["setting"], codec.version(), codec.options.model_dump(mode="json"),
+            self.digest[1],
         )
         coded = self.cache.get(path)
         if coded is None:
