@@ -228,3 +228,19 @@ def test_an_entry_of_another_original_is_a_miss(tmp_path):
     shutil.rmtree(out / "results")
     from_b = run(tmp_path / "b", out)
     assert from_b == run(tmp_path / "b", tmp_path / "fresh")
+
+
+def test_rows_written_by_an_mpq_with_wrong_definitions_are_redone(tmp_path):
+    """mpq 0.1.0 wrote `bps` per time step, shifted ADE20k labels and rounded DAC over both
+    channels: its rows are not done, and a re-run supersedes them."""
+    out = tmp_path / "out"
+    run_job(music_job(), str(out), engine="serial", progress=False)
+    files = list((out / "results").glob("*.parquet"))
+    old = pl.read_parquet(files[0]).with_columns(pl.lit("0.1.0").alias("mpq_version"), (pl.col("bps") * 2).alias("bps"))
+    for f in files:
+        f.unlink()
+    old.write_parquet(out / "results" / "part-0-000001.parquet")
+    again = run_job(music_job(), str(out), engine="serial", progress=False)
+    assert again.written == 6 and again.already_done == 0
+    df = read_results(str(out))
+    assert df.height == 6 and (df["mpq_version"] != "0.1.0").all()
