@@ -25,8 +25,11 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="at most this many samples per dataset")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show Ray's and the models' own output (by default it stays in Ray's log folder)")] = False,
 ) -> None:
     """Run a job; a second run on the same output resumes, skipping rows already written."""
+    if verbose:
+        os.environ["MPQ_VERBOSE"] = "1"  # read by the Ray engine
     from mpq.components import AssetUnavailable
     from mpq.spec import JobSpecError, load_job
 

@@ -93,7 +93,7 @@ def run_job(
     elif engine == "serial":
         from mpq.engine.serial import run_serial
 
-        stream = run_serial(job, items, finalize, cache)
+        stream = run_serial(job, items, finalize, cache, output)
     else:
         from mpq.engine.ray import run_ray
 

@@ -14,9 +14,15 @@ sink as they stream out; the dataset is never materialised.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import pickle
+import re
+import sys
+import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -27,10 +33,15 @@ import pyarrow as pa
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 from mpq.cache import EncodedCache
+from mpq.engine.plan import WORKER_DIED, error_rows
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.spec import JobSpec
 
 COLUMN = "row"
+# Ray Data retries work whose worker died forever by default, so a sample that kills its
+# worker (out of memory, a crash in native code) would hang the job: it is tried 1 + RETRIES
+# times (a lost node costs its tasks one try), then becomes error rows.
+RETRIES = 2
 
 
 def _pack(rows: list[dict[str, Any]]) -> pa.Table:
@@ -119,6 +130,11 @@ def _available(resource: str) -> bool:
     return most.get(resource, 0) > 0
 
 
+def verbose() -> bool:
+    """`mpq-ray run --verbose`: Ray's and the models' own output reaches the terminal too."""
+    return os.environ.get("MPQ_VERBOSE", "") not in ("", "0")
+
+
 def init_ray(address: str | None = None) -> None:
     import ray
 
@@ -127,10 +143,47 @@ def init_ray(address: str | None = None) -> None:
     ray.init(
         address=address or os.environ.get("RAY_ADDRESS"),
         logging_level="ERROR",
-        log_to_driver=True,
+        # Workers' output (models' download and conversion bars...) stays in their log files
+        # in Ray's log folder; mpq reports what went wrong with a sample in its row.
+        log_to_driver=verbose(),
         include_dashboard=None,
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
     )
+
+
+# A line of Ray's C++ log ("[2026-01-01 12:00:00,000 E 123 123] core_worker.cc:2465: ...").
+_NATIVE_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] \S+:\d+: ")
+
+
+@contextlib.contextmanager
+def _without_native_log_lines() -> Iterator[None]:
+    """Ray's core worker in this process writes its errors both to its log file in Ray's
+    log folder (python-core-driver-*.log) and to file descriptor 2, where Python's own
+    stderr goes too: route descriptor 2 through a pipe that drops those lines."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def forward():
+        with os.fdopen(read, "rb") as lines, os.fdopen(os.dup(terminal), "wb", buffering=0) as out:
+            for line in lines:
+                if not _NATIVE_LOG_LINE.match(line):
+                    out.write(line)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # closes the pipe's last write end: the thread reads to the end
+        os.close(terminal)
+        thread.join(timeout=5)
 
 
 def run_ray(
@@ -144,6 +197,12 @@ def run_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # mpq shows its own
     ctx.print_on_execution_start = False
+    ctx.max_errored_blocks = -1  # a sample that kills its worker RETRIES + 1 times is dropped, then written as error rows
+    if not verbose():  # Ray Data's notes go to its log file (ray-data.log) only
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"ray\.data\.")  # e.g. fewer samples than actors
     cluster = ray.cluster_resources()
     has_gpu = _available("GPU")
     groups = _groups(job, has_gpu)
@@ -154,6 +213,7 @@ def run_ray(
     ds = ds.map_batches(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,
+        max_retries=RETRIES,
     )
     for i, group in enumerate(groups):
         # Does it share its resource? GPU pools with each other; CPU actors next to GPUs with coding.
@@ -163,6 +223,15 @@ def run_ray(
             # On CPUs a call takes whatever block arrives (one sample's rows); GPUs get full batches.
             batch_size=group.batch_size if group.gpus else None, batch_format="pyarrow",
             compute=_pool(group, cluster, shared), num_cpus=group.cpus, num_gpus=group.gpus,
+            max_restarts=-1, max_task_retries=RETRIES,  # a dead actor is replaced; its batch is retried RETRIES times
         )
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-        yield batch
+    seen: set[tuple[str, str]] = set()
+    with _without_native_log_lines():
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            seen.update(zip(batch.column("dataset").to_pylist(), batch.column("sample_id").to_pylist()))
+            yield batch
+    # Ray Data dropped the blocks whose work failed RETRIES + 1 times: their samples' rows.
+    error = f"{WORKER_DIED}the worker died {RETRIES + 1} times while working on this sample (out of memory, or a crash in native code); Ray's log folder has the details"
+    for item in items:
+        if (item["dataset"], item["sample_id"]) not in seen:
+            yield finalize(error_rows(item, error))
