@@ -97,7 +97,7 @@ def run_job(
     else:
         from mpq.engine.ray import run_ray
 
-        stream = run_ray(job, items, finalize, address, cache)
+        stream = run_ray(job, items, finalize, address, cache, output)
     written, errors, first = _sink(stream, store, expected, progress, f"{job.name} ({engine})")
     end = time.monotonic()
     return RunStats(output, len(items), len(done), expected, written, errors, end - start, (first or end) - start)

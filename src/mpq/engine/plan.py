@@ -41,14 +41,3 @@ def plan(job: JobSpec, done: set[tuple[str, ...]], limit: int | None = None) -> 
         per_dataset.append(items)
     turns = itertools.chain.from_iterable(itertools.zip_longest(*per_dataset))
     return [item for item in turns if item is not None], rows
-
-
-WORKER_DIED = "worker died: "  # the error of rows whose sample killed the process working on it
-
-
-def error_rows(item: dict[str, Any], error: str) -> list[dict[str, Any]]:
-    """Working rows for every unit of a plan item, each with ``error`` and nothing else done."""
-    return [
-        {"dataset": item["dataset"], "sample_id": item["sample_id"], "codec": codec, "setting": setting, "tasks": tasks, "error": error}
-        for codec, setting, tasks in item["units"]
-    ]

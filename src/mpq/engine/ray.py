@@ -33,15 +33,15 @@ import pyarrow as pa
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 from mpq.cache import EncodedCache
-from mpq.engine.plan import WORKER_DIED, error_rows
+from mpq.engine.inflight import InFlight
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.spec import JobSpec
 
 COLUMN = "row"
-# Ray Data retries work whose worker died forever by default, so a sample that kills its
-# worker (out of memory, a crash in native code) would hang the job: it is tried 1 + RETRIES
-# times (a lost node costs its tasks one try), then becomes error rows.
-RETRIES = 2
+# Ray retries the work of a dead worker without end; mpq's own note of each try bounds it
+# (inflight.py): a sample's work in a stage is started at most this many times (a lost node
+# costs the samples in flight on it one try), then its rows become `worker died` errors.
+TRIES = 3
 
 
 def _pack(rows: list[dict[str, Any]]) -> pa.Table:
@@ -52,25 +52,29 @@ def _unpack(batch: pa.Table) -> list[dict[str, Any]]:
     return [pickle.loads(b) for b in batch.column(COLUMN).to_pylist()]
 
 
-def _run(batch: pa.Table, stages: list, finalize: Finalize | None) -> pa.Table:
+def _run(batch: pa.Table, stages: list, finalize: Finalize | None, in_flight: InFlight | None = None) -> pa.Table:
+    def work(rows):
+        for stage in stages:
+            rows = stage(rows)
+        return rows
+
     rows = _unpack(batch)
-    for stage in stages:
-        rows = stage(rows)
+    rows = in_flight.run(rows, work) if in_flight else work(rows)
     return _pack(rows) if finalize is None else finalize(rows)
 
 
 class _Actor:
     """Stage objects built once per actor (model loading happens here), run in order."""
 
-    def __init__(self, specs: list[tuple], finalize: Finalize | None, threads: int):
+    def __init__(self, specs: list[tuple], finalize: Finalize | None, threads: int, in_flight: InFlight | None = None):
         import torch
 
         torch.set_num_threads(threads)
         self.stages = [cls(*args) for cls, args in specs]
-        self.finalize = finalize
+        self.finalize, self.in_flight = finalize, in_flight
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _run(batch, self.stages, self.finalize)
+        return _run(batch, self.stages, self.finalize, self.in_flight)
 
 
 @dataclass
@@ -188,7 +192,7 @@ def _without_native_log_lines() -> Iterator[None]:
 
 def run_ray(
     job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, address: str | None = None,
-    cache: EncodedCache | None = None,
+    cache: EncodedCache | None = None, output: str | None = None,
 ) -> Iterator[pa.Table]:
     import ray
     import ray.data
@@ -197,7 +201,6 @@ def run_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # mpq shows its own
     ctx.print_on_execution_start = False
-    ctx.max_errored_blocks = -1  # a sample that kills its worker RETRIES + 1 times is dropped, then written as error rows
     if not verbose():  # Ray Data's notes go to its log file (ray-data.log) only
         for handler in logging.getLogger("ray.data").handlers:
             if isinstance(handler, logging.StreamHandler):
@@ -208,30 +211,24 @@ def run_ray(
     groups = _groups(job, has_gpu)
     codec_resources = {k: v for k, v in job.resources.codec_resources.items() if _available(k)} or None
 
+    def in_flight(stage: int) -> InFlight | None:
+        return InFlight(output, TRIES, stage) if output is not None else None
+
     # One block, and one coding task, per sample.
     ds = ray.data.from_items([{COLUMN: pickle.dumps(i, protocol=5)} for i in items], override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
-        _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize},
+        _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize, "in_flight": in_flight(0)},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,
-        max_retries=RETRIES,
     )
     for i, group in enumerate(groups):
         # Does it share its resource? GPU pools with each other; CPU actors next to GPUs with coding.
         shared = any(bool(g.gpus) == bool(group.gpus) for g in groups if g is not group) or (has_gpu and not group.gpus)
+        last = i == len(groups) - 1
         ds = ds.map_batches(
-            _Actor, fn_constructor_args=(group.specs, finalize if i == len(groups) - 1 else None, max(1, int(group.cpus))),
+            _Actor, fn_constructor_args=(group.specs, finalize if last else None, max(1, int(group.cpus)), in_flight(i + 1)),
             # On CPUs a call takes whatever block arrives (one sample's rows); GPUs get full batches.
             batch_size=group.batch_size if group.gpus else None, batch_format="pyarrow",
             compute=_pool(group, cluster, shared), num_cpus=group.cpus, num_gpus=group.gpus,
-            max_restarts=-1, max_task_retries=RETRIES,  # a dead actor is replaced; its batch is retried RETRIES times
         )
-    seen: set[tuple[str, str]] = set()
     with _without_native_log_lines():
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-            seen.update(zip(batch.column("dataset").to_pylist(), batch.column("sample_id").to_pylist()))
-            yield batch
-    # Ray Data dropped the blocks whose work failed RETRIES + 1 times: their samples' rows.
-    error = f"{WORKER_DIED}the worker died {RETRIES + 1} times while working on this sample (out of memory, or a crash in native code); Ray's log folder has the details"
-    for item in items:
-        if (item["dataset"], item["sample_id"]) not in seen:
-            yield finalize(error_rows(item, error))
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
