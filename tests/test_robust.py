@@ -173,3 +173,34 @@ def test_ray_sample_that_kills_its_worker_costs_its_rows_and_the_job_completes(p
     assert res.returncode == 0, res.stderr[-3000:]
     assert "9 rows written (3 with errors)" in res.stdout
     assert_poison_costs_its_rows_only(out)
+
+
+# --- bounded memory per sample --------------------------------------------------------------
+
+
+def test_inputs_over_the_jobs_size_limits_become_error_rows_before_any_work(tmp_path):
+    from PIL import Image
+
+    from conftest import photo
+    from mpq.runner import run_job
+    from mpq.spec import parse_job
+    from mpq.summary import read_results
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(photo(16, 16)).save(folder / "small.png")  # 256 pixels
+    Image.fromarray(photo(20, 16)).save(folder / "large.png")  # 320 pixels
+    job = parse_job({
+        "name": "limits", "max_pixels": 300,
+        "datasets": [{"name": "imgs", "source": {"folder": str(folder)}}],
+        "codecs": [{"name": "jpeg", "settings": [50]}], "metrics": ["psnr"],
+    })
+    run_job(job, str(tmp_path / "out"), engine="serial", progress=False)
+    rows = {(r["sample_id"], r["codec"]): r for r in read_results(str(tmp_path / "out")).iter_rows(named=True)}
+    assert len(rows) == 4
+    for codec in ("none", "jpeg"):
+        assert rows[("small.png", codec)]["error"] is None
+        assert rows[("large.png", codec)]["error"] == "load: too large: 16×20 = 320 pixels, over the job's max_pixels (300)"
+        assert rows[("large.png", codec)]["bits"] is None and rows[("large.png", codec)]["height"] == 20
+    assert rows[("small.png", "jpeg")]["psnr"] is not None
+    assert parse_job({**job.model_dump(exclude_none=True), "max_pixels": None}).max_pixels is None  # no limit

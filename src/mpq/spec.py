@@ -105,6 +105,11 @@ class JobSpec(_Strict):
     metrics: list[MetricSpec] = []
     resources: Resources = Resources()
     cache: bool = True  # keep codec outputs under OUTPUT/cache, so that no sample is encoded twice
+    # Larger inputs become error rows before any work on them. A sample costs about 140 bytes
+    # per pixel under Ray, 215 serially (baseline + 2 settings, classifier, PSNR and LPIPS; more
+    # settings, more): 40 megapixels is ~9 GB, and two at once fit a 24 GB machine.
+    max_pixels: int | None = Field(default=40_000_000, gt=0)
+    max_seconds: float | None = Field(default=900, gt=0)  # audio; the longest MUSDB track is ~10 min
 
     @field_validator("metrics", mode="before")
     @classmethod
