@@ -42,6 +42,11 @@ def run_cli(*args, env_extra: dict):
     return subprocess.run([sys.executable, "-m", "mpq.cli", "run", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
+def unboxed(stderr: str) -> str:
+    """The end of a failed run's stderr without the frames of rich's traceback boxes."""
+    return "\n".join(line for line in stderr.splitlines() if "│" not in line)[-3000:]
+
+
 QUIET_JOB = {
     "name": "quiet",
     "datasets": [{"name": "skimage", "source": {"samples": "skimage"}}],
@@ -61,10 +66,10 @@ def test_ray_run_is_quiet_by_default_and_verbose_shows_rays_output(tmp_path):
     common = [str(job), "--limit", "1", "--no-progress"]
     # Each run writes the tiny model afresh (its own cache), as a first run on a machine does.
     loud = run_cli(*common, "--output", str(tmp_path / "a"), "--verbose", env_extra={"MPQ_CACHE": str(tmp_path / "c1")})
-    assert loud.returncode == 0, loud.stderr[-3000:]
+    assert loud.returncode == 0, unboxed(loud.stderr)
     assert "core_worker.cc" in loud.stderr and "Writing model shards" in loud.stderr
     quiet = run_cli(*common, "--output", str(tmp_path / "b"), env_extra={"MPQ_CACHE": str(tmp_path / "c2")})
-    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert quiet.returncode == 0, unboxed(quiet.stderr)
     assert quiet.stderr == "", quiet.stderr[-3000:]
     assert "2 rows written (0 with errors)" in quiet.stdout and "summary" in quiet.stdout
 

@@ -10,6 +10,7 @@ rows become error rows ``worker died: ...``, which count as done, and the job go
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,12 @@ class InFlight:
     tries: int  # how many times a sample's work is started before its rows become errors
     stage: int = 0  # which stage group (Ray: one per actor pool), so that each counts its own tries
 
+    @functools.cached_property
+    def _fs(self) -> tuple[pafs.FileSystem, str]:
+        return filesystem(self.output)
+
     def _path(self, key: str) -> tuple[pafs.FileSystem, str]:
-        fs, root = filesystem(self.output)
+        fs, root = self._fs
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return fs, f"{root.rstrip('/')}/in-flight/{self.stage}-{digest}"
 

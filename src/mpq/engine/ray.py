@@ -173,8 +173,10 @@ def _without_native_log_lines() -> Iterator[None]:
     os.dup2(write, 2)
     os.close(write)
 
+    out_fd = os.dup(terminal)  # the thread's own, so that closing `terminal` cannot race it
+
     def forward():
-        with os.fdopen(read, "rb") as lines, os.fdopen(os.dup(terminal), "wb", buffering=0) as out:
+        with os.fdopen(read, "rb") as lines, os.fdopen(out_fd, "wb", buffering=0) as out:
             for line in lines:
                 if not _NATIVE_LOG_LINE.match(line):
                     out.write(line)
