@@ -90,6 +90,7 @@ def test_submit_to_a_default_head_with_token_auth_finds_the_token(token_head, ti
               "--follow", env=token_head.env)
     assert res.returncode == 0 and "job SUCCEEDED" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
     assert "2 rows written (0 with errors)" in res.stdout
+    assert "INFO" not in res.stderr, res.stderr  # Ray's notes on the upload and the log stream
     job_id = next(line.split()[1] for line in res.stdout.splitlines() if line.startswith("submitted "))
     env = {**token_head.env, "RAY_ADDRESS": token_head.dashboard}
     stop = mpq("stop", job_id, env=env)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shlex
@@ -91,6 +92,7 @@ def client(address: str | None):
     """A Jobs API client; ``address`` defaults to RAY_ADDRESS, as for ``ray job``."""
     from ray.job_submission import JobSubmissionClient
 
+    logging.getLogger("ray").setLevel(logging.WARNING)  # not its notes on each upload and websocket
     return JobSubmissionClient(address, headers=_token_headers())
 
 
