@@ -92,7 +92,9 @@ def client(address: str | None):
     """A Jobs API client; ``address`` defaults to RAY_ADDRESS, as for ``ray job``."""
     from ray.job_submission import JobSubmissionClient
 
-    logging.getLogger("ray").setLevel(logging.WARNING)  # not its notes on each upload and websocket
+    # Not Ray's notes on each upload and log stream (these loggers set their own level).
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return JobSubmissionClient(address, headers=_token_headers())
 
 
