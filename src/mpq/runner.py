@@ -102,11 +102,11 @@ def run_job(
         elif engine == "serial":
             from mpq.engine.serial import run_serial
 
-            stream = run_serial(job, items, finalize, cache)
+            stream = run_serial(job, items, finalize, cache, output)
         else:
             from mpq.engine.ray import run_ray
 
-            stream = run_ray(job, items, finalize, address, cache)
+            stream = run_ray(job, items, finalize, address, cache, output)
         written, errors, first = _sink(stream, store, lease, expected, progress, f"{job.name} ({engine})")
     end = time.monotonic()
     return RunStats(output, len(items), len(done), expected, written, errors, end - start, (first or end) - start)
