@@ -148,7 +148,12 @@ def default_device() -> str:
 
 
 class Predict:
-    """One task's model, loaded once per actor, run in batches on the decoded media."""
+    """One task's model, loaded once per actor, run in batches on the decoded media.
+
+    Every row's output is also scored against the model's own output on its sample's
+    uncompressed input (``agreement``): the baseline row's output when it is among the
+    rows, else the model is run on the original once per sample (a resumed job whose
+    baseline rows are already written)."""
 
     def __init__(self, job: JobSpec, task_id: str, device: str | None = None):
         spec = next(t for t in job.tasks if t.task_id == task_id)
@@ -156,27 +161,42 @@ class Predict:
         self.task = registry.get("task", spec.name)(job.task_options(spec), device or default_device(), job.resources.precision)
         self.task.load()
 
-    def predict(self, todo: list[Row]) -> list[dict[str, Any]]:
+    def predict(self, todo: list[Row], media: str = "decoded") -> list[dict[str, Any]]:
         try:
-            return self.task.predict([r["decoded"] for r in todo], [r["target"] for r in todo])
+            return self.task.predict([r[media] for r in todo], [r["target"] for r in todo])
         except Exception:
             # One bad sample must not fail the batch: retry one by one to find it.
             preds = []
             for r in todo:
                 try:
-                    preds.append(self.task.predict([r["decoded"]], [r["target"]])[0])
+                    preds.append(self.task.predict([r[media]], [r["target"]])[0])
                 except Exception as exc:
                     preds.append({"error": f"task: {_error(exc)}"})
             return preds
+
+    def batched(self, todo: list[Row], media: str = "decoded") -> list[dict[str, Any]]:
+        return [p for i in range(0, len(todo), self.batch_size) for p in self.predict(todo[i : i + self.batch_size], media)]
+
+    def references(self, todo: list[Row], preds: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+        """Per sample, the model's output on the uncompressed input."""
+        refs = {(r["dataset"], r["sample_id"]): p for r, p in zip(todo, preds) if r["codec"] == BASELINE}
+        missing = list({(r["dataset"], r["sample_id"]): r for r in todo if (r["dataset"], r["sample_id"]) not in refs}.items())
+        for (key, _), pred in zip(missing, self.batched([r for _, r in missing], "original")):
+            refs[key] = pred
+        return refs
 
     def __call__(self, rows: list[Row]) -> list[Row]:
         todo = [r for r in rows if r["error"] is None and self.task_id in r["tasks"]]
         for row in rows:
             row.setdefault("results", {})
-        preds = [p for i in range(0, len(todo), self.batch_size) for p in self.predict(todo[i : i + self.batch_size])]
+        preds = self.batched(todo)
+        refs = self.references(todo, preds)
         info = {"model": self.task.model_id, "model_revision": self.task.model_revision}
         for row, pred in zip(todo, preds):
-            row["results"][self.task_id] = {**info, **pred}
+            ref = refs[(row["dataset"], row["sample_id"])]
+            agreement = None if "error" in pred or "error" in ref else self.task.agreement(pred, ref)
+            public = {k: v for k, v in pred.items() if not k.startswith("_")}
+            row["results"][self.task_id] = {**info, **public, "agreement": agreement}
             if self.task.pipeline_check:
                 row.setdefault("checks", []).append(self.task.pipeline_check)
         return rows

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from mpq.components import Asset, AssetUnavailable, Options, Task, offline, offline_hint
+from mpq.components import Asset, AssetUnavailable, Options, Task, mean_agreement, offline, offline_hint
 from mpq.media import Audio, fit_length, resample, with_channels
 from mpq.registry import register
 from mpq.sources.audio_samples import STEMS
@@ -238,7 +238,17 @@ class Separate(Task):
                 medians[s], means[s] = float(col.median()), float(col.mean())
         out = {"sdr_median": float(np.mean(list(medians.values()))) if medians else None,
                "sdr_mean": float(np.mean(list(means.values()))) if means else None}
-        return out | {f"sdr_{s}": medians.get(s) for s in STEMS}
+        return out | {f"sdr_{s}": medians.get(s) for s in STEMS} | mean_agreement(rows)
+
+    def agreement(self, output, reference):
+        """SDR of this separation against the separation of the uncompressed input: the mean
+        over sources of the per-source median over 1 s windows, at the model's rate."""
+        names = [s for s in STEMS if s in reference["_stems"]]
+        n = reference["_stems"][names[0]].shape[0]
+        refs = np.stack([reference["_stems"][s] for s in names])
+        ests = np.stack([fit_length(output["_stems"][s], n) for s in names])
+        sdr = [v for v in median_sdr(refs, ests, self.model.samplerate) if v is not None and math.isfinite(v)]
+        return float(np.mean(sdr)) if sdr else None
 
     def separate(self, mix: Audio) -> dict[str, np.ndarray]:
         """Estimates per source at the model's rate: (n, model channels) float32."""
@@ -261,7 +271,7 @@ class Separate(Task):
         rows = []
         for mix, stems in zip(media, targets):
             est = self.separate(mix)
-            row: dict[str, Any] = {"label": None, "prediction": None, "correct": None, "score": None}
+            row: dict[str, Any] = {"label": None, "prediction": None, "correct": None, "score": None, "_stems": est}
             if stems:
                 names = [s for s in STEMS if s in stems and s in est]
                 rate = stems[names[0]].sample_rate
