@@ -42,9 +42,9 @@ def test_smoke_job_end_to_end_and_second_run_adds_nothing(tmp_path):
     first = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
     assert first.returncode == 0, first.stderr
     df = read_results(str(out))
-    # images: 8 samples × (baseline + 5 settings); audio: (2 speech + 1 music) × (baseline + 3 settings)
-    assert df.height == 8 * 6 + 3 * 4 and df.filter(pl.col("error").is_not_null()).height == 0
-    assert "summary" in first.stdout and "accuracy" in first.stdout
+    # images: 22 photos × (baseline + 9 settings); audio: (4 speech + 1 music) × (baseline + 5 settings)
+    assert df.height == 22 * 10 + 5 * 6 and df.filter(pl.col("error").is_not_null()).height == 0
+    assert "summary" in first.stdout and "agreement" in first.stdout
     second = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
     assert second.returncode == 0 and "0 rows written" in second.stdout
-    assert read_results(str(out)).height == 60
+    assert read_results(str(out)).height == 250
