@@ -150,7 +150,7 @@ def default_device() -> str:
 class Predict:
     """One task's model, loaded once per actor, run in batches on the decoded media.
 
-    Every row's output is also scored against the model's own output on its sample's
+    Every coded row's output is also scored against the model's own output on its sample's
     uncompressed input (``agreement``): the baseline row's output when it is among the
     rows, else the model is run on the original once per sample (a resumed job whose
     baseline rows are already written)."""
@@ -194,7 +194,8 @@ class Predict:
         info = {"model": self.task.model_id, "model_revision": self.task.model_revision}
         for row, pred in zip(todo, preds):
             ref = refs[(row["dataset"], row["sample_id"])]
-            agreement = None if "error" in pred or "error" in ref else self.task.agreement(pred, ref)
+            scored = row["codec"] != BASELINE and "error" not in pred and "error" not in ref  # the baseline is the reference
+            agreement = self.task.agreement(pred, ref) if scored else None
             public = {k: v for k, v in pred.items() if not k.startswith("_")}
             row["results"][self.task_id] = {**info, **public, "agreement": agreement}
             if self.task.pipeline_check:
