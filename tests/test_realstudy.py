@@ -181,3 +181,26 @@ def test_cdpam_embeds_a_shared_reference_once_with_the_same_values():
     alone = [metric.compute([Audio(x.copy(), 22050)], [t])[0] for t in tests]
     assert [r["cdpam"] for r in together] == pytest.approx([r["cdpam"] for r in alone], rel=1e-6)
     assert together[0]["cdpam"] < together[1]["cdpam"]
+
+
+def test_agreement_of_each_task_by_hand():
+    from mpq.tasks.asr import ASR, ASROptions
+    from mpq.tasks.segment import Segment
+    from mpq.tasks.separate import Separate
+
+    asr = ASR(ASROptions(model="builtin:whisper-tiny.en"))  # agreement needs no model
+    assert asr.agreement({"prediction": "The merch canoe slid."}, {"prediction": "The birch canoe slid."}) == 0.75
+    assert asr.agreement({"prediction": "anything"}, {"prediction": ""}) is None
+
+    seg = Segment.__new__(Segment)
+    seg.num_classes = 3
+    ref = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    out = np.array([[0, 0, 0, 1], [0, 0, 2, 1]])
+    # class 0: 4 / 5, class 1: 2 / 4, class 2: 0 / 1 → mean 0.6
+    assert seg.agreement({"_pred": out}, {"_pred": ref}) == pytest.approx((4 / 5 + 2 / 4 + 0) / 3)
+
+    sep = Separate.__new__(Separate)
+    x = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
+    # half the amplitude: noise energy = signal energy / 4 → 6.02 dB
+    assert sep.agreement({"_stems": {"drums": 0.5 * x}}, {"_stems": {"drums": x}}) == pytest.approx(10 * np.log10(4))
+    assert sep.agreement({"_stems": {"drums": x[:90]}}, {"_stems": {"drums": x}}) > 10  # shorter: zero-padded
