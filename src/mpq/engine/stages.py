@@ -179,10 +179,10 @@ class Predict:
 
     def references(self, todo: list[Row], preds: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
         """Per sample, the model's output on the uncompressed input."""
-        refs = {(r["dataset"], r["sample_id"]): p for r, p in zip(todo, preds) if r["codec"] == BASELINE}
-        missing = list({(r["dataset"], r["sample_id"]): r for r in todo if (r["dataset"], r["sample_id"]) not in refs}.items())
-        for (key, _), pred in zip(missing, self.batched([r for _, r in missing], "original")):
-            refs[key] = pred
+        key = lambda r: (r["dataset"], r["sample_id"])  # noqa: E731
+        refs = {key(r): p for r, p in zip(todo, preds) if r["codec"] == BASELINE}
+        missing = {key(r): r for r in todo if key(r) not in refs}  # one row per sample
+        refs.update(zip(missing, self.batched(list(missing.values()), "original")))
         return refs
 
     def __call__(self, rows: list[Row]) -> list[Row]:
@@ -194,10 +194,13 @@ class Predict:
         info = {"model": self.task.model_id, "model_revision": self.task.model_revision}
         for row, pred in zip(todo, preds):
             ref = refs[(row["dataset"], row["sample_id"])]
-            scored = row["codec"] != BASELINE and "error" not in pred and "error" not in ref  # the baseline is the reference
-            agreement = self.task.agreement(pred, ref) if scored else None
             public = {k: v for k, v in pred.items() if not k.startswith("_")}
-            row["results"][self.task_id] = {**info, **public, "agreement": agreement}
+            if row["codec"] != BASELINE and "error" not in pred and "error" not in ref:  # the baseline is the reference
+                try:
+                    public["agreement"] = self.task.agreement(pred, ref)
+                except Exception as exc:
+                    public["error"] = f"task agreement: {_error(exc)}"
+            row["results"][self.task_id] = {**info, **public}
             if self.task.pipeline_check:
                 row.setdefault("checks", []).append(self.task.pipeline_check)
         return rows
