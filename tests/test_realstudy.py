@@ -119,11 +119,11 @@ def smoke(tmp_path_factory):
 
 
 def conditions(df: pl.DataFrame, dataset: str) -> pl.DataFrame:
+    """Per codec setting (baseline included): the task's aggregate and the mean metric."""
     rows = df.filter((pl.col("dataset") == dataset) & pl.col("error").is_null())
-    agg = task_aggregates(rows, ["codec", "setting"])
-    means = rows.group_by("codec", "setting").agg(pl.col("lpips").mean(), pl.col("cdpam").mean()) if dataset != "photos" else \
-        rows.group_by("codec", "setting").agg(pl.col("lpips").mean())
-    return agg.join(means, on=["codec", "setting"])
+    metric = "lpips" if dataset == "photos" else "cdpam"
+    means = rows.group_by("codec", "setting").agg(pl.col(metric).mean())
+    return task_aggregates(rows, ["codec", "setting"]).join(means, on=["codec", "setting"])
 
 
 @pytest.mark.slow
@@ -144,10 +144,14 @@ def test_smoke_classifier_agrees_less_at_harsh_jpeg(smoke):
 
 @pytest.mark.slow
 def test_smoke_lpips_falls_as_jpeg_quality_rises_on_every_photo(smoke):
+    """From q10 up LPIPS falls at every step on every photo, and q5 is worse than q20. Not
+    always from q5 to q10: on scikit-image's `cell` (a flat, low-contrast micrograph)
+    LPIPS measured 0.566 at q5 and 0.601 at q10 (q20 0.352, q50 0.076, q90 0.005)."""
     jpeg = smoke.filter((pl.col("codec") == "jpeg")).with_columns(pl.col("setting").cast(int).alias("q")).sort("q")
     for photo, rows in jpeg.group_by("sample_id"):
-        lpips = rows["lpips"].to_list()
-        assert all(a > b for a, b in zip(lpips, lpips[1:])), (photo, lpips)
+        lpips = dict(zip(rows["q"], rows["lpips"]))
+        mild = [lpips[q] for q in (10, 20, 50, 90)]
+        assert all(a > b for a, b in zip(mild, mild[1:])) and lpips[5] > lpips[20], (photo, lpips)
 
 
 @pytest.mark.slow
@@ -164,7 +168,7 @@ def test_smoke_recogniser_reads_clean_speech_and_less_at_opus_6(smoke):
 
 @pytest.mark.slow
 def test_smoke_lpips_and_agreement_correlate_negatively_across_conditions(smoke):
-    agg = conditions(smoke, "photos")
+    agg = conditions(smoke, "photos").filter(pl.col("codec") != BASELINE)
     rho = stats.spearmanr(agg["lpips"], agg["agreement"]).statistic
     assert rho < -0.5, rho
 
