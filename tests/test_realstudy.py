@@ -208,3 +208,12 @@ def test_agreement_of_each_task_by_hand():
     # half the amplitude: noise energy = signal energy / 4 → 6.02 dB
     assert sep.agreement({"_stems": {"drums": 0.5 * x}}, {"_stems": {"drums": x}}) == pytest.approx(10 * np.log10(4))
     assert sep.agreement({"_stems": {"drums": x[:90]}}, {"_stems": {"drums": x}}) > 10  # shorter: zero-padded
+
+
+@pytest.mark.parametrize("name", ["encodec_48khz", "encodec_24khz", "dac"])
+def test_tiny_random_neural_audio_codecs_mark_their_rows(name):
+    from mpq import registry
+
+    cls = registry.get("codec", name)
+    builtin = {"encodec_48khz": "builtin:tiny-encodec-48khz", "encodec_24khz": "builtin:tiny-encodec-24khz", "dac": "builtin:tiny-dac-44khz"}
+    assert "random weights" in cls(cls.Options(model=builtin[name])).pipeline_check
