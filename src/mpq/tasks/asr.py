@@ -169,7 +169,7 @@ class ASR(Task):
             import torch
             from faster_whisper import WhisperModel
 
-            compute = "float32" if self.device == "cpu" or self.precision == "fp32" else "float16"
+            compute = "float32" if self.device == "cpu" else {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[self.precision]
             device, _, index = self.device.partition(":")
             self.model = WhisperModel(folder, device=device, device_index=int(index or 0), compute_type=compute,
                                       cpu_threads=torch.get_num_threads())
