@@ -84,3 +84,11 @@ def test_labels_that_name_no_class_or_several_stop_the_job_before_work(crane_mod
     assert "\n" not in message and "2 of its 3 labels" in message, message
     assert "'crane' names 2 classes of the model (1, 3)" in message and "'zebra' is none of the model's classes" in message
     assert not (out / "results").exists() or not list((out / "results").glob("*.parquet"))
+
+
+def test_unlabelled_packaged_photos_need_no_label_check():
+    from mpq import registry
+
+    cls = registry.get("source", "samples")
+    assert cls(cls.Options(samples="photos")).classes() is None
+    assert [c.name for c in cls(cls.Options(samples="skimage", names=["coffee"])).classes()] == ["coffee"]

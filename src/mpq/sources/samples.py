@@ -123,6 +123,8 @@ class EmbeddedSamples(Source):
         return Sample(sample_id, variant(img.pixels, int(copy or 0)), target=target, conversion=img.conversion)
 
     def classes(self) -> list[ClassTarget] | None:
+        if self.options.samples != "skimage":  # packaged photos carry no labels
+            return None
         return [ClassTarget(n) for n in sorted(set(self.options.names or SKIMAGE_PHOTOS))]
 
     def describe(self) -> str:
