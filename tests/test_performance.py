@@ -58,20 +58,35 @@ def test_with_gpus_models_batch_on_gpu_actors_and_metrics_stay_on_cpu():
 
 
 
-def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail():
-    from mpq.engine.plan import plan
+def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail(tmp_path):
+    import pyarrow as pa
 
-    two = parse_job({
-        "name": "turns",
-        "datasets": [
-            {"name": "many", "source": {"samples": "skimage"}, "limit": 4},
-            {"name": "few", "source": {"samples": "skimage", "names": ["chelsea", "coffee"]}},
-        ],
-        "codecs": [{"name": "jpeg", "settings": [10]}],
-        "tasks": [{"name": "classify", "model": "builtin:tiny-vit"}],
-    })
-    items, rows = plan(two, set())
-    assert [i["dataset"] for i in items] == ["many", "few", "many", "few", "many", "many"] and rows == 6 * 2
-    done = {("many", items[0]["sample_id"], "none", "", "classify")}
-    again, rows = plan(two, done)
-    assert again[0]["units"] == [("jpeg", 10, ["classify"])] and rows == 6 * 2 - 1
+    from mpq.engine.plan import Planner, count, iter_items, shards
+    from mpq.results import ResultStore
+
+    def job(**resources):
+        return parse_job({
+            "name": "turns",
+            "datasets": [
+                {"name": "many", "source": {"samples": "skimage"}, "limit": 4},
+                {"name": "few", "source": {"samples": "skimage", "names": ["chelsea", "coffee"]}},
+            ],
+            "codecs": [{"name": "jpeg", "settings": [10]}],
+            "tasks": [{"name": "classify", "model": "builtin:tiny-vit"}],
+            "resources": resources,
+        })
+
+    one = job(samples_per_block=1)
+    store = ResultStore(str(tmp_path / "out"))
+    items = list(iter_items(Planner(one, store.output, {}, store.files()), shards(one)))
+    assert [i["dataset"] for i in items] == ["many", "few", "many", "few", "many", "many"]
+    # Shards of cheap images hold 32 samples: a shard of each dataset in turn.
+    assert [(s.dataset, s.start, s.stop) for s in shards(job())] == [("many", 0, 4), ("few", 0, 2)]
+
+    store.write(pa.table({"dataset": ["many"], "sample_id": [items[0]["sample_id"]], "codec": ["none"], "setting": [""],
+                          "task": ["classify"], "error": pa.array([None], pa.string())}))
+    planner = Planner(one, store.output, {}, store.files())
+    again = list(iter_items(planner, shards(one)))
+    assert again[0]["units"] == [("jpeg", 10, ["classify"])]
+    work = count(planner, shards(one))
+    assert (work.samples, work.rows, work.done) == (6, 6 * 2 - 1, 1)

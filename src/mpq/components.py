@@ -126,6 +126,10 @@ class Source(Component):
     def ids(self) -> list[str]:
         raise NotImplementedError
 
+    def count(self) -> int:
+        """How many ids there are; sources that know it without listing them say so."""
+        return len(self.ids())
+
     def load(self, sample_id: str) -> Sample:
         raise NotImplementedError
 
@@ -151,6 +155,7 @@ class Coded:
 class Codec(Component):
     default_settings: ClassVar[list] = []
     setting_type: ClassVar[type] = int
+    runs_on: ClassVar[str] = "cpu"  # "gpu": a neural network does the coding, on a GPU where there is one
     pipeline_check: str | None = None  # why this codec's output means nothing, if it doesn't
 
     def check_setting(self, setting: Any) -> None:

@@ -1,8 +1,10 @@
 """The Ray engine: the stages as one streaming Ray Data graph.
 
 Working rows (which hold numpy media of any shape) travel between stages as pickled
-blobs in a single binary column; only the final result rows are columnar. Loading and
-coding run as CPU tasks, one sample per task; model and metric stages run in actor pools
+blobs in a single binary column; only the final result rows are columnar. The plan streams
+in through read tasks that plan shards of the datasets on the workers (``plan.Planner``), a
+block per shard (32 cheap images, or one costly sample). Loading and coding run as CPU
+tasks, a block per task; model and metric stages run in actor pools
 (on GPUs when the cluster has them) that load their models once. Consecutive model and
 metric stages that need the same resources share one actor: on a cluster without GPUs
 that is every one of them, and Ray Data then fuses loading and coding into that actor
@@ -14,6 +16,7 @@ sink as they stream out; the dataset is never materialised.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -26,7 +29,10 @@ import pyarrow as pa
 # share this interpreter and cluster jobs get theirs from `mpq-ray submit`'s runtime_env.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
+from ray.data import Datasource, ReadTask
+
 from mpq.cache import EncodedCache
+from mpq.engine.plan import CHUNK, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.spec import JobSpec
 
@@ -133,8 +139,35 @@ def init_ray(address: str | None = None) -> None:
     )
 
 
+class PlanDatasource(Datasource):
+    """The plan as a Ray Data source: each read task plans a chunk of shards (``Planner.items``,
+    one read of the results for the chunk) and yields a block of packed plan items per shard."""
+
+    def __init__(self, planner: Planner, plan: list[Shard]):
+        super().__init__()
+        self.planner, self.plan = planner, plan
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+        from ray.data.block import BlockMetadata
+
+        planner = self.planner
+
+        def read(part: list[Shard]) -> Iterator[pa.Table]:
+            for items in planner.items(part):
+                if items:
+                    yield _pack(items)
+
+        return [
+            ReadTask(functools.partial(read, part), BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None))
+            for part in chunks(self.plan)
+        ]
+
+
 def run_ray(
-    job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, address: str | None = None,
+    job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, address: str | None = None,
     cache: EncodedCache | None = None,
 ) -> Iterator[pa.Table]:
     import ray
@@ -149,8 +182,8 @@ def run_ray(
     groups = _groups(job, has_gpu)
     codec_resources = {k: v for k, v in job.resources.codec_resources.items() if _available(k)} or None
 
-    # One block, and one coding task, per sample.
-    ds = ray.data.from_items([{COLUMN: pickle.dumps(i, protocol=5)} for i in items], override_num_blocks=max(1, len(items)))
+    # The plan streams in: read tasks plan chunks of shards on the workers, a block per shard.
+    ds = ray.data.read_datasource(PlanDatasource(planner, plan), override_num_blocks=math.ceil(len(plan) / CHUNK))
     ds = ds.map_batches(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,

@@ -5,7 +5,7 @@ For debugging, for tests and as the baseline every benchmark compares against.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -15,7 +15,7 @@ from mpq.spec import JobSpec
 
 
 def run_serial(
-    job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, cache: EncodedCache | None = None
+    job: JobSpec, items: Iterable[dict[str, Any]], finalize: Finalize, cache: EncodedCache | None = None
 ) -> Iterator[pa.Table]:
     load, encode, measure = Load(job), Encode(job, cache), Measure(job)
     predictors = [Predict(job, t.task_id) for t in job.tasks]
