@@ -201,7 +201,8 @@ def test_report_command_writes_tables_plots_and_one_portable_html(pipeline_resul
     result = CliRunner().invoke(app, ["report", str(pipeline_results), "--to", str(to), "--resamples", "200"])
     assert result.exit_code == 0, result.output
     assert (to / "report.html").is_file()
-    for name in ("summary_image.md", "summary_image.csv", "conditions.csv", "correlations.csv", "correlations.md", "bd_rate.csv", "bd_rate.md"):
+    for name in ("summary_image.md", "summary_image.csv", "conditions.csv", "correlations.csv", "correlations.md", "bd_rate.csv", "bd_rate.md",
+                 "metric_ranking.csv", "metric_ranking.md", "equal_rate.csv", "equal_rate.md"):
         assert (to / name).is_file(), name
     pngs = sorted((to / "plots").glob("*.png"))
     assert [p.name for p in pngs] == ["metrics_synthetic_classify_accuracy.png", "rate_synthetic_classify_accuracy.png"]
@@ -228,13 +229,16 @@ def test_report_command_writes_tables_plots_and_one_portable_html(pipeline_resul
     page = (to / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == len(pngs)
     assert 'src="http' not in page and "<link" not in page  # nothing outside the file
-    for text in ("<th>jpeg 5</th>", "<th>baseline</th>", "across conditions", "across samples", "Machine BD-rate",
+    eq = pl.read_csv(to / "equal_rate.csv")
+    assert set(eq["codec"]) == {"jpeg", "webp"} and eq.filter(pl.col("best")).height == eq["target"].n_unique()
+    for text in ("<th>jpeg 5</th>", "<th>baseline</th>", "across conditions", "across samples", "Machine BD-rate", "At equal rate",
+                 "Which quality metric predicts the task best",
                  f"{psnr:.4g}", "tiny random classifier: accuracy means nothing"):
         assert text in page, text
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("notebook", ["summary.py", "correlation.py", "rate_performance.py"])
+@pytest.mark.parametrize("notebook", ["summary.py", "correlation.py", "rate_performance.py", "statistics.py"])
 def test_notebooks_run_top_to_bottom(notebook, pipeline_results, tmp_path, monkeypatch):
     monkeypatch.setenv("MPQ_RESULTS", str(pipeline_results))
     monkeypatch.setenv("MPQ_RESAMPLES", "100")
@@ -244,9 +248,14 @@ def test_notebooks_run_top_to_bottom(notebook, pipeline_results, tmp_path, monke
         assert list(ns["tables"]) == ["image"] and ns["conds"].height == 9
     elif notebook == "correlation.py":
         assert ns["corr"].height == 6 and len(ns["figures"]) == 1
-    else:
+    elif notebook == "rate_performance.py":
         assert (tmp_path / "rate_synthetic_classify_accuracy.png").is_file()
         assert ns["bd"].height == 1
+    else:
+        # The tiny random classifier is wrong on every image: no metric predicts a constant score.
+        assert set(ns["ranking"]["metric"]) == {"psnr", "lpips"} and ns["ranking"]["rank"].null_count() == 2
+        assert set(ns["at_rate"]["codec"]) == {"jpeg", "webp"} and ns["at_rate"]["target"].n_unique() == 3
+        assert ns["vs_baseline"].height == 8 and set(ns["vs_baseline"]["test"]) == {"McNemar exact"}
 
 
 def test_report_on_a_folder_without_results_fails_with_a_clear_message(tmp_path):

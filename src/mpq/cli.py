@@ -164,15 +164,16 @@ def report(
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the correlation intervals (0: none)")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     min_settings: Annotated[int, typer.Option(help="settings a codec needs for BD-rate")] = 4,
+    target: Annotated[Optional[list[float]], typer.Option(help="a rate for the equal-rate section, in bpp (images) or kbps (audio); repeat it (default: three per dataset)")] = None,
 ) -> None:
-    """Summary tables, metric↔task correlations, machine BD-rate and plots, as Markdown, CSV,
-    PNG and one self-contained HTML file."""
+    """The metric ranking, codecs at equal rate, summary tables, metric↔task correlations,
+    machine BD-rate and plots, as Markdown, CSV, PNG and one self-contained HTML file."""
     from mpq.analysis import write_report
 
     if to is None and "://" in output:
         _fail(f"{output} is remote: name a local folder for the report with --to")
     try:
-        path = write_report(output, to or Path(output) / "report", n_resamples=resamples, seed=seed, min_settings=min_settings)
+        path = write_report(output, to or Path(output) / "report", n_resamples=resamples, seed=seed, min_settings=min_settings, targets=target or None)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"report: {path}")

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 import mpq
 from mpq import registry
+from mpq.codecs.target import COLUMNS as TARGET_COLUMNS
 from mpq.spec import JobSpec
 
 KEY = ("dataset", "sample_id", "codec", "setting", "task")
@@ -107,6 +108,8 @@ def schema_for(job: JobSpec) -> pa.Schema:
             if col in fields and fields[col].type != typ:
                 raise TypeError(f"{kind} {name!r} declares column {col!r} as {typ}, already {fields[col].type}")
             fields.setdefault(col, pa.field(col, typ))
+    if any(c.targets for c in job.codecs):
+        fields.update({col: pa.field(col, typ) for col, typ in TARGET_COLUMNS.items()})
     return pa.schema(list(fields.values()))
 
 

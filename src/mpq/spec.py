@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mpq import registry
+from mpq.codecs.target import TARGET_KEYS, Target
+from mpq.codecs.target import check as target_check
 from mpq.components import Options
 
 Setting = int | float | str
@@ -52,6 +54,13 @@ class DatasetSpec(_Strict):
 class CodecSpec(_WithOptions):
     name: str
     settings: list[Setting] | None = None  # None: the codec's default sweep
+    # Target rates instead of settings (mpq.codecs.target): the setting is searched per sample.
+    target_bpp: list[Any] | None = None
+    target_kbps: list[Any] | None = None
+
+    @property
+    def targets(self) -> dict[str, list[Any]]:
+        return {k: v for k in TARGET_KEYS if (v := getattr(self, k)) is not None}
 
 
 class TaskSpec(_WithOptions):
@@ -127,8 +136,13 @@ class JobSpec(_Strict):
     def source_options(self, spec: DatasetSpec) -> Options:
         return registry.get("source", spec.source_type).Options(**spec.source)
 
-    def settings(self, spec: CodecSpec) -> list[Setting]:
-        return spec.settings if spec.settings is not None else list(registry.get("codec", spec.name).default_settings)
+    def settings(self, spec: CodecSpec) -> list[Setting | Target]:
+        """The entry's settings (by default its codec's sweep, unless it asks for target
+        rates only), then its target rates."""
+        targets = [Target(TARGET_KEYS[k][0], float(v)) for k, values in spec.targets.items() for v in values]
+        if spec.settings is not None:
+            return [*spec.settings, *targets]
+        return targets or list(registry.get("codec", spec.name).default_settings)
 
     def modality(self, dataset: DatasetSpec) -> str:
         # A source may serve either modality depending on its options (hf: image or audio column).
@@ -219,7 +233,10 @@ def validate(job: JobSpec) -> list[str]:
         if c.name not in registry.names("codec"):
             continue
         codec_cls = registry.get("codec", c.name)
-        settings = job.settings(c)
+        problems += [f"codecs[{i}].{k}: {why}" for k, values in c.targets.items() if (why := target_check(codec_cls, k, values))]
+        if c.targets and c.settings is None:
+            continue
+        settings = [s for s in job.settings(c) if not isinstance(s, Target)]
         if not settings:
             problems.append(f"codecs[{i}].settings: empty; give at least one setting")
         for j, s in enumerate(settings):

@@ -1,17 +1,23 @@
-"""Analysis of mpq results on polars: summary tables, metric↔task correlations, machine
-BD-rate, plots and a self-contained HTML report. A notebook needs a few calls::
+"""Analysis of mpq results on polars: summary tables, metric↔task correlations, the metric
+ranking, codecs at equal rate and paired tests, machine BD-rate, plots and a self-contained HTML report. A notebook needs a few calls::
 
     from mpq import analysis
     df = analysis.load("out/smoke")
     analysis.summary_tables(df)["image"]
     analysis.correlations(df, n_resamples=1000, seed=0)
+    analysis.metric_ranking(df)         # which metric predicts the per-sample score best
+    analysis.equal_rate(df)             # codecs at equal rate, each against the best there
+    analysis.compare(df)                # paired tests: every setting against the baseline
     analysis.write_report(df, "out/smoke/report")
 """
 
 from mpq.analysis.bdrate import bd_rate, bd_rates
 from mpq.analysis.correlation import correlate, correlations
+from mpq.analysis.equal_rate import default_targets, equal_rate
+from mpq.analysis.paired import bootstrap_p, compare, holm, mcnemar
 from mpq.analysis.plots import metric_performance, png, rate_performance
-from mpq.analysis.report import correlation_display, write_report
+from mpq.analysis.ranking import metric_ranking, spearman_difference
+from mpq.analysis.report import correlation_display, equal_rate_display, ranking_display, write_report
 from mpq.analysis.tables import (
     conditions,
     load,
@@ -22,7 +28,7 @@ from mpq.analysis.tables import (
 )
 
 __all__ = [
-    "bd_rate", "bd_rates", "conditions", "correlate", "correlation_display", "correlations", "load",
-    "metric_columns", "metric_performance", "png", "rate_column", "rate_performance", "summary_tables",
-    "to_markdown", "write_report",
+    "bd_rate", "bd_rates", "bootstrap_p", "compare", "conditions", "correlate", "correlation_display", "correlations",
+    "default_targets", "equal_rate", "equal_rate_display", "holm", "load", "mcnemar", "metric_columns", "metric_performance", "metric_ranking",
+    "png", "ranking_display", "rate_column", "rate_performance", "spearman_difference", "summary_tables", "to_markdown", "write_report",
 ]

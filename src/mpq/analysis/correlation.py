@@ -107,6 +107,19 @@ class _Points:
         return out
 
 
+def cluster_weights(member: np.ndarray, n_resamples: int, seed: int):
+    """Chunks of bootstrap weights (rows: resamples, columns: points): how often each point
+    was drawn when each resample draws clusters with replacement; ``member`` (n,) is each
+    point's cluster index 0..k-1."""
+    n, clusters = len(member), int(member.max()) + 1 if len(member) else 0
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK // max(n, 1))
+    for start in range(0, max(n_resamples, 0), chunk):
+        draws = rng.integers(0, clusters, size=(min(chunk, n_resamples - start), clusters))
+        times = np.bincount((draws + clusters * np.arange(len(draws))[:, None]).ravel(), minlength=draws.size)
+        yield times.reshape(draws.shape)[:, member].astype(float)
+
+
 def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95, groups=None) -> dict[str, float]:
     """Pearson, Spearman and Kendall (tau-b) coefficients of paired points, each with a
     percentile bootstrap interval (``<method>_low``, ``<method>_high``; NaN with fewer than
@@ -133,13 +146,8 @@ def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float 
     points = _Points(x, y)
     point = points.coefficients(np.ones((1, n))) if enough else {}
     boot: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
-    if enough and n_resamples > 0:
-        rng = np.random.default_rng(seed)
-        chunk = max(1, _CHUNK // n)
-        for start in range(0, n_resamples, chunk):
-            draws = rng.integers(0, clusters, size=(min(chunk, n_resamples - start), clusters))
-            times = np.bincount((draws + clusters * np.arange(len(draws))[:, None]).ravel(), minlength=draws.size)
-            weights = times.reshape(draws.shape)[:, member].astype(float)  # how often each point was drawn
+    if enough:
+        for weights in cluster_weights(member, n_resamples, seed):
             for name, r in points.coefficients(weights).items():
                 boot[name].append(r)
     tail = 100 * (1 - level) / 2

@@ -14,7 +14,9 @@ import polars as pl
 
 from mpq.analysis.bdrate import MIN_OVERLAP, MIN_SETTINGS, bd_rates
 from mpq.analysis.correlation import METHODS, N_RESAMPLES, correlations
+from mpq.analysis.equal_rate import equal_rate
 from mpq.analysis.plots import metric_performance, png, rate_performance
+from mpq.analysis.ranking import metric_ranking
 from mpq.analysis.tables import (
     conditions,
     load,
@@ -54,6 +56,50 @@ def correlation_display(corr: pl.DataFrame, digits: int = 3) -> pl.DataFrame:
     return corr.select("level", "dataset", "task", "metric", "score_name", *counts, *shown)
 
 
+def _interval(value, low, high, digits: int = 3) -> str:
+    if value is None or math.isnan(value):
+        return ""
+    ci = "" if low is None or math.isnan(low) else f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{value:.{digits}f}{ci}"
+
+
+def _p(p) -> str:
+    return "" if p is None or math.isnan(p) else f"{p:.2g}"
+
+
+def ranking_display(ranking: pl.DataFrame) -> pl.DataFrame:
+    """``metric_ranking(...)`` with each coefficient and difference as ``r [low, high]``."""
+    rows = [{"dataset": r["dataset"], "task": r["task"], "rank": r["rank"], "metric": r["metric"], "n": r["n"], "clusters": r["clusters"],
+             "spearman": _interval(r["spearman"], r["spearman_low"], r["spearman_high"]) or "— (a constant side)",
+             "kendall": _interval(r["kendall"], r["kendall_low"], r["kendall_high"]),
+             "|rho| over next": _interval(r["vs_next"], r["vs_next_low"], r["vs_next_high"]), "p": _p(r["p"]), "p (Holm)": _p(r["p_holm"])}
+            for r in ranking.iter_rows(named=True)]
+    return pl.DataFrame(rows, schema={k: pl.Int64 if k in ("rank", "n", "clusters") else pl.String for k in
+                                      ("dataset", "task", "rank", "metric", "n", "clusters", "spearman", "kendall", "|rho| over next", "p", "p (Holm)")})
+
+
+def equal_rate_display(table: pl.DataFrame, alpha: float = 0.05) -> pl.DataFrame:
+    """``equal_rate(...)`` with each score and difference as ``x [low, high]``; ``vs best``
+    reads "best", or "worse" / "not shown worse" at Holm-adjusted ``alpha``."""
+    def verdict(r):
+        if r["best"]:
+            return "best"
+        if r["p_holm"] is None or math.isnan(r["p_holm"]):
+            return ""
+        return "worse" if r["p_holm"] < alpha else "not shown worse"
+
+    rows = [{"dataset": r["dataset"], "task": r["task"], "score": r["score_name"], "target": f"{r['target']:g} {r['rate']}",
+             "codec": r["codec"], "setting": r["setting"], "achieved": r["achieved"], "n": r["n"],
+             "value": _interval(r["score"], r["score_low"], r["score_high"]),
+             "− best": _interval(r["difference"], r["difference_low"], r["difference_high"]), "test": r["test"] or "",
+             "p": _p(r["p"]), "p (Holm)": _p(r["p_holm"]), "vs best": verdict(r)}
+            for r in table.iter_rows(named=True)]
+    schema = {"dataset": pl.String, "task": pl.String, "score": pl.String, "target": pl.String, "codec": pl.String, "setting": pl.String,
+              "achieved": pl.Float64, "n": pl.Int64, "value": pl.String, "− best": pl.String, "test": pl.String, "p": pl.String,
+              "p (Holm)": pl.String, "vs best": pl.String}
+    return pl.DataFrame(rows, schema=schema)
+
+
 def _html_table(df: pl.DataFrame, digits: int = 4) -> str:
     def cell(v):
         if v is None:
@@ -84,11 +130,14 @@ def write_report(
     seed: int = 0,
     min_settings: int = MIN_SETTINGS,
     title: str | None = None,
+    targets: list[float] | dict[str, list[float]] | None = None,
 ) -> Path:
     """Write tables, plots and ``report.html`` under ``out_dir``; returns the HTML's path.
+    ``targets``: the rates of the equal-rate section (``equal_rate``).
 
-    ``out_dir/`` gets ``summary_<modality>.{md,csv}``, ``conditions.csv``,
-    ``correlations.{md,csv}``, ``bd_rate.{md,csv}`` and ``plots/*.png``."""
+    ``out_dir/`` gets ``metric_ranking.{md,csv}``, ``equal_rate.{md,csv}``,
+    ``summary_<modality>.{md,csv}``, ``conditions.csv``, ``correlations.{md,csv}``,
+    ``bd_rate.{md,csv}`` and ``plots/*.png``."""
     df = load(results)
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
@@ -103,6 +152,38 @@ def write_report(
 
     def note(text: str) -> str:
         return f"<p class=note>{html.escape(text)}</p>"
+
+    ranking = metric_ranking(df, n_resamples=n_resamples, seed=seed, correlations=corr)
+    ranking.write_csv(out / "metric_ranking.csv")
+    shown = ranking_display(ranking)
+    (out / "metric_ranking.md").write_text(to_markdown(shown))
+    section(
+        "Which quality metric predicts the task best",
+        "<p>Per dataset and task, each quality metric against the per-sample task score over the coded samples, ranked by "
+        "|Spearman| (a metric that falls as the score rises, like LPIPS, predicts as well as one that rises). "
+        f"Brackets: {n_resamples}-resample percentile bootstrap 95 % interval over sample ids (<i>clusters</i>; a sample's rows at "
+        "every codec setting go together). <i>|rho| over next</i>: how much the best metric's |Spearman| exceeds the second's, "
+        "from the same resamples of both on the points where both are finite; <i>p</i>: two-sided bootstrap p-value that they "
+        "predict equally well, Holm-adjusted over the tasks.</p>",
+        _html_table(shown) if shown.height else note("no task has per-sample scores and a quality metric"),
+    )
+
+    at_rate = equal_rate(df, targets=targets, n_resamples=n_resamples, seed=seed)
+    at_rate.write_csv(out / "equal_rate.csv")
+    shown = equal_rate_display(at_rate)
+    (out / "equal_rate.md").write_text(to_markdown(shown))
+    section(
+        "At equal rate",
+        "<p>Codecs compared at target rates, on the samples every codec at the target coded. Where the rows carry a target "
+        "(a codec entry with target_bpp or target_kbps: per sample, the highest setting whose bitstream fits) it is the "
+        "condition and <i>setting</i> lists the settings chosen; otherwise each codec stands at its setting of highest mean rate not above "
+        "the target (<i>achieved</i>), and a codec with none that low is absent. <i>value</i>: the split-level task score "
+        f"(the task's aggregate) with its {n_resamples}-resample bootstrap 95 % interval over sample ids; <i>− best</i>: the "
+        "difference from the best codec at the target, paired on the same samples, with its interval. Test: McNemar exact for "
+        "accuracy (the samples right under one codec only), else the paired bootstrap of the score difference; p-values "
+        "Holm-adjusted over the table; <i>worse</i> at Holm p &lt; 0.05.</p>",
+        _html_table(shown) if shown.height else note("no dataset has two codecs with settings at a common target rate"),
+    )
 
     errors = df["error"].is_not_null().sum()
     info = {

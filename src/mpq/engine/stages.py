@@ -18,6 +18,8 @@ import pyarrow as pa
 
 from mpq import registry
 from mpq.cache import EncodedCache
+from mpq.codecs.target import Target, knob
+from mpq.codecs.target import search as target_search
 from mpq.components import Coded, Source
 from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
 from mpq.spec import JobSpec
@@ -133,6 +135,17 @@ class Encode(_JobStage):
                 warnings.warn(f"encoded cache: cannot write {path}: {exc}", stacklevel=1)
         return coded
 
+    def at_target(self, row: Row, modality: str) -> tuple[Coded, Row]:
+        """The round trip at the highest setting whose rate fits the row's target (each
+        search step a cached round trip), and the columns that record it."""
+        target, codec = row["setting"], self.codecs[row["codec"]]
+        chosen, coded, _ = target_search(
+            lambda setting: self.roundtrip({**row, "setting": setting}),
+            lambda c: RATE_COLUMNS[modality](row["original"], c.bits)[target.unit],
+            knob(type(codec)), target.value, row["codec"],
+        )
+        return coded, {f"target_{target.unit}": target.value, "target_setting": str(chosen)}
+
     def __call__(self, rows: list[Row]) -> list[Row]:
         for row in rows:
             if row["error"] is not None:
@@ -143,7 +156,11 @@ class Encode(_JobStage):
             codec = self.codecs[row["codec"]]
             modality = self.job.modality(self.datasets[row["dataset"]])
             try:
-                coded = self.roundtrip(row)
+                if isinstance(row["setting"], Target):
+                    coded, chosen = self.at_target(row, modality)
+                    row.update(chosen)
+                else:
+                    coded = self.roundtrip(row)
             except Exception as exc:
                 row["error"] = _error("codec", exc)
                 continue

@@ -1,0 +1,184 @@
+"""Paired comparisons between conditions on the same samples.
+
+Two conditions of one dataset and task (a codec setting against the baseline, or two
+codecs at one rate) saw the same samples, so their difference is judged sample by sample:
+
+- classification (accuracy, the mean of the per-sample ``correct``): McNemar's exact test,
+  the two-sided binomial test of the discordant samples (right under one condition only);
+- any split-level score (mIoU from summed counts, WRA from summed word errors, median
+  SDR, accuracy too): a paired bootstrap over sample ids: each resample draws ids with
+  replacement, takes each drawn sample's rows under every condition, and recomputes each
+  condition's score with the task's own ``Task.aggregate``; the p-value is the two-sided
+  percentile-bootstrap one, 2·min(P*(d ≤ 0), P*(d ≥ 0)) with a +1 in numerator and
+  denominator, so that it never reads 0 (it is below 0.05 about when the 95 % interval
+  leaves out 0).
+
+The effect size is the score difference (second condition minus first) with its percentile
+bootstrap interval. p-values over the comparisons of one table are Holm-adjusted.
+Only samples with a row and no error under every condition compared are used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+from mpq.analysis.correlation import N_RESAMPLES
+from mpq.analysis.tables import COLUMN_LABEL, load, ok_rows
+from mpq.results import BASELINE
+from mpq.summary import task_aggregates
+
+# Split-level scores that are the mean of a per-sample boolean: McNemar applies.
+BINARY = {"accuracy": "correct"}
+_CHUNK_ROWS = 200_000  # resampled rows held in memory at once
+
+
+def mcnemar(a, b) -> dict[str, float]:
+    """McNemar's exact test of paired booleans (each sample right or wrong under two
+    conditions): ``a_only``/``b_only`` count the samples right under one only, ``p`` the
+    two-sided binomial p-value of that split at 1/2 (1 when there is none)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a and b must be 1-d and paired, got shapes {a.shape} and {b.shape}")
+    a_only, b_only = int((a & ~b).sum()), int((b & ~a).sum())
+    p = stats.binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return {"a_only": a_only, "b_only": b_only, "p": float(p)}
+
+
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjustment of p-values (NaN stays NaN and does not count)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
+
+
+def bootstrap_p(diffs) -> float:
+    """Two-sided percentile-bootstrap p-value that a difference is 0, from its resampled
+    values (NaN ones left out): 2·min(#(d ≤ 0) + 1, #(d ≥ 0) + 1) / (B + 1), at most 1."""
+    d = np.asarray(diffs, dtype=float)
+    d = d[np.isfinite(d)]
+    if not d.size:
+        return float("nan")
+    return float(min(1.0, 2 * (min((d <= 0).sum(), (d >= 0).sum()) + 1) / (d.size + 1)))
+
+
+def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return float("nan"), float("nan")
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(v, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def common_samples(rows: pl.DataFrame, labels: list[str], by: str = "_c") -> pl.DataFrame:
+    """The error-free rows of the conditions ``labels`` (values of column ``by``) for the
+    sample ids that have one under every one of them."""
+    rows = ok_rows(rows).filter(pl.col(by).is_in(labels))
+    shared = rows.group_by("sample_id").agg(pl.col(by).n_unique().alias("_k")).filter(pl.col("_k") == len(labels))
+    return rows.join(shared.select("sample_id"), on="sample_id", how="semi")
+
+
+def joint_bootstrap(rows: pl.DataFrame, by: str = "_c", n_resamples: int = N_RESAMPLES, seed: int = 0):
+    """Every split-level score of every condition (values of column ``by``) of one dataset
+    and task, on all the rows and on each of ``n_resamples`` resamples of sample ids (the
+    rows of a drawn sample under every condition go together; ids sorted, one draw of shape
+    (n_resamples, ids)). Returns (point, boot): ``point[label][score_name]`` a float (NaN
+    where the task gives none), ``boot[label][score_name]`` an array of n_resamples."""
+    ids, member = np.unique(rows["sample_id"].to_numpy(), return_inverse=True)
+
+    def scores(agg: pl.DataFrame, keys: list[str]) -> tuple[pl.DataFrame, list[str]]:
+        names = [c for c in agg.columns if c not in keys]
+        return agg.with_columns(pl.col(names).cast(pl.Float64, strict=False).fill_null(float("nan"))), names
+
+    agg, names = scores(task_aggregates(rows, [by]), [by])
+    point = {row[by]: {n: row[n] for n in names} for row in agg.iter_rows(named=True)}
+    boot = {label: {n: np.full(n_resamples, np.nan) for n in names} for label in point}
+    if n_resamples <= 0 or not len(ids):
+        return point, boot
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(n_resamples, len(ids)))
+    step = max(1, _CHUNK_ROWS // rows.height)
+    for start in range(0, n_resamples, step):
+        times = [np.bincount(d, minlength=len(ids))[member] for d in draws[start : start + step]]
+        take = np.concatenate([np.repeat(np.arange(rows.height), t) for t in times])
+        label = np.repeat(np.arange(start, start + len(times)), [t.sum() for t in times])
+        agg, got = scores(task_aggregates(rows[take].with_columns(_b=pl.Series(label)), ["_b", by]), ["_b", by])
+        for row in agg.iter_rows(named=True):
+            for n in got:
+                if n in boot[row[by]]:
+                    boot[row[by]][n][row["_b"]] = row[n]
+    return point, boot
+
+
+def pair_difference(rows: pl.DataFrame, a: str, b: str, score_name: str, point, boot, by: str = "_c", level: float = 0.95) -> dict:
+    """Score of ``b`` minus ``a`` with its interval and p-value, from a joint bootstrap;
+    McNemar's exact test where the score is the mean of a per-sample boolean."""
+    diff = point[b][score_name] - point[a][score_name]
+    resampled = boot[b][score_name] - boot[a][score_name]
+    low, high = percentile_interval(resampled, level)
+    out = {"difference": diff, "difference_low": low, "difference_high": high, "test": "paired bootstrap",
+           "a_only": None, "b_only": None, "p": bootstrap_p(resampled)}
+    column = BINARY.get(score_name)
+    if column and column in rows.columns:
+        pair = rows.filter(pl.col(by).is_in([a, b]) & pl.col(column).is_not_null())
+        wide = pair.pivot(on=by, index="sample_id", values=column, aggregate_function="first").drop_nulls()
+        if a in wide.columns and b in wide.columns:
+            out |= mcnemar(wide[a].cast(pl.Boolean).to_numpy(), wide[b].cast(pl.Boolean).to_numpy()) | {"test": "McNemar exact"}
+    if np.isnan(diff):
+        out["p"] = float("nan")
+    return out
+
+
+def _label(codec: str, setting: str) -> str:
+    return "baseline" if codec == BASELINE else f"{codec} {setting}".strip()
+
+
+def compare(
+    results: str | pl.DataFrame,
+    pairs: list[tuple[tuple[str, str], tuple[str, str]]] | None = None,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pl.DataFrame:
+    """Paired comparisons of conditions on the samples they share, per dataset, task and
+    split-level score (module docstring). ``pairs`` lists ((codec, setting), (codec,
+    setting)); by default every codec setting against the baseline (``("none", "")``).
+
+    One row per (dataset, task, score_name, pair): ``n`` the shared samples, ``score_a``,
+    ``score_b``, ``difference`` = b − a with ``difference_low``/``difference_high`` (the
+    percentile bootstrap interval at ``level``), ``test``, ``a_only``/``b_only`` (McNemar's
+    discordant counts), ``p`` and ``p_holm`` (Holm over every row of the table)."""
+    df = load(results)
+    df = df.with_columns(COLUMN_LABEL.alias("_c"))
+    rows_out, found = [], set()
+    for (dataset, task), group in ok_rows(df).sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
+        conds = group.select("codec", "setting").unique().sort("codec", "setting").rows()
+        wanted = pairs if pairs is not None else [((BASELINE, ""), c) for c in conds if c[0] != BASELINE]
+        for (ca, sa), (cb, sb) in wanted:
+            a, b = _label(ca, str(sa)), _label(cb, str(sb))
+            rows = common_samples(group, [a, b])
+            if rows.is_empty():
+                continue
+            found.add(((ca, sa), (cb, sb)))
+            point, boot = joint_bootstrap(rows, n_resamples=n_resamples, seed=seed)
+            n = rows["sample_id"].n_unique()
+            for score_name in point[a]:
+                rows_out.append({"dataset": dataset, "task": task, "score_name": score_name, "a": a, "b": b, "n": n,
+                                 "score_a": point[a][score_name], "score_b": point[b][score_name],
+                                 **pair_difference(rows, a, b, score_name, point, boot, level=level)})
+    missing = [f"{_label(ca, str(sa))} vs {_label(cb, str(sb))}" for (ca, sa), (cb, sb) in pairs or [] if ((ca, sa), (cb, sb)) not in found]
+    if missing:
+        raise ValueError(f"no samples coded without error under both conditions of: {'; '.join(missing)} (is each a (codec, setting) of the results?)")
+    schema = {"dataset": pl.String, "task": pl.String, "score_name": pl.String, "a": pl.String, "b": pl.String, "n": pl.Int64,
+              "score_a": pl.Float64, "score_b": pl.Float64, "difference": pl.Float64, "difference_low": pl.Float64,
+              "difference_high": pl.Float64, "test": pl.String, "a_only": pl.Int64, "b_only": pl.Int64, "p": pl.Float64}
+    out = pl.DataFrame(rows_out, schema=schema)
+    return out.with_columns(p_holm=pl.Series(holm(out["p"].to_numpy()), dtype=pl.Float64, nan_to_null=True))
+
