@@ -130,6 +130,13 @@ class Source(Component):
         """How many ids there are; sources that know it without listing them say so."""
         return len(self.ids())
 
+    def id_range(self, start: int, stop: int) -> list[str]:
+        """``ids()[start:stop]``, listed once per source object; sources that can make a range
+        without listing every id do."""
+        if getattr(self, "_ids", None) is None:
+            self._ids = self.ids()
+        return self._ids[start:stop]
+
     def load(self, sample_id: str) -> Sample:
         raise NotImplementedError
 

@@ -55,6 +55,14 @@ def shards(job: JobSpec, limit: int | None = None) -> list[Shard]:
     return [s for s in turns if s is not None]
 
 
+@functools.lru_cache(maxsize=16)
+def _source(job_json: str, dataset: str):
+    """A dataset's source, built once per process (and job): a folder is listed once, not per shard."""
+    job = JobSpec.model_validate_json(job_json)
+    d = next(d for d in job.datasets if d.name == dataset)
+    return registry.get("source", d.source_type)(job.source_options(d))
+
+
 class Planner:
     """Plans shards: picklable, so Ray's read tasks carry it; sources are built and their ids
     listed once per process. ``files``: the results files when the run started (the keys done
@@ -64,19 +72,24 @@ class Planner:
         self.job, self.output, self.required, self.files = job, output, required, files
         self.datasets = {d.name: d for d in job.datasets}
 
-    def __getstate__(self):
+    def __getstate__(self):  # not the cached store and sources: each process opens its own
         return {k: self.__dict__[k] for k in ("job", "output", "required", "files", "datasets")}
 
     @functools.cached_property
     def store(self) -> ResultStore:
         return ResultStore(self.output)
 
-    @functools.cache
-    def ids(self, dataset: str) -> list[str]:
-        d = self.datasets[dataset]
-        return registry.get("source", d.source_type)(self.job.source_options(d)).ids()
+    @functools.cached_property
+    def job_json(self) -> str:
+        return self.job.model_dump_json()
 
-    @functools.cache
+    def source(self, dataset: str):
+        return _source(self.job_json, dataset)
+
+    def ids(self, shard: Shard) -> list[str]:
+        return self.source(shard.dataset).id_range(shard.start, shard.stop)
+
+    @functools.lru_cache(maxsize=64)
     def combos(self, dataset: str) -> tuple[list[tuple[str, Any]], list[str]]:
         """The (codec, setting) pairs, baseline first, and the task ids of a dataset."""
         d = self.datasets[dataset]
@@ -88,18 +101,19 @@ class Planner:
         [(codec, setting, task ids)]}. A unit lists only the tasks whose rows are not written
         yet, so an interrupted or extended job redoes nothing that was written. The results
         are read once for all the shards given."""
+        ids = [self.ids(shard) for shard in shards]
         wanted: dict[str, set[str]] = {}
-        for shard in shards:
-            wanted.setdefault(shard.dataset, set()).update(self.ids(shard.dataset)[shard.start : shard.stop])
+        for shard, some in zip(shards, ids):
+            wanted.setdefault(shard.dataset, set()).update(some)
         done = set()
         if self.files:
-            for dataset, ids in wanted.items():
-                done |= self.store.done_keys(self.required, self.files, dataset, ids)
+            for dataset, sample_ids in wanted.items():
+                done |= self.store.done_keys(self.required, self.files, dataset, sample_ids)
         out = []
-        for shard in shards:
+        for shard, some in zip(shards, ids):
             combos, task_ids = self.combos(shard.dataset)
             items = []
-            for sample_id in self.ids(shard.dataset)[shard.start : shard.stop]:
+            for sample_id in some:
                 units = []
                 for codec, setting in combos:
                     todo = [t for t in task_ids if (shard.dataset, sample_id, codec, setting_str(setting), t) not in done]
@@ -135,6 +149,12 @@ def count(planner: Planner, plan: list[Shard]) -> Count:
     """What the plan will do, counted on the driver a chunk of shards at a time (for progress
     and the run's summary); nothing of it is kept."""
     out = Count()
+    if not planner.files:  # nothing written yet: everything is to do, no need to plan it
+        for shard in plan:
+            combos, tasks = planner.combos(shard.dataset)
+            out.samples += shard.stop - shard.start
+            out.rows += (shard.stop - shard.start) * len(combos) * len(tasks)
+        return out
     for part in chunks(plan):
         for shard, items in zip(part, planner.items(part)):
             combos, tasks = planner.combos(shard.dataset)
