@@ -41,7 +41,6 @@ what it measured; ``--budget`` seconds stops starting new measurements.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime
 import gc
@@ -416,6 +415,8 @@ class Bench:
 
     # LPIPS (AlexNet, random backbone): 16 references of 512 × 768, 5 coded versions each, batches of 16 rows.
     def lpips(self, precision: str) -> None:
+        if precision != "fp32":
+            return  # metrics always run in fp32 (Measure): a bf16 row would measure nothing mpq does
         import torch
         from lpips.lpips import spatial_average
 
@@ -444,11 +445,8 @@ class Bench:
         net = load_lpips("alex", True).to(self.device)
         staged = [(tensor([o], self.device), tensor([r["decoded"] for r in rows[i * versions : (i + 1) * versions]], self.device))
                   for i, o in enumerate(originals)]
-        on_gpu = precision == "bf16" and self.device.startswith("cuda")  # mpq's Measure autocasts likewise
-
         def raw():  # the same computation as mpq's (reference features once per sample), on staged tensors
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode():
                 return [sum(spatial_average(lin((r - t) ** 2)) for lin, r, t in zip(net.lins, features(net, ref), features(net, tests)))
                         for ref, tests in staged]
 

@@ -423,4 +423,6 @@ def test_non_finite_values_left_out_of_means_are_counted():
 def test_report_says_how_many_non_finite_values_were_left_out(tmp_path):
     page = analysis.write_report(inf_frame(), tmp_path, n_resamples=0).read_text()
     assert "psnr: 2 non-finite values" in page
+    two_tasks = pl.concat([inf_frame(), inf_frame().with_columns(pl.lit("t2").alias("task"))])  # a metric's value repeats per task
+    assert "psnr: 2 non-finite values" in analysis.write_report(two_tasks, tmp_path / "two", n_resamples=0).read_text()
     assert "resamples sample ids" in page

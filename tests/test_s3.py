@@ -208,7 +208,7 @@ def test_an_interrupted_write_leaves_nothing_a_later_run_trusts(s3, monkeypatch,
     assert store.done_keys() == {("x",) * len(KEY)}
 
     cache = EncodedCache(f"s3://{bucket}/cut")
-    path = cache.path("d", "a.png", "jpeg", 10, "v1", {})
+    path = cache.path("d", "a.png", "jpeg", 10, "v1", {}, "0")
     image = photo()
     cache.put(path, Coded(bits=8, decoded=image))
     whole = fs.open_input_file(path).readall()
@@ -230,7 +230,7 @@ def test_an_interrupted_write_leaves_nothing_a_later_run_trusts(s3, monkeypatch,
                 w.write_table(t)
             half_then_fail(self.sink, buf.getvalue())
 
-    other = cache.path("d", "b.png", "jpeg", 10, "v1", {})
+    other = cache.path("d", "b.png", "jpeg", 10, "v1", {}, "0")
     with monkeypatch.context() as m:
         m.setattr(pa.ipc, "new_file", CutWriter)
         with pytest.raises(ConnectionError):

@@ -216,3 +216,26 @@ def test_a_config_with_only_the_old_reduce_labels_key_is_honoured(ade_like, tmp_
     assert raw["task_options"].str.contains('"reduce_labels": false').all()
     ok = raw.filter(pl.col("sample_id") != "3")
     assert ok["error"].str.contains("class 3 .*3 classes.*reduce_labels").all(), ok["error"].to_list()
+
+
+def test_a_label_map_turns_with_its_exif_rotated_image(tmp_path):
+    """The image is made upright from its EXIF orientation; its label map (stored as the image's
+    pixels were) must turn with it, or prediction and label are misaligned."""
+    import datasets
+
+    label = np.zeros((H, W), np.uint8)
+    label[: H // 2, : W // 3], label[H // 2 :, W // 2 :] = 1, 2
+    pixels = np.repeat((label * 100)[..., None], 3, axis=2).astype(np.uint8)  # the label, visible in the image
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", exif=exif)
+    feats = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": buf.getvalue(), "path": None}], "annotation": [png(label)]}, features=feats)
+    root = tmp_path / "rotated"
+    (root / "data").mkdir(parents=True)
+    ds.to_parquet(root / "data" / "validation-00000-of-00001.parquet")
+    source = registry.get("source", "hf")(registry.get("source", "hf").Options(hf=str(root), label_map="annotation"))
+    s = source.load("0")
+    assert s.media.shape[:2] == (W, H) and "EXIF orientation 6" in s.conversion
+    assert np.array_equal(s.media[..., 0], s.target * 100)

@@ -102,6 +102,8 @@ def test_a_job_at_target_rates_records_setting_and_rate_and_caches_each_step(tmp
     rows = read_results(str(out)).filter(pl.col("codec") != "none")
     assert rows.height == 12 and rows["error"].null_count() == 12
     assert sorted(rows["setting"].unique()) == ["bpp<=2", "bpp<=2.5"]
+    from mpq.media import media_digest
+
     cache = EncodedCache(str(out))
     for r in rows.iter_rows(named=True):
         codec = registry.get("codec", r["codec"])
@@ -112,7 +114,8 @@ def test_a_job_at_target_rates_records_setting_and_rate_and_caches_each_step(tmp
         assert r["bpp"] == pytest.approx(codec.roundtrip(img, q).bits / (H * W))
         assert codec.roundtrip(img, q + 1).bits / (H * W) > r["target_bpp"]
         # The step that overshot was cached like any round trip.
-        assert cache.get(cache.path("synthetic", r["sample_id"], r["codec"], q + 1, codec.version(), codec.options.model_dump(mode="json")))
+        key = (r["codec"], q + 1, codec.version(), codec.options.model_dump(mode="json"), media_digest(img))
+        assert cache.get(cache.path("synthetic", r["sample_id"], *key))
     # The analysis takes the rows' own targets as the equal-rate conditions.
     table = analysis.equal_rate(read_results(str(out)), n_resamples=20)
     assert sorted(set(table.select("target", "codec").rows())) == [(2.0, "jpeg"), (2.0, "webp"), (2.5, "jpeg"), (2.5, "webp")]

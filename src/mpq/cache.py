@@ -2,7 +2,7 @@
 
 An entry holds what the codec produced for one sample at one setting: the bits counted
 from its bitstream, the decoded media and the codec's own columns. It is keyed by
-(dataset, sample id, codec, setting, codec version, codec options), so a job extended
+(dataset, sample id, the original's digest, codec, setting, codec version, codec options), so a job extended
 with a task or a metric, or resumed after a crash, decodes from the cache instead of
 encoding again, and a new codec library version encodes afresh.
 
@@ -42,8 +42,9 @@ class EncodedCache:
         self.fs, root = filesystem(output)
         self.root = root.rstrip("/") + "/cache/encoded"
 
-    def path(self, dataset: str, sample_id: str, codec: str, setting: Any, version: str, options: dict) -> str:
-        key = json.dumps([FORMAT, dataset, sample_id, codec, setting_str(setting), version, options], sort_keys=True)
+    def path(self, dataset: str, sample_id: str, codec: str, setting: Any, version: str, options: dict, original: str) -> str:
+        """``original``: the input's ``media_digest``, so a changed source is a miss, not a stale hit."""
+        key = json.dumps([FORMAT, dataset, sample_id, codec, setting_str(setting), version, options, original], sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"{self.root}/{dataset}/{codec}-{setting_str(setting)}/{digest}.arrow"
 

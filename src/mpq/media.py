@@ -30,6 +30,7 @@ class MediaError(ValueError):
 class RGBImage:
     pixels: np.ndarray  # (H, W, 3) uint8
     conversion: str | None = None  # what was done to get here, None if the input was 8-bit RGB
+    orientation: int = 1  # the EXIF orientation applied (1: none), for a label map to follow
 
     @property
     def height(self) -> int:
@@ -50,7 +51,7 @@ def to_rgb(img: Image.Image) -> RGBImage:
     orientation = img.getexif().get(0x0112, 1)
     if orientation in range(2, 9):
         out = _to_rgb(ImageOps.exif_transpose(img))
-        return RGBImage(out.pixels, "; ".join(filter(None, [f"EXIF orientation {orientation} applied", out.conversion])))
+        return RGBImage(out.pixels, "; ".join(filter(None, [f"EXIF orientation {orientation} applied", out.conversion])), orientation)
     return _to_rgb(img)
 
 
@@ -117,6 +118,18 @@ def image_from_array(arr: np.ndarray) -> RGBImage:
     if not shape_ok or arr.dtype not in (np.uint8, np.uint16) or (arr.dtype == np.uint16 and arr.ndim != 2):
         raise MediaError(f"unsupported image array: dtype {arr.dtype}, shape {arr.shape}")
     return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
+# EXIF orientation → the transpose that makes it upright (as ImageOps.exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def oriented(label: np.ndarray, orientation: int) -> np.ndarray:
+    """A label map turned as its image was (its own file holds no orientation: it is stored as the image's pixels were)."""
+    if orientation not in _UPRIGHT:
+        return label
+    return np.asarray(Image.fromarray(label.astype(np.int32)).transpose(_UPRIGHT[orientation])).astype(np.int32)
 
 
 def label_map_from_bytes(data: bytes) -> np.ndarray:
@@ -275,6 +288,18 @@ def media_to_record(media: np.ndarray | Audio) -> dict:
         raise MediaError(f"cannot serialise media of type {type(media).__name__} (dtype {x.dtype}, shape {x.shape})")
     return {"kind": "image", "dtype": x.dtype.str, "shape": list(x.shape), "data": np.ascontiguousarray(x).tobytes(),
             "sample_rate": None, "conversion": None}
+
+
+def media_digest(media: np.ndarray | Audio) -> str:
+    """What the media holds, as a short hash: the encoded cache's key names the original, so an
+    entry made from other data under the same sample id is never served."""
+    import hashlib
+
+    rec = media_to_record(media)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{rec['kind']} {rec['dtype']} {rec['shape']} {rec['sample_rate']}".encode())
+    h.update(rec["data"])
+    return h.hexdigest()
 
 
 def media_from_record(rec: dict) -> np.ndarray | Audio:

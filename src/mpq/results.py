@@ -38,6 +38,18 @@ INFRA_PREFIX = "infra: "  # an error the machine caused (out of memory, a lost w
 OLD_CACHE_ERROR = "cannot create an OBJECT array from memory buffer"
 
 
+# Rows of an older mpq whose figures were defined differently (0.1.0: `bps` per time step,
+# ADE20k labels read unshifted, DAC codebooks rounded over both channels) are not done.
+COMPATIBLE_SINCE = (0, 2, 0)
+
+
+def current(mpq_version: str | None) -> bool:
+    try:
+        return tuple(int(x) for x in (mpq_version or "0").split(".")[:3]) >= COMPATIBLE_SINCE
+    except ValueError:
+        return False
+
+
 def retryable(error: str | None) -> bool:
     """An error row that is not done: the infrastructure failed, not the sample; a re-run redoes it."""
     return error is not None and (error.startswith(INFRA_PREFIX) or OLD_CACHE_ERROR in error)
@@ -167,8 +179,9 @@ class ResultStore:
         dataset: str | None = None, sample_ids: set[str] | None = None,
     ) -> set[tuple[str, ...]]:
         """Keys written in a file that has every column in ``required[dataset]`` (metric columns),
-        except rows whose error is ``retryable``; of ``files`` (default: every results file),
-        and only of ``dataset`` and ``sample_ids`` when given (a shard's plan)."""
+        except rows whose error is ``retryable`` and rows of an mpq older than ``COMPATIBLE_SINCE``;
+        of ``files`` (default: every results file), and only of ``dataset`` and ``sample_ids``
+        when given (a shard's plan)."""
         import pyarrow.compute as pc
 
         keys: set[tuple[str, ...]] = set()
@@ -176,7 +189,7 @@ class ResultStore:
             with self.fs.open_input_file(path) as f:
                 parquet = pq.ParquetFile(f)
                 has = set(parquet.schema_arrow.names)
-                table = parquet.read(columns=list(KEY) + (["error"] if "error" in has else []))
+                table = parquet.read(columns=list(KEY) + [c for c in ("error", "mpq_version") if c in has])
             if dataset is not None:
                 mask = pc.equal(table.column("dataset"), dataset)
                 if sample_ids is not None:
@@ -184,8 +197,9 @@ class ResultStore:
                 table = table.filter(mask)
             datasets = {d for d in table.column("dataset").unique().to_pylist() if (required or {}).get(d, set()) <= has}
             errors = table.column("error").to_pylist() if "error" in has else [None] * table.num_rows
+            versions = table.column("mpq_version").to_pylist() if "mpq_version" in has else [None] * table.num_rows
             rows = zip(*(table.column(c).to_pylist() for c in KEY))
-            keys.update(k for k, e in zip(rows, errors) if k[0] in datasets and not retryable(e))
+            keys.update(k for k, e, v in zip(rows, errors, versions) if k[0] in datasets and not retryable(e) and current(v))
         return keys
 
     def write(self, table: pa.Table) -> None:

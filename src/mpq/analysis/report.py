@@ -208,7 +208,8 @@ def write_report(
         table.write_csv(out / f"summary_{modality}.csv")
         (out / f"summary_{modality}.md").write_text(to_markdown(table))
         body.append(f"<h3>{html.escape(modality)}</h3>" + _html_table(table))
-    ok = df.filter(pl.col("error").is_null())
+    # One value per coded sample: a metric's value repeats on the rows of each task.
+    ok = df.filter(pl.col("error").is_null()).unique(["dataset", "sample_id", "codec", "setting"], maintain_order=True)
     left_out = [
         f"{c}: {n} non-finite values (infinite or NaN, e.g. the PSNR of a lossless decode) of {ok[c].count()} "
         "left out of the means and correlations (see the <metric>_nonfinite rows)"
@@ -236,6 +237,8 @@ def write_report(
     section(
         "Machine BD-rate (bits vs task score)",
         f"<p>Average bit-rate change of <i>test</i> against <i>anchor</i> at equal task score; negative: fewer bits. "
+        "Bits are each setting's mean <code>bits</code> per sample: the whole file (images) or the codec packets (audio), "
+        "not <code>payload_bits</code>. "
         "Each codec's score is first fitted monotone in bits (isotonic regression: settings whose score falls as bits rise "
         "share their mean score), then log-bits is interpolated over the score (pchip) and averaged over the score range both reach; "
         f"that range must be at least {100 * MIN_OVERLAP:.0f} % of the narrower codec's, else there is no value and the note says why. "

@@ -2,8 +2,8 @@
 
 A setting is the requested bitrate in kbps: for EnCodec one of the model's target
 bandwidths, for DAC the number of codebooks that comes closest to it on one channel (a
-stereo input, each channel coded by the mono model, takes twice that; the row's
-``rate_note`` says so). The audio is
+stereo input, each channel coded by a mono model, takes twice that in ``kbps``; ``rate_note``
+compares the rate per channel coded with the setting). The audio is
 resampled (soxr) to the model's rate and channel count (mono models code each channel
 of a stereo input separately; the stereo 48 kHz EnCodec codes a mono input duplicated),
 encoded, and the codes are written as a real bitstream: each code as a
@@ -133,17 +133,22 @@ class NeuralAudioCodec(Codec):
         y = fit_length(resample(y.astype(np.float32), cfg.sampling_rate, media.sample_rate), media.num_samples)
         y = with_channels(y, media.channels)
         bits = 8 * len(data)
+        coded = self.channels_coded(media.channels)  # a mono model codes each channel: it asks for that many times the setting
         extra = {
             "requested_kbps": float(setting),
             "codec_sample_rate": int(cfg.sampling_rate),
-            "rate_note": rate_note(bits, media.duration, setting, self.why_off(media.channels)),
+            "rate_note": rate_note(bits / coded, media.duration, setting, "; ".join(filter(None, [
+                f"per channel, {coded} coded by the mono model" if coded > 1 else "", self.why_off(setting)]))),
             "bits_codebook": int(bits_codebook),
         }
         return Coded(bits=bits, decoded=Audio(np.clip(y, -1, 1), media.sample_rate), extra=extra)
 
-    def why_off(self, channels: int) -> str:
-        mono_model = getattr(self.model.config, "audio_channels", 1) == 1
-        return "each of the 2 channels coded by the mono model" if channels == 2 and mono_model else ""
+    def channels_coded(self, channels: int) -> int:
+        """How many times the model codes the input: each channel for a mono model, once for a stereo one."""
+        return channels if getattr(self.model.config, "audio_channels", 1) == 1 else 1
+
+    def why_off(self, setting: float) -> str:
+        return ""
 
     def encode(self, x: np.ndarray, kbps: float):
         """(n, channels) at the model's rate → (bytes, codebook bits, a function decoding those bytes)."""
@@ -222,6 +227,10 @@ class DAC(NeuralAudioCodec):
         if n_q > cfg.n_codebooks:
             raise ValueError(f"{self.options.model} reaches at most {cfg.n_codebooks * per:.3g} kbps per channel, not {kbps:g}")
         return n_q
+
+    def why_off(self, setting: float) -> str:
+        cfg = self.model.config
+        return f"{self.codebooks(cfg, setting)} whole codebook(s) of {self.codebook_kbps(cfg):.3g} kbps"
 
     def preflight(self, settings: list) -> None:
         """Two settings that round to the same number of codebooks would be one point under two labels."""

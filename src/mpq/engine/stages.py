@@ -21,16 +21,17 @@ from mpq.cache import EncodedCache
 from mpq.codecs.target import Target, knob
 from mpq.codecs.target import search as target_search
 from mpq.components import Coded, Source
+from mpq.media import media_digest
 from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
 from mpq.spec import JobSpec
-from mpq.tasks.hub import torch_dtype
 
 Row = dict[str, Any]
 
 
-# Failures of the machine, not of the sample: their rows are written with INFRA_PREFIX and
-# are not done, so a re-run tries them again.
-INFRA_ERRORS = ("MemoryError", "OutOfMemoryError", "RayActorError", "ActorDiedError", "WorkerCrashedError", "ObjectLostError")
+# Failures of the machine, not of the sample (out of memory, maybe from a neighbour): their rows
+# are written with INFRA_PREFIX and are not done, so a re-run tries them again.
+INFRA_ERRORS = ("MemoryError", "OutOfMemoryError")
+PRECISIONS = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}
 
 
 def _error(stage: str, exc: BaseException) -> str:
@@ -118,13 +119,17 @@ class Encode(_JobStage):
     def __init__(self, job: JobSpec, cache: EncodedCache | None = None):
         super().__init__(job)
         self.cache = cache
+        self.digest: tuple[Any, str] = (None, "")
 
     def roundtrip(self, row: Row) -> Coded:
         codec = self.codecs[row["codec"]]
         if self.cache is None:
             return codec.roundtrip(row["original"], row["setting"])
+        if self.digest[0] is not row["original"]:  # once per sample: its rows share the original (held, so `is` is safe)
+            self.digest = (row["original"], media_digest(row["original"]))
         path = self.cache.path(
-            row["dataset"], row["sample_id"], row["codec"], row["setting"], codec.version(), codec.options.model_dump(mode="json")
+            row["dataset"], row["sample_id"], row["codec"], row["setting"], codec.version(), codec.options.model_dump(mode="json"),
+            self.digest[1],
         )
         coded = self.cache.get(path)
         if coded is None:
@@ -186,10 +191,11 @@ class Predict:
         self.task_id, self.batch_size = task_id, spec.batch_size
         self.task = registry.get("task", spec.name)(job.task_options(spec), device or default_device(), job.resources.precision)
         self.task.load()
-        # What else changes a score: the precision the model actually ran in (CPUs run fp32), the
+        # What else changes a score: the precision the model actually ran in (its loaded dtype:
+        # fp32 on CPUs, and for models that ignore the job's precision, e.g. Demucs), the
         # device, and the task's options (language, reduce_labels, ...).
         self.provenance = {
-            "precision": self.task.precision if torch_dtype(self.task.precision, self.task.device) != torch_dtype("fp32", "cpu") else "fp32",
+            "precision": PRECISIONS.get(str(getattr(self.task, "dtype", "")), "fp32"),
             "device": self.task.device,
             "task_options": json.dumps(self.task.options.model_dump(mode="json"), sort_keys=True),
         }

@@ -18,7 +18,7 @@ from pydantic import model_validator
 # AssetUnavailable and offline_hint are also imported from here by components' loaders.
 from mpq.components import Asset, AssetUnavailable, ClassTarget, Options, Sample, Source, offline_hint  # noqa: F401
 from mpq.media import (
-    MediaError, audio_from_array, audio_from_bytes, image_from_array, image_from_bytes, label_map_from_bytes, to_rgb,
+    MediaError, audio_from_array, audio_from_bytes, image_from_array, image_from_bytes, label_map_from_bytes, oriented, to_rgb,
 )
 from mpq.registry import register
 
@@ -99,7 +99,7 @@ class HFSource(Source):
             return Sample(sample_id, audio, target=self._label(ds, row), conversion=audio.conversion)
         img = _image(row[self.column])
         if self.options.label_map:
-            target = _label_map(row[self.options.label_map])
+            target = oriented(_label_map(row[self.options.label_map]), img.orientation)
             if target.shape != img.pixels.shape[:2]:
                 raise MediaError(f"label map is {target.shape[1]}×{target.shape[0]}, image {img.width}×{img.height}")
         else:

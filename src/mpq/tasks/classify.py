@@ -125,9 +125,8 @@ class Classify(Task):
 
         from mpq.tasks.hub import from_pretrained
 
-        model_id = tiny_vit() if self.options.model == TINY_VIT else self.options.model
         kw = {"revision": self.options.revision} if self.options.revision else {}
-        id2label = {int(k): str(v) for k, v in from_pretrained(AutoConfig, model_id, **kw).id2label.items()}
+        id2label = {int(k): str(v) for k, v in from_pretrained(AutoConfig, self.options.model, **kw).id2label.items()}
         # The dataset numbers its classes as the model does: as many, and nearly all named alike.
         agree = sum(c.index is not None and id2label.get(c.index, "").casefold() == c.name.casefold() for c in classes)
         if len(classes) == len(id2label) and agree >= SAME_IDS * len(classes):
