@@ -61,6 +61,7 @@ def test_with_gpus_models_batch_on_gpu_actors_and_metrics_stay_on_cpu():
 def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail(tmp_path):
     import pyarrow as pa
 
+    import mpq
     from mpq.engine.plan import Planner, count, iter_items, shards
     from mpq.results import ResultStore
 
@@ -84,7 +85,7 @@ def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail(tmp_path):
     assert [(s.dataset, s.start, s.stop) for s in shards(job())] == [("many", 0, 4), ("few", 0, 2)]
 
     store.write(pa.table({"dataset": ["many"], "sample_id": [items[0]["sample_id"]], "codec": ["none"], "setting": [""],
-                          "task": ["classify"], "error": pa.array([None], pa.string())}))
+                          "task": ["classify"], "error": pa.array([None], pa.string()), "mpq_version": [mpq.__version__]}))
     planner = Planner(one, store.output, {}, store.files())
     again = list(iter_items(planner, shards(one)))
     assert again[0]["units"] == [("jpeg", 10, ["classify"])]
