@@ -81,8 +81,10 @@ def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail(tmp_path):
     store = ResultStore(str(tmp_path / "out"))
     items = list(iter_items(Planner(one, store.output, {}, store.files()), shards(one)))
     assert [i["dataset"] for i in items] == ["many", "few", "many", "few", "many", "many"]
-    # Shards of cheap images hold 32 samples: a shard of each dataset in turn.
-    assert [(s.dataset, s.start, s.stop) for s in shards(job())] == [("many", 0, 4), ("few", 0, 2)]
+    # Shards of cheap images hold up to 32 samples, small datasets are cut finer to spread over workers.
+    assert [(s.dataset, s.start, s.stop) for s in shards(job())][:3] == [("many", 0, 1), ("few", 0, 1), ("many", 1, 2)]
+    big = parse_job({"name": "big", "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 10_000}}]})
+    assert {s.stop - s.start for s in shards(big)} == {32, 10_000 % 32} and len(shards(big)) == 313
 
     store.write(pa.table({"dataset": ["many"], "sample_id": [items[0]["sample_id"]], "codec": ["none"], "setting": [""],
                           "task": ["classify"], "error": pa.array([None], pa.string()), "mpq_version": [mpq.__version__]}))

@@ -25,6 +25,7 @@ from mpq.spec import JobSpec
 # Samples per shard (and per block of the Ray engine), by the work one sample costs: images
 # through CPU codecs are cheap and batch well; a neural codec or an audio clip is seconds.
 CHEAP, COSTLY = 32, 1
+MIN_SHARDS = 64  # a dataset is cut into at least this many shards where it has the samples
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Shard:
 
 
 def samples_per_shard(job: JobSpec, dataset) -> int:
+    """At most this many samples per shard (``shards`` cuts small datasets finer)."""
     if job.resources.samples_per_block:
         return job.resources.samples_per_block
     if job.modality(dataset) == "audio":
@@ -49,7 +51,8 @@ def shards(job: JobSpec, limit: int | None = None) -> list[Shard]:
     for dataset in job.datasets:
         source = registry.get("source", dataset.source_type)(job.source_options(dataset))
         n = min(x for x in (dataset.limit, limit, source.count()) if x is not None)
-        size = samples_per_shard(job, dataset)
+        # A small dataset is cut finer, so that its samples still spread over the workers.
+        size = min(samples_per_shard(job, dataset), max(1, n // MIN_SHARDS))
         per_dataset.append([Shard(dataset.name, i, min(i + size, n)) for i in range(0, n, size)])
     turns = itertools.chain.from_iterable(itertools.zip_longest(*per_dataset))
     return [s for s in turns if s is not None]
