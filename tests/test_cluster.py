@@ -79,6 +79,10 @@ class LocalCluster:
         self.worker_ports = random.randrange(20000, 60000, 1000)
 
     def start(self) -> None:
+        self.start_head()
+        self.worker = self.start_worker()
+
+    def start_head(self) -> None:
         def head_args() -> list[str]:
             gcs, dash, client, agent, agent_grpc, rt_env, metrics = free_ports(7)
             self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
@@ -89,7 +93,6 @@ class LocalCluster:
             ]
 
         self._start_node("head", head_args)
-        self.worker = self.start_worker()
 
     def _node_ports(self, *ports: int) -> list[str]:
         agent, agent_grpc, rt_env, metrics = ports

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -25,8 +26,11 @@ def run(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     force: Annotated[bool, typer.Option(help="take over the output's lease from a run that is gone")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show Ray's and the models' own output (by default it stays in Ray's log folder)")] = False,
 ) -> None:
     """Run a job; a second run on the same output resumes, skipping rows already written."""
+    if verbose:
+        os.environ["MPQ_VERBOSE"] = "1"  # read by the Ray engine
     from mpq.components import AssetUnavailable
     from mpq.lease import LeaseHeld, LeaseLost
     from mpq.spec import JobSpecError, load_job
@@ -43,7 +47,7 @@ def run(
         stats = run_job(job, out, engine=engine, limit=limit, address=address, progress=progress, force=force)
     except (LeaseHeld, LeaseLost) as exc:
         _fail(str(exc))
-    except (AssetUnavailable, FileNotFoundError, ValueError) as exc:
+    except (AssetUnavailable, OSError, ValueError) as exc:  # OSError: an output that cannot be written
         _fail(f"{job_file}: {exc}")
     typer.echo(
         f"{stats.written} rows written ({stats.errors} with errors), {stats.already_done} already there; "
@@ -114,10 +118,25 @@ def submit(
     pairs = [e.partition("=") for e in env or []]
     if any(not sep or not k for k, sep, _ in pairs):
         _fail(f"--env takes KEY=VALUE, got {env}")
-    job_id = cluster.submit(job_file, job, out, address, limit, {k: v for k, _, v in pairs}, force)
+    with _cluster(address):
+        job_id = cluster.submit(job_file, job, out, address, limit, {k: v for k, _, v in pairs}, force)
     typer.echo(f"submitted {job_id}\nresults: {out}/results\nfollow with: mpq-ray logs {job_id} --follow")
     if follow:
-        _end(cluster.follow(address, job_id))
+        with _cluster(address, job_id):
+            status = cluster.follow(address, job_id)
+        _end(status)
+
+
+@contextlib.contextmanager
+def _cluster(address: str | None, job_id: str | None = None):
+    """A cluster's answer (no cluster, no token, no such job) as one line, not a traceback."""
+    from mpq import cluster
+
+    try:
+        with cluster.answers(address, job_id):
+            yield
+    except cluster.ClusterError as exc:
+        _fail(str(exc))
 
 
 def _end(status: str) -> None:
@@ -130,7 +149,8 @@ def status(job_id: str, address: Annotated[Optional[str], typer.Option(help=ADDR
     """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
     from mpq import cluster
 
-    info = cluster.client(address).get_job_info(job_id)
+    with _cluster(address, job_id):
+        info = cluster.client(address).get_job_info(job_id)
     typer.echo(f"{job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
 
 
@@ -143,9 +163,12 @@ def logs(
     """Print a submitted job's logs."""
     from mpq import cluster
 
-    if follow:
-        _end(cluster.follow(address, job_id))
-    typer.echo(cluster.client(address).get_job_logs(job_id), nl=False)
+    with _cluster(address, job_id):
+        if not follow:
+            typer.echo(cluster.client(address).get_job_logs(job_id), nl=False)
+            return
+        status = cluster.follow(address, job_id)
+    _end(status)
 
 
 @app.command()
@@ -153,8 +176,12 @@ def stop(job_id: str, address: Annotated[Optional[str], typer.Option(help=ADDRES
     """Stop a submitted job; rows already written stay, and submitting it again resumes."""
     from mpq import cluster
 
-    stopped = cluster.client(address).stop_job(job_id)
-    typer.echo(f"{job_id}: {'stopping' if stopped else 'already ended'}")
+    with _cluster(address, job_id):
+        c = cluster.client(address)
+        if c.stop_job(job_id):
+            typer.echo(f"{job_id}: stopping")
+        else:
+            typer.echo(f"{job_id}: already ended ({c.get_job_status(job_id)}); nothing to stop")
 
 
 @app.command()

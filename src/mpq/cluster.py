@@ -9,7 +9,10 @@ provides mpq's dependencies (see cluster.yaml).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -33,11 +36,66 @@ def shared_output(job: JobSpec, output: str | None) -> str:
     return out
 
 
+class ClusterError(Exception):
+    """What the cluster answered (or that none did), in one line for the user."""
+
+
+def _token_headers() -> dict[str, str]:
+    """The token of Ray's token authentication, found where Ray's own ``ray.init`` finds it
+    (~/.ray/auth_token, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH). The Jobs client sends it only
+    when RAY_AUTH_MODE=token, yet `ray start --head` turns authentication on whenever a token
+    file exists, so a default local head would refuse mpq; sending it always is what
+    ``ray.init`` does when it connects to an existing cluster."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return {}
+    from ray._raylet import AuthenticationTokenLoader
+
+    loader = AuthenticationTokenLoader.instance()
+    if not loader.has_token(ignore_auth_mode=True):
+        return {}
+    return {"Authorization": f"Bearer {loader.get_raw_token(ignore_auth_mode=True)}"}
+
+
+TOKEN_FIX = (
+    "put the head's token (`ray get-auth-token` on the head) in ~/.ray/auth_token, "
+    "or name it with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+)
+
+
+@contextlib.contextmanager
+def answers(address: str | None, job_id: str | None = None):
+    """Turn the Jobs API's exceptions for a cluster's answer into a one-line ClusterError."""
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    where = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265 (no --address, no RAY_ADDRESS)"
+    try:
+        yield
+    except AuthenticationError as exc:
+        if str(exc).startswith("Authentication failed"):
+            raise ClusterError(f"the Ray cluster at {where} refused this machine's token: {TOKEN_FIX}") from None
+        raise ClusterError(f"the Ray cluster at {where} requires a token and none was found: {TOKEN_FIX}") from None
+    except (ConnectionError, requests.exceptions.ConnectionError):
+        raise ClusterError(
+            f"no Ray cluster answers at {where}: start one (`ray start --head`) or give its dashboard "
+            "address with --address or RAY_ADDRESS, e.g. http://HEAD:8265"
+        ) from None
+    except RuntimeError as exc:
+        if job_id is not None and re.search(r"status code 404: Job .* does not exist", str(exc)):
+            raise ClusterError(f"no job {job_id!r} on the Ray cluster at {where} (`ray job list` lists them)") from None
+        raise
+    except ValueError as exc:
+        raise ClusterError(f"{where} is not a Ray dashboard address ({exc}); expected e.g. http://HEAD:8265") from None
+
+
 def client(address: str | None):
     """A Jobs API client; ``address`` defaults to RAY_ADDRESS, as for ``ray job``."""
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    # Not Ray's notes on each upload and log stream (these loggers set their own level).
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return JobSubmissionClient(address, headers=_token_headers())
 
 
 def submit(
@@ -79,6 +137,7 @@ def submit(
 def follow(address: str | None, submission_id: str) -> str:
     """Print the job's logs as they come until it ends; returns its final status."""
     c = client(address)
+    c.get_job_status(submission_id)  # an unknown id fails here, with the 404 `answers` knows
 
     async def tail():
         async for lines in c.tail_job_logs(submission_id):

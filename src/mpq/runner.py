@@ -103,11 +103,11 @@ def run_job(
         elif engine == "serial":
             from mpq.engine.serial import run_serial
 
-            stream = run_serial(job, iter_items(planner, todo), finalize, cache)
+            stream = run_serial(job, iter_items(planner, todo), finalize, cache, output)
         else:
             from mpq.engine.ray import run_ray
 
-            stream = run_ray(job, planner, todo, finalize, address, cache)
+            stream = run_ray(job, planner, todo, finalize, address, cache, output)
         written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{job.name} ({engine})")
     end = time.monotonic()
     return RunStats(output, work.samples, work.done, work.rows, written, errors, end - start, (first or end) - start)

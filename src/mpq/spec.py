@@ -117,6 +117,11 @@ class JobSpec(_Strict):
     metrics: list[MetricSpec] = []
     resources: Resources = Resources()
     cache: bool = True  # keep codec outputs under OUTPUT/cache, so that no sample is encoded twice
+    # Larger inputs become error rows before any work on them. A sample costs about 140 bytes
+    # per pixel under Ray, 215 serially (baseline + 2 settings, classifier, PSNR and LPIPS; more
+    # settings, more): 40 megapixels is ~9 GB, and two at once fit a 24 GB machine.
+    max_pixels: int | None = Field(default=40_000_000, gt=0)
+    max_seconds: float | None = Field(default=900, gt=0)  # audio; the longest MUSDB track is ~10 min
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -188,12 +193,13 @@ def _choices(kind: str) -> str:
     return ", ".join(registry.names(kind))
 
 
-def _option_problems(kind: str, name: str, values: dict, where: str) -> list[str]:
+def _option_problems(kind: str, name: str, values: dict, where: str, spec_keys: tuple = ()) -> list[str]:
+    """Problems with a component's options; ``spec_keys``: the keys its job entry takes besides them."""
     cls = registry.get(kind, name)
     try:
         cls.Options(**values)
     except ValidationError as exc:
-        fields = ", ".join(cls.Options.model_fields) or "none"
+        fields = ", ".join([*spec_keys, *cls.Options.model_fields]) or "none"
         return [p + (f"; valid keys: {fields}" if p.endswith("unknown key") else "") for p in _pydantic_problems(exc, where)]
     return []
 
@@ -218,13 +224,14 @@ def validate(job: JobSpec) -> list[str]:
     for dup in {n for n in dataset_names if dataset_names.count(n) > 1}:
         problems.append(f"datasets: name {dup!r} is used twice")
 
-    for kind, specs in (("codec", job.codecs), ("task", job.tasks), ("metric", job.metrics)):
+    entries = {"codec": (job.codecs, CodecSpec), "task": (job.tasks, TaskSpec), "metric": (job.metrics, MetricSpec)}
+    for kind, (specs, spec_cls) in entries.items():
         for i, spec in enumerate(specs):
             where = f"{kind}s[{i}]"
             if spec.name not in registry.names(kind):
                 problems.append(f"{where}.name: unknown {kind} {spec.name!r}; valid choices: {_choices(kind)}")
                 continue
-            problems += _option_problems(kind, spec.name, spec.option_values, where)
+            problems += _option_problems(kind, spec.name, spec.option_values, where, tuple(spec_cls.model_fields))
             mod = registry.get(kind, spec.name).modality
             if mod not in modalities:
                 problems.append(f"{where}: {kind} {spec.name!r} works on {mod}, but no dataset in the job is {mod}")

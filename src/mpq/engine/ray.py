@@ -16,10 +16,16 @@ sink as they stream out; the dataset is never materialised.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
 import os
 import pickle
+import re
+import sys
+import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -32,11 +38,16 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 from ray.data import Datasource, ReadTask
 
 from mpq.cache import EncodedCache
+from mpq.engine.inflight import InFlight
 from mpq.engine.plan import CHUNK, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.spec import JobSpec
 
 COLUMN = "row"
+# Ray retries the work of a dead worker without end; mpq's own note of each try bounds it
+# (inflight.py): a sample's work in a stage is started at most this many times (a lost node
+# costs the samples in flight on it one try), then its rows become `worker died` errors.
+TRIES = 3
 
 
 def _pack(rows: list[dict[str, Any]]) -> pa.Table:
@@ -47,25 +58,29 @@ def _unpack(batch: pa.Table) -> list[dict[str, Any]]:
     return [pickle.loads(b) for b in batch.column(COLUMN).to_pylist()]
 
 
-def _run(batch: pa.Table, stages: list, finalize: Finalize | None) -> pa.Table:
+def _run(batch: pa.Table, stages: list, finalize: Finalize | None, in_flight: InFlight | None = None) -> pa.Table:
+    def work(rows):
+        for stage in stages:
+            rows = stage(rows)
+        return rows
+
     rows = _unpack(batch)
-    for stage in stages:
-        rows = stage(rows)
+    rows = in_flight.run(rows, work) if in_flight else work(rows)
     return _pack(rows) if finalize is None else finalize(rows)
 
 
 class _Actor:
     """Stage objects built once per actor (model loading happens here), run in order."""
 
-    def __init__(self, specs: list[tuple], finalize: Finalize | None, threads: int):
+    def __init__(self, specs: list[tuple], finalize: Finalize | None, threads: int, in_flight: InFlight | None = None):
         import torch
 
         torch.set_num_threads(threads)
         self.stages = [cls(*args) for cls, args in specs]
-        self.finalize = finalize
+        self.finalize, self.in_flight = finalize, in_flight
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _run(batch, self.stages, self.finalize)
+        return _run(batch, self.stages, self.finalize, self.in_flight)
 
 
 @dataclass
@@ -125,6 +140,11 @@ def _available(resource: str) -> bool:
     return most.get(resource, 0) > 0
 
 
+def verbose() -> bool:
+    """`mpq-ray run --verbose`: Ray's and the models' own output reaches the terminal too."""
+    return os.environ.get("MPQ_VERBOSE", "") not in ("", "0")
+
+
 def init_ray(address: str | None = None) -> None:
     import ray
 
@@ -133,10 +153,49 @@ def init_ray(address: str | None = None) -> None:
     ray.init(
         address=address or os.environ.get("RAY_ADDRESS"),
         logging_level="ERROR",
-        log_to_driver=True,
+        # Workers' output (models' download and conversion bars...) stays in their log files
+        # in Ray's log folder; mpq reports what went wrong with a sample in its row.
+        log_to_driver=verbose(),
         include_dashboard=None,
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
     )
+
+
+# A line of Ray's C++ log ("[2026-01-01 12:00:00,000 E 123 123] core_worker.cc:2465: ...").
+_NATIVE_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] \S+:\d+: ")
+
+
+@contextlib.contextmanager
+def _without_native_log_lines() -> Iterator[None]:
+    """Ray's core worker in this process writes its errors both to its log file in Ray's
+    log folder (python-core-driver-*.log) and to file descriptor 2, where Python's own
+    stderr goes too: route descriptor 2 through a pipe that drops those lines."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    out_fd = os.dup(terminal)  # the thread's own, so that closing `terminal` cannot race it
+
+    def forward():
+        with os.fdopen(read, "rb") as lines, os.fdopen(out_fd, "wb", buffering=0) as out:
+            for line in lines:
+                if not _NATIVE_LOG_LINE.match(line):
+                    out.write(line)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # closes the pipe's last write end: the thread reads to the end
+        os.close(terminal)
+        thread.join(timeout=5)
 
 
 class PlanDatasource(Datasource):
@@ -160,15 +219,18 @@ class PlanDatasource(Datasource):
                 if items:
                     yield _pack(items)
 
+        # As many read tasks as Ray Data asks for (enough to keep the workers busy), of at most
+        # CHUNK shards each.
+        size = max(1, min(CHUNK, math.ceil(len(self.plan) / max(1, parallelism))))
         return [
             ReadTask(functools.partial(read, part), BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None))
-            for part in chunks(self.plan)
+            for part in chunks(self.plan, size)
         ]
 
 
 def run_ray(
     job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, address: str | None = None,
-    cache: EncodedCache | None = None,
+    cache: EncodedCache | None = None, output: str | None = None,
 ) -> Iterator[pa.Table]:
     import ray
     import ray.data
@@ -177,25 +239,34 @@ def run_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # mpq shows its own
     ctx.print_on_execution_start = False
+    if not verbose():  # Ray Data's notes go to its log file (ray-data.log) only
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"ray\.data\.")  # e.g. fewer samples than actors
     cluster = ray.cluster_resources()
     has_gpu = _available("GPU")
     groups = _groups(job, has_gpu)
     codec_resources = {k: v for k, v in job.resources.codec_resources.items() if _available(k)} or None
 
+    def in_flight(stage: int) -> InFlight | None:
+        return InFlight(output, TRIES, stage) if output is not None else None
+
     # The plan streams in: read tasks plan chunks of shards on the workers, a block per shard.
-    ds = ray.data.read_datasource(PlanDatasource(planner, plan), override_num_blocks=math.ceil(len(plan) / CHUNK))
+    ds = ray.data.read_datasource(PlanDatasource(planner, plan))
     ds = ds.map_batches(
-        _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize},
+        _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize, "in_flight": in_flight(0)},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,
     )
     for i, group in enumerate(groups):
         # Does it share its resource? GPU pools with each other; CPU actors next to GPUs with coding.
         shared = any(bool(g.gpus) == bool(group.gpus) for g in groups if g is not group) or (has_gpu and not group.gpus)
+        last = i == len(groups) - 1
         ds = ds.map_batches(
-            _Actor, fn_constructor_args=(group.specs, finalize if i == len(groups) - 1 else None, max(1, int(group.cpus))),
+            _Actor, fn_constructor_args=(group.specs, finalize if last else None, max(1, int(group.cpus)), in_flight(i + 1)),
             # On CPUs a call takes whatever block arrives (one sample's rows); GPUs get full batches.
             batch_size=group.batch_size if group.gpus else None, batch_format="pyarrow",
             compute=_pool(group, cluster, shared), num_cpus=group.cpus, num_gpus=group.gpus,
         )
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-        yield batch
+    with _without_native_log_lines():
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)

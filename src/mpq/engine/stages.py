@@ -95,6 +95,14 @@ class _JobStage:
 class Load(_JobStage):
     """Plan item {dataset, sample_id, units} → one working row per unit (codec, setting, tasks)."""
 
+    def over_limit(self, size: Row) -> str | None:
+        """Why a sample is too large for the job's memory bounds (max_pixels, max_seconds), if it is."""
+        if "height" in size and self.job.max_pixels and size["height"] * size["width"] > self.job.max_pixels:
+            return f"{size['width']}×{size['height']} = {size['height'] * size['width']} pixels, over the job's max_pixels ({self.job.max_pixels})"
+        if "duration" in size and self.job.max_seconds and size["duration"] > self.job.max_seconds:
+            return f"{size['duration']:.0f} s, over the job's max_seconds ({self.job.max_seconds:g})"
+        return None
+
     def __call__(self, items: list[Row]) -> list[Row]:
         out = []
         for item in items:
@@ -105,6 +113,8 @@ class Load(_JobStage):
                 sample = self.sources[item["dataset"]].load(item["sample_id"])
                 base.update(original=sample.media, target=sample.target, conversion=sample.conversion)
                 base.update(MEDIA_COLUMNS[modality](sample.media))
+                if (limit := self.over_limit(base)) is not None:
+                    base.update(original=None, target=None, error=f"load: too large: {limit}")
             except Exception as exc:
                 base.update(original=None, target=None, conversion=None, error=_error("load", exc))
             for codec, setting, tasks in item["units"]:

@@ -154,7 +154,8 @@ class Classify(Task):
     def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
         import torch
 
-        inputs = self.processor(images=list(media), return_tensors="pt", device=self.device)  # resized on the GPU if any
+        # Media are H×W×C: said, not guessed (a guess takes a 1×1 or 3-row image for channels-first).
+        inputs = self.processor(images=list(media), return_tensors="pt", device=self.device, input_data_format="channels_last")  # resized on the GPU if any
         pixel_values = inputs["pixel_values"].to(self.device, dtype=self.dtype)
         with torch.inference_mode():
             top1 = self.model(pixel_values=pixel_values).logits.argmax(-1).tolist()

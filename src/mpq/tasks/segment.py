@@ -99,7 +99,7 @@ class Segment(Task):
         import torch
         import torch.nn.functional as F
 
-        inputs = self.processor(images=list(media), return_tensors="pt")
+        inputs = self.processor(images=list(media), return_tensors="pt", input_data_format="channels_last")  # not guessed
         with torch.inference_mode():
             logits = self.model(pixel_values=inputs["pixel_values"].to(self.device, dtype=self.dtype)).logits
             rows = []

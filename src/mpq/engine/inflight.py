@@ -1,0 +1,94 @@
+"""Bounded tries for a sample that kills the process working on it.
+
+A sample that kills its worker (out of memory, a crash in a codec's native library) is
+retried by Ray without end, and kills every resumed serial run. So before a stage works
+on a sample it notes the try under OUTPUT/in-flight/ (one small file per sample and stage,
+on the storage the results go to, which every worker sees), and removes the note when the
+work is done. A sample found there with its tries used up is not worked on again: its
+rows become error rows ``worker died: ...``, which count as done, and the job goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from mpq.results import filesystem
+
+WORKER_DIED = "worker died: "
+
+
+def sample_key(row: dict[str, Any]) -> str:
+    return f"{row['dataset']}/{row['sample_id']}"
+
+
+def error_rows(item: dict[str, Any], error: str) -> list[dict[str, Any]]:
+    """Working rows for every unit of a plan item, each with ``error`` and nothing else done."""
+    return [
+        {"dataset": item["dataset"], "sample_id": item["sample_id"], "codec": codec, "setting": setting, "tasks": tasks, "error": error}
+        for codec, setting, tasks in item["units"]
+    ]
+
+
+@dataclass
+class InFlight:
+    output: str
+    tries: int  # how many times a sample's work is started before its rows become errors
+    stage: int = 0  # which stage group (Ray: one per actor pool), so that each counts its own tries
+
+    @functools.cached_property
+    def _fs(self) -> tuple[pafs.FileSystem, str]:
+        return filesystem(self.output)
+
+    def _path(self, key: str) -> tuple[pafs.FileSystem, str]:
+        fs, root = self._fs
+        digest = hashlib.sha1(key.encode()).hexdigest()[:20]
+        return fs, f"{root.rstrip('/')}/in-flight/{self.stage}-{digest}"
+
+    def begin(self, keys: set[str]) -> set[str]:
+        """Note a try of each sample; returns the samples whose tries are used up (not noted)."""
+        spent = set()
+        for key in sorted(keys):
+            fs, path = self._path(key)
+            try:
+                with fs.open_input_stream(path) as f:
+                    before = int(f.read() or 0)
+            except (FileNotFoundError, ValueError):
+                before = 0
+            if before >= self.tries:
+                spent.add(key)
+                continue
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            with fs.open_output_stream(path) as f:
+                f.write(str(before + 1).encode())
+        return spent
+
+    def end(self, keys: set[str]) -> None:
+        """The work on these samples is done (a spent sample's note stays: its error rows may
+        yet be lost unwritten, and must then be written again, not tried)."""
+        for key in keys:
+            fs, path = self._path(key)
+            try:
+                fs.delete_file(path)
+            except FileNotFoundError:
+                pass
+
+    def run(self, rows: list[dict[str, Any]], work) -> list[dict[str, Any]]:
+        """``work(rows)`` on the samples with tries left; the spent ones' rows as errors."""
+        keys = {sample_key(r) for r in rows}
+        spent = self.begin(keys)
+        error = (
+            f"{WORKER_DIED}the process working on this sample ended {self.tries} times (out of memory, "
+            "or a crash in native code); not tried again"
+        )
+        dead = []
+        for r in rows:
+            if sample_key(r) in spent:
+                dead += error_rows(r, error) if "units" in r else [{**r, "error": error}]
+        out = work([r for r in rows if sample_key(r) not in spent])
+        self.end(keys - spent)
+        return out + dead

@@ -1,0 +1,211 @@
+"""Inputs and failures that used to kill a run: they cost one error row, or nothing."""
+
+import numpy as np
+import pytest
+from test_segment import tiny_segformer  # noqa: F401  (a fixture)
+
+from mpq import registry
+
+# Shapes an image processor that guesses the channel axis takes for channels-first.
+TINY_SHAPES = [(1, 1, 3), (3, 1, 3), (1, 3, 3), (3, 3, 3)]
+
+
+def task(name: str, **options):
+    cls = registry.get("task", name)
+    t = cls(cls.Options(**options), "cpu", "fp32")
+    t.load()
+    return t
+
+
+def test_classifier_takes_images_of_one_pixel_and_other_tiny_shapes():
+    t = task("classify", model="builtin:tiny-vit")
+    images = [np.full(shape, 100, np.uint8) for shape in TINY_SHAPES]
+    rows = t.predict(images, ["cat"] * len(images))
+    assert len(rows) == len(images) and all(r["prediction"] for r in rows)
+
+
+def test_segmenter_takes_images_of_one_pixel_and_other_tiny_shapes(tiny_segformer):  # noqa: F811
+    t = task("segment", model=tiny_segformer)
+    images = [np.full(shape, 100, np.uint8) for shape in TINY_SHAPES]
+    rows = t.predict(images, [np.ones(s[:2], np.uint8) for s in TINY_SHAPES])  # class 1: valid after reduce_labels
+    assert [r["pixels_valid"] for r in rows] == [s[0] * s[1] for s in TINY_SHAPES]
+
+
+def run_cli(*args, env_extra: dict):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-m", "mpq.cli", "run", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def unboxed(stderr: str) -> str:
+    """The end of a failed run's stderr without the frames of rich's traceback boxes."""
+    return "\n".join(line for line in stderr.splitlines() if "│" not in line)[-3000:]
+
+
+QUIET_JOB = {
+    "name": "quiet",
+    "datasets": [{"name": "skimage", "source": {"samples": "skimage"}}],
+    "codecs": [{"name": "jpeg", "settings": [50]}],
+    "tasks": [{"name": "classify", "model": "builtin:tiny-vit", "batch_size": 2}],
+    "metrics": ["psnr"],
+}
+
+
+
+@pytest.mark.slow
+def test_ray_run_is_quiet_by_default_and_verbose_shows_rays_output(tmp_path):
+    import yaml
+
+    job = tmp_path / "quiet.yaml"
+    job.write_text(yaml.safe_dump(QUIET_JOB))
+    common = [str(job), "--limit", "1", "--no-progress"]
+    # Each run writes the tiny model afresh (its own cache), as a first run on a machine does.
+    loud = run_cli(*common, "--output", str(tmp_path / "a"), "--verbose", env_extra={"MPQ_CACHE": str(tmp_path / "c1")})
+    assert loud.returncode == 0, unboxed(loud.stderr)
+    assert "core_worker.cc" in loud.stderr and "Writing model shards" in loud.stderr
+    quiet = run_cli(*common, "--output", str(tmp_path / "b"), env_extra={"MPQ_CACHE": str(tmp_path / "c2")})
+    assert quiet.returncode == 0, unboxed(quiet.stderr)
+    assert quiet.stderr == "", quiet.stderr[-3000:]
+    assert "2 rows written (0 with errors)" in quiet.stdout and "summary" in quiet.stdout
+
+
+# --- a sample that kills its worker ---------------------------------------------------------
+
+POISON_PLUGIN = '''
+"""A test-only codec: JPEG, except that it kills its own process on an image of one size."""
+import os
+import signal
+
+from mpq.codecs.image import JPEG
+from mpq.components import Options
+
+
+class PoisonOptions(Options):
+    height: int = 7  # the poison sample's height
+
+
+class Poison(JPEG):
+    Options = PoisonOptions
+
+    def roundtrip(self, media, setting):
+        if media.shape[0] == self.options.height:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer or a segfault would
+        return super().roundtrip(media, setting)
+'''
+
+
+@pytest.fixture
+def poison_plugin(tmp_path):
+    """The codec, registered as a plugin through the `mpq.codecs` entry point group, as an
+    installed package registers it; PYTHONPATH names it to the run and its Ray workers."""
+    site = tmp_path / "site"
+    (site / "mpq_poison-0.0.dist-info").mkdir(parents=True)
+    (site / "mpq_poison.py").write_text(POISON_PLUGIN)
+    (site / "mpq_poison-0.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: mpq-poison\nVersion: 0.0\n")
+    (site / "mpq_poison-0.0.dist-info" / "entry_points.txt").write_text("[mpq.codecs]\npoison = mpq_poison:Poison\n")
+    return site
+
+
+@pytest.fixture
+def poison_job(tmp_path):
+    import yaml
+    from PIL import Image
+
+    from conftest import photo
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, h in (("a.png", 16), ("b-poison.png", 7), ("c.png", 16)):
+        Image.fromarray(photo(h, 16)).save(folder / name)
+    job = tmp_path / "poison.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "poison",
+        "datasets": [{"name": "imgs", "source": {"folder": str(folder)}}],
+        "codecs": [{"name": "poison", "settings": [50, 80]}],
+        "metrics": ["psnr"],
+    }))
+    return job
+
+
+def read_rows(out):
+    from mpq.summary import read_results
+
+    return {(r["sample_id"], r["codec"], r["setting"]): r["error"] for r in read_results(str(out)).iter_rows(named=True)}
+
+
+def run_poison(job, out, site, *args):
+    import os
+
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return run_cli(str(job), "--output", str(out), "--no-progress", *args, env_extra={"PYTHONPATH": path, "MPQ_FLUSH_ROWS": "1"})
+
+
+def assert_poison_costs_its_rows_only(out):
+    from conftest import rows_on_disk
+
+    rows = read_rows(out)
+    assert len(rows) == rows_on_disk(out) == 3 * 3  # 3 images × (baseline + 2 settings), none twice
+    died = {k: e for k, e in rows.items() if e is not None}
+    # Every row of the sample: its work (all codec settings, baseline included) goes as one.
+    assert set(died) == {("b-poison.png", "none", ""), ("b-poison.png", "poison", "50"), ("b-poison.png", "poison", "80")}
+    assert all(e.startswith("worker died: ") for e in died.values()), died
+
+
+@pytest.mark.slow
+def test_serial_sample_that_kills_the_process_is_tried_once_more_then_an_error_row(poison_plugin, poison_job, tmp_path):
+    out = tmp_path / "out"
+    first = run_poison(poison_job, out, poison_plugin, "--engine", "serial")
+    assert first.returncode == -9  # the codec killed the run itself
+    second = run_poison(poison_job, out, poison_plugin, "--engine", "serial")
+    assert second.returncode == -9  # tried once more on resume: it dies again
+    third = run_poison(poison_job, out, poison_plugin, "--engine", "serial")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "3 with errors" in third.stdout
+    assert_poison_costs_its_rows_only(out)
+    fourth = run_poison(poison_job, out, poison_plugin, "--engine", "serial")
+    assert fourth.returncode == 0 and "0 rows written" in fourth.stdout  # worker-died rows count as done
+
+
+@pytest.mark.slow
+def test_ray_sample_that_kills_its_worker_costs_its_rows_and_the_job_completes(poison_plugin, poison_job, tmp_path):
+    out = tmp_path / "out"
+    res = run_poison(poison_job, out, poison_plugin)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "9 rows written (3 with errors)" in res.stdout
+    assert_poison_costs_its_rows_only(out)
+
+
+# --- bounded memory per sample --------------------------------------------------------------
+
+
+def test_inputs_over_the_jobs_size_limits_become_error_rows_before_any_work(tmp_path):
+    from PIL import Image
+
+    from conftest import photo
+    from mpq.runner import run_job
+    from mpq.spec import parse_job
+    from mpq.summary import read_results
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(photo(16, 16)).save(folder / "small.png")  # 256 pixels
+    Image.fromarray(photo(20, 16)).save(folder / "large.png")  # 320 pixels
+    job = parse_job({
+        "name": "limits", "max_pixels": 300,
+        "datasets": [{"name": "imgs", "source": {"folder": str(folder)}}],
+        "codecs": [{"name": "jpeg", "settings": [50]}], "metrics": ["psnr"],
+    })
+    run_job(job, str(tmp_path / "out"), engine="serial", progress=False)
+    rows = {(r["sample_id"], r["codec"]): r for r in read_results(str(tmp_path / "out")).iter_rows(named=True)}
+    assert len(rows) == 4
+    for codec in ("none", "jpeg"):
+        assert rows[("small.png", codec)]["error"] is None
+        assert rows[("large.png", codec)]["error"] == "load: too large: 16×20 = 320 pixels, over the job's max_pixels (300)"
+        assert rows[("large.png", codec)]["bits"] is None and rows[("large.png", codec)]["height"] == 20
+    assert rows[("small.png", "jpeg")]["psnr"] is not None
+    assert parse_job({**job.model_dump(exclude_none=True), "max_pixels": None}).max_pixels is None  # no limit
