@@ -253,7 +253,9 @@ def run_ray(
         return InFlight(output, TRIES, stage) if output is not None else None
 
     # The plan streams in: read tasks plan chunks of shards on the workers, a block per shard.
-    ds = ray.data.read_datasource(PlanDatasource(planner, plan))
+    # Planning is light (ids and a read of the results' keys): it takes no CPU, which the actor
+    # pools may all hold.
+    ds = ray.data.read_datasource(PlanDatasource(planner, plan), num_cpus=0)
     ds = ds.map_batches(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize, "in_flight": in_flight(0)},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,
