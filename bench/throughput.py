@@ -72,12 +72,12 @@ def child_run(job_data: dict, engine: str, output: str) -> dict:
 def child_stages(job_data: dict) -> dict:
     """Samples per second of each stage alone over all samples, in this one process (torch's
     default threads), models loaded beforehand; each stage's inputs are made before it is timed."""
-    from mpq.engine.plan import plan
+    from mpq.engine.plan import Planner, iter_items, shards
     from mpq.engine.stages import Encode, Load, Measure, Predict
     from mpq.spec import parse_job
 
     job = parse_job(job_data)
-    items, _ = plan(job, set())
+    items = list(iter_items(Planner(job, "", {}, []), shards(job)))
     load, encode, measure = Load(job), Encode(job), Measure(job)
     predictors = {t.task_id: Predict(job, t.task_id) for t in job.tasks}
     out = {}

@@ -58,20 +58,38 @@ def test_with_gpus_models_batch_on_gpu_actors_and_metrics_stay_on_cpu():
 
 
 
-def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail():
-    from mpq.engine.plan import plan
+def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail(tmp_path):
+    import pyarrow as pa
 
-    two = parse_job({
-        "name": "turns",
-        "datasets": [
-            {"name": "many", "source": {"samples": "skimage"}, "limit": 4},
-            {"name": "few", "source": {"samples": "skimage", "names": ["chelsea", "coffee"]}},
-        ],
-        "codecs": [{"name": "jpeg", "settings": [10]}],
-        "tasks": [{"name": "classify", "model": "builtin:tiny-vit"}],
-    })
-    items, rows = plan(two, set())
-    assert [i["dataset"] for i in items] == ["many", "few", "many", "few", "many", "many"] and rows == 6 * 2
-    done = {("many", items[0]["sample_id"], "none", "", "classify")}
-    again, rows = plan(two, done)
-    assert again[0]["units"] == [("jpeg", 10, ["classify"])] and rows == 6 * 2 - 1
+    import mpq
+    from mpq.engine.plan import Planner, count, iter_items, shards
+    from mpq.results import ResultStore
+
+    def job(**resources):
+        return parse_job({
+            "name": "turns",
+            "datasets": [
+                {"name": "many", "source": {"samples": "skimage"}, "limit": 4},
+                {"name": "few", "source": {"samples": "skimage", "names": ["chelsea", "coffee"]}},
+            ],
+            "codecs": [{"name": "jpeg", "settings": [10]}],
+            "tasks": [{"name": "classify", "model": "builtin:tiny-vit"}],
+            "resources": resources,
+        })
+
+    one = job(samples_per_block=1)
+    store = ResultStore(str(tmp_path / "out"))
+    items = list(iter_items(Planner(one, store.output, {}, store.files()), shards(one)))
+    assert [i["dataset"] for i in items] == ["many", "few", "many", "few", "many", "many"]
+    # Shards of cheap images hold up to 32 samples, small datasets are cut finer to spread over workers.
+    assert [(s.dataset, s.start, s.stop) for s in shards(job())][:3] == [("many", 0, 1), ("few", 0, 1), ("many", 1, 2)]
+    big = parse_job({"name": "big", "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 10_000}}]})
+    assert {s.stop - s.start for s in shards(big)} == {32, 10_000 % 32} and len(shards(big)) == 313
+
+    store.write(pa.table({"dataset": ["many"], "sample_id": [items[0]["sample_id"]], "codec": ["none"], "setting": [""],
+                          "task": ["classify"], "error": pa.array([None], pa.string()), "mpq_version": [mpq.__version__]}))
+    planner = Planner(one, store.output, {}, store.files())
+    again = list(iter_items(planner, shards(one)))
+    assert again[0]["units"] == [("jpeg", 10, ["classify"])]
+    work = count(planner, shards(one))
+    assert (work.samples, work.rows, work.done) == (6, 6 * 2 - 1, 1)

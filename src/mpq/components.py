@@ -126,6 +126,17 @@ class Source(Component):
     def ids(self) -> list[str]:
         raise NotImplementedError
 
+    def count(self) -> int:
+        """How many ids there are; sources that know it without listing them say so."""
+        return len(self.ids())
+
+    def id_range(self, start: int, stop: int) -> list[str]:
+        """``ids()[start:stop]``, listed once per source object; sources that can make a range
+        without listing every id do."""
+        if getattr(self, "_ids", None) is None:
+            self._ids = self.ids()
+        return self._ids[start:stop]
+
     def load(self, sample_id: str) -> Sample:
         raise NotImplementedError
 
@@ -151,6 +162,7 @@ class Coded:
 class Codec(Component):
     default_settings: ClassVar[list] = []
     setting_type: ClassVar[type] = int
+    runs_on: ClassVar[str] = "cpu"  # "gpu": a neural network does the coding, on a GPU where there is one
     pipeline_check: str | None = None  # why this codec's output means nothing, if it doesn't
 
     def check_setting(self, setting: Any) -> None:

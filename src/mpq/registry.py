@@ -23,6 +23,7 @@ _BUILTIN_MODULES = (
     "mpq.sources.audio_samples",
     "mpq.sources.musdb",
     "mpq.sources.commonvoice",
+    "mpq.sources.synthetic",
     "mpq.codecs.image",
     "mpq.codecs.learned",
     "mpq.codecs.hific",

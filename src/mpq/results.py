@@ -175,15 +175,27 @@ class ResultStore:
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
-    def done_keys(self, required: dict[str, set[str]] | None = None) -> set[tuple[str, ...]]:
+    def done_keys(
+        self, required: dict[str, set[str]] | None = None, files: list[str] | None = None,
+        dataset: str | None = None, sample_ids: set[str] | None = None,
+    ) -> set[tuple[str, ...]]:
         """Keys written in a file that has every column in ``required[dataset]`` (metric columns),
-        except rows whose error is ``retryable`` and rows of an mpq older than ``COMPATIBLE_SINCE``."""
+        except rows whose error is ``retryable`` and rows of an mpq older than ``COMPATIBLE_SINCE``;
+        of ``files`` (default: every results file), and only of ``dataset`` and ``sample_ids``
+        when given (a shard's plan)."""
+        import pyarrow.compute as pc
+
         keys: set[tuple[str, ...]] = set()
-        for path in self.files():
+        for path in self.files() if files is None else files:
             with self.fs.open_input_file(path) as f:
                 parquet = pq.ParquetFile(f)
                 has = set(parquet.schema_arrow.names)
                 table = parquet.read(columns=list(KEY) + [c for c in ("error", "mpq_version") if c in has])
+            if dataset is not None:
+                mask = pc.equal(table.column("dataset"), dataset)
+                if sample_ids is not None:
+                    mask = pc.and_(mask, pc.is_in(table.column("sample_id"), pa.array(sorted(sample_ids), pa.string())))
+                table = table.filter(mask)
             datasets = {d for d in table.column("dataset").unique().to_pylist() if (required or {}).get(d, set()) <= has}
             errors = table.column("error").to_pylist() if "error" in has else [None] * table.num_rows
             versions = table.column("mpq_version").to_pylist() if "mpq_version" in has else [None] * table.num_rows

@@ -12,7 +12,7 @@ import pyarrow as pa
 from mpq import registry
 from mpq.components import Asset, AssetUnavailable
 from mpq.cache import EncodedCache
-from mpq.engine.plan import plan
+from mpq.engine.plan import Planner, count, iter_items, shards
 from mpq.engine.stages import Finalize
 from mpq.lease import Lease
 from mpq.results import ResultStore, check_location, schema_for
@@ -92,24 +92,25 @@ def run_job(
     preflight(job)
     store = ResultStore(output)
     with Lease(output, store.run_id, force) as lease:  # one writer per output, from the plan to the last row
-        done = store.done_keys(required_metric_columns(job))
         start = time.monotonic()
-        items, expected = plan(job, done, limit)
+        planner = Planner(job, output, required_metric_columns(job), store.files())
+        todo = shards(job, limit)
+        work = count(planner, todo)
         finalize = Finalize(job, schema_for(job), store.run_id)
         cache = EncodedCache(output) if job.cache else None
-        if not items:
+        if not work.samples:
             stream: Iterator[pa.Table] = iter(())
         elif engine == "serial":
             from mpq.engine.serial import run_serial
 
-            stream = run_serial(job, items, finalize, cache, output)
+            stream = run_serial(job, iter_items(planner, todo), finalize, cache, output)
         else:
             from mpq.engine.ray import run_ray
 
-            stream = run_ray(job, items, finalize, address, cache, output)
-        written, errors, first = _sink(stream, store, lease, expected, progress, f"{job.name} ({engine})")
+            stream = run_ray(job, planner, todo, finalize, address, cache, output)
+        written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{job.name} ({engine})")
     end = time.monotonic()
-    return RunStats(output, len(items), len(done), expected, written, errors, end - start, (first or end) - start)
+    return RunStats(output, work.samples, work.done, work.rows, written, errors, end - start, (first or end) - start)
 
 
 def _sink(

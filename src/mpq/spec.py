@@ -93,6 +93,9 @@ class Resources(_Strict):
     model_actors: ActorPool | None = None
     metric_actors: ActorPool | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Samples per shard of the plan (and per block under Ray); by default from the work a sample
+    # costs: 32 images through CPU codecs, 1 through a neural codec, 1 audio clip.
+    samples_per_block: int | None = Field(default=None, gt=0)
 
     @field_validator("model_actors", "metric_actors")
     @classmethod

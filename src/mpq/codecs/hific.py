@@ -83,6 +83,7 @@ class HiFiCOptions(Options):
 @register("codec", "hific")
 class HiFiC(Codec):
     """HiFiC (Mentzer et al. 2020), the generative codec: settings low, med, high (port checkpoints)."""
+    runs_on = "gpu"
 
     Options = HiFiCOptions
     setting_type = str

@@ -45,6 +45,7 @@ def load_zoo_model(family: str, quality: int, metric: str, pretrained: bool):
 
 
 class CompressAICodec(Codec):
+    runs_on = "gpu"
     Options = ZooOptions
     columns = {"payload_bits": pa.int64()}  # = bits: the bitstreams are all there is
     family: ClassVar[str]

@@ -97,6 +97,7 @@ class NeuralCodecOptions(Options):
 
 
 class NeuralAudioCodec(Codec):
+    runs_on = "gpu"
     family: ClassVar[str]
     modality = "audio"
     setting_type = float

@@ -1,43 +1,175 @@
-"""The work plan: which (sample, codec, setting, task) units are still to do."""
+"""The work plan, streamed: which (sample, codec, setting, task) units are still to do.
+
+Nobody holds the whole plan. The driver cuts each dataset's ids into shards (ranges of
+positions in ``Source.ids()``, a few samples each); a shard is planned where it is read (a
+Ray Data read task, or the serial engine's loop), and checks only its own samples' keys
+against the results already written. The driver's memory therefore does not grow with the
+job, and a million-sample job starts as fast as a small one.
+
+Shards of the datasets take turns (one of each, then the next of each...): a dataset whose
+samples are slow (long music tracks) is then spread over the run instead of being its tail,
+where one worker would finish it alone while the others idle.
+"""
 
 from __future__ import annotations
 
+import functools
 import itertools
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 from mpq import registry
-from mpq.results import BASELINE, setting_str
+from mpq.results import BASELINE, ResultStore, setting_str
 from mpq.spec import JobSpec
 
+# Samples per shard (and per block of the Ray engine), by the work one sample costs: images
+# through CPU codecs are cheap and batch well; a neural codec or an audio clip is seconds.
+CHEAP, COSTLY = 32, 1
+MIN_SHARDS = 64  # a dataset is cut into at least this many shards where it has the samples
 
-def plan(job: JobSpec, done: set[tuple[str, ...]], limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Plan items, one per sample with work left: {dataset, sample_id, units: [(codec, setting, task ids)]}.
 
-    Returns the items and the number of result rows they will produce. A unit lists only
-    the tasks whose rows are not in ``done``, so an interrupted or extended job redoes
-    nothing that was written.
+@dataclass(frozen=True)
+class Shard:
+    dataset: str
+    start: int  # positions in the source's ids
+    stop: int
 
-    Datasets take turns in the order (one sample of each, then the next of each...): a
-    dataset whose samples are slow (long music tracks) is then spread over the run instead
-    of being its tail, where one worker would finish it alone while the others idle.
-    """
-    per_dataset, rows = [], 0
+
+def samples_per_shard(job: JobSpec, dataset) -> int:
+    """At most this many samples per shard (``shards`` cuts small datasets finer)."""
+    if job.resources.samples_per_block:
+        return job.resources.samples_per_block
+    if job.modality(dataset) == "audio":
+        return COSTLY
+    neural = any(registry.get("codec", c.name).runs_on == "gpu" for c in job.codecs_for(dataset))
+    return COSTLY if neural else CHEAP
+
+
+def shards(job: JobSpec, limit: int | None = None) -> list[Shard]:
+    """Every dataset's ids cut into shards, the datasets taking turns."""
+    per_dataset = []
     for dataset in job.datasets:
-        items = []
         source = registry.get("source", dataset.source_type)(job.source_options(dataset))
-        ids = source.ids()
-        n = min(x for x in (dataset.limit, limit, len(ids)) if x is not None)
-        task_ids = [t.task_id for t in job.tasks_for(dataset)] or [""]
-        combos = [(BASELINE, None)] + [(c.name, s) for c in job.codecs_for(dataset) for s in job.settings(c)]
-        for sample_id in ids[:n]:
-            units = []
-            for codec, setting in combos:
-                todo = [t for t in task_ids if (dataset.name, sample_id, codec, setting_str(setting), t) not in done]
-                if todo:
-                    units.append((codec, setting, [t for t in todo if t]))
-                    rows += len(todo)
-            if units:
-                items.append({"dataset": dataset.name, "sample_id": sample_id, "units": units})
-        per_dataset.append(items)
+        n = min(x for x in (dataset.limit, limit, source.count()) if x is not None)
+        # A small dataset is cut finer, so that its samples still spread over the workers.
+        size = min(samples_per_shard(job, dataset), max(1, n // MIN_SHARDS))
+        per_dataset.append([Shard(dataset.name, i, min(i + size, n)) for i in range(0, n, size)])
     turns = itertools.chain.from_iterable(itertools.zip_longest(*per_dataset))
-    return [item for item in turns if item is not None], rows
+    return [s for s in turns if s is not None]
+
+
+@functools.lru_cache(maxsize=16)
+def _source(job_json: str, dataset: str):
+    """A dataset's source, built once per process (and job): a folder is listed once, not per shard."""
+    job = JobSpec.model_validate_json(job_json)
+    d = next(d for d in job.datasets if d.name == dataset)
+    return registry.get("source", d.source_type)(job.source_options(d))
+
+
+class Planner:
+    """Plans shards: picklable, so Ray's read tasks carry it; sources are built and their ids
+    listed once per process. ``files``: the results files when the run started (the keys done
+    before it; this run's own rows are never planned twice, each shard being planned once)."""
+
+    def __init__(self, job: JobSpec, output: str, required: dict[str, set[str]], files: list[str]):
+        self.job, self.output, self.required, self.files = job, output, required, files
+        self.datasets = {d.name: d for d in job.datasets}
+
+    def __getstate__(self):  # not the cached store and sources: each process opens its own
+        return {k: self.__dict__[k] for k in ("job", "output", "required", "files", "datasets")}
+
+    @functools.cached_property
+    def store(self) -> ResultStore:
+        return ResultStore(self.output)
+
+    @functools.cached_property
+    def job_json(self) -> str:
+        return self.job.model_dump_json()
+
+    def source(self, dataset: str):
+        return _source(self.job_json, dataset)
+
+    def ids(self, shard: Shard) -> list[str]:
+        return self.source(shard.dataset).id_range(shard.start, shard.stop)
+
+    @functools.lru_cache(maxsize=64)
+    def combos(self, dataset: str) -> tuple[list[tuple[str, Any]], list[str]]:
+        """The (codec, setting) pairs, baseline first, and the task ids of a dataset."""
+        d = self.datasets[dataset]
+        tasks = [t.task_id for t in self.job.tasks_for(d)] or [""]
+        return [(BASELINE, None)] + [(c.name, s) for c in self.job.codecs_for(d) for s in self.job.settings(c)], tasks
+
+    def items(self, shards: list[Shard]) -> list[list[dict[str, Any]]]:
+        """Per shard, the plan items of its samples with work left: {dataset, sample_id, units:
+        [(codec, setting, task ids)]}. A unit lists only the tasks whose rows are not written
+        yet, so an interrupted or extended job redoes nothing that was written. The results
+        are read once for all the shards given."""
+        ids = [self.ids(shard) for shard in shards]
+        wanted: dict[str, set[str]] = {}
+        for shard, some in zip(shards, ids):
+            wanted.setdefault(shard.dataset, set()).update(some)
+        done = set()
+        if self.files:
+            for dataset, sample_ids in wanted.items():
+                done |= self.store.done_keys(self.required, self.files, dataset, sample_ids)
+        out = []
+        for shard, some in zip(shards, ids):
+            combos, task_ids = self.combos(shard.dataset)
+            items = []
+            for sample_id in some:
+                units = []
+                for codec, setting in combos:
+                    todo = [t for t in task_ids if (shard.dataset, sample_id, codec, setting_str(setting), t) not in done]
+                    if todo:
+                        units.append((codec, setting, [t for t in todo if t]))
+                if units:
+                    items.append({"dataset": shard.dataset, "sample_id": sample_id, "units": units})
+            out.append(items)
+        return out
+
+
+def rows_of(item: dict[str, Any]) -> int:
+    """Result rows an item produces: one per unit and task (or one for a unit without tasks)."""
+    return sum(max(1, len(tasks)) for _, _, tasks in item["units"])
+
+
+CHUNK = 64  # shards planned together (one read of the results for all of them)
+
+
+def chunks(plan: list[Shard], size: int = CHUNK) -> Iterator[list[Shard]]:
+    for i in range(0, len(plan), size):
+        yield plan[i : i + size]
+
+
+@dataclass
+class Count:
+    samples: int = 0  # samples with work left
+    rows: int = 0  # result rows to write
+    done: int = 0  # result rows already written
+
+
+def count(planner: Planner, plan: list[Shard]) -> Count:
+    """What the plan will do, counted on the driver a chunk of shards at a time (for progress
+    and the run's summary); nothing of it is kept."""
+    out = Count()
+    if not planner.files:  # nothing written yet: everything is to do, no need to plan it
+        for shard in plan:
+            combos, tasks = planner.combos(shard.dataset)
+            out.samples += shard.stop - shard.start
+            out.rows += (shard.stop - shard.start) * len(combos) * len(tasks)
+        return out
+    for part in chunks(plan):
+        for shard, items in zip(part, planner.items(part)):
+            combos, tasks = planner.combos(shard.dataset)
+            todo = sum(rows_of(i) for i in items)
+            out.samples += len(items)
+            out.rows += todo
+            out.done += (shard.stop - shard.start) * len(combos) * len(tasks) - todo
+    return out
+
+
+def iter_items(planner: Planner, plan: list[Shard]) -> Iterator[dict[str, Any]]:
+    """The serial engine's plan: item after item, a chunk of shards planned at a time."""
+    for part in chunks(plan):
+        for items in planner.items(part):
+            yield from items

@@ -1,8 +1,10 @@
 """The Ray engine: the stages as one streaming Ray Data graph.
 
 Working rows (which hold numpy media of any shape) travel between stages as pickled
-blobs in a single binary column; only the final result rows are columnar. Loading and
-coding run as CPU tasks, one sample per task; model and metric stages run in actor pools
+blobs in a single binary column; only the final result rows are columnar. The plan streams
+in through read tasks that plan shards of the datasets on the workers (``plan.Planner``), a
+block per shard (32 cheap images, or one costly sample). Loading and coding run as CPU
+tasks, a block per task; model and metric stages run in actor pools
 (on GPUs when the cluster has them) that load their models once. Consecutive model and
 metric stages that need the same resources share one actor: on a cluster without GPUs
 that is every one of them, and Ray Data then fuses loading and coding into that actor
@@ -15,6 +17,7 @@ sink as they stream out; the dataset is never materialised.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -32,8 +35,11 @@ import pyarrow as pa
 # share this interpreter and cluster jobs get theirs from `mpq-ray submit`'s runtime_env.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
+from ray.data import Datasource, ReadTask
+
 from mpq.cache import EncodedCache
 from mpq.engine.inflight import InFlight
+from mpq.engine.plan import CHUNK, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.spec import JobSpec
 
@@ -192,8 +198,38 @@ def _without_native_log_lines() -> Iterator[None]:
         thread.join(timeout=5)
 
 
+class PlanDatasource(Datasource):
+    """The plan as a Ray Data source: each read task plans a chunk of shards (``Planner.items``,
+    one read of the results for the chunk) and yields a block of packed plan items per shard."""
+
+    def __init__(self, planner: Planner, plan: list[Shard]):
+        super().__init__()
+        self.planner, self.plan = planner, plan
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+        from ray.data.block import BlockMetadata
+
+        planner = self.planner
+
+        def read(part: list[Shard]) -> Iterator[pa.Table]:
+            for items in planner.items(part):
+                if items:
+                    yield _pack(items)
+
+        # As many read tasks as Ray Data asks for (enough to keep the workers busy), of at most
+        # CHUNK shards each.
+        size = max(1, min(CHUNK, math.ceil(len(self.plan) / max(1, parallelism))))
+        return [
+            ReadTask(functools.partial(read, part), BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None))
+            for part in chunks(self.plan, size)
+        ]
+
+
 def run_ray(
-    job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, address: str | None = None,
+    job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, address: str | None = None,
     cache: EncodedCache | None = None, output: str | None = None,
 ) -> Iterator[pa.Table]:
     import ray
@@ -216,8 +252,10 @@ def run_ray(
     def in_flight(stage: int) -> InFlight | None:
         return InFlight(output, TRIES, stage) if output is not None else None
 
-    # One block, and one coding task, per sample.
-    ds = ray.data.from_items([{COLUMN: pickle.dumps(i, protocol=5)} for i in items], override_num_blocks=max(1, len(items)))
+    # The plan streams in: read tasks plan chunks of shards on the workers, a block per shard.
+    # Planning is light (ids and a read of the results' keys): it takes no CPU, which the actor
+    # pools may all hold.
+    ds = ray.data.read_datasource(PlanDatasource(planner, plan), num_cpus=0)
     ds = ds.map_batches(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize, "in_flight": in_flight(0)},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,

@@ -6,7 +6,7 @@ whose process died is tried once more on resume, then written as error rows (inf
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -19,7 +19,7 @@ TRIES = 2  # the first try, and once more on resume
 
 
 def run_serial(
-    job: JobSpec, items: list[dict[str, Any]], finalize: Finalize, cache: EncodedCache | None = None,
+    job: JobSpec, items: Iterable[dict[str, Any]], finalize: Finalize, cache: EncodedCache | None = None,
     output: str | None = None,
 ) -> Iterator[pa.Table]:
     load, encode, measure = Load(job), Encode(job, cache), Measure(job)

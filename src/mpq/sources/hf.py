@@ -78,12 +78,18 @@ class HFSource(Source):
         return ds
 
     def ids(self) -> list[str]:
+        return self.id_range(0, self.count())
+
+    def count(self) -> int:
         ds = self._split()
         o = self.options
         missing = [c for c in (self.column, o.label, o.label_map) if c and c not in ds.column_names]
         if missing:
             raise ValueError(f"dataset {self.options.hf!r} has no column(s) {missing}; columns: {ds.column_names}")
-        return [str(i) for i in range(len(ds))]
+        return len(ds)
+
+    def id_range(self, start: int, stop: int) -> list[str]:
+        return [str(i) for i in range(start, min(stop, len(self._split())))]
 
     def load(self, sample_id: str) -> Sample:
         ds = self._split()
