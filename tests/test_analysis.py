@@ -233,7 +233,7 @@ def test_report_command_writes_tables_plots_and_one_portable_html(pipeline_resul
     assert page.count('src="data:image/png;base64,') == len(pngs)
     assert 'src="http' not in page and "<link" not in page  # nothing outside the file
     eq = pl.read_csv(to / "equal_rate.csv")
-    assert set(eq["codec"]) == {"jpeg", "webp"} and eq.filter(pl.col("best")).height == eq["target"].n_unique()
+    assert set(eq["codec"]) == {"jpeg", "webp"} and eq.filter(pl.col("best")).height == eq.select("target", "score_name").n_unique()
     for text in ("<th>jpeg 5</th>", "<th>baseline</th>", "across conditions", "across samples", "Machine BD-rate", "At equal rate",
                  "Which quality metric predicts the task best",
                  f"{psnr:.4g}", "tiny random classifier: accuracy means nothing"):

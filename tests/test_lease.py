@@ -94,7 +94,7 @@ def test_two_runs_started_together_write_each_key_once(tmp_path, pics):
     assert not (out / "lease.json").exists()
 
 
-def test_held_output_refused_in_one_line_report_reads_it_force_takes_over(tmp_path, pics, caplog):
+def test_held_output_refused_in_one_line_report_reads_it_force_takes_over(tmp_path, pics):
     from typer.testing import CliRunner
 
     from mpq.analysis import load
@@ -114,7 +114,7 @@ def test_held_output_refused_in_one_line_report_reads_it_force_takes_over(tmp_pa
         assert load(str(out)).height == before  # reading (report, notebooks) needs no lease
         forced = CliRunner().invoke(app, ["run", str(path), "--engine", "serial", "--no-progress", "--force"])
         assert forced.exit_code == 0, forced.output
-        assert "taking over the lease of run holder-run" in caplog.text
+        assert "warning: " in forced.output and "taking over the lease of run holder-run" in forced.output
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not held._lost:
             time.sleep(0.05)
@@ -123,7 +123,7 @@ def test_held_output_refused_in_one_line_report_reads_it_force_takes_over(tmp_pa
     assert rows_on_disk(out) == before  # nothing left to do for the forced run
 
 
-def test_stale_by_time_is_taken_over_fresh_foreign_holder_is_not(tmp_path, caplog):
+def test_stale_by_time_is_taken_over_fresh_foreign_holder_is_not(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "lease.json").write_bytes(holder(pid=dead_pid(), age=0).encode())
@@ -132,7 +132,7 @@ def test_stale_by_time_is_taken_over_fresh_foreign_holder_is_not(tmp_path, caplo
     (out / "lease.json").write_bytes(holder(age=10).encode())  # older than MPQ_LEASE_TIMEOUT (2 s)
     with Lease(str(out), "mine"):
         assert json.loads((out / "lease.json").read_text())["run_id"] == "mine"
-    assert "is stale; taking it over" in caplog.text
+    assert "is stale; taking it over" in capsys.readouterr().err
     assert not (out / "lease.json").exists()
 
 

@@ -23,6 +23,7 @@ import yaml
 from conftest import ROOT, photo
 from typer.testing import CliRunner
 
+from mpq import __version__ as MPQ_VERSION
 from mpq import results
 from mpq.cache import EncodedCache
 from mpq.cli import app
@@ -134,7 +135,7 @@ def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_server, 
 
     monkeypatch.setenv("MPQ_RESULTS", uri)  # the notebooks read through analysis.load
     ns = runpy.run_path(str(ROOT / "analysis" / "summary.py"), run_name="__main__")
-    assert ns["df"].height == 6 and ns["conds"].height == 3
+    assert ns["df"].height == 6 and ns["conds"].height == 3 + 2  # accuracy of 3 conditions, agreement of the 2 coded
 
 
 def test_missing_bucket_is_one_line_before_any_work(s3, tiny_job, tmp_path):
@@ -191,7 +192,7 @@ def test_an_interrupted_write_leaves_nothing_a_later_run_trusts(s3, monkeypatch,
     env, bucket = s3
     fs = independent_fs(s3_server)
     store = ResultStore(f"s3://{bucket}/cut")
-    table = pa.table({c: ["x"] for c in KEY} | {"error": pa.array([None], pa.string())})
+    table = pa.table({c: ["x"] for c in KEY} | {"error": pa.array([None], pa.string()), "mpq_version": [MPQ_VERSION]})
     real_write = pq.write_table
 
     def cut_parquet(t, f, **kw):

@@ -19,9 +19,9 @@ write's time apart.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -36,7 +36,9 @@ from mpq.results import filesystem
 
 LEASE = "lease.json"
 READ_BACK_SECONDS = 1.0  # stores without create-if-absent: how long a rival write may take to land
-log = logging.getLogger(__name__)
+def warn(message: str) -> None:
+    """To the user's terminal whatever logging is set to (Ray reconfigures logging in-process)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def refresh_seconds() -> float:
@@ -256,7 +258,7 @@ class Lease:
             if self._owned():
                 self.store.delete(LEASE)
         except Exception as exc:  # the run's outcome stands; the lease goes stale by itself
-            log.warning("%s: could not release the lease: %s", self.output, exc)
+            warn(f"{self.output}: could not release the lease: {exc}")
 
     def check(self) -> None:
         if self._lost:
@@ -277,11 +279,11 @@ class Lease:
                 continue
             holder = Holder.parse(raw)
             if holder is None:
-                log.warning("%s: %s is unreadable; taking it over", self.output, LEASE)
+                warn(f"{self.output}: {LEASE} is unreadable; taking it over")
                 self.store.write(LEASE, self.me.encode())
                 return
             if self.force:
-                log.warning("%s: taking over the lease of %s (--force)", self.output, holder.describe())
+                warn(f"{self.output}: taking over the lease of {holder.describe()} (--force)")
                 self.store.write(LEASE, self.me.encode())
                 return
             if not holder.stale():
@@ -294,7 +296,7 @@ class Lease:
                 )
             try:
                 if self.store.read(LEASE) == raw:  # nobody took it between our read and the marker
-                    log.warning("%s: the lease of %s is stale; taking it over", self.output, holder.describe())
+                    warn(f"{self.output}: the lease of {holder.describe()} is stale; taking it over")
                     self.store.write(LEASE, self.me.encode())
                     return
             finally:
@@ -316,4 +318,4 @@ class Lease:
                 self.me.refreshed = _now()
                 self.store.write(LEASE, self.me.encode())
             except Exception as exc:  # a network blip: keep the run, try again next time
-                log.warning("%s: could not refresh the lease: %s", self.output, exc)
+                warn(f"{self.output}: could not refresh the lease: {exc}")

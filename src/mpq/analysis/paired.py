@@ -20,6 +20,8 @@ Only samples with a row and no error under every condition compared are used.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 from scipy import stats
@@ -140,6 +142,10 @@ def _label(codec: str, setting: str) -> str:
     return "baseline" if codec == BASELINE else f"{codec} {setting}".strip()
 
 
+def _defined(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def compare(
     results: str | pl.DataFrame,
     pairs: list[tuple[tuple[str, str], tuple[str, str]]] | None = None,
@@ -170,6 +176,8 @@ def compare(
             point, boot = joint_bootstrap(rows, n_resamples=n_resamples, seed=seed)
             n = rows["sample_id"].n_unique()
             for score_name in point[a]:
+                if not (_defined(point[a][score_name]) and _defined(point[b][score_name])):
+                    continue  # a score one side lacks (agreement: none on the baseline, its reference)
                 rows_out.append({"dataset": dataset, "task": task, "score_name": score_name, "a": a, "b": b, "n": n,
                                  "score_a": point[a][score_name], "score_b": point[b][score_name],
                                  **pair_difference(rows, a, b, score_name, point, boot, level=level)})
