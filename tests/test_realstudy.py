@@ -131,7 +131,7 @@ def test_smoke_is_real_and_complete(smoke):
     assert smoke.filter(pl.col("error").is_not_null()).height == 0
     real = smoke.filter(pl.col("task_type").is_in(["classify", "asr"]) & ~pl.col("codec").str.starts_with("encodec"))
     assert real.height > 0 and real["pipeline_check"].null_count() == real.height
-    assert smoke.filter(pl.col("dataset") == "photos")["lpips"].drop_nulls().len() == 22 * 9
+    assert smoke.filter(pl.col("dataset") == "photos")["lpips"].drop_nulls().len() == 22 * (9 + 2)  # 9 settings, 2 target rates
     assert smoke.filter(pl.col("dataset") == "speech")["cdpam"].drop_nulls().len() == 4 * 5
 
 
