@@ -45,9 +45,9 @@ def riff_payload(data: bytes) -> int:
     raise ValueError("no VP8/VP8L chunk in the WebP file")
 
 
-def isobmff_payload(data: bytes) -> int:
-    """AVIF: the contents of the top-level ``mdat`` boxes (the AV1 bitstream)."""
-    i, payload = 0, 0
+def _boxes(data: bytes):
+    """The top-level boxes of an ISO-BMFF file (AVIF, the JPEG XL container): (tag, payload size)."""
+    i = 0
     while i + 8 <= len(data):
         size, tag = struct.unpack(">I", data[i : i + 4])[0], data[i + 4 : i + 8]
         header = 8
@@ -55,27 +55,18 @@ def isobmff_payload(data: bytes) -> int:
             size, header = struct.unpack(">Q", data[i + 8 : i + 16])[0], 16
         elif size == 0:
             size = len(data) - i
-        if tag == b"mdat":
-            payload += size - header
+        yield tag, size - header
         i += size
-    return payload
+
+
+def isobmff_payload(data: bytes) -> int:
+    """AVIF: the contents of the top-level ``mdat`` boxes (the AV1 bitstream)."""
+    return sum(n for tag, n in _boxes(data) if tag == b"mdat")
 
 
 def jxl_payload(data: bytes) -> int:
     """JPEG XL: a bare codestream is all payload; in the container, the ``jxlc``/``jxlp`` boxes."""
     if data[:2] == b"\xff\x0a":
         return len(data)
-    i, payload = 0, 0
-    while i + 8 <= len(data):
-        size, tag = struct.unpack(">I", data[i : i + 4])[0], data[i + 4 : i + 8]
-        header = 8
-        if size == 1:
-            size, header = struct.unpack(">Q", data[i + 8 : i + 16])[0], 16
-        elif size == 0:
-            size = len(data) - i
-        if tag == b"jxlc":
-            payload += size - header
-        elif tag == b"jxlp":
-            payload += size - header - 4  # each partial codestream box starts with a 4-byte index
-        i += size
-    return payload
+    # each partial codestream box (jxlp) starts with a 4-byte index
+    return sum(n if tag == b"jxlc" else n - 4 for tag, n in _boxes(data) if tag in (b"jxlc", b"jxlp"))
