@@ -17,12 +17,12 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import psutil
 import yaml
+from peak import communicate_with_peak
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,23 +52,12 @@ def run(images: Path, engine: str, out: Path) -> tuple[int, str]:
     path.write_text(yaml.safe_dump(job))
     proc = subprocess.Popen([sys.executable, "-m", "mpq.cli", "run", str(path), "-o", str(out), "--engine", engine, "--no-progress"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak, stop = 0, threading.Event()
 
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            try:
-                procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-            except psutil.Error:
-                pass
-            stop.wait(0.2)
+    def tree_rss(pid: int) -> int:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)] if p.is_running())
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    stdout, stderr = proc.communicate()
-    stop.set()
-    thread.join()
+    stdout, stderr, peak = communicate_with_peak(proc, tree_rss, every=0.2)
     if proc.returncode != 0:
         sys.exit(f"run failed ({proc.returncode}): {stderr[-2000:]}")
     return peak, stdout.strip().splitlines()[-1]

@@ -21,10 +21,10 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import psutil
+from peak import communicate_with_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,22 +49,7 @@ def spawn(samples: int, engine: str) -> dict:
             [sys.executable, __file__, "--child", str(samples), engine, f"{tmp}/out"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        peak, stop = 0, threading.Event()
-
-        def sample():
-            nonlocal peak
-            while not stop.is_set():
-                try:
-                    peak = max(peak, psutil.Process(proc.pid).memory_info().rss)
-                except psutil.NoSuchProcess:
-                    return
-                stop.wait(0.2)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        out, err = proc.communicate()
-        stop.set()
-        sampler.join()
+        out, err, peak = communicate_with_peak(proc, lambda pid: psutil.Process(pid).memory_info().rss, every=0.2)
     if proc.returncode != 0:
         sys.exit(f"{engine} at {samples} failed ({proc.returncode}):\n{err[-3000:]}")
     return {**json.loads(out.strip().splitlines()[-1]), "peak_mib": peak / 2**20, "samples": samples, "engine": engine}

@@ -31,12 +31,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import yaml
+from peak import communicate_with_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,20 +120,7 @@ def spawn(args: list[str]) -> tuple[dict, int]:
     proc = subprocess.Popen(
         [sys.executable, __file__, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    peak = 0
-    stop = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, tree_pss(proc.pid))
-            stop.wait(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    stop.set()
-    sampler.join()
+    out, err, peak = communicate_with_peak(proc, tree_pss, every=0.5)
     if proc.returncode != 0:
         sys.exit(f"child {args[:2]} failed ({proc.returncode}):\n{err[-4000:]}")
     return json.loads(out.strip().splitlines()[-1]), peak
