@@ -1,6 +1,7 @@
 """What the throughput work relies on: scaled sample sets and the Ray graph's actor pools."""
 
 import numpy as np
+import pytest
 
 from mpq.engine.ray import _groups, _pool
 from mpq.engine.stages import Measure, Predict
@@ -93,3 +94,20 @@ def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail(tmp_path):
     assert again[0]["units"] == [("jpeg", 10, ["classify"])]
     work = count(planner, shards(one))
     assert (work.samples, work.rows, work.done) == (6, 6 * 2 - 1, 1)
+
+
+@pytest.mark.slow
+def test_the_ray_engine_works_a_shard_of_cheap_images_as_one_block(tmp_path):
+    """Ray Data splits a read task's output to reach its own idea of parallelism; the plan's
+    blocks must reach the stages whole (32 cheap images a call), or each image is a task."""
+    from mpq.engine.plan import Planner, shards
+    from mpq.engine.ray import init_ray, plan_dataset
+    from mpq.results import ResultStore
+
+    job = parse_job({"name": "blocks", "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 3 * 32 * 64}}]})
+    store = ResultStore(str(tmp_path / "out"))
+    plan = shards(job)
+    init_ray()
+    ds = plan_dataset(Planner(job, store.output, {}, store.files()), plan)
+    sizes = ds.map_batches(lambda b: {"n": [b.num_rows]}, batch_size=None, batch_format="pyarrow").take_all()
+    assert sorted(r["n"] for r in sizes) == [32] * len(plan) == [32] * 3 * 64

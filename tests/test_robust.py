@@ -180,6 +180,20 @@ def test_ray_sample_that_kills_its_worker_costs_its_rows_and_the_job_completes(p
     assert_poison_costs_its_rows_only(out)
 
 
+
+@pytest.mark.slow
+def test_ray_sample_that_kills_its_worker_in_a_block_of_several_costs_only_its_own_rows(poison_plugin, poison_job, tmp_path):
+    """Cheap images travel 32 to a block: the poison sample's block-mates are redone, not lost."""
+    import yaml
+
+    spec = yaml.safe_load(poison_job.read_text())
+    poison_job.write_text(yaml.safe_dump({**spec, "resources": {"samples_per_block": 3}}))  # all three in one block
+    out = tmp_path / "out"
+    res = run_poison(poison_job, out, poison_plugin)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "9 rows written (3 with errors)" in res.stdout
+    assert_poison_costs_its_rows_only(out)
+
 # --- bounded memory per sample --------------------------------------------------------------
 
 

@@ -1,10 +1,12 @@
 """Bounded tries for a sample that kills the process working on it.
 
 A sample that kills its worker (out of memory, a crash in a codec's native library) is
-retried by Ray without end, and kills every resumed serial run. So before a stage works
-on a sample it notes the try under OUTPUT/in-flight/ (one small file per sample and stage,
-on the storage the results go to, which every worker sees), and removes the note when the
-work is done. A sample found there with its tries used up is not worked on again: its
+retried by Ray without end, and kills every resumed serial run. So before a stage works on
+a block of samples it notes the try under OUTPUT/in-flight/ (one small file, on the storage
+the results go to, which every worker sees), and removes the note when the work is done.
+A block found noted was being worked on when its process died: its samples are then worked
+one at a time, each noting its own tries, so that the one that kills is found and its
+block-mates are not lost. A sample found with its tries used up is not worked on again: its
 rows become error rows ``worker died: ...``, which count as done, and the job goes on.
 """
 
@@ -49,46 +51,54 @@ class InFlight:
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return fs, f"{root.rstrip('/')}/in-flight/{self.stage}-{digest}"
 
-    def begin(self, keys: set[str]) -> set[str]:
-        """Note a try of each sample; returns the samples whose tries are used up (not noted)."""
-        spent = set()
-        for key in sorted(keys):
-            fs, path = self._path(key)
-            try:
-                with fs.open_input_stream(path) as f:
-                    before = int(f.read() or 0)
-            except (FileNotFoundError, ValueError):
-                before = 0
-            if before >= self.tries:
-                spent.add(key)
-                continue
+    def _note(self, key: str) -> int:
+        """Tries noted before this one; notes this one unless they are used up."""
+        fs, path = self._path(key)
+        try:
+            with fs.open_input_stream(path) as f:
+                before = int(f.read() or 0)
+        except (FileNotFoundError, ValueError):
+            before = 0
+        if before < self.tries:
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             with fs.open_output_stream(path) as f:
                 f.write(str(before + 1).encode())
-        return spent
+        return before
 
-    def end(self, keys: set[str]) -> None:
-        """The work on these samples is done (a spent sample's note stays: its error rows may
-        yet be lost unwritten, and must then be written again, not tried)."""
-        for key in keys:
-            fs, path = self._path(key)
-            try:
-                fs.delete_file(path)
-            except FileNotFoundError:
-                pass
+    def _clear(self, key: str) -> None:
+        fs, path = self._path(key)
+        try:
+            fs.delete_file(path)
+        except FileNotFoundError:
+            pass
 
     def run(self, rows: list[dict[str, Any]], work) -> list[dict[str, Any]]:
-        """``work(rows)`` on the samples with tries left; the spent ones' rows as errors."""
-        keys = {sample_key(r) for r in rows}
-        spent = self.begin(keys)
+        """``work(rows)`` on the block, or, if it was being worked on when its process died, on
+        each of its samples with tries left; the spent samples' rows as errors."""
+        samples: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            samples.setdefault(sample_key(r), []).append(r)
+        block = "block:" + "\n".join(sorted(samples))
+        if len(samples) > 1 and self._note(block) == 0:
+            out = work(rows)
+            self._clear(block)
+            return out
+        out = []
+        for key, some in samples.items():
+            out += self._one(key, some, work)
+        if len(samples) > 1:
+            self._clear(block)
+        return out
+
+    def _one(self, key: str, rows: list[dict[str, Any]], work) -> list[dict[str, Any]]:
+        if self._note(key) < self.tries:
+            out = work(rows)
+            self._clear(key)
+            return out
+        # A spent sample's note stays: its error rows may yet be lost unwritten, and must then
+        # be written again, not tried.
         error = (
             f"{WORKER_DIED}the process working on this sample ended {self.tries} times (out of memory, "
             "or a crash in native code); not tried again"
         )
-        dead = []
-        for r in rows:
-            if sample_key(r) in spent:
-                dead += error_rows(r, error) if "units" in r else [{**r, "error": error}]
-        out = work([r for r in rows if sample_key(r) not in spent])
-        self.end(keys - spent)
-        return out + dead
+        return [e for r in rows for e in (error_rows(r, error) if "units" in r else [{**r, "error": error}])]

@@ -51,8 +51,9 @@ def shards(job: JobSpec, limit: int | None = None) -> list[Shard]:
     for dataset in job.datasets:
         source = registry.get("source", dataset.source_type)(job.source_options(dataset))
         n = min(x for x in (dataset.limit, limit, source.count()) if x is not None)
-        # A small dataset is cut finer, so that its samples still spread over the workers.
-        size = min(samples_per_shard(job, dataset), max(1, n // MIN_SHARDS))
+        # A small dataset is cut finer, so that its samples still spread over the workers
+        # (unless the job sets the block size itself).
+        size = job.resources.samples_per_block or min(samples_per_shard(job, dataset), max(1, n // MIN_SHARDS))
         per_dataset.append([Shard(dataset.name, i, min(i + size, n)) for i in range(0, n, size)])
     turns = itertools.chain.from_iterable(itertools.zip_longest(*per_dataset))
     return [s for s in turns if s is not None]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -48,6 +49,9 @@ COLUMN = "row"
 # (inflight.py): a sample's work in a stage is started at most this many times (a lost node
 # costs the samples in flight on it one try), then its rows become `worker died` errors.
 TRIES = 3
+# Read tasks take no CPU (see run_ray), so nothing but this bounds how many run at once, each
+# in a worker process of its own; planning is light, and a few keep every stage fed.
+READERS = 4
 
 
 def _pack(rows: list[dict[str, Any]]) -> pa.Table:
@@ -199,12 +203,20 @@ def _without_native_log_lines() -> Iterator[None]:
 
 
 class PlanDatasource(Datasource):
-    """The plan as a Ray Data source: each read task plans a chunk of shards (``Planner.items``,
-    one read of the results for the chunk) and yields a block of packed plan items per shard."""
+    """The plan as a Ray Data source: each read task plans a part of the shards (``Planner.items``,
+    one read of the results for the part), and its block of plan items is split a shard a block."""
 
     def __init__(self, planner: Planner, plan: list[Shard]):
         super().__init__()
-        self.planner, self.plan = planner, plan
+        self.planner = planner
+        # Parts of `size` shards of one dataset (at most CHUNK, and enough parts to keep READERS
+        # reading), the datasets taking turns as they do in the plan.
+        self.size = max(1, min(CHUNK, math.ceil(len(plan) / READERS)))
+        per_dataset: dict[str, list[Shard]] = {}
+        for shard in plan:
+            per_dataset.setdefault(shard.dataset, []).append(shard)
+        turns = itertools.zip_longest(*(chunks(shards, self.size) for shards in per_dataset.values()))
+        self.parts = [part for turn in turns for part in turn if part is not None]
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -215,17 +227,25 @@ class PlanDatasource(Datasource):
         planner = self.planner
 
         def read(part: list[Shard]) -> Iterator[pa.Table]:
-            for items in planner.items(part):
-                if items:
-                    yield _pack(items)
+            items = [item for shard in planner.items(part) for item in shard]
+            if items:
+                yield _pack(items)
 
-        # As many read tasks as Ray Data asks for (enough to keep the workers busy), of at most
-        # CHUNK shards each.
-        size = max(1, min(CHUNK, math.ceil(len(self.plan) / max(1, parallelism))))
         return [
             ReadTask(functools.partial(read, part), BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None))
-            for part in chunks(self.plan, size)
+            for part in self.parts
         ]
+
+
+def plan_dataset(planner: Planner, plan: list[Shard]):
+    import ray.data
+
+    source = PlanDatasource(planner, plan)
+    # A read task's output is one block (Ray Data joins what it yields), which Ray Data splits
+    # into equal parts to make the number of blocks asked for: a block per shard.
+    return ray.data.read_datasource(
+        source, num_cpus=0, concurrency=READERS, override_num_blocks=len(source.parts) * source.size
+    )
 
 
 def run_ray(
@@ -255,7 +275,7 @@ def run_ray(
     # The plan streams in: read tasks plan chunks of shards on the workers, a block per shard.
     # Planning is light (ids and a read of the results' keys): it takes no CPU, which the actor
     # pools may all hold.
-    ds = ray.data.read_datasource(PlanDatasource(planner, plan), num_cpus=0)
+    ds = plan_dataset(planner, plan)
     ds = ds.map_batches(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize, "in_flight": in_flight(0)},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,
