@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from mpq.components import Codec, Coded, Options
+from mpq.hub import TorchHubCheckpoint
 from mpq.registry import register
-from mpq.torchhub import TorchHubCheckpoint
 
 CHECKPOINT_FILES = {"low": "hific_low.pt", "med": "hific_med.pt", "high": "hific_hi.pt"}
 CHECKPOINT_URL = "https://zenodo.org/record/4026003/files/{}"
