@@ -86,7 +86,6 @@ class HiFiC(Codec):
     runs_on = "gpu"
 
     Options = HiFiCOptions
-    setting_type = str
     default_settings = ["low", "med", "high"]
     columns = {"codec_variant": pa.string(), "payload_bits": pa.int64()}  # payload = bits: no container
 

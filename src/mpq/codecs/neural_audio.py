@@ -92,7 +92,6 @@ class NeuralAudioCodec(Codec):
     runs_on = "gpu"
     family: ClassVar[str]
     modality = "audio"
-    setting_type = float
     columns = {**AUDIO_CODEC_COLUMNS, "bits_codebook": pa.int64()}
 
     def __init__(self, options=None):
