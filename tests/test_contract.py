@@ -33,7 +33,7 @@ from mpq.media import STEMS, Audio, audio_from_array, image_from_array
 # --- media every component of a modality must take -------------------------------------------
 
 IMAGE_SHAPES = {"gray": (66, 90), "rgb": (66, 90, 3), "rgba": (66, 90, 4)}  # HiFiC needs 65 px a side
-AUDIO_SHAPES = {"mono-16k": (16000, 1), "stereo-44k": (44100, 2)}
+AUDIO_SHAPES = {"mono-16k": (16000, 1), "stereo-44k": (44100, 2)}  # (sample rate, channels)
 SECONDS = 0.25
 
 
@@ -67,7 +67,7 @@ def check_types(columns: dict[str, pa.DataType], rows: list[dict]) -> None:
 
 # --- how each component is built offline (default options when not named) --------------------
 
-SLOW = {"mbt2018", "cheng2020-anchor", "hific", "encodec_24khz", "encodec_48khz", "dac", "lpips_vgg", "cdpam", "asr", "segment", "separate", "speech"}
+SLOW = {"mbt2018", "cheng2020-anchor", "hific", "encodec_24khz", "encodec_48khz", "dac", "lpips_vgg", "cdpam", "asr", "segment", "separate"}
 
 
 def codec_options(name, tmp_path) -> dict:
