@@ -1,20 +1,24 @@
-"""The README's extension example is code that runs: taken from the README as it stands,
-registered, held to the codec contract and run through a job."""
+"""The README's examples as they stand: its job file is valid, and its extension example is
+code that runs: registered, held to the codec contract and run through a job."""
 
 import math
 import re
 
 import polars as pl
 import pytest
+import yaml
 from conftest import ROOT
 from test_contract import IMAGE_SHAPES, check_codec
 
 from mpq import registry
 
 
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
 def readme_example() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    examples = [b for b in blocks if "@register(" in b]
+    examples = [b for b in blocks("python") if "@register(" in b]
     assert len(examples) == 1, "the README should show one component example"
     return examples[0]
 
@@ -58,3 +62,11 @@ def test_the_readme_codec_runs_in_a_job(example_codec, tmp_path):
     psnr = dict(zip(zip(rows["sample_id"], rows["setting"]), rows["psnr"]))
     for sample in ("camera", "astronaut"):  # more bits kept, closer to the original
         assert math.isfinite(psnr[sample, "2"]) and psnr[sample, "2"] < psnr[sample, "6"]
+
+
+def test_the_readme_job_is_valid():
+    from mpq.spec import parse_job
+
+    (job,) = blocks("yaml")
+    spec = parse_job(yaml.safe_load(job))
+    assert [c.name for c in spec.codecs] == ["jpeg", "webp"] and spec.datasets[0].source_type == "hf"
