@@ -1,5 +1,5 @@
-"""Shared helpers for pretrained weights and their caches, imported by codecs, tasks and
-metrics: transformers models from the Hugging Face hub (``HubModel``, ``from_pretrained``),
+"""Shared helpers for the components (codecs, tasks, metrics) that load pretrained weights:
+transformers models from the Hugging Face hub (``HubModel``, ``from_pretrained``),
 checkpoints in torch.hub's cache (``TorchHubCheckpoint``), and mpq's own cache, where
 built-in tiny models are written once (``mpq_cache``, ``atomic_write``)."""
 
