@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def scaled_job(job_file: str, samples: int) -> dict:
     """The job with every dataset cut (or, for embedded samples, repeated) to ``samples``."""
-    from mpq.sources.samples import PACKAGED_PHOTOS, SKIMAGE_PHOTOS
+    from mpq.media import SKIMAGE_PHOTOS
+    from mpq.sources.samples import PACKAGED_PHOTOS
 
     job = yaml.safe_load(Path(job_file).read_text())
     for dataset in job["datasets"]:

@@ -17,10 +17,10 @@ from conftest import ROOT
 from mpq import registry
 from mpq.codecs.learned import MBT2018, ZooOptions, load_zoo_model
 from mpq.components import AssetUnavailable
+from mpq.hub import TorchHubCheckpoint
 from mpq.metrics.lpips import LPIPS, LPIPSOptions
 from mpq.runner import job_assets
 from mpq.spec import load_job, parse_job
-from mpq.torchhub import TorchHubCheckpoint
 
 
 def mpq(*args, env=None):

@@ -225,7 +225,7 @@ def test_sdr_follows_bss_eval_v4_and_aggregates_over_tracks():
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["builtin:tiny-hdemucs", "builtin:tiny-htdemucs"])
 def test_tiny_demucs_loads_through_get_model_and_separates_to_the_stems_shape(model):
-    from mpq.sources.audio_samples import STEMS
+    from mpq.media import STEMS
 
     cls = registry.get("task", "separate")
     task = cls(cls.Options(model=model, shifts=0))
@@ -327,7 +327,7 @@ def test_commonvoice_release_folder_in_tsv_order(tmp_path):
 @pytest.mark.slow
 def test_offline_hub_codec_and_demucs_fail_before_work_naming_them(tmp_path):
     from mpq.runner import run_job
-    from mpq.sources.hf import AssetUnavailable
+    from mpq.components import AssetUnavailable
     from mpq.spec import parse_job
 
     base = {"name": "x", "datasets": [{"name": "m", "source": {"music": "synthetic", "tracks": 1, "seconds": 1}}]}

@@ -161,7 +161,6 @@ class Coded:
 
 class Codec(Component):
     default_settings: ClassVar[list] = []
-    setting_type: ClassVar[type] = int
     runs_on: ClassVar[str] = "cpu"  # "gpu": a neural network does the coding, on a GPU where there is one
     pipeline_check: str | None = None  # why this codec's output means nothing, if it doesn't
 

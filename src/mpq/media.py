@@ -86,6 +86,9 @@ def _to_rgb(img: Image.Image) -> RGBImage:
 
 
 GRAY_BACK = "decoded RGB → L (ITU-R 601 luma) → RGB"
+# Real, lossless images shipped in scikit-image's wheel (the `samples` source; the tiny ViT's
+# classes). camera is grayscale and logo is RGBA: they exercise the conversions to RGB.
+SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "logo")
 
 
 def is_gray(pixels: np.ndarray) -> bool:
@@ -157,6 +160,7 @@ def label_map_from_bytes(data: bytes) -> np.ndarray:
 
 MIN_RATE, MAX_RATE = 1000, 384_000
 MIN_SECONDS = 0.01
+STEMS = ("drums", "bass", "other", "vocals")  # a music track's stems: MUSDB18's order, as Demucs names its sources
 
 
 @dataclass

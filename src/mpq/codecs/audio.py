@@ -51,7 +51,6 @@ class PyAVCodec(Codec):
     encoder: ClassVar[str]
     container: ClassVar[str]
     kbps_range: ClassVar[tuple[float, float]]
-    setting_type = float
     columns = AUDIO_CODEC_COLUMNS
     modality = "audio"
 

@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from mpq.components import Codec, Coded, Options
+from mpq.hub import TorchHubCheckpoint
 from mpq.registry import register
-from mpq.torchhub import TorchHubCheckpoint
 
 CHECKPOINT_FILES = {"low": "hific_low.pt", "med": "hific_med.pt", "high": "hific_hi.pt"}
 CHECKPOINT_URL = "https://zenodo.org/record/4026003/files/{}"
@@ -86,7 +86,6 @@ class HiFiC(Codec):
     runs_on = "gpu"
 
     Options = HiFiCOptions
-    setting_type = str
     default_settings = ["low", "med", "high"]
     columns = {"codec_variant": pa.string(), "payload_bits": pa.int64()}  # payload = bits: no container
 

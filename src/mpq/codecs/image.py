@@ -97,7 +97,6 @@ class JPEGXL(Codec):
 
     The distance is cjxl's ``-d``: 0 is lossless, 1 visually lossless, larger is coarser (up to 25)."""
 
-    setting_type = float
     columns = {"payload_bits": pa.int64()}
     default_settings = [1, 2, 4, 8, 15]
     EFFORT = 7  # libjxl's default

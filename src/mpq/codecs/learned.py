@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from mpq.components import Codec, Coded, Options, offline_hint
+from mpq.hub import TorchHubCheckpoint
 from mpq.registry import register
-from mpq.torchhub import TorchHubCheckpoint
 
 PAD_MULTIPLE = 64
 

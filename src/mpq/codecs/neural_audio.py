@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import struct
 from typing import ClassVar
 
@@ -27,9 +26,9 @@ import pyarrow as pa
 
 from mpq.codecs.audio import AUDIO_CODEC_COLUMNS, rate_note
 from mpq.components import Codec, Coded, Options
+from mpq.hub import BUILTIN_PREFIX, HubModel, atomic_write, from_pretrained, mpq_cache
 from mpq.media import Audio, fit_length, resample, with_channels
 from mpq.registry import register
-from mpq.tasks.hub import BUILTIN_PREFIX, HubModel, from_pretrained, mpq_cache
 
 
 def pack_codes(codes: np.ndarray, nbits: int) -> bytes:
@@ -72,14 +71,7 @@ def tiny_codec(name: str) -> str:
             model = EncodecModel(EncodecConfig(hidden_size=16, num_filters=4, num_lstm_layers=1, codebook_size=1024, **kw))
         else:
             model = DacModel(DacConfig(encoder_hidden_size=4, decoder_hidden_size=16, n_codebooks=9, codebook_dim=4, hop_length=512, **kw))
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        model.save_pretrained(tmp)
-        try:
-            tmp.rename(path)  # atomic: concurrent workers never see half a model
-        except OSError:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write(path, model.save_pretrained)
     return str(path)
 
 
@@ -100,7 +92,6 @@ class NeuralAudioCodec(Codec):
     runs_on = "gpu"
     family: ClassVar[str]
     modality = "audio"
-    setting_type = float
     columns = {**AUDIO_CODEC_COLUMNS, "bits_codebook": pa.int64()}
 
     def __init__(self, options=None):

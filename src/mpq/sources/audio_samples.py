@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from mpq.components import Options, Sample, Source
-from mpq.media import Audio, audio_from_array, resample
+from mpq.media import STEMS, Audio, audio_from_array, resample
 from mpq.registry import register
 
 HARVARD = (
@@ -34,7 +34,6 @@ HARVARD = (
     "The juice of lemons makes fine punch.",
 )
 VOICES = ("en-us", "en", "en-us+f3")  # espeak-ng's "en" is British English
-STEMS = ("drums", "bass", "other", "vocals")  # MUSDB18's order, as Demucs names its sources
 
 
 class SpeechOptions(Options):

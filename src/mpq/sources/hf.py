@@ -15,8 +15,7 @@ from typing import Any
 
 from pydantic import model_validator
 
-# AssetUnavailable and offline_hint are also imported from here by components' loaders.
-from mpq.components import Asset, AssetUnavailable, ClassTarget, Options, Sample, Source, offline_hint  # noqa: F401
+from mpq.components import Asset, ClassTarget, Options, Sample, Source, offline_hint
 from mpq.media import (
     MediaError, audio_from_array, audio_from_bytes, image_from_array, image_from_bytes, label_map_from_bytes, oriented, to_rgb,
 )

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 from mpq.components import Options, Sample, Source
-from mpq.media import audio_from_bytes
+from mpq.media import STEMS, audio_from_bytes
 from mpq.registry import register
-from mpq.sources.audio_samples import STEMS
 
 
 class MUSDBOptions(Options):

@@ -15,12 +15,9 @@ import numpy as np
 from pydantic import Field
 
 from mpq.components import ClassTarget, Options, Sample, Source
-from mpq.media import RGBImage, image_from_array
+from mpq.media import SKIMAGE_PHOTOS, RGBImage, image_from_array
 from mpq.registry import register
 
-# Real, lossless images shipped in scikit-image's wheel. camera is grayscale and logo is
-# RGBA: they exercise the documented conversions to RGB.
-SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "logo")
 COPY_SEP = "~"
 
 

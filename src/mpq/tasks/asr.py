@@ -19,7 +19,6 @@ accuracy (normalised) against the transcript of the uncompressed input instead.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,9 @@ import pyarrow as pa
 from pydantic import field_validator
 
 from mpq.components import Options, Task, mean_agreement
+from mpq.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, atomic_write, known_builtin, load_processor_and_model, mpq_cache
 from mpq.media import Audio, resample, with_channels
 from mpq.registry import register
-from mpq.tasks.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, known_builtin, load_processor_and_model, mpq_cache
 
 TINY_WHISPER = "builtin:tiny-whisper"
 WHISPER_TINY_EN = "builtin:whisper-tiny.en"
@@ -88,15 +87,12 @@ def tiny_whisper() -> str:
         no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
         max_initial_timestamp_index=50, begin_suppress_tokens=[], suppress_tokens=[],
     )
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    model.save_pretrained(tmp)
-    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(tmp)
-    try:
-        tmp.rename(path)  # atomic: concurrent actors never see half a model
-    except OSError:  # another process finished first
-        import shutil
 
-        shutil.rmtree(tmp, ignore_errors=True)
+    def write(tmp):
+        model.save_pretrained(tmp)
+        WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(tmp)
+
+    atomic_write(path, write)
     return str(path)
 
 

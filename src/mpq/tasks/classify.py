@@ -16,15 +16,15 @@ converted from TensorFlow's release), written once into timm's Hugging Face form
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pyarrow as pa
 from pydantic import field_validator
 
 from mpq.components import ClassTarget, Options, Task, mean_agreement
+from mpq.hub import BUILTIN_PREFIX, HubModel, atomic_write, from_pretrained, known_builtin, load_processor_and_model, mpq_cache, torch_dtype
+from mpq.media import SKIMAGE_PHOTOS
 from mpq.registry import register
-from mpq.tasks.hub import BUILTIN_PREFIX, HubModel, known_builtin, load_processor_and_model, mpq_cache
 
 TINY_VIT = "builtin:tiny-vit"
 SAME_IDS = 0.9  # share of a numbered dataset's class names the model must give the same ids
@@ -52,8 +52,6 @@ def tiny_vit() -> str:
     """
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    from mpq.sources.samples import SKIMAGE_PHOTOS
-
     labels = list(SKIMAGE_PHOTOS)
     path = mpq_cache() / "models" / "tiny-vit-random"
     if not (path / "config.json").exists():
@@ -71,18 +69,6 @@ def tiny_vit() -> str:
 
         atomic_write(path, write)
     return str(path)
-
-
-def atomic_write(path, write) -> None:
-    """``write(tmp)`` then rename to ``path``: concurrent actors never see half a model."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    try:
-        tmp.rename(path)
-    except OSError:  # another process finished first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def lukemelas_to_timm(state: dict, model) -> dict:
@@ -156,8 +142,6 @@ class Classify(Task):
         import timm
         from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_data_config
 
-        from mpq.tasks.hub import torch_dtype
-
         self.model = timm.create_model(model_id, pretrained=True)
         self.dtype = torch_dtype(self.precision, self.device)
         self.model.to(self.device, dtype=self.dtype).eval()
@@ -205,8 +189,6 @@ class Classify(Task):
         if not classes or self.options.model == TINY_VIT:  # a pipeline check scores nothing: any labels do
             return
         from transformers import AutoConfig
-
-        from mpq.tasks.hub import from_pretrained
 
         if self.options.model == EFFICIENTNET_LITE0 or self.options.model.startswith(TIMM_PREFIXES):
             self.load()  # timm keeps its class names with the weights: a small model, loaded once here

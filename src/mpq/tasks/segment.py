@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from mpq.components import Options, Task, mean_agreement
+from mpq.hub import PROCESSOR_FILES, HubModel, load_processor_and_model
 from mpq.registry import register
-from mpq.tasks.hub import PROCESSOR_FILES, HubModel, load_processor_and_model
 
 
 class SegmentOptions(Options):

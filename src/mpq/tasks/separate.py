@@ -29,11 +29,9 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from mpq.components import Asset, AssetUnavailable, Options, Task, mean_agreement, offline, offline_hint
-from mpq.media import Audio, fit_length, resample, with_channels
+from mpq.hub import BUILTIN_PREFIX, TorchHubCheckpoint, known_builtin, mpq_cache, weights_digest
+from mpq.media import STEMS, Audio, fit_length, resample, with_channels
 from mpq.registry import register
-from mpq.sources.audio_samples import STEMS
-from mpq.tasks.hub import BUILTIN_PREFIX, known_builtin, mpq_cache, weights_digest
-from mpq.torchhub import TorchHubCheckpoint
 
 TINY = ("builtin:tiny-hdemucs", "builtin:tiny-htdemucs")
 
@@ -211,8 +209,6 @@ class Separate(Task):
         try:
             return get_model(name, repo=Path(repo) if repo else None)
         except Exception as exc:  # urllib / hub errors, a missing signature
-            from mpq.sources.hf import offline_hint
-
             raise offline_hint("checkpoint", f"demucs {name}", exc) from exc
 
     def assets(self):

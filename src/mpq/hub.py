@@ -1,10 +1,15 @@
-"""Loading pretrained models through transformers' own loaders and caches."""
+"""Shared helpers for the components (codecs, tasks, metrics) that load pretrained weights:
+transformers models from the Hugging Face hub (``HubModel``, ``from_pretrained``),
+checkpoints in torch.hub's cache (``TorchHubCheckpoint``), and mpq's own cache, where
+built-in tiny models are written once (``mpq_cache``, ``atomic_write``)."""
 
 from __future__ import annotations
 
 import os
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 from mpq.components import Asset, offline, offline_hint
 
@@ -22,6 +27,18 @@ def mpq_cache() -> Path:
     """mpq's own cache (built-in pipeline-check models, encoded outputs)."""
     root = os.environ.get("MPQ_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "mpq")
     return Path(root).expanduser()
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` then rename to ``path``: concurrent actors never see half a model."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def from_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
@@ -84,6 +101,49 @@ class HubModel(Asset):
         ]
         if offline() and missing:
             raise offline_hint("model", self.name, FileNotFoundError(f"its weights are cached but not {', '.join(missing)}"))
+
+
+class TorchHubCheckpoint(Asset):
+    """Weights that libraries download by URL into torch.hub's cache (CompressAI's zoo,
+    torchvision backbones): ``$TORCH_HOME/hub/checkpoints/<file name of the URL>``."""
+
+    kind = "checkpoint"
+
+    def __init__(self, name: str, url: str):
+        super().__init__(name)
+        self.url = url
+
+    @property
+    def key(self) -> tuple:
+        return ("checkpoint", self.url)
+
+    @property
+    def path(self) -> Path:
+        """Where ``torch.hub.load_state_dict_from_url`` looks for it (read at call time: TORCH_HOME)."""
+        import torch.hub
+
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(self.url).path)
+
+    def fetch(self) -> None:
+        if self.path.exists():
+            return
+        import torch.hub
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(self.url, str(self.path), progress=False)
+        except OSError as exc:  # urllib errors are OSErrors
+            raise offline_hint(self.kind, self.name, exc) from exc
+
+    def check(self) -> None:
+        if self.path.exists():
+            return
+        if offline():
+            raise offline_hint(self.kind, self.name, FileNotFoundError(f"no {self.path}"))
+        try:  # not cached: it will be downloaded when loaded, if the URL answers
+            urllib.request.urlopen(urllib.request.Request(self.url, method="HEAD"), timeout=10).close()
+        except OSError as exc:
+            raise offline_hint(self.kind, self.name, exc) from exc
 
 
 def load_processor_and_model(task: Any, processor_cls: Any, model_cls: Any, path: str) -> None:
