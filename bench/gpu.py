@@ -25,9 +25,17 @@ utilisation, sampled every 20 ms during the timed pass, is given beside it. Whis
 generates ``--tokens`` tokens per clip: random weights practically never end early (the
 raw output's shape is in the row's note).
 
-The codec stage: mpq runs neural codecs on the CPU today (``Encode`` is a CPU stage), so its
-row is mpq's CPU path, and raw gives the same EnCodec forward (encode and decode) on the CPU
-and on the GPU.
+The codec stage: neural codecs run their networks on a GPU where there is one (under Ray in
+a GPU actor pool); each codec row gives mpq's ``Encode`` on the device against mpq's
+``Encode`` on the CPU, the baseline, in the same run (ratio > 1: the GPU path is faster).
+EnCodec 48 kHz (encode and decode, a clip at a time; raw: the batch through the model on the
+device) and CompressAI's mbt2018 at quality 1 with random weights, the study's image codec:
+its transforms on the GPU in one batch, its autoregressive entropy coding on the CPU (mpq's
+GPU path), and beside it the whole model on the GPU, CompressAI's own GPU mode, which it
+warns against. The CPU baseline runs one image at a time with torch's default threads;
+the note gives the transforms' share of its time, the most the GPU can take off it.
+Only this case: ``--only mbt2018`` (about a minute on a GPU machine; ``--quick``: 64 × 64
+images, seconds).
 
 End to end: mpq's serial engine (``run_job``) on a synthetic image job (a folder of PNGs,
 JPEG at three settings, ViT-base classification, PSNR and LPIPS) on the GPU, as samples/s
@@ -291,6 +299,16 @@ def check_rows(rows: list[dict], key: str | None = None) -> None:
             raise RuntimeError(f"mpq stage produced an error row: {err}")
 
 
+def coded_rows(encode, template: list[dict]) -> Callable[[], list[dict]]:
+    """A call of mpq's Encode stage on fresh copies of the rows, checked for error rows."""
+    def run():
+        rows = [dict(r) for r in template]
+        encode(rows)
+        check_rows(rows)
+        return rows
+    return run
+
+
 def release() -> None:
     gc.collect()
     try:
@@ -467,15 +485,6 @@ class Bench:
         clips = [audio(self.rng, self.n(5, 1), 48000, 2) for _ in range(b)]
         template = [{"dataset": "bench", "sample_id": str(i), "codec": "encodec_48khz", "setting": 6.0, "original": c,
                      "conversion": None, "error": None, "tasks": []} for i, c in enumerate(clips)]
-        encode = Encode(job)
-
-        def mpq():
-            rows = [dict(r) for r in template]
-            encode(rows)
-            return rows
-
-        if precision == "fp32":
-            check_rows(mpq())
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         x = torch.from_numpy(np.stack([c.samples.T for c in clips]))
 
@@ -485,15 +494,65 @@ class Bench:
                     return model(input_values=inputs, bandwidth=6.0).audio_values
             return run
 
+        if precision == "fp32":  # mpq's codec stage ignores the job's precision: measured once, on each device
+            cpu = measure(coded_rows(Encode(job, device="cpu"), template), b, "cpu", self.min_seconds)
+            self.pair("EnCodec-48kHz codec: mpq on the device", "fp32", b, cpu,
+                      measure(coded_rows(Encode(job, device=self.device), template), b, self.device, self.min_seconds),
+                      raw_label="baseline: mpq on the CPU", note="encode + decode at 6 kbps, a clip at a time (Encode)")
         base = EncodecModel.from_pretrained(path).eval()
         gpu = copy.deepcopy(base).to(self.device, dtype=dtype)
-        if precision == "fp32":  # mpq's codec stage ignores the job's precision: measured once
-            note = "mpq codes on the CPU, in fp32 whatever the job's precision"
-            self.pair("EnCodec-48kHz codec (mpq: CPU)", "fp32", b, measure(forward(base, x), b, "cpu", self.min_seconds),
-                      measure(mpq, b, "cpu", self.min_seconds), note=note, raw_label="raw on the CPU")
         self.pair("EnCodec-48kHz forward on the device", precision, b,
                   measure(forward(gpu, x.to(self.device, dtype=dtype)), b, self.device, self.min_seconds), None,
-                  raw_label=f"raw on {self.device}", note="encode + decode at 6 kbps; what a GPU codec stage could reach")
+                  raw_label=f"raw on {self.device}", note="encode + decode at 6 kbps, the batch at once")
+
+    # Neural image codec: CompressAI mbt2018 (the study's; autoregressive), quality 1, random weights.
+    def image_codec(self) -> None:
+        import torch
+
+        from mpq.codecs.learned import load_zoo_model
+        from mpq.engine.stages import Encode
+
+        b, side = self.n(self.args.codec_images, 2), self.n(256, 64)
+        job = job_spec("fp32", str(self.work), codecs=[{"name": "mbt2018", "settings": [1], "pretrained": False}])
+        images = [smooth_image(self.rng, side, side) for _ in range(b)]
+        template = [{"dataset": "bench", "sample_id": str(i), "codec": "mbt2018", "setting": 1, "original": im,
+                     "conversion": None, "error": None, "tasks": []} for i, im in enumerate(images)]
+        cpu = measure(coded_rows(Encode(job, device="cpu"), template), b, "cpu", self.min_seconds)
+        net = load_zoo_model("mbt2018", 1, "mse", False)  # the CPU path's model (random weights: one draw per process)
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
+
+        def transforms(model, inputs):
+            def run():
+                with torch.inference_mode():
+                    return model.g_s(torch.round(model.g_a(inputs)))
+            return run
+
+        share = cpu["sps"] / measure(transforms(net, x), b, "cpu", self.min_seconds)["sps"]
+        size = f"{b} images of {side} × {side}, quality 1, encode + decode"
+        self.pair("MBT2018 codec: mpq's GPU path", "fp32", b, cpu,
+                  measure(coded_rows(Encode(job, device=self.device, batch=b), template), b, self.device, self.min_seconds),
+                  raw_label="baseline: mpq on the CPU (an image at a time)",
+                  note=f"{size}; transforms on the device in one batch, entropy coding (context model, rANS) on the CPU; "
+                       f"the transforms are {share:.0%} of the CPU path's time")
+        whole = copy.deepcopy(net).to(self.device)
+        xd = x.to(self.device)
+
+        def compressai_gpu():
+            import warnings
+
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # CompressAI's warning against exactly this
+                out = whole.compress(xd)
+                return whole.decompress(out["strings"], out["shape"])
+
+        stage = "MBT2018: the whole model on the device (CompressAI's GPU mode, not mpq's)"
+        try:  # CompressAI 1.2.8's decoder adds its CPU symbols to the device's means: it may fail there
+            whole_gpu = measure(compressai_gpu, b, self.device, self.min_seconds)
+        except Exception as exc:
+            self.results.append({"stage": stage, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            return
+        self.pair(stage, "fp32", b, cpu, whole_gpu, raw_label="baseline: mpq on the CPU",
+                  note=f"{size}; the autoregressive loop on the device too")
 
     # End to end: mpq's serial engine on a synthetic image job, against its slowest stage alone.
     def end_to_end(self, precision: str) -> None:
@@ -544,6 +603,7 @@ class Bench:
             cases += [(f"whisper-small {p} batch {b}", lambda p=p, b=b: self.asr(p, "small", b)) for b in self.args.asr_batches]
             cases += [(f"lpips {p}", lambda p=p: self.lpips(p))]
         cases += [(f"codec {p}", lambda p=p: self.codec(p)) for p in self.args.precisions]
+        cases += [("mbt2018 codec", self.image_codec)]
         cases += [(f"end to end {p}", lambda p=p: self.end_to_end(p)) for p in self.args.precisions]
         if not self.quick:  # at quick sizes it is whisper-small again
             cases += [(f"whisper-medium {p} batch {b}", lambda p=p, b=b: self.asr(p, "medium", b))
@@ -650,6 +710,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32, help="tokens Whisper generates per clip")
     ap.add_argument("--asr-batches", type=int, nargs="+", default=[16], help="Whisper batch sizes")
     ap.add_argument("--e2e-samples", type=int, default=128, help="images in the end-to-end job")
+    ap.add_argument("--codec-images", type=int, default=4, help="images of 256 × 256 per call in the MBT2018 case")
     ap.add_argument("--min-seconds", type=float, default=2.0, help="timed pass of each measurement at least this long")
     ap.add_argument("--budget", type=float, default=float("inf"), help="start no new measurement after this many seconds")
     ap.add_argument("--out", default="out/gpu-bench")

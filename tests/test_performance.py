@@ -47,7 +47,8 @@ def test_without_gpus_models_and_metrics_share_one_actor_per_cpu():
 
 def test_with_gpus_models_batch_on_gpu_actors_and_metrics_stay_on_cpu():
     models, metrics = _groups(job(model_gpus=0.5), has_gpu=True)
-    assert [cls for cls, _ in models.specs] == [Predict, Predict] and all(a[-1] == "cuda" for _, a in models.specs)
+    # On a GPU actor the device is the one torch sees there (None: Predict's default), not "cuda" because Ray counts a GPU.
+    assert [cls for cls, _ in models.specs] == [Predict, Predict] and all(a[-1] is None for _, a in models.specs)
     assert (models.cpus, models.gpus, models.batch_size) == (0, 0.5, 32)
     assert metrics.specs == [(Measure, (metrics.specs[0][1][0], "cpu"))] and (metrics.cpus, metrics.gpus) == (1, 0)
     pool = _pool(models, {"CPU": 16.0, "GPU": 2.0}, shared=False)
@@ -55,7 +56,7 @@ def test_with_gpus_models_batch_on_gpu_actors_and_metrics_stay_on_cpu():
     pool = _pool(metrics, {"CPU": 16.0, "GPU": 2.0}, shared=True)  # beside coding tasks: autoscale
     assert (pool.min_size, pool.max_size) == (1, 16)
     (both,) = _groups(job(metric_gpus=1), has_gpu=True)  # same resources: one actor holds models and metrics
-    assert [cls for cls, _ in both.specs] == [Predict, Predict, Measure] and all(a[-1] == "cuda" for _, a in both.specs)
+    assert [cls for cls, _ in both.specs] == [Predict, Predict, Measure] and all(a[-1] is None for _, a in both.specs)
 
 
 

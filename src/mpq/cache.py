@@ -1,7 +1,7 @@
 """Encode once: every codec round trip is kept under ``OUTPUT/cache/encoded/``.
 
 An entry holds what the codec produced for one sample at one setting: the bits counted
-from its bitstream, the decoded media and the codec's own columns. It is keyed by
+from its bitstream, the decoded media, the codec's own columns and the device it ran on. It is keyed by
 (dataset, sample id, the original's digest, codec, setting, codec version, codec options), so a job extended
 with a task or a metric, or resumed after a crash, decodes from the cache instead of
 encoding again, and a new codec library version encodes afresh.
@@ -29,7 +29,8 @@ from mpq.results import filesystem, setting_str
 
 SCHEMA = pa.schema(
     [("bits", pa.int64()), ("extra", pa.string()), ("kind", pa.string()), ("dtype", pa.string()),
-     ("shape", pa.list_(pa.int64())), ("data", pa.large_binary()), ("sample_rate", pa.int64()), ("conversion", pa.string())]
+     ("shape", pa.list_(pa.int64())), ("data", pa.large_binary()), ("sample_rate", pa.int64()), ("conversion", pa.string()),
+     ("device", pa.string())]  # added after format 2's first entries, which all ran on the CPU
 )
 FORMAT = 2  # in every key: entries of an older layout are never read (format 1 stored audio as an object pointer)
 WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
@@ -53,12 +54,12 @@ class EncodedCache:
         try:
             with self.fs.open_input_file(path) as f:
                 row = pa.ipc.open_file(f).read_all().to_pylist()[0]
-            return Coded(bits=row["bits"], decoded=media_from_record(row), extra=json.loads(row["extra"]))
+            return Coded(bits=row["bits"], decoded=media_from_record(row), extra=json.loads(row["extra"]), device=row.get("device") or "cpu")
         except (OSError, pa.ArrowException, IndexError, KeyError, TypeError, ValueError, MediaError):
             return None
 
     def put(self, path: str, coded: Coded) -> None:
-        record = {"bits": int(coded.bits), "extra": json.dumps(coded.extra), **media_to_record(coded.decoded)}
+        record = {"bits": int(coded.bits), "extra": json.dumps(coded.extra), "device": coded.device, **media_to_record(coded.decoded)}
         table = pa.Table.from_pylist([record], schema=SCHEMA)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"

@@ -157,11 +157,14 @@ class Coded:
     bits: int
     decoded: Any
     extra: dict[str, Any] = field(default_factory=dict)  # values for the codec's own columns
+    device: str = "cpu"  # where the codec ran (a neural codec: its network), recorded as `codec_device`
 
 
 class Codec(Component):
     default_settings: ClassVar[list] = []
     runs_on: ClassVar[str] = "cpu"  # "gpu": a neural network does the coding, on a GPU where there is one
+    # Where a "gpu" codec runs its network (a torch device, set by the engine's Encode stage).
+    device: str = "cpu"
     pipeline_check: str | None = None  # why this codec's output means nothing, if it doesn't
 
     def check_setting(self, setting: Any) -> None:
@@ -176,6 +179,11 @@ class Codec(Component):
 
     def roundtrip(self, media: Any, setting: Any) -> Coded:
         raise NotImplementedError
+
+    def roundtrip_batch(self, media: list, setting: Any) -> list[Coded]:
+        """Round trips of several inputs at one setting; a neural codec on a GPU runs inputs
+        of one shape through its network together."""
+        return [self.roundtrip(m, setting) for m in media]
 
     def assets(self, settings: list | None = None) -> list[Asset]:
         """What the codec downloads for these settings (default: its default sweep)."""

@@ -87,6 +87,7 @@ BASE_SCHEMA = pa.schema(
         ("pipeline_check", pa.string()),
         ("source", pa.string()),
         ("codec_version", pa.string()),
+        ("codec_device", pa.string()),  # where the codec ran (a neural codec: its network); null on the baseline
         ("mpq_version", pa.string()),
         ("versions", pa.string()),
         ("run_id", pa.string()),

@@ -86,6 +86,13 @@ class Resources(_Strict):
     # Custom Ray resources each codec task also asks for, e.g. {codec_node: 1} to keep codec work on
     # the nodes that declare it (cluster.yaml's CPU group); ignored where no node has or can get it.
     codec_resources: dict[str, float] = {}
+    # Neural codecs (runs_on "gpu") code in an actor pool of this many GPUs per actor when the
+    # cluster has GPUs (0: in the CPU tasks with the others); each actor loads a model once and
+    # codes up to codec_batch_size rows of one setting per call. A pool with the same GPUs per
+    # actor as the model actors is the model actors' own pool: codec and models in one process.
+    codec_gpus: float = Field(default=1, ge=0)
+    codec_actors: ActorPool | None = None
+    codec_batch_size: int = Field(default=8, gt=0)
     model_gpus: float = Field(default=1, ge=0, description="GPUs per model actor, when the cluster has GPUs")
     metric_gpus: float = Field(default=0, ge=0)
     # Rows (one per sample and codec setting) per call of metric actors on GPUs; CPU actors and
@@ -99,7 +106,7 @@ class Resources(_Strict):
     # costs: 32 images through CPU codecs, 1 through a neural codec, 1 audio clip.
     samples_per_block: int | None = Field(default=None, gt=0)
 
-    @field_validator("model_actors", "metric_actors")
+    @field_validator("codec_actors", "model_actors", "metric_actors")
     @classmethod
     def _pool(cls, v: ActorPool | None) -> ActorPool | None:
         if v is None:

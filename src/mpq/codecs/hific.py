@@ -59,11 +59,16 @@ def _sha256(path: Path) -> str:
 
 
 @functools.cache
-def load_coder(path: str, allow_pickle: bool = False):
-    """The coder for one checkpoint file (once per process) and the variant recorded in rows."""
+def load_coder(path: str, allow_pickle: bool = False, device: str = "cpu"):
+    """The coder for one checkpoint file (once per process and device) and the variant recorded
+    in rows. On a GPU the encoder and the generator run there; the hyperprior and the rANS
+    coder stay on the CPU (``codecs.device``)."""
+    from mpq.codecs.device import split
     from mpq.codecs.hific_net import HiFiCCoder, load_net
 
     net, arch = load_net(path, allow_pickle)
+    if device != "cpu":
+        net = split(net, device, ("Encoder", "Generator"))
     variant = (
         f"{Path(path).name} sha256:{_sha256(Path(path))[:16]} (Justin-Tan HiFiC port layout; "
         f"{arch['likelihood_type']} latents, C={arch['latent_channels']}, {arch['n_residual_blocks']} residual blocks, "
@@ -112,7 +117,7 @@ class HiFiC(Codec):
         import torch
 
         path = checkpoint_path(setting, self.options.checkpoints)
-        coder, variant = load_coder(str(path), self.options.allow_pickle)
+        coder, variant = load_coder(str(path), self.options.allow_pickle, self.device)
         h, w = media.shape[:2]
         x = torch.from_numpy(media).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
         with torch.inference_mode():
@@ -124,4 +129,5 @@ class HiFiC(Codec):
             bits=8 * nbytes,
             decoded=np.ascontiguousarray(pixels),
             extra={"codec_variant": f"HIFIC-{setting}: {variant}", "payload_bits": 8 * nbytes},
+            device=self.device,
         )

@@ -3,11 +3,17 @@
 Images are padded (edge replication) to a multiple of 64, compressed to real
 bitstreams with ``model.compress``, decompressed, and cropped back to the original size
 before anything downstream sees them. Bits are 8 × the bytes of every bitstream produced.
+
+On a GPU (``device``), the analysis and synthesis transforms run there, on the images of
+one padded shape together, and the entropy coding (hyperprior, context model, range coder)
+on the CPU, as CompressAI's coder requires (``codecs.device``).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import warnings
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -44,6 +50,15 @@ def load_zoo_model(family: str, quality: int, metric: str, pretrained: bool):
     return net.eval().to(torch.device("cpu"))
 
 
+@functools.cache
+def load_on_device(family: str, quality: int, metric: str, pretrained: bool, device: str):
+    """The zoo model with its analysis and synthesis transforms on ``device``."""
+    from mpq.codecs.device import split
+
+    net = load_zoo_model(family, quality, metric, pretrained)
+    return net if device == "cpu" else split(copy.deepcopy(net), device, ("g_a", "g_s"))  # the same weights
+
+
 class CompressAICodec(Codec):
     runs_on = "gpu"
     Options = ZooOptions
@@ -78,20 +93,42 @@ class CompressAICodec(Codec):
         return f"compressai {compressai.__version__} {self.family} {self.options.metric} {weights}"
 
     def roundtrip(self, media: np.ndarray, setting: int) -> Coded:
+        return self.code([media], setting)[0]
+
+    def roundtrip_batch(self, media: list[np.ndarray], setting: int) -> list[Coded]:
+        """The images of one padded shape in one batch: the same bitstreams as one by one, and
+        the same pixels but for float noise (a rounding may flip)."""
+        shapes: dict[tuple[int, int], list[int]] = {}
+        for i, m in enumerate(media):
+            shapes.setdefault(tuple(-(-s // PAD_MULTIPLE) for s in m.shape[:2]), []).append(i)
+        out: list[Coded] = [None] * len(media)  # type: ignore[list-item]
+        for indexes in shapes.values():
+            for i, coded in zip(indexes, self.code([media[i] for i in indexes], setting)):
+                out[i] = coded
+        return out
+
+    def code(self, media: list[np.ndarray], setting: int) -> list[Coded]:
+        """Images of one padded shape, coded as one batch; each padded (edge replication), then cropped back."""
         import torch
         import torch.nn.functional as F
 
-        net = load_zoo_model(self.family, setting, self.options.metric, self.options.pretrained)
-        h, w = media.shape[:2]
-        x = torch.from_numpy(media).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
-        pad_h, pad_w = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        with torch.inference_mode():
-            out = net.compress(x)
-            nbytes = sum(len(s) for strings in out["strings"] for s in strings)
+        net = load_on_device(self.family, setting, self.options.metric, self.options.pretrained, self.device)
+        xs = []
+        for m in media:
+            h, w = m.shape[:2]
+            x = torch.from_numpy(m).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+            xs.append(F.pad(x, (0, (-w) % PAD_MULTIPLE, 0, (-h) % PAD_MULTIPLE), mode="replicate"))
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")  # its coder runs on the CPU
+            out = net.compress(torch.cat(xs))
             x_hat = net.decompress(out["strings"], out["shape"])["x_hat"]
-        x_hat = x_hat[0, :, :h, :w].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-        return Coded(bits=8 * nbytes, decoded=np.ascontiguousarray(x_hat), extra={"payload_bits": 8 * nbytes})
+        coded = []
+        for i, m in enumerate(media):
+            h, w = m.shape[:2]
+            nbytes = sum(len(strings[i]) for strings in out["strings"])
+            pixels = x_hat[i, :, :h, :w].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+            coded.append(Coded(bits=8 * nbytes, decoded=np.ascontiguousarray(pixels), extra={"payload_bits": 8 * nbytes}, device=self.device))
+        return coded
 
 
 @register("codec", "mbt2018")

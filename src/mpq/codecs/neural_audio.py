@@ -11,7 +11,8 @@ log2(codebook size)-bit integer, bit-packed, plus EnCodec's per-chunk scale as f
 The audio is decoded *from those bytes*, resampled back and trimmed to the input length.
 ``bits`` counts the bytes; ``bits_codebook`` = codes × log2(codebook size), the figure
 the study reports. Neither model entropy-codes its codes here (EnCodec's optional
-language-model coder is not in transformers).
+language-model coder is not in transformers). On a GPU (``device``) the model runs there,
+a clip at a time (clips differ in length); the bit packing is NumPy on the CPU.
 """
 
 from __future__ import annotations
@@ -76,12 +77,12 @@ def tiny_codec(name: str) -> str:
 
 
 @functools.cache
-def load_codec_model(family: str, model_id: str):
+def load_codec_model(family: str, model_id: str, device: str = "cpu"):
     from transformers import DacModel, EncodecModel
 
     path = tiny_codec(model_id) if model_id.startswith(BUILTIN_PREFIX) else model_id
     model = from_pretrained(EncodecModel if family == "encodec" else DacModel, path)
-    return model.eval()
+    return model.eval().to(device)
 
 
 class NeuralCodecOptions(Options):
@@ -110,7 +111,7 @@ class NeuralAudioCodec(Codec):
 
     @property
     def model(self):
-        return load_codec_model(self.family, self.options.model)
+        return load_codec_model(self.family, self.options.model, self.device)
 
     def version(self) -> str:
         import transformers
@@ -137,7 +138,7 @@ class NeuralAudioCodec(Codec):
                 f"per channel, {coded} coded by the mono model" if coded > 1 else "", self.why_off(setting)]))),
             "bits_codebook": int(bits_codebook),
         }
-        return Coded(bits=bits, decoded=Audio(np.clip(y, -1, 1), media.sample_rate), extra=extra)
+        return Coded(bits=bits, decoded=Audio(np.clip(y, -1, 1), media.sample_rate), extra=extra, device=self.device)
 
     def channels_coded(self, channels: int) -> int:
         """How many times the model codes the input: each channel for a mono model, once for a stereo one."""
@@ -163,8 +164,8 @@ class EnCodec(NeuralAudioCodec):
         n, channels = x.shape
         # Mono models code each channel as its own batch item; the stereo model gets two channels.
         batch = x.T[:, None, :] if cfg.audio_channels == 1 else with_channels(x, 2).T[None]
-        out = model.encode(torch.from_numpy(np.ascontiguousarray(batch)), bandwidth=kbps)
-        codes = out.audio_codes.numpy()  # (chunks, batch, n_q, frames)
+        out = model.encode(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device), bandwidth=kbps)
+        codes = out.audio_codes.cpu().numpy()  # (chunks, batch, n_q, frames)
         pad = int(out.last_frame_pad_length or 0)
         scales = out.audio_scales
         nbits = int(math.log2(cfg.codebook_size))
@@ -183,7 +184,7 @@ class EnCodec(NeuralAudioCodec):
             for shape in chunks:
                 if cfg.normalize:
                     k = shape[0]
-                    scale_list.append(torch.tensor(struct.unpack_from(f"!{k}f", data, offset)).view(k, 1))
+                    scale_list.append(torch.tensor(struct.unpack_from(f"!{k}f", data, offset), device=self.device).view(k, 1))
                     offset += 4 * k
                 else:
                     scale_list.append(None)
@@ -191,10 +192,10 @@ class EnCodec(NeuralAudioCodec):
                 c = unpack_codes(data[offset : offset + size], int(np.prod(shape)), nbits).reshape(shape)
                 frames.append(np.pad(c, ((0, 0), (0, 0), (0, codes.shape[-1] - shape[-1]))))
                 offset += size
-            audio_codes = torch.from_numpy(np.stack(frames))
-            mask = torch.ones(batch.shape[0], batch.shape[1], n, dtype=torch.bool)
+            audio_codes = torch.from_numpy(np.stack(frames)).to(self.device)
+            mask = torch.ones(batch.shape[0], batch.shape[1], n, dtype=torch.bool, device=self.device)
             y = model.decode(audio_codes, scale_list, padding_mask=mask, last_frame_pad_length=pad).audio_values
-            y = y.numpy()  # (batch, channels, samples)
+            y = y.cpu().numpy()  # (batch, channels, samples)
             return (y[:, 0, :].T if cfg.audio_channels == 1 else y[0].T)[:n]
 
         return data, count * nbits, decode
@@ -250,13 +251,14 @@ class DAC(NeuralAudioCodec):
         n_q = self.codebooks(cfg, kbps)
         n = x.shape[0]
         batch = np.pad(x.T, ((0, 0), (0, (-n) % hop)))[:, None, :]  # mono model: channels as batch items
-        codes = model.encode(torch.from_numpy(np.ascontiguousarray(batch)), n_quantizers=n_q).audio_codes[:, :n_q].numpy()
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        codes = model.encode(x, n_quantizers=n_q).audio_codes[:, :n_q].cpu().numpy()
         shape = codes.shape
         data = pack_codes(codes, nbits)
 
         def decode(data: bytes) -> np.ndarray:
-            c = torch.from_numpy(unpack_codes(data, int(np.prod(shape)), nbits).reshape(shape))
-            return model.decode(audio_codes=c).audio_values.numpy().reshape(shape[0], -1).T[:n]
+            c = torch.from_numpy(unpack_codes(data, int(np.prod(shape)), nbits).reshape(shape)).to(self.device)
+            return model.decode(audio_codes=c).audio_values.cpu().numpy().reshape(shape[0], -1).T[:n]
 
         return data, codes.size * nbits, decode
 

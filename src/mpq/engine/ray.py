@@ -4,9 +4,9 @@ Working rows (which hold numpy media of any shape) travel between stages as pick
 blobs in a single binary column; only the final result rows are columnar. The plan streams
 in through read tasks that plan shards of the datasets on the workers (``plan.Planner``), a
 block per shard (32 cheap images, or one costly sample). Loading and coding run as CPU
-tasks, a block per task; model and metric stages run in actor pools
-(on GPUs when the cluster has them) that load their models once. Consecutive model and
-metric stages that need the same resources share one actor: on a cluster without GPUs
+tasks, a block per task; neural codecs (where the cluster has GPUs), model and metric stages
+run in actor pools (on GPUs when the cluster has them) that load their models once.
+Consecutive stages that need the same resources share one actor: on a cluster without GPUs
 that is every one of them, and Ray Data then fuses loading and coding into that actor
 too, so each sample goes through the whole pipeline in one process, without moving its
 media through the object store, on as many actors as there are CPUs. The last stage
@@ -38,10 +38,12 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 from ray.data import Datasource, ReadTask
 
+from mpq import registry
 from mpq.cache import EncodedCache
 from mpq.engine.inflight import InFlight
 from mpq.engine.plan import CHUNK, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
+from mpq.results import BASELINE
 from mpq.spec import JobSpec
 
 COLUMN = "row"
@@ -93,25 +95,39 @@ class _Group:
 
     cpus: float
     gpus: float
-    pool: Any  # the job's actor-pool setting of the first stage: n, (min, max) or None (auto)
+    pool: Any  # the job's actor-pool setting of its first stage that has one: n, (min, max) or None (auto)
     batch_size: int
     specs: list[tuple] = field(default_factory=list)
 
 
-def _groups(job: JobSpec, has_gpu: bool) -> list[_Group]:
+def _gpu_codecs(job: JobSpec, has_gpu: bool) -> set[str]:
+    """The neural codecs that code in a GPU actor pool: all of them where the cluster has GPUs
+    and the job gives the pool some (``codec_gpus``); else none, and they code in CPU tasks."""
+    if not (has_gpu and job.resources.codec_gpus):
+        return set()
+    return {c.name for c in job.codecs if registry.get("codec", c.name).runs_on == "gpu"}
+
+
+def _groups(job: JobSpec, has_gpu: bool, cache: EncodedCache | None = None) -> list[_Group]:
     res = job.resources
     stages = []
+    if neural := _gpu_codecs(job, has_gpu):
+        stages.append((res.codec_gpus, res.codec_actors, res.codec_batch_size,
+                       (Encode, (job, cache, neural, None, res.codec_batch_size))))
+    # On a GPU actor the device is the one torch sees there (None): a GPU that Ray counts but
+    # torch cannot reach (a node that declares GPUs it lacks) leaves the work on the CPU.
     for task in job.tasks:
         gpus = res.model_gpus if has_gpu else 0
-        stages.append((gpus, res.model_actors, task.batch_size, (Predict, (job, task.task_id, "cuda" if gpus else "cpu"))))
+        stages.append((gpus, res.model_actors, task.batch_size, (Predict, (job, task.task_id, None if gpus else "cpu"))))
     if job.metrics:
         gpus = res.metric_gpus if has_gpu else 0
-        stages.append((gpus, res.metric_actors, res.metric_batch_size, (Measure, (job, "cuda" if gpus else "cpu"))))
+        stages.append((gpus, res.metric_actors, res.metric_batch_size, (Measure, (job, None if gpus else "cpu"))))
     groups: list[_Group] = []
     for gpus, pool, batch, spec in stages:
         cpus = 0 if gpus else res.codec_cpus
         if not groups or (groups[-1].cpus, groups[-1].gpus) != (cpus, gpus):
             groups.append(_Group(cpus, gpus, pool, batch))
+        groups[-1].pool = groups[-1].pool if groups[-1].pool is not None else pool  # the first stage's that sets one
         groups[-1].batch_size = max(groups[-1].batch_size, batch)
         groups[-1].specs.append(spec)
     return groups
@@ -264,9 +280,24 @@ def run_ray(
             if isinstance(handler, logging.StreamHandler):
                 handler.setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"ray\.data\.")  # e.g. fewer samples than actors
+    ds = _dataset(job, planner, plan, finalize, cache, output)
+    with _without_native_log_lines():
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+
+
+def _dataset(
+    job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, cache: EncodedCache | None, output: str | None,
+):
+    """The stage graph as a Ray Data dataset, placed on what the cluster has."""
+    import ray
+    import ray.data
+
     cluster = ray.cluster_resources()
     has_gpu = _available("GPU")
-    groups = _groups(job, has_gpu)
+    groups = _groups(job, has_gpu, cache)
+    # Classic codecs (and neural ones, without a GPU pool) code in CPU tasks, on the CPU.
+    neural = _gpu_codecs(job, has_gpu)
+    cpu_codecs = {BASELINE, *(c.name for c in job.codecs if c.name not in neural)} if neural else None
     codec_resources = {k: v for k, v in job.resources.codec_resources.items() if _available(k)} or None
 
     def in_flight(stage: int) -> InFlight | None:
@@ -277,7 +308,8 @@ def run_ray(
     # pools may all hold.
     ds = plan_dataset(planner, plan)
     ds = ds.map_batches(
-        _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize, "in_flight": in_flight(0)},
+        _run, fn_kwargs={"stages": [Load(job), Encode(job, cache, cpu_codecs, "cpu")], "finalize": None if groups else finalize,
+                         "in_flight": in_flight(0)},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,
     )
     for i, group in enumerate(groups):
@@ -290,5 +322,4 @@ def run_ray(
             batch_size=group.batch_size if group.gpus else None, batch_format="pyarrow",
             compute=_pool(group, cluster, shared), num_cpus=group.cpus, num_gpus=group.gpus,
         )
-    with _without_native_log_lines():
-        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+    return ds

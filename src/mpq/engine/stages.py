@@ -12,7 +12,7 @@ import contextlib
 import functools
 import json
 import warnings
-from typing import Any
+from typing import Any, Collection
 
 import pyarrow as pa
 
@@ -87,10 +87,6 @@ class _JobStage:
     def sources(self) -> dict[str, Source]:
         return {d.name: registry.get("source", d.source_type)(self.job.source_options(d)) for d in self.job.datasets}
 
-    @functools.cached_property
-    def codecs(self):
-        return {c.name: registry.get("codec", c.name)(self.job.codec_options(c)) for c in self.job.codecs}
-
 
 class Load(_JobStage):
     """Plan item {dataset, sample_id, units} → one working row per unit (codec, setting, tasks)."""
@@ -123,32 +119,88 @@ class Load(_JobStage):
 
 
 class Encode(_JobStage):
-    """Codec round trip on CPU: encode to a real bitstream, count its bits, decode; or take
-    that round trip from the cache, when given one and it holds it."""
+    """Codec round trip: encode to a real bitstream, count its bits, decode; or take that
+    round trip from the cache, when given one and it holds it.
 
-    def __init__(self, job: JobSpec, cache: EncodedCache | None = None):
+    ``codecs``: the names of the codecs (``BASELINE`` among them) this stage codes, None for
+    all; the other rows pass through for a later stage (under Ray, neural codecs code in a
+    GPU actor pool and the others in CPU tasks). ``device``: where neural codecs run their
+    networks (None: a GPU when torch sees one); classic codecs run on the CPU. ``batch``: a
+    neural codec codes up to this many rows of one setting per call (``roundtrip_batch``:
+    same-shape media go through its network together), for GPUs; 1 elsewhere, as batching
+    changes a network's float noise and so could change a CPU result."""
+
+    def __init__(self, job: JobSpec, cache: EncodedCache | None = None, codecs: Collection[str] | None = None,
+                 device: str | None = None, batch: int = 1):
         super().__init__(job)
-        self.cache = cache
+        self.cache, self.only, self.device, self.batch = cache, codecs, device, batch
         self.digest: tuple[Any, str] = (None, "")
+        self.ready: dict[int, Coded] = {}  # round trips coded ahead in batches, by id() of their row
 
-    def roundtrip(self, row: Row) -> Coded:
-        codec = self.codecs[row["codec"]]
-        if self.cache is None:
-            return codec.roundtrip(row["original"], row["setting"])
+    @functools.cached_property
+    def codecs(self):
+        codecs = {c.name: registry.get("codec", c.name)(self.job.codec_options(c)) for c in self.job.codecs}
+        neural = [c for c in codecs.values() if c.runs_on == "gpu"]
+        device = (self.device or default_device()) if neural else "cpu"  # torch only where a codec needs it
+        for codec in neural:
+            codec.device = device
+        return codecs
+
+    def cache_path(self, row: Row, codec) -> str:
         if self.digest[0] is not row["original"]:  # once per sample: its rows share the original (held, so `is` is safe)
             self.digest = (row["original"], media_digest(row["original"]))
-        path = self.cache.path(
+        return self.cache.path(
             row["dataset"], row["sample_id"], row["codec"], row["setting"], codec.version(), codec.options.model_dump(mode="json"),
             self.digest[1],
         )
+
+    def store(self, path: str, coded: Coded) -> None:
+        try:
+            self.cache.put(path, coded)
+        except Exception as exc:  # the round trip is in hand: a cache that cannot be written costs speed, not the row
+            warnings.warn(f"encoded cache: cannot write {path}: {exc}", stacklevel=1)
+
+    def roundtrip(self, row: Row) -> Coded:
+        if id(row) in self.ready:
+            return self.ready.pop(id(row))
+        codec = self.codecs[row["codec"]]
+        if self.cache is None:
+            return codec.roundtrip(row["original"], row["setting"])
+        path = self.cache_path(row, codec)
         coded = self.cache.get(path)
         if coded is None:
             coded = codec.roundtrip(row["original"], row["setting"])
-            try:
-                self.cache.put(path, coded)
-            except Exception as exc:  # the round trip is in hand: a cache that cannot be written costs speed, not the row
-                warnings.warn(f"encoded cache: cannot write {path}: {exc}", stacklevel=1)
+            self.store(path, coded)
         return coded
+
+    def code_ahead(self, rows: list[Row]) -> None:
+        """The neural codecs' rows at plain settings, ``batch`` rows of one setting per call,
+        into ``ready``. A call that fails leaves its rows to be coded one by one, each with its
+        own error."""
+        if self.batch <= 1:
+            return
+        groups: dict[tuple, list[tuple[Row, str | None]]] = {}
+        for row in rows:
+            codec = self.codecs[row["codec"]]
+            if codec.runs_on != "gpu" or isinstance(row["setting"], Target):
+                continue
+            path = self.cache_path(row, codec) if self.cache is not None else None
+            cached = self.cache.get(path) if path is not None else None
+            if cached is not None:
+                self.ready[id(row)] = cached
+            else:
+                groups.setdefault((row["codec"], row["setting"]), []).append((row, path))
+        for (name, setting), todo in groups.items():
+            for i in range(0, len(todo), self.batch):
+                part = todo[i : i + self.batch]
+                try:
+                    coded = self.codecs[name].roundtrip_batch([row["original"] for row, _ in part], setting)
+                except Exception:
+                    continue
+                for (row, path), c in zip(part, coded):
+                    self.ready[id(row)] = c
+                    if path is not None:
+                        self.store(path, c)
 
     def at_target(self, row: Row, modality: str) -> tuple[Coded, Row]:
         """The round trip at the highest setting whose rate fits the row's target (each
@@ -162,11 +214,11 @@ class Encode(_JobStage):
         return coded, {f"target_{target.unit}": target.value, "target_setting": str(chosen)}
 
     def __call__(self, rows: list[Row]) -> list[Row]:
-        for row in rows:
-            if row["error"] is not None:
-                continue
+        mine = [r for r in rows if r["error"] is None and (self.only is None or r["codec"] in self.only)]
+        self.code_ahead([r for r in mine if r["codec"] != BASELINE])
+        for row in mine:
             if row["codec"] == BASELINE:
-                row.update(decoded=row["original"], bits=None, codec_version=None)
+                row.update(decoded=row["original"], bits=None, codec_version=None, codec_device=None)
                 continue
             codec = self.codecs[row["codec"]]
             modality = self.job.modality(self.datasets[row["dataset"]])
@@ -179,11 +231,12 @@ class Encode(_JobStage):
             except Exception as exc:
                 row["error"] = _error("codec", exc)
                 continue
-            row.update(bits=int(coded.bits), codec_version=codec.version(), **coded.extra)
+            row.update(bits=int(coded.bits), codec_version=codec.version(), codec_device=coded.device, **coded.extra)
             if codec.pipeline_check:
                 row.setdefault("checks", []).append(codec.pipeline_check)
             row.update(DECODED[modality](row, coded.decoded))
             row.update(RATE_COLUMNS[modality](row["original"], coded.bits))
+        self.ready.clear()
         return rows
 
 
