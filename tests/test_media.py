@@ -65,3 +65,20 @@ def test_exif_orientation_is_applied_as_the_datasets_library_does():
     plain = io.BytesIO()
     img.save(plain, format="JPEG", quality=95)
     assert image_from_bytes(plain.getvalue()).conversion is None
+
+
+def test_modalities_size_rate_and_post_decode_by_hand():
+    from mpq.media import GRAY_BACK, MODALITIES, audio_from_array
+
+    image, audio = MODALITIES["image"], MODALITIES["audio"]
+    pixels = photo(4, 8)
+    assert image.size(pixels) == {"height": 4, "width": 8}
+    assert image.rate(pixels, 64) == {"bpp": 2.0}  # 64 bits over 32 pixels
+    gray = np.repeat(pixels[..., :1], 3, axis=2)
+    decoded, note = image.after_decode(gray, pixels)  # a gray input's coded version is made gray again
+    assert note == GRAY_BACK and (decoded[..., 0] == decoded[..., 2]).all()
+    assert image.after_decode(pixels, gray) == (gray, None)
+    clip = audio_from_array(np.zeros((48_000, 2), np.float32), 48_000)  # one second, stereo
+    assert audio.size(clip) == {"sample_rate": 48_000, "channels": 2, "num_samples": 48_000, "duration": 1.0}
+    assert audio.rate(clip, 96_000) == {"bps": 1.0, "kbps": 96.0}  # per channel sample: 96 000 / (48 000 × 2)
+    assert (image.rates, audio.rates) == (("bpp",), ("bps", "kbps"))
