@@ -81,3 +81,16 @@ def test_modalities_size_rate_and_post_decode_by_hand():
     clip = audio_from_array(np.zeros((48_000, 2), np.float32), 48_000)  # one second, stereo
     assert audio.size(clip) == {"sample_rate": 48_000, "channels": 2, "num_samples": 48_000, "duration": 1.0}
     assert (image.rates, audio.rates) == (("bpp",), ("bps", "kbps"))
+
+
+def test_each_modality_bounds_its_own_size():
+    from mpq.media import MODALITIES
+    from mpq.spec import parse_job
+
+    limits = parse_job({"name": "bounds", "datasets": [{"name": "m", "source": {"music": "synthetic"}}], "max_pixels": 300, "max_seconds": 2})
+    image, audio = MODALITIES["image"], MODALITIES["audio"]
+    assert image.too_large({"height": 20, "width": 16}, limits) == "16×20 = 320 pixels, over the job's max_pixels (300)"
+    assert image.too_large({"height": 15, "width": 20}, limits) is None
+    assert audio.too_large({"duration": 2.6}, limits) == "3 s, over the job's max_seconds (2)"
+    assert audio.too_large({"duration": 2.0}, limits) is None
+    assert image.too_large({"height": 10**4, "width": 10**4}, parse_job({**limits.model_dump(exclude_none=True), "max_pixels": None})) is None

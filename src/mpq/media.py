@@ -294,6 +294,11 @@ class Modality:
         """What downstream sees of a codec's output, and the conversion that made it, if any."""
         return decoded, None
 
+    def too_large(self, size: dict, limits) -> str | None:
+        """Why an input of this ``size`` is over the job's memory bound (``limits``: the job's
+        ``max_pixels`` / ``max_seconds``), if it is."""
+        return None
+
 
 class ImageModality(Modality):
     name, rates = "image", ("bpp",)
@@ -309,6 +314,12 @@ class ImageModality(Modality):
         the input was, and the row says so."""
         return (back_to_gray(decoded), GRAY_BACK) if is_gray(original) else (decoded, None)
 
+    def too_large(self, size: dict, limits) -> str | None:
+        pixels = size["height"] * size["width"]
+        if limits.max_pixels and pixels > limits.max_pixels:
+            return f"{size['width']}×{size['height']} = {pixels} pixels, over the job's max_pixels ({limits.max_pixels})"
+        return None
+
 
 class AudioModality(Modality):
     name, rates = "audio", ("bps", "kbps")
@@ -320,6 +331,11 @@ class AudioModality(Modality):
         """Bits per sample as the study counts them (per channel sample: bits / (time steps ×
         channels)) and kbps."""
         return {"bps": bits / (media.num_samples * media.channels), "kbps": bits / media.duration / 1000}
+
+    def too_large(self, size: dict, limits) -> str | None:
+        if limits.max_seconds and size["duration"] > limits.max_seconds:
+            return f"{size['duration']:.0f} s, over the job's max_seconds ({limits.max_seconds:g})"
+        return None
 
 
 MODALITIES: dict[str, Modality] = {m.name: m for m in (ImageModality(), AudioModality())}

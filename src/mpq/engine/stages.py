@@ -51,15 +51,6 @@ class _JobStage:
 class Load(_JobStage):
     """Plan item {dataset, sample_id, units} → one working row per unit (codec, setting, tasks)."""
 
-    def over_limit(self, size: Row) -> str | None:
-        """Why a sample is too large for the job's memory bounds (max_pixels, max_seconds), if it is."""
-        spec = self.job.spec
-        if "height" in size and spec.max_pixels and size["height"] * size["width"] > spec.max_pixels:
-            return f"{size['width']}×{size['height']} = {size['height'] * size['width']} pixels, over the job's max_pixels ({spec.max_pixels})"
-        if "duration" in size and spec.max_seconds and size["duration"] > spec.max_seconds:
-            return f"{size['duration']:.0f} s, over the job's max_seconds ({spec.max_seconds:g})"
-        return None
-
     def __call__(self, items: list[Row]) -> list[Row]:
         out = []
         for item in items:
@@ -69,7 +60,7 @@ class Load(_JobStage):
                 sample = dataset.source.load(item["sample_id"])
                 base.update(original=sample.media, target=sample.target, conversion=sample.conversion)
                 base.update(dataset.modality.size(sample.media))
-                if (limit := self.over_limit(base)) is not None:
+                if (limit := dataset.modality.too_large(base, self.job.spec)) is not None:
                     base.update(original=None, target=None, error=f"load: too large: {limit}")
             except Exception as exc:
                 base.update(original=None, target=None, conversion=None, error=_error("load", exc))
