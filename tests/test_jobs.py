@@ -3,6 +3,7 @@
 import pytest
 from conftest import ROOT
 
+from mpq.job import resolve
 from mpq.spec import load_job
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
@@ -29,7 +30,7 @@ def test_all_yaml_holds_every_image_row_of_the_study():
     datasets = {d.name: d for d in job.datasets}
     seen = {}
     for task in job.tasks:
-        model = job.task_options(task).model
+        model = resolve(job).tasks[task.task_id].options.model
         if model not in STUDY_IMAGE_ROWS:
             continue
         assert task.datasets and len(task.datasets) == 1, f"{task.task_id} must run on its own dataset only"

@@ -65,3 +65,32 @@ def test_exif_orientation_is_applied_as_the_datasets_library_does():
     plain = io.BytesIO()
     img.save(plain, format="JPEG", quality=95)
     assert image_from_bytes(plain.getvalue()).conversion is None
+
+
+def test_modalities_size_rate_and_post_decode_by_hand():
+    from mpq.media import GRAY_BACK, MODALITIES, audio_from_array
+
+    image, audio = MODALITIES["image"], MODALITIES["audio"]
+    pixels = photo(4, 8)
+    assert image.size(pixels) == {"height": 4, "width": 8}
+    assert image.rate(pixels, 64) == {"bpp": 2.0}  # 64 bits over 32 pixels
+    gray = np.repeat(pixels[..., :1], 3, axis=2)
+    decoded, note = image.after_decode(gray, pixels)  # a gray input's coded version is made gray again
+    assert note == GRAY_BACK and (decoded[..., 0] == decoded[..., 2]).all()
+    assert image.after_decode(pixels, gray) == (gray, None)
+    clip = audio_from_array(np.zeros((48_000, 2), np.float32), 48_000)  # one second, stereo
+    assert audio.size(clip) == {"sample_rate": 48_000, "channels": 2, "num_samples": 48_000, "duration": 1.0}
+    assert (image.rates, audio.rates) == (("bpp",), ("bps", "kbps"))
+
+
+def test_each_modality_bounds_its_own_size():
+    from mpq.media import MODALITIES
+    from mpq.spec import parse_job
+
+    limits = parse_job({"name": "bounds", "datasets": [{"name": "m", "source": {"music": "synthetic"}}], "max_pixels": 300, "max_seconds": 2})
+    image, audio = MODALITIES["image"], MODALITIES["audio"]
+    assert image.too_large({"height": 20, "width": 16}, limits) == "16×20 = 320 pixels, over the job's max_pixels (300)"
+    assert image.too_large({"height": 15, "width": 20}, limits) is None
+    assert audio.too_large({"duration": 2.6}, limits) == "3 s, over the job's max_seconds (2)"
+    assert audio.too_large({"duration": 2.0}, limits) is None
+    assert image.too_large({"height": 10**4, "width": 10**4}, parse_job({**limits.model_dump(exclude_none=True), "max_pixels": None})) is None

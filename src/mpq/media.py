@@ -278,6 +278,74 @@ def with_channels(samples: np.ndarray, channels: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# Modalities: what a kind of media means to the pipeline. The columns that describe an input,
+# the rate columns of a coded version (the study's unit first), and the step that follows every
+# decode. A dataset's modality is resolved once, with the job (mpq.job).
+
+class Modality:
+    name: str
+    rates: tuple[str, ...]
+
+    def size(self, media) -> dict:
+        """The input's size columns."""
+        raise NotImplementedError
+
+    def rate(self, media, bits: int) -> dict:
+        """The rate columns of a coded version of ``media`` holding ``bits``."""
+        raise NotImplementedError
+
+    def after_decode(self, original, decoded) -> tuple[object, str | None]:
+        """What downstream sees of a codec's output, and the conversion that made it, if any."""
+        return decoded, None
+
+    def too_large(self, size: dict, limits) -> str | None:
+        """Why an input of this ``size`` is over the job's memory bound (``limits``: the job's
+        ``max_pixels`` / ``max_seconds``), if it is."""
+        return None
+
+
+class ImageModality(Modality):
+    name, rates = "image", ("bpp",)
+
+    def size(self, media: np.ndarray) -> dict:
+        return {"height": int(media.shape[0]), "width": int(media.shape[1])}
+
+    def rate(self, media: np.ndarray, bits: int) -> dict:
+        return {"bpp": bits / (media.shape[0] * media.shape[1])}
+
+    def after_decode(self, original: np.ndarray, decoded: np.ndarray) -> tuple[np.ndarray, str | None]:
+        """Grayscale inputs go through the codec as RGB; what comes back is made gray again, as
+        the input was, and the row says so."""
+        return (back_to_gray(decoded), GRAY_BACK) if is_gray(original) else (decoded, None)
+
+    def too_large(self, size: dict, limits) -> str | None:
+        pixels = size["height"] * size["width"]
+        if limits.max_pixels and pixels > limits.max_pixels:
+            return f"{size['width']}×{size['height']} = {pixels} pixels, over the job's max_pixels ({limits.max_pixels})"
+        return None
+
+
+class AudioModality(Modality):
+    name, rates = "audio", ("bps", "kbps")
+
+    def size(self, media: Audio) -> dict:
+        return {"sample_rate": media.sample_rate, "channels": media.channels, "num_samples": media.num_samples, "duration": media.duration}
+
+    def rate(self, media: Audio, bits: int) -> dict:
+        """Bits per sample as the study counts them (per channel sample: bits / (time steps ×
+        channels)) and kbps."""
+        return {"bps": bits / (media.num_samples * media.channels), "kbps": bits / media.duration / 1000}
+
+    def too_large(self, size: dict, limits) -> str | None:
+        if limits.max_seconds and size["duration"] > limits.max_seconds:
+            return f"{size['duration']:.0f} s, over the job's max_seconds ({limits.max_seconds:g})"
+        return None
+
+
+MODALITIES: dict[str, Modality] = {m.name: m for m in (ImageModality(), AudioModality())}
+
+
+# ---------------------------------------------------------------------------------------
 # Serialisation (the encoded cache): a decoded image (uint8 array) or Audio as one record of
 # plain fields, and back. A record of an unknown kind, or one that does not rebuild the
 # media exactly, raises MediaError: the cache treats that as a miss.

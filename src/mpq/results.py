@@ -27,9 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import mpq
-from mpq import registry
 from mpq.codecs.target import COLUMNS as TARGET_COLUMNS
-from mpq.spec import JobSpec
 
 KEY = ("dataset", "sample_id", "codec", "setting", "task")
 BASELINE = "none"  # codec name of the uncompressed baseline row (setting "")
@@ -57,6 +55,7 @@ def retryable(error: str | None) -> bool:
 BASE_SCHEMA = pa.schema(
     [
         ("dataset", pa.string()),
+        ("modality", pa.string()),  # the dataset's: image or audio
         ("sample_id", pa.string()),
         ("codec", pa.string()),
         ("setting", pa.string()),
@@ -112,17 +111,17 @@ def library_versions() -> str:
     return json.dumps(out, sort_keys=True)
 
 
-def schema_for(job: JobSpec) -> pa.Schema:
-    """The base columns plus every column the job's components declare."""
+def schema_for(components: list[tuple[str, dict[str, pa.DataType]]], targets: bool = False) -> pa.Schema:
+    """The base columns plus every column the job's components declare (``components``: each
+    one's name for messages, e.g. "codec 'jpeg'", and its columns), and the target-rate columns
+    when a codec searches for a rate."""
     fields = {f.name: f for f in BASE_SCHEMA}
-    components = [("codec", c.name) for c in job.codecs] + [("task", t.name) for t in job.tasks]
-    components += [("metric", m.name) for m in job.metrics]
-    for kind, name in components:
-        for col, typ in registry.get(kind, name).columns.items():
+    for who, columns in components:
+        for col, typ in columns.items():
             if col in fields and fields[col].type != typ:
-                raise TypeError(f"{kind} {name!r} declares column {col!r} as {typ}, already {fields[col].type}")
+                raise TypeError(f"{who} declares column {col!r} as {typ}, already {fields[col].type}")
             fields.setdefault(col, pa.field(col, typ))
-    if any(c.targets for c in job.codecs):
+    if targets:
         fields.update({col: pa.field(col, typ) for col, typ in TARGET_COLUMNS.items()})
     return pa.schema(list(fields.values()))
 

@@ -9,13 +9,13 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from mpq import registry
 from mpq.components import Asset, AssetUnavailable
 from mpq.cache import EncodedCache
 from mpq.engine.plan import Planner, count, iter_items, shards
 from mpq.engine.stages import Finalize
 from mpq.lease import Lease
-from mpq.results import ResultStore, check_location, schema_for
+from mpq.job import Job, resolve
+from mpq.results import ResultStore, check_location
 from mpq.spec import JobSpec
 
 ENGINES = ("ray", "serial")
@@ -35,49 +35,38 @@ class RunStats:
     startup_seconds: float = 0.0  # until the first result rows arrived (engine start, model loading)
 
 
-def job_assets(job: JobSpec) -> list[Asset]:
+def job_assets(job: JobSpec | Job) -> list[Asset]:
     """Every model, checkpoint and dataset the job's components download, each once."""
-    found: list[Asset] = []
-    for d in job.datasets:
-        found += registry.get("source", d.source_type)(job.source_options(d)).assets()
-    for c in job.codecs:
-        found += registry.get("codec", c.name)(job.codec_options(c)).assets(job.settings(c))
-    for t in job.tasks:
-        found += registry.get("task", t.name)(job.task_options(t)).assets()
-    for m in job.metrics:
-        found += registry.get("metric", m.name)(job.metric_options(m)).assets()
-    return list({a.key: a for a in found}.values())
+    return resolve(job).assets()
 
 
-def required_metric_columns(job: JobSpec) -> dict[str, set[str]]:
+def required_metric_columns(job: Job) -> dict[str, set[str]]:
     """Per dataset, the columns of the metrics the job computes on it."""
-    return {
-        d.name: {col for m in job.metrics_for(d) for col in registry.get("metric", m.name).columns} for d in job.datasets
-    }
+    return {name: d.metric_columns for name, d in job.datasets.items()}
 
 
-def preflight(job: JobSpec) -> None:
+def preflight(job: Job) -> None:
     """Fail before any work when an asset the job names cannot be had (offline and not cached, typo)."""
     missing = []
-    for asset in job_assets(job):
+    for asset in job.assets():
         try:
             asset.check()
         except AssetUnavailable as exc:
             missing.append(str(exc))
     if missing:  # all of them at once, not one per attempt
         raise AssetUnavailable("\n".join(missing))
-    for spec in job.tasks:
-        task = registry.get("task", spec.name)(job.task_options(spec))
+    for task_id, entry in job.tasks.items():
+        task = entry.build()
         task.preflight()
-        for dataset in job.datasets:
-            if spec in job.tasks_for(dataset):
-                task.check_dataset(dataset.name, registry.get("source", dataset.source_type)(job.source_options(dataset)))
-    for codec in job.codecs:
-        registry.get("codec", codec.name)(job.codec_options(codec)).preflight(job.settings(codec))
+        for dataset in job.datasets.values():
+            if any(t.task_id == task_id for t in dataset.tasks):
+                task.check_dataset(dataset.name, dataset.source)
+    for codec in job.codecs.values():
+        codec.build().preflight(list(codec.settings))
 
 
 def run_job(
-    job: JobSpec,
+    spec: JobSpec,
     output: str,
     engine: str = "ray",
     limit: int | None = None,
@@ -89,6 +78,7 @@ def run_job(
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
     check_location(output)
+    job = resolve(spec)
     preflight(job)
     store = ResultStore(output)
     with Lease(output, store.run_id, force) as lease:  # one writer per output, from the plan to the last row
@@ -96,8 +86,8 @@ def run_job(
         planner = Planner(job, output, required_metric_columns(job), store.files())
         todo = shards(job, limit)
         work = count(planner, todo)
-        finalize = Finalize(job, schema_for(job), store.run_id)
-        cache = EncodedCache(output) if job.cache else None
+        finalize = Finalize(job, store.run_id)
+        cache = EncodedCache(output) if spec.cache else None
         if not work.samples:
             stream: Iterator[pa.Table] = iter(())
         elif engine == "serial":
@@ -107,8 +97,8 @@ def run_job(
         else:
             from mpq.engine.ray import run_ray
 
-            stream = run_ray(job, planner, todo, finalize, address, cache, output)
-        written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{job.name} ({engine})")
+            stream = run_ray(spec, planner, todo, finalize, address, cache, output)
+        written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{spec.name} ({engine})")
     end = time.monotonic()
     return RunStats(output, work.samples, work.done, work.rows, written, errors, end - start, (first or end) - start)
 

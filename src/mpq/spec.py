@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mpq import registry
 from mpq.codecs.target import TARGET_KEYS, Target
 from mpq.codecs.target import check as target_check
-from mpq.components import Options
 
 Setting = int | float | str
 
@@ -137,19 +136,6 @@ class JobSpec(_Strict):
     def _metric_names(cls, v: Any) -> Any:
         return [{"name": m} if isinstance(m, str) else m for m in v] if isinstance(v, list) else v
 
-    # Typed options of each component, built from the keys beyond its spec fields.
-    def codec_options(self, spec: CodecSpec) -> Options:
-        return registry.get("codec", spec.name).Options(**spec.option_values)
-
-    def task_options(self, spec: TaskSpec) -> Options:
-        return registry.get("task", spec.name).Options(**spec.option_values)
-
-    def metric_options(self, spec: MetricSpec) -> Options:
-        return registry.get("metric", spec.name).Options(**spec.option_values)
-
-    def source_options(self, spec: DatasetSpec) -> Options:
-        return registry.get("source", spec.source_type).Options(**spec.source)
-
     def settings(self, spec: CodecSpec) -> list[Setting | Target]:
         """The entry's settings (by default its codec's sweep, unless it asks for target
         rates only), then its target rates."""
@@ -157,26 +143,6 @@ class JobSpec(_Strict):
         if spec.settings is not None:
             return [*spec.settings, *targets]
         return targets or list(registry.get("codec", spec.name).default_settings)
-
-    def modality(self, dataset: DatasetSpec) -> str:
-        # A source may serve either modality depending on its options (hf: image or audio column).
-        return registry.get("source", dataset.source_type)(self.source_options(dataset)).modality
-
-    def tasks_for(self, dataset: DatasetSpec) -> list[TaskSpec]:
-        mod = self.modality(dataset)
-        return [
-            t
-            for t in self.tasks
-            if registry.get("task", t.name).modality == mod and (t.datasets is None or dataset.name in t.datasets)
-        ]
-
-    def codecs_for(self, dataset: DatasetSpec) -> list[CodecSpec]:
-        mod = self.modality(dataset)
-        return [c for c in self.codecs if registry.get("codec", c.name).modality == mod]
-
-    def metrics_for(self, dataset: DatasetSpec) -> list[MetricSpec]:
-        mod = self.modality(dataset)
-        return [m for m in self.metrics if registry.get("metric", m.name).modality == mod]
 
 
 def _loc(loc: tuple) -> str:

@@ -1,17 +1,19 @@
-"""The short table printed at the end of a run: per dataset, codec and setting."""
+"""Reading results back, once for the run's summary and for ``mpq.analysis``: the rows, the
+condition keys, the rate and metric columns, finite means, the baseline-first order and each
+dataset's modality; and the short table printed at the end of a run."""
 
 from __future__ import annotations
 
 import polars as pl
 
 from mpq import registry
+from mpq.media import MODALITIES
+from mpq.results import BASELINE, KEY, ResultStore
 
 
 def read_results(output: str) -> pl.DataFrame:
     """All result rows under ``output``, the last written of each key (a job extended with a
     metric rewrites its rows); files written by runs with other columns are aligned."""
-    from mpq.results import KEY, ResultStore
-
     store = ResultStore(output)
     files = store.files()  # in the order they were written
     if not files:
@@ -24,12 +26,48 @@ def read_results(output: str) -> pl.DataFrame:
     return df.unique(subset=list(KEY), keep="last", maintain_order=True)
 
 
-SUMMARY_KEYS = ["dataset", "task", "codec", "setting"]
-MEAN_RATES = ("bpp", "bps", "kbps")  # the rate columns whose means the summary shows
+CONDITION = ["dataset", "task", "codec", "setting"]  # a condition: one codec setting, read by one task
+RATES = tuple(m.rates[0] for m in MODALITIES.values())  # each modality's own rate: bpp, bps
+RATE_COLUMNS = tuple(r for m in MODALITIES.values() for r in m.rates)  # and the others (kbps)
 
 
 def filled_numeric(df: pl.DataFrame, col: str) -> bool:
     return col in df.columns and df.schema[col].is_numeric() and df[col].null_count() < df.height
+
+
+def rate_columns(df: pl.DataFrame) -> list[str]:
+    """The modalities' own rate columns these rows fill (bpp for images, bps for audio)."""
+    return [c for c in RATES if filled_numeric(df, c)]
+
+
+def baseline_first(df: pl.DataFrame, by: list[str] | tuple = ()) -> pl.DataFrame:
+    """Conditions in the order tables show them: by ``by``, then the baseline, codecs by name,
+    settings numerically where they are numbers (target rates after them)."""
+    return (
+        df.with_columns(pl.col("setting").cast(pl.Float64, strict=False).alias("_num"))
+        .sort([*by, pl.col("codec") != BASELINE, "codec", "_num", "setting"], nulls_last=True)
+        .drop("_num")
+    )
+
+
+def modalities(df: pl.DataFrame) -> dict[str, str]:
+    """Dataset → modality, as its rows record it; rows of an older mpq, which did not, get it from
+    the registered codecs that coded them ("other" if unknown or mixed)."""
+    out: dict[str, str] = {}
+    if "modality" in df.columns:
+        out.update(df.filter(pl.col("modality").is_not_null()).group_by("dataset").agg(pl.col("modality").first()).iter_rows())
+    older = df.filter(~pl.col("dataset").is_in(list(out)))
+    for dataset, codecs in older.filter(pl.col("codec") != BASELINE).group_by("dataset").agg(pl.col("codec").unique()).iter_rows():
+        kinds = set()
+        for name in codecs:
+            try:
+                kinds.add(registry.get("codec", name).modality)
+            except KeyError:
+                kinds.add("other")
+        out[dataset] = kinds.pop() if len(kinds) == 1 else "other"
+    for dataset in df["dataset"].unique():
+        out.setdefault(dataset, "other")
+    return out
 
 
 def metric_columns(df: pl.DataFrame) -> list[str]:
@@ -52,7 +90,7 @@ def finite_means(df: pl.DataFrame, columns: list[str], where: pl.Expr = pl.lit(T
     return out
 
 
-def task_aggregates(df: pl.DataFrame, keys: list[str] = SUMMARY_KEYS) -> pl.DataFrame:
+def task_aggregates(df: pl.DataFrame, keys: list[str] = CONDITION) -> pl.DataFrame:
     """Each task's split-level scores (``Task.aggregate``) per group of ``keys``."""
     out = []
     ok = df.filter(pl.col("error").is_null() & pl.col("task_type").is_not_null()) if "task_type" in df.columns else df.clear()
@@ -71,17 +109,10 @@ def summarize(df: pl.DataFrame) -> pl.DataFrame:
     counts the infinite or NaN values left out."""
     if df.is_empty():
         return df
-    columns = [c for c in MEAN_RATES if c in df.columns] + metric_columns(df)
+    columns = [c for c in RATE_COLUMNS if c in df.columns] + metric_columns(df)
     aggs = [pl.len().alias("n"), pl.col("error").is_not_null().sum().alias("errors"), *finite_means(df, columns)]
-    keys = SUMMARY_KEYS
-    return (
-        df.group_by(keys)
-        .agg(aggs)
-        .join(task_aggregates(df, keys), on=keys, how="left", nulls_equal=True)
-        .with_columns(pl.col("setting").cast(pl.Float64, strict=False).alias("_order"))
-        .sort(["dataset", "task", pl.col("codec") != "none", "codec", "_order", "setting"])
-        .drop("_order")
-    )
+    summary = df.group_by(CONDITION).agg(aggs).join(task_aggregates(df), on=CONDITION, how="left", nulls_equal=True)
+    return baseline_first(summary, by=["dataset", "task"])
 
 
 def print_summary(df: pl.DataFrame) -> None:

@@ -13,11 +13,16 @@ import polars as pl
 
 from mpq import registry
 from mpq.results import BASELINE, ResultStore, check_location
-from mpq.summary import filled_numeric, finite_means, metric_columns, read_results, task_aggregates
-
-# Rate columns, per modality: bits per pixel (images), bits per sample (audio).
-RATES = ("bpp", "bps")
-CONDITION = ["dataset", "task", "codec", "setting"]
+from mpq.summary import (
+    CONDITION,
+    baseline_first,
+    finite_means,
+    metric_columns,
+    modalities,
+    rate_columns,
+    read_results,
+    task_aggregates,
+)
 
 
 def load(results: str | Path | pl.DataFrame) -> pl.DataFrame:
@@ -43,10 +48,6 @@ def lower_better(column: str) -> bool:
     return any(name == column and cls.lower_better for name, cls in registry.items("metric"))
 
 
-def rate_columns(df: pl.DataFrame) -> list[str]:
-    return [c for c in RATES if filled_numeric(df, c)]
-
-
 def rate_column(df: pl.DataFrame) -> str:
     """The rate unit of these rows: bpp for images, bps for audio, else raw bits."""
     return next(iter(rate_columns(df)), "bits")
@@ -54,31 +55,6 @@ def rate_column(df: pl.DataFrame) -> str:
 
 def ok_rows(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("error").is_null())
-
-
-def _order(df: pl.DataFrame) -> pl.DataFrame:
-    """Baseline first, then codecs by name, settings numerically where they are numbers."""
-    return (
-        df.with_columns(pl.col("setting").cast(pl.Float64, strict=False).alias("_num"))
-        .sort([pl.col("codec") != BASELINE, "codec", "_num", "setting"], nulls_last=True)
-        .drop("_num")
-    )
-
-
-def modalities(df: pl.DataFrame) -> dict[str, str]:
-    """Dataset → modality, from the registered codecs that coded it ("other" if unknown)."""
-    out = {}
-    for dataset, codecs in df.filter(pl.col("codec") != BASELINE).group_by("dataset").agg(pl.col("codec").unique()).iter_rows():
-        kinds = set()
-        for name in codecs:
-            try:
-                kinds.add(registry.get("codec", name).modality)
-            except KeyError:
-                kinds.add("other")
-        out[dataset] = kinds.pop() if len(kinds) == 1 else "other"
-    for dataset in df["dataset"].unique():
-        out.setdefault(dataset, "other")
-    return out
 
 
 def _by_modality(df: pl.DataFrame) -> dict[str, list[str]]:
@@ -119,7 +95,7 @@ def conditions(results: str | pl.DataFrame) -> pl.DataFrame:
     mod = modalities(df)
     out = per_condition.join(scores(df), on=CONDITION, how="left", nulls_equal=True)
     out = out.with_columns(pl.col("dataset").replace_strict(mod, return_dtype=pl.String).alias("modality"))
-    return _order(out.sort("dataset", "task", "score_name"))
+    return baseline_first(out.sort("dataset", "task", "score_name"))
 
 
 COLUMN_LABEL = pl.when(pl.col("codec") == BASELINE).then(pl.lit("baseline")).otherwise(pl.concat_str("codec", "setting", separator=" ").str.strip_chars())
@@ -154,7 +130,7 @@ def summary_tables(results: str | pl.DataFrame) -> dict[str, pl.DataFrame]:
         part = cells.filter(pl.col("dataset").is_in(datasets))
         if part.is_empty():
             continue
-        columns = _order(part.select("codec", "setting", "column").unique())["column"].to_list()
+        columns = baseline_first(part.select("codec", "setting", "column").unique())["column"].to_list()
         table = (
             part.pivot(on="column", index=["measure", "label"], values="value", aggregate_function="first")
             .with_columns(pl.col("measure").replace_strict(measure_order, return_dtype=pl.Int64).alias("_m"))

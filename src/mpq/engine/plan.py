@@ -18,7 +18,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from mpq import registry
+from mpq.job import Dataset, Job, resolve
 from mpq.results import BASELINE, ResultStore, setting_str
 from mpq.spec import JobSpec
 
@@ -35,70 +35,55 @@ class Shard:
     stop: int
 
 
-def samples_per_shard(job: JobSpec, dataset) -> int:
+def samples_per_shard(job: Job, dataset: Dataset) -> int:
     """At most this many samples per shard (``shards`` cuts small datasets finer)."""
-    if job.resources.samples_per_block:
-        return job.resources.samples_per_block
-    if job.modality(dataset) == "audio":
+    if job.spec.resources.samples_per_block:
+        return job.spec.resources.samples_per_block
+    if dataset.modality.name == "audio":
         return COSTLY
-    neural = any(registry.get("codec", c.name).runs_on == "gpu" for c in job.codecs_for(dataset))
+    neural = any(c.cls.runs_on == "gpu" for c in dataset.codecs)
     return COSTLY if neural else CHEAP
 
 
-def shards(job: JobSpec, limit: int | None = None) -> list[Shard]:
+def shards(job: JobSpec | Job, limit: int | None = None) -> list[Shard]:
     """Every dataset's ids cut into shards, the datasets taking turns."""
+    job = resolve(job)
     per_dataset = []
-    for dataset in job.datasets:
-        source = registry.get("source", dataset.source_type)(job.source_options(dataset))
-        n = min(x for x in (dataset.limit, limit, source.count()) if x is not None)
+    for dataset in job.datasets.values():
+        n = min(x for x in (dataset.spec.limit, limit, dataset.source.count()) if x is not None)
         # A small dataset is cut finer, so that its samples still spread over the workers
         # (unless the job sets the block size itself).
-        size = job.resources.samples_per_block or min(samples_per_shard(job, dataset), max(1, n // MIN_SHARDS))
+        size = job.spec.resources.samples_per_block or min(samples_per_shard(job, dataset), max(1, n // MIN_SHARDS))
         per_dataset.append([Shard(dataset.name, i, min(i + size, n)) for i in range(0, n, size)])
     turns = itertools.chain.from_iterable(itertools.zip_longest(*per_dataset))
     return [s for s in turns if s is not None]
 
 
-@functools.lru_cache(maxsize=16)
-def _source(job_json: str, dataset: str):
-    """A dataset's source, built once per process (and job): a folder is listed once, not per shard."""
-    job = JobSpec.model_validate_json(job_json)
-    d = next(d for d in job.datasets if d.name == dataset)
-    return registry.get("source", d.source_type)(job.source_options(d))
-
-
 class Planner:
-    """Plans shards: picklable, so Ray's read tasks carry it; sources are built and their ids
-    listed once per process. ``files``: the results files when the run started (the keys done
-    before it; this run's own rows are never planned twice, each shard being planned once)."""
+    """Plans shards: picklable, so Ray's read tasks carry it (the job travels as its spec and is
+    resolved once per process, so sources are built and their ids listed once per process).
+    ``files``: the results files when the run started (the keys done before it; this run's own
+    rows are never planned twice, each shard being planned once)."""
 
-    def __init__(self, job: JobSpec, output: str, required: dict[str, set[str]], files: list[str]):
-        self.job, self.output, self.required, self.files = job, output, required, files
-        self.datasets = {d.name: d for d in job.datasets}
+    def __init__(self, job: JobSpec | Job, output: str, required: dict[str, set[str]], files: list[str]):
+        self.job, self.output, self.required, self.files = resolve(job), output, required, files
 
-    def __getstate__(self):  # not the cached store and sources: each process opens its own
-        return {k: self.__dict__[k] for k in ("job", "output", "required", "files", "datasets")}
+    def __getstate__(self):  # not the cached store: each process opens its own
+        return {k: self.__dict__[k] for k in ("job", "output", "required", "files")}
 
     @functools.cached_property
     def store(self) -> ResultStore:
         return ResultStore(self.output)
 
-    @functools.cached_property
-    def job_json(self) -> str:
-        return self.job.model_dump_json()
-
-    def source(self, dataset: str):
-        return _source(self.job_json, dataset)
-
     def ids(self, shard: Shard) -> list[str]:
-        return self.source(shard.dataset).id_range(shard.start, shard.stop)
+        return self.job.datasets[shard.dataset].source.id_range(shard.start, shard.stop)
 
     @functools.lru_cache(maxsize=64)
     def combos(self, dataset: str) -> tuple[list[tuple[str, Any]], list[str]]:
         """The (codec, setting) pairs, baseline first, and the task ids of a dataset."""
-        d = self.datasets[dataset]
-        tasks = [t.task_id for t in self.job.tasks_for(d)] or [""]
-        return [(BASELINE, None)] + [(c.name, s) for c in self.job.codecs_for(d) for s in self.job.settings(c)], tasks
+        d = self.job.datasets[dataset]
+        tasks = [t.task_id for t in d.tasks] or [""]
+        return [(BASELINE, None)] + [(c.name, s) for c in d.codecs for s in c.settings], tasks
 
     def items(self, shards: list[Shard]) -> list[list[dict[str, Any]]]:
         """Per shard, the plan items of its samples with work left: {dataset, sample_id, units:

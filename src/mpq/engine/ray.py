@@ -38,11 +38,11 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 from ray.data import Datasource, ReadTask
 
-from mpq import registry
 from mpq.cache import EncodedCache
 from mpq.engine.inflight import InFlight
 from mpq.engine.plan import CHUNK, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
+from mpq.job import resolve
 from mpq.results import BASELINE
 from mpq.spec import JobSpec
 
@@ -105,7 +105,7 @@ def _gpu_codecs(job: JobSpec, has_gpu: bool) -> set[str]:
     and the job gives the pool some (``codec_gpus``); else none, and they code in CPU tasks."""
     if not (has_gpu and job.resources.codec_gpus):
         return set()
-    return {c.name for c in job.codecs if registry.get("codec", c.name).runs_on == "gpu"}
+    return {name for name, c in resolve(job).codecs.items() if c.cls.runs_on == "gpu"}
 
 
 def _groups(job: JobSpec, has_gpu: bool, cache: EncodedCache | None = None) -> list[_Group]:

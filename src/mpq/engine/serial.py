@@ -13,17 +13,19 @@ import pyarrow as pa
 from mpq.cache import EncodedCache
 from mpq.engine.inflight import InFlight
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
+from mpq.job import Job, resolve
 from mpq.spec import JobSpec
 
 TRIES = 2  # the first try, and once more on resume
 
 
 def run_serial(
-    job: JobSpec, items: Iterable[dict[str, Any]], finalize: Finalize, cache: EncodedCache | None = None,
+    job: JobSpec | Job, items: Iterable[dict[str, Any]], finalize: Finalize, cache: EncodedCache | None = None,
     output: str | None = None,
 ) -> Iterator[pa.Table]:
+    job = resolve(job)
     load, encode, measure = Load(job), Encode(job, cache), Measure(job)
-    predictors = [Predict(job, t.task_id) for t in job.tasks]
+    predictors = [Predict(job, task_id) for task_id in job.tasks]
     stages: list[Callable] = [load, encode, *predictors, measure]
     in_flight = InFlight(output, TRIES) if output is not None else None
 

@@ -1,7 +1,7 @@
 """The pipeline's stages. Each is a callable taking and returning a list of row dicts, so
 the serial and Ray engines run the very same objects; a stage never knows its engine.
 
-A working row carries: dataset, sample_id, codec, setting, tasks (task ids still to do),
+A working row carries: dataset, modality, sample_id, codec, setting, tasks (task ids still to do),
 original (media), target, conversion, error, and, as it moves on, decoded, bits, the
 codec's, tasks' and metrics' columns. ``Finalize`` turns it into result rows.
 """
@@ -16,12 +16,12 @@ from typing import Any, Collection
 
 import pyarrow as pa
 
-from mpq import registry
 from mpq.cache import EncodedCache
 from mpq.codecs.target import Target, knob
 from mpq.codecs.target import search as target_search
-from mpq.components import Coded, Source
-from mpq.media import media_digest
+from mpq.components import Coded
+from mpq.job import Job, resolve
+from mpq.media import Modality, media_digest
 from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
 from mpq.spec import JobSpec
 
@@ -39,77 +39,28 @@ def _error(stage: str, exc: BaseException) -> str:
     return f"{infra}{stage}: {type(exc).__name__}: {exc}".strip()
 
 
-def image_columns(media) -> dict[str, Any]:
-    return {"height": int(media.shape[0]), "width": int(media.shape[1])}
-
-
-def image_rate(media, bits: int) -> dict[str, Any]:
-    return {"bpp": bits / (media.shape[0] * media.shape[1])}
-
-
-def image_decoded(row: Row, decoded) -> Row:
-    """Grayscale inputs go through the codec as RGB; what comes back is made gray again,
-    as the input was, and the row says so."""
-    from mpq.media import GRAY_BACK, back_to_gray, is_gray
-
-    if not is_gray(row["original"]):
-        return {"decoded": decoded}
-    return {"decoded": back_to_gray(decoded), "conversion": "; ".join(filter(None, [row["conversion"], GRAY_BACK]))}
-
-
-def audio_columns(media) -> dict[str, Any]:
-    return {"sample_rate": media.sample_rate, "channels": media.channels, "num_samples": media.num_samples, "duration": media.duration}
-
-
-def audio_rate(media, bits: int) -> dict[str, Any]:
-    """Bits per sample as the study counts them (per channel sample: bits / (time steps × channels))
-    and kbps."""
-    return {"bps": bits / (media.num_samples * media.channels), "kbps": bits / media.duration / 1000}
-
-
-def audio_decoded(row: Row, decoded) -> Row:
-    return {"decoded": decoded}
-
-
-# Per modality: the size columns of the original, the rate columns of a coded version, and
-# what is done to the decoded media before anything downstream sees it.
-MEDIA_COLUMNS = {"image": image_columns, "audio": audio_columns}
-RATE_COLUMNS = {"image": image_rate, "audio": audio_rate}
-DECODED = {"image": image_decoded, "audio": audio_decoded}
-
-
 class _JobStage:
-    def __init__(self, job: JobSpec):
-        self.job = job
-        self.datasets = {d.name: d for d in job.datasets}
+    def __init__(self, job: JobSpec | Job):
+        self.job = resolve(job)
 
     @functools.cached_property
-    def sources(self) -> dict[str, Source]:
-        return {d.name: registry.get("source", d.source_type)(self.job.source_options(d)) for d in self.job.datasets}
+    def codecs(self):
+        return {name: c.build() for name, c in self.job.codecs.items()}
 
 
 class Load(_JobStage):
     """Plan item {dataset, sample_id, units} → one working row per unit (codec, setting, tasks)."""
 
-    def over_limit(self, size: Row) -> str | None:
-        """Why a sample is too large for the job's memory bounds (max_pixels, max_seconds), if it is."""
-        if "height" in size and self.job.max_pixels and size["height"] * size["width"] > self.job.max_pixels:
-            return f"{size['width']}×{size['height']} = {size['height'] * size['width']} pixels, over the job's max_pixels ({self.job.max_pixels})"
-        if "duration" in size and self.job.max_seconds and size["duration"] > self.job.max_seconds:
-            return f"{size['duration']:.0f} s, over the job's max_seconds ({self.job.max_seconds:g})"
-        return None
-
     def __call__(self, items: list[Row]) -> list[Row]:
         out = []
         for item in items:
-            dataset = self.datasets[item["dataset"]]
-            base = {"dataset": item["dataset"], "sample_id": item["sample_id"], "error": None}
-            modality = self.job.modality(dataset)
+            dataset = self.job.datasets[item["dataset"]]
+            base = {"dataset": dataset.name, "modality": dataset.modality.name, "sample_id": item["sample_id"], "error": None}
             try:
-                sample = self.sources[item["dataset"]].load(item["sample_id"])
+                sample = dataset.source.load(item["sample_id"])
                 base.update(original=sample.media, target=sample.target, conversion=sample.conversion)
-                base.update(MEDIA_COLUMNS[modality](sample.media))
-                if (limit := self.over_limit(base)) is not None:
+                base.update(dataset.modality.size(sample.media))
+                if (limit := dataset.modality.too_large(base, self.job.spec)) is not None:
                     base.update(original=None, target=None, error=f"load: too large: {limit}")
             except Exception as exc:
                 base.update(original=None, target=None, conversion=None, error=_error("load", exc))
@@ -130,7 +81,7 @@ class Encode(_JobStage):
     same-shape media go through its network together), for GPUs; 1 elsewhere, as batching
     changes a network's float noise and so could change a CPU result."""
 
-    def __init__(self, job: JobSpec, cache: EncodedCache | None = None, codecs: Collection[str] | None = None,
+    def __init__(self, job: JobSpec | Job, cache: EncodedCache | None = None, codecs: Collection[str] | None = None,
                  device: str | None = None, batch: int = 1):
         super().__init__(job)
         self.cache, self.only, self.device, self.batch = cache, codecs, device, batch
@@ -139,7 +90,7 @@ class Encode(_JobStage):
 
     @functools.cached_property
     def codecs(self):
-        codecs = {c.name: registry.get("codec", c.name)(self.job.codec_options(c)) for c in self.job.codecs}
+        codecs = {name: c.build() for name, c in self.job.codecs.items()}
         neural = [c for c in codecs.values() if c.runs_on == "gpu"]
         device = (self.device or default_device()) if neural else "cpu"  # torch only where a codec needs it
         for codec in neural:
@@ -202,13 +153,13 @@ class Encode(_JobStage):
                     if path is not None:
                         self.store(path, c)
 
-    def at_target(self, row: Row, modality: str) -> tuple[Coded, Row]:
+    def at_target(self, row: Row, modality: Modality) -> tuple[Coded, Row]:
         """The round trip at the highest setting whose rate fits the row's target (each
         search step a cached round trip), and the columns that record it."""
         target, codec = row["setting"], self.codecs[row["codec"]]
         chosen, coded, _ = target_search(
             lambda setting: self.roundtrip({**row, "setting": setting}),
-            lambda c: RATE_COLUMNS[modality](row["original"], c.bits)[target.unit],
+            lambda c: modality.rate(row["original"], c.bits)[target.unit],
             knob(type(codec)), target.value, row["codec"],
         )
         return coded, {f"target_{target.unit}": target.value, "target_setting": str(chosen)}
@@ -221,7 +172,7 @@ class Encode(_JobStage):
                 row.update(decoded=row["original"], bits=None, codec_version=None, codec_device=None)
                 continue
             codec = self.codecs[row["codec"]]
-            modality = self.job.modality(self.datasets[row["dataset"]])
+            modality = self.job.datasets[row["dataset"]].modality
             try:
                 if isinstance(row["setting"], Target):
                     coded, chosen = self.at_target(row, modality)
@@ -234,8 +185,10 @@ class Encode(_JobStage):
             row.update(bits=int(coded.bits), codec_version=codec.version(), codec_device=coded.device, **coded.extra)
             if codec.pipeline_check:
                 row.setdefault("checks", []).append(codec.pipeline_check)
-            row.update(DECODED[modality](row, coded.decoded))
-            row.update(RATE_COLUMNS[modality](row["original"], coded.bits))
+            row["decoded"], conversion = modality.after_decode(row["original"], coded.decoded)
+            if conversion:
+                row["conversion"] = "; ".join(filter(None, [row["conversion"], conversion]))
+            row.update(modality.rate(row["original"], coded.bits))
         self.ready.clear()
         return rows
 
@@ -254,10 +207,11 @@ class Predict:
     rows, else the model is run on the original once per sample (a resumed job whose
     baseline rows are already written)."""
 
-    def __init__(self, job: JobSpec, task_id: str, device: str | None = None):
-        spec = next(t for t in job.tasks if t.task_id == task_id)
-        self.task_id, self.batch_size = task_id, spec.batch_size
-        self.task = registry.get("task", spec.name)(job.task_options(spec), device or default_device(), job.resources.precision)
+    def __init__(self, job: JobSpec | Job, task_id: str, device: str | None = None):
+        job = resolve(job)
+        entry = job.tasks[task_id]
+        self.task_id, self.batch_size = task_id, entry.spec.batch_size
+        self.task = entry.build(device or default_device(), job.spec.resources.precision)
         self.task.load()
         # What else changes a score: the precision the model actually ran in (its loaded dtype:
         # fp32 on CPUs, and for models that ignore the job's precision, e.g. Demucs), the
@@ -316,14 +270,14 @@ class Predict:
 class Measure(_JobStage):
     """Quality metrics of the decoded media against the original (not for the baseline)."""
 
-    def __init__(self, job: JobSpec, device: str | None = None):
+    def __init__(self, job: JobSpec | Job, device: str | None = None):
         super().__init__(job)
         self.device = device
 
     @functools.cached_property
     def metrics(self):
         device = self.device or default_device()
-        return {m.name: registry.get("metric", m.name)(self.job.metric_options(m), device) for m in self.job.metrics}
+        return {name: m.build(device) for name, m in self.job.metrics.items()}
 
     @staticmethod
     def compute(metric, references: list, tests: list) -> list[dict[str, Any]]:
@@ -342,8 +296,8 @@ class Measure(_JobStage):
             todo = [r for r in rows if r["dataset"] == dataset and r["error"] is None and r["codec"] != BASELINE]
             if not todo:
                 continue
-            for spec in self.job.metrics_for(self.datasets[dataset]):
-                metric = self.metrics[spec.name]
+            for entry in self.job.datasets[dataset].metrics:
+                metric = self.metrics[entry.name]
                 try:
                     values = self.compute(metric, [r["original"] for r in todo], [r["decoded"] for r in todo])
                 except Exception:
@@ -353,7 +307,7 @@ class Measure(_JobStage):
                         try:
                             values.append(self.compute(metric, [r["original"]], [r["decoded"]])[0])
                         except Exception as exc:
-                            r["error"] = _error(f"metric {spec.name}", exc)
+                            r["error"] = _error(f"metric {entry.name}", exc)
                             values.append({})
                 for r, v in zip(todo, values):
                     r.update(v)
@@ -367,15 +321,15 @@ class Finalize(_JobStage):
 
     MEDIA_KEYS = ("original", "decoded", "target", "tasks", "results", "checks")
 
-    def __init__(self, job: JobSpec, schema: pa.Schema, run_id: str):
+    def __init__(self, job: JobSpec | Job, run_id: str):
         super().__init__(job)
-        self.schema, self.meta = schema, run_metadata(run_id)
+        self.schema, self.meta = self.job.schema, run_metadata(run_id)
         self.describe = {}
-        self.task_types = {t.task_id: t.name for t in job.tasks}
+        self.task_types = {task_id: t.name for task_id, t in self.job.tasks.items()}
 
     def source_of(self, dataset: str) -> str:
         if dataset not in self.describe:
-            self.describe[dataset] = self.sources[dataset].describe()
+            self.describe[dataset] = self.job.datasets[dataset].source.describe()
         return self.describe[dataset]
 
     def __call__(self, rows: list[Row]) -> pa.Table:

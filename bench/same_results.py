@@ -1,0 +1,60 @@
+"""Are two runs' results the same, row for row? For a change that must not change any result.
+
+    uv run python bench/same_results.py BEFORE_OUTPUT AFTER_OUTPUT
+
+Rows are matched by their key (dataset, sample_id, codec, setting, task); every column the
+first run wrote is compared exactly (NaN equals NaN), except ``run_id``. Columns only the
+second run has are listed, not compared. Exit status 0 when every row and value is the same.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import polars as pl
+
+from mpq.results import KEY
+from mpq.summary import read_results
+
+PER_RUN = {"run_id"}  # differs between any two runs
+
+
+def differences(before: pl.DataFrame, after: pl.DataFrame) -> list[str]:
+    """What differs, one line each (none: the same rows and values)."""
+    out = []
+    keys = list(KEY)
+    lost = before.join(after, on=keys, how="anti", nulls_equal=True)
+    gained = after.join(before, on=keys, how="anti", nulls_equal=True)
+    if lost.height or gained.height:
+        out.append(f"keys: {lost.height} rows only before, {gained.height} only after")
+    missing = [c for c in before.columns if c not in after.columns]
+    if missing:
+        out.append(f"columns missing after: {missing}")
+    both = before.join(after, on=keys, how="inner", suffix="__after", nulls_equal=True)
+    for col in before.columns:
+        if col in keys or col in PER_RUN or col in missing:
+            continue
+        a, b = both[col], both[f"{col}__after"]
+        same = (a == b) | (a.is_null() & b.is_null())
+        if a.dtype.is_float():
+            same = same | (a.is_nan() & b.is_nan())
+        n = both.height - int(same.fill_null(False).sum())
+        if n:
+            note = ""
+            if a.dtype.is_numeric():
+                note = f", largest difference {(a.cast(pl.Float64) - b.cast(pl.Float64)).abs().max():.3g}"
+            out.append(f"{col}: {n} of {both.height} rows differ{note}")
+    return out
+
+
+def main(before_output: str, after_output: str) -> int:
+    before, after = read_results(before_output), read_results(after_output)
+    new = [c for c in after.columns if c not in before.columns]
+    print(f"{before.height} rows before, {after.height} after; columns only after: {new or 'none'}")
+    found = differences(before, after)
+    print("\n".join(found) if found else f"identical: every row, every column but {', '.join(sorted(PER_RUN))}")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))
