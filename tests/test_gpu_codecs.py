@@ -173,13 +173,12 @@ def test_ray_codes_neural_codecs_in_a_gpu_actor_pool_and_classic_ones_in_cpu_tas
     from mpq.engine.plan import Planner, shards
     from mpq.engine.ray import _Actor, _dataset
     from mpq.engine.stages import Finalize
-    from mpq.results import schema_for
     from mpq.runner import run_job
     from mpq.summary import read_results
 
     job = image_job(folder, tasks=[{"name": "classify", "model": "builtin:tiny-vit", "batch_size": 4}], metrics=["psnr"])
     out = str(tmp_path / "out")
-    ds = _dataset(job, Planner(job, out, {}, []), shards(job), Finalize(job, schema_for(job), "run"), None, out)
+    ds = _dataset(job, Planner(job, out, {}, []), shards(job), Finalize(job, "run"), None, out)
     _, tasks, gpu, cpu = operators(ds)
     assert isinstance(tasks.compute, TaskPoolStrategy) and not tasks.ray_remote_args.get("num_gpus")
     load, encode = tasks.fn_kwargs["stages"]
