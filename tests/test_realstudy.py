@@ -34,6 +34,19 @@ def test_speech_comes_from_the_wheel_not_an_espeak_binary(tmp_path):
     assert " ".join(describe).startswith("espeak-ng 1.")
 
 
+
+def test_a_spoken_sentence_is_the_same_whatever_was_spoken_before():
+    """espeak-ng keeps state from one synthesis to the next (its breathy voices also draw on
+    rand()): a sample must not depend on which samples its process loaded before, or serial and
+    Ray runs, and a resumed run's cache, see different audio under the same id."""
+    from mpq.media import media_digest
+    from mpq.sources.audio_samples import Speech, SpeechOptions
+
+    source = Speech(SpeechOptions(speech="espeak", count=3))
+    first = [media_digest(source.load(i).media) for i in source.ids()]
+    again = [media_digest(source.load(i).media) for i in reversed(source.ids())][::-1]
+    assert first == again
+
 def lpips_pairs():
     from skimage import data
 

@@ -2,7 +2,7 @@
 
 - ``speech``: Harvard sentences (IEEE 1969, public domain) spoken by espeak-ng, the
   library and voice data that the ``espeakng-loader`` wheel ships (no system package),
-  called through ctypes; target = the sentence.
+  each sentence in a fresh process (``espeak.py``); target = the sentence.
 - ``music``: short synthetic four-stem tracks (drums, bass, other, vocals: noise-burst
   percussion, a bass line, chords, and a vibrato melody with harmonics), stereo at
   44.1 kHz, deterministic per track; target = the stems, mixture = their sum.
@@ -13,9 +13,6 @@ MUSDB and a separation model's SDR on it means little.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import threading
 from typing import Literal
 
 import numpy as np
@@ -24,6 +21,7 @@ from pydantic import Field
 from mpq.components import Options, Sample, Source
 from mpq.media import STEMS, Audio, audio_from_array, resample
 from mpq.registry import register
+from mpq.sources.espeak import speak, version
 
 HARVARD = (
     "The birch canoe slid on the smooth planks.",
@@ -42,54 +40,10 @@ class SpeechOptions(Options):
     sample_rate: int = Field(default=48000, ge=8000, le=96000)  # Common Voice clips are 48 kHz
 
 
-# espeak-ng's C API (speak_lib.h): synchronous synthesis, samples handed to a callback.
-AUDIO_OUTPUT_SYNCHRONOUS, POS_CHARACTER, ESPEAK_CHARS_UTF8, ESPEAK_RATE = 2, 1, 1, 1
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-_lock = threading.Lock()  # the library keeps one global synthesiser
-
-
-@functools.cache
-def espeak_library():
-    """libespeak-ng from the espeakng-loader wheel, initialised with the wheel's voice data:
-    (library, sample rate, list the callback appends sample chunks to, the callback)."""
-    import espeakng_loader
-
-    lib = ctypes.CDLL(espeakng_loader.get_library_path())
-    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.espeak_Info.restype = ctypes.c_char_p
-    rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
-    if rate <= 0:
-        raise RuntimeError(f"espeak-ng failed to initialise (code {rate})")
-    chunks: list[np.ndarray] = []
-
-    def collect(wav, n, _events):
-        if n > 0:
-            chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
-        return 0
-
-    callback = _SYNTH_CALLBACK(collect)  # kept alive with the library
-    lib.espeak_SetSynthCallback(callback)
-    return lib, rate, chunks, callback
-
-
-def espeak_version() -> str:
-    return espeak_library()[0].espeak_Info(None).decode()
-
-
 def espeak(text: str, voice: str, words_per_minute: int = 150) -> Audio:
     """``text`` spoken by espeak-ng's ``voice``: mono, at the library's own rate (22.05 kHz)."""
-    lib, rate, chunks, _ = espeak_library()
-    data = text.encode()
-    with _lock:
-        chunks.clear()
-        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"espeak-ng has no voice {voice!r}")
-        lib.espeak_SetParameter(ESPEAK_RATE, words_per_minute, 0)
-        if lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None) != 0:
-            raise RuntimeError(f"espeak-ng failed to speak {text!r}")
-        lib.espeak_Synchronize()
-        samples = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-    return audio_from_array(samples, rate)
+    samples, rate = speak(text, voice, words_per_minute)
+    return audio_from_array(np.frombuffer(samples, np.int16), rate)
 
 
 @register("source", "speech")
@@ -109,7 +63,7 @@ class Speech(Source):
         return Sample(sample_id, audio_from_array(np.clip(x, -1, 1), self.options.sample_rate), target=HARVARD[i])
 
     def describe(self) -> str:
-        return f"espeak-ng {espeak_version()} harvard sentences"
+        return f"espeak-ng {version()} harvard sentences"
 
 
 class MusicOptions(Options):
