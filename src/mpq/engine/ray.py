@@ -254,8 +254,11 @@ def run_ray(
 
     # The plan streams in: read tasks plan chunks of shards on the workers, a block per shard.
     # Planning is light (ids and a read of the results' keys): it takes no CPU, which the actor
-    # pools may all hold.
-    ds = ray.data.read_datasource(PlanDatasource(planner, plan), num_cpus=0)
+    # pools may all hold. Taking none, every read task would run at once, each in a worker
+    # process of its own that imports Ray Data and mpq (the smoke job: 28 processes on 2 CPUs,
+    # beside the actors loading their models); a few at a time plan fast enough.
+    planners = max(1, int(cluster.get("CPU", 0)) // 8)
+    ds = ray.data.read_datasource(PlanDatasource(planner, plan), num_cpus=0, concurrency=planners)
     ds = ds.map_batches(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache)], "finalize": None if groups else finalize, "in_flight": in_flight(0)},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,
