@@ -109,6 +109,6 @@ def test_the_ray_engine_works_a_shard_of_cheap_images_as_one_block(tmp_path):
     store = ResultStore(str(tmp_path / "out"))
     plan = shards(job)
     init_ray()
-    ds = plan_dataset(Planner(job, store.output, {}, store.files()), plan)
+    ds = plan_dataset(Planner(job, store.output, {}, store.files()), plan, readers=1)
     sizes = ds.map_batches(lambda b: {"n": [b.num_rows]}, batch_size=None, batch_format="pyarrow").take_all()
     assert sorted(r["n"] for r in sizes) == [32] * len(plan) == [32] * 3 * 64

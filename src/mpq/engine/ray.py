@@ -51,9 +51,6 @@ COLUMN = "row"
 # (inflight.py): a sample's work in a stage is started at most this many times (a lost node
 # costs the samples in flight on it one try), then its rows become `worker died` errors.
 TRIES = 3
-# Read tasks take no CPU (see run_ray), so nothing but this bounds how many run at once, each
-# in a worker process of its own; planning is light, and a few keep every stage fed.
-READERS = 4
 
 
 def _pack(rows: list[dict[str, Any]]) -> pa.Table:
@@ -222,12 +219,12 @@ class PlanDatasource(Datasource):
     """The plan as a Ray Data source: each read task plans a part of the shards (``Planner.items``,
     one read of the results for the part), and its block of plan items is split a shard a block."""
 
-    def __init__(self, planner: Planner, plan: list[Shard]):
+    def __init__(self, planner: Planner, plan: list[Shard], readers: int):
         super().__init__()
         self.planner = planner
-        # Parts of `size` shards of one dataset (at most CHUNK, and enough parts to keep READERS
-        # reading), the datasets taking turns as they do in the plan.
-        self.size = max(1, min(CHUNK, math.ceil(len(plan) / READERS)))
+        # Parts of `size` shards of one dataset (at most CHUNK, and enough parts to keep the
+        # readers busy), the datasets taking turns as they do in the plan.
+        self.size = max(1, min(CHUNK, math.ceil(len(plan) / readers)))
         per_dataset: dict[str, list[Shard]] = {}
         for shard in plan:
             per_dataset.setdefault(shard.dataset, []).append(shard)
@@ -253,14 +250,15 @@ class PlanDatasource(Datasource):
         ]
 
 
-def plan_dataset(planner: Planner, plan: list[Shard]):
+def plan_dataset(planner: Planner, plan: list[Shard], readers: int):
+    """The plan's blocks, read by at most ``readers`` read tasks at a time."""
     import ray.data
 
-    source = PlanDatasource(planner, plan)
+    source = PlanDatasource(planner, plan, readers)
     # A read task's output is one block (Ray Data joins what it yields), which Ray Data splits
     # into equal parts to make the number of blocks asked for: a block per shard.
     return ray.data.read_datasource(
-        source, num_cpus=0, concurrency=READERS, override_num_blocks=len(source.parts) * source.size
+        source, num_cpus=0, concurrency=readers, override_num_blocks=len(source.parts) * source.size
     )
 
 
@@ -305,8 +303,10 @@ def _dataset(
 
     # The plan streams in: read tasks plan chunks of shards on the workers, a block per shard.
     # Planning is light (ids and a read of the results' keys): it takes no CPU, which the actor
-    # pools may all hold.
-    ds = plan_dataset(planner, plan)
+    # pools may all hold. Taking none, every read task would run at once, each in a worker
+    # process of its own that imports Ray Data and mpq (the smoke job: 28 processes on 2 CPUs,
+    # beside the actors loading their models); a few at a time plan fast enough.
+    ds = plan_dataset(planner, plan, readers=max(1, int(cluster.get("CPU", 0)) // 8))
     ds = ds.map_batches(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache, cpu_codecs, "cpu")], "finalize": None if groups else finalize,
                          "in_flight": in_flight(0)},

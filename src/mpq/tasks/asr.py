@@ -158,8 +158,6 @@ class ASR(Task):
                          files=(PROCESSOR_FILES, ("tokenizer_config.json",)))]
 
     def load(self) -> None:
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
         model_id = self.options.model
         if folder := ctranslate2_folder(model_id):
             import torch
@@ -174,6 +172,8 @@ class ASR(Task):
         if model_id == TINY_WHISPER:
             model_id = tiny_whisper()
             self.pipeline_check = "tiny random Whisper: transcripts and WRA mean nothing"
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
         load_processor_and_model(self, WhisperProcessor, WhisperForConditionalGeneration, model_id)
 
     @classmethod

@@ -123,14 +123,14 @@ class Classify(Task):
         return [HubModel(self.options.model, self.options.revision, ("AutoImageProcessor", "AutoModelForImageClassification"))]
 
     def load(self) -> None:
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
-
         model_id = self.options.model
         if model_id == EFFICIENTNET_LITE0:
             model_id = "local-dir:" + efficientnet_lite0()
         if model_id.startswith(TIMM_PREFIXES):
             self.load_timm(model_id)
             return
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
         if model_id == TINY_VIT:
             model_id = tiny_vit()
             self.pipeline_check = "tiny random classifier: accuracy means nothing"
