@@ -30,13 +30,14 @@ import mpq.engine.ray  # the driver's engine module, which read and codec tasks 
 from mpq.engine.plan import Planner, iter_items, shards
 from mpq.engine.stages import Encode, Load
 from mpq.runner import preflight, required_metric_columns
+from mpq.job import resolve
 from mpq.spec import parse_job
 
 data = yaml.safe_load(open("jobs/smoke.yaml"))
 data["datasets"] = [{**d, "limit": 2} for d in data["datasets"] if d["name"] in ("photos", "speech")]
 data["codecs"] = [c for c in data["codecs"] if c["name"] in ("jpeg", "webp", "mp3", "opus")]
 data["tasks"] = [t for t in data["tasks"] if t["name"] != "separate"]
-job = parse_job(data)
+job = resolve(parse_job(data))
 preflight(job)
 items = list(iter_items(Planner(job, "", required_metric_columns(job), []), shards(job)))
 rows = Encode(job)(Load(job)(items))
