@@ -318,7 +318,7 @@ def _dataset(
         last = i == len(groups) - 1
         ds = ds.map_batches(
             _Actor, fn_constructor_args=(group.specs, finalize if last else None, max(1, int(group.cpus)), in_flight(i + 1)),
-            # On CPUs a call takes whatever block arrives (one sample's rows); GPUs get full batches.
+            # On CPUs a call takes whatever block arrives (a shard's rows); GPUs get full batches.
             batch_size=group.batch_size if group.gpus else None, batch_format="pyarrow",
             compute=_pool(group, cluster, shared), num_cpus=group.cpus, num_gpus=group.gpus,
         )
