@@ -134,3 +134,54 @@ def test_metrics_are_fp32_whatever_the_precision():
         for col in ("psnr", "ssim", "ms_ssim", "lpips"):
             assert got[col] == want[col], (precision, col)
     assert 0 < want["ms_ssim"] <= 1
+
+
+def test_a_metric_sees_each_samples_reference_once_with_its_coded_versions():
+    """Rows reach the metric stage one by one (Ray unpickles each on its own, so a sample's
+    rows hold equal but distinct originals): the stage hands a metric one reference object per
+    sample, and LPIPS computes each reference's features once, by sample, not by hashing pixels.
+    Values equal the lpips package's, pair by pair."""
+    import io
+    import pickle
+
+    import torch
+    from PIL import Image
+
+    from mpq.engine.stages import Measure
+    from mpq.metrics.lpips import LPIPS, load_lpips, tensor
+    from mpq.spec import parse_job
+
+    job = parse_job({"name": "m", "datasets": [{"name": "d", "source": {"samples": "skimage"}}],
+                     "metrics": [{"name": "lpips", "backbone": "random"}]})
+    refs = {"a": photo(64, 64, seed=1), "b": photo(64, 64, seed=2)}
+
+    def jpeg(x, q):
+        buf = io.BytesIO()
+        Image.fromarray(x).save(buf, format="JPEG", quality=q)
+        return np.asarray(Image.open(buf).convert("RGB"))
+
+    rows = [{"dataset": "d", "sample_id": s, "codec": "jpeg", "setting": q, "error": None, "original": x, "decoded": jpeg(x, q)}
+            for s, x in refs.items() for q in (5, 30, 80)]
+    rows = [pickle.loads(pickle.dumps(r)) for r in rows]  # as Ray's transport delivers them
+
+    seen = []
+    stage = Measure(job, device="cpu")
+    metric = stage.metrics["lpips"]
+    forward = metric.compute
+    metric.compute = lambda references, tests: (seen.append(references), forward(references, tests))[1]
+    out = stage(rows)
+    assert len({id(r) for r in seen[0]}) == 2  # one reference object per sample
+
+    net = load_lpips(LPIPS.net, True)
+    calls = []
+    original_forward = net.net.forward
+    net.net.forward = lambda x: (calls.append(len(x)), original_forward(x))[1]
+    try:
+        stage(rows)
+    finally:
+        net.net.forward = original_forward
+    assert calls == [1, 3, 1, 3]  # per sample: its reference once, its 3 versions in one batch
+    with torch.inference_mode():
+        for r in out:  # the lpips package's own forward on each pair
+            direct = float(net(tensor([r["original"]], "cpu"), tensor([r["decoded"]], "cpu")).item())
+            assert r["lpips"] == pytest.approx(direct, abs=1e-6)

@@ -249,5 +249,6 @@ class Metric(Component):
         self.device = device
 
     def compute(self, references: list[Any], tests: list[Any]) -> list[dict[str, Any]]:
-        """One dict of this metric's columns per (reference, test) pair."""
+        """One dict of this metric's columns per (reference, test) pair. The metric stage passes
+        the rows of one sample with one and the same reference object."""
         raise NotImplementedError

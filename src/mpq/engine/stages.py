@@ -296,10 +296,14 @@ class Measure(_JobStage):
             todo = [r for r in rows if r["dataset"] == dataset and r["error"] is None and r["codec"] != BASELINE]
             if not todo:
                 continue
+            # One reference object per sample (rows may arrive unpickled one by one), so that a
+            # metric can tell a sample's coded versions by their shared reference.
+            originals: dict[str, Any] = {}
+            references = [originals.setdefault(r["sample_id"], r["original"]) for r in todo]
             for entry in self.job.datasets[dataset].metrics:
                 metric = self.metrics[entry.name]
                 try:
-                    values = self.compute(metric, [r["original"] for r in todo], [r["decoded"] for r in todo])
+                    values = self.compute(metric, references, [r["decoded"] for r in todo])
                 except Exception:
                     # One bad sample must not fail the batch: retry one by one to find it.
                     values = []
