@@ -112,3 +112,21 @@ def test_the_ray_engine_works_a_shard_of_cheap_images_as_one_block(tmp_path):
     ds = plan_dataset(Planner(job, store.output, {}, store.files()), plan, readers=1)
     sizes = ds.map_batches(lambda b: {"n": [b.num_rows]}, batch_size=None, batch_format="pyarrow").take_all()
     assert sorted(r["n"] for r in sizes) == [32] * len(plan) == [32] * 3 * 64
+
+
+def test_a_samples_rows_travel_between_ray_stages_as_one_record_with_one_original():
+    """Between stages the working rows travel pickled; a sample's variants go together, so its
+    original crosses the object store once, not once per codec setting, and arrives as one
+    object its rows share."""
+    from mpq.engine.ray import _pack, _unpack
+
+    originals = {s: np.full((64, 64, 3), i, np.uint8) for i, s in enumerate("ab")}
+    rows = [{"dataset": "d", "sample_id": s, "codec": "jpeg", "setting": q, "original": x}
+            for s, x in originals.items() for q in (5, 30, 80)]
+    packed = _pack(rows)
+    assert packed.num_rows == 2  # a record per sample
+    assert packed.nbytes < 1.5 * sum(x.nbytes for x in originals.values())
+    back = _unpack(packed)
+    assert [(r["sample_id"], r["setting"]) for r in back] == [(r["sample_id"], r["setting"]) for r in rows]
+    assert len({id(r["original"]) for r in back}) == 2
+    assert all((r["original"] == originals[r["sample_id"]]).all() for r in back)

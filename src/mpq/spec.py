@@ -94,8 +94,9 @@ class Resources(_Strict):
     codec_batch_size: int = Field(default=8, gt=0)
     model_gpus: float = Field(default=1, ge=0, description="GPUs per model actor, when the cluster has GPUs")
     metric_gpus: float = Field(default=0, ge=0)
-    # Rows (one per sample and codec setting) per call of metric actors on GPUs; CPU actors and
-    # --engine serial take a block's rows. A pool shared with a task takes the larger batch size.
+    # Samples (each with its rows: one per codec setting) per call of metric actors on GPUs; CPU
+    # actors and --engine serial take a block's samples. A pool shared with a task takes the
+    # larger batch size.
     metric_batch_size: int = Field(default=16, gt=0)
     # Actor pool sizes; by default as many actors as the cluster's GPUs (or CPUs) hold.
     model_actors: ActorPool | None = None

@@ -1,7 +1,10 @@
 """The Ray engine: the stages as one streaming Ray Data graph.
 
 Working rows (which hold numpy media of any shape) travel between stages as pickled
-blobs in a single binary column; only the final result rows are columnar. The plan streams
+blobs in a single binary column, a blob per sample (its rows together, sharing one
+original); only the final result rows are columnar. Batch sizes of GPU actors (a task's
+``batch_size``, ``metric_batch_size``, ``codec_batch_size``) so count samples between stages;
+each stage then batches its own model calls. The plan streams
 in through read tasks that plan shards of the datasets on the workers (``plan.Planner``), a
 block per shard (32 cheap images, or one costly sample). Loading and coding run as CPU
 tasks, a block per task; neural codecs (where the cluster has GPUs), model and metric stages
@@ -54,11 +57,16 @@ TRIES = 3
 
 
 def _pack(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.table({COLUMN: pa.array([pickle.dumps(r, protocol=5) for r in rows], type=pa.large_binary())})
+    """A record per sample: its rows pickled together, so the original they share is stored
+    once (not once per codec setting) and unpickles as one object again."""
+    samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        samples.setdefault((r["dataset"], r["sample_id"]), []).append(r)
+    return pa.table({COLUMN: pa.array([pickle.dumps(s, protocol=5) for s in samples.values()], type=pa.large_binary())})
 
 
 def _unpack(batch: pa.Table) -> list[dict[str, Any]]:
-    return [pickle.loads(b) for b in batch.column(COLUMN).to_pylist()]
+    return [r for b in batch.column(COLUMN).to_pylist() for r in pickle.loads(b)]
 
 
 def _run(batch: pa.Table, stages: list, finalize: Finalize | None, in_flight: InFlight | None = None) -> pa.Table:
