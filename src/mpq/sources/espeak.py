@@ -1,10 +1,10 @@
 """espeak-ng from the ``espeakng-loader`` wheel (library and voice data, no system package),
 called through its C API with ctypes.
 
-Each sentence is spoken in a fresh process: the library carries state from one synthesis to
-the next (and its breathy voices draw on ``rand()``), so in one process a sentence comes out
-different depending on what was spoken before it — a sample would differ between a serial
-run, Ray's workers and a resumed run. Run as a script, this file is that process: it reads
+Each sentence is spoken in a fresh process, its random generator seeded: the library carries
+state from one synthesis to the next, so in one process a sentence comes out different
+depending on what was spoken before it, and its breathy voices draw on a generator it seeds
+from the clock — a sample would differ between a serial run, Ray's workers and a resumed run. Run as a script, this file is that process: it reads
 the text on stdin, writes the sample rate (4 bytes, little-endian) and 16-bit samples to
 stdout, and imports nothing from mpq.
 """
@@ -17,6 +17,7 @@ import sys
 
 # espeak-ng's C API (speak_lib.h): synchronous synthesis, samples handed to a callback.
 AUDIO_OUTPUT_SYNCHRONOUS, POS_CHARACTER, ESPEAK_CHARS_UTF8, ESPEAK_RATE = 2, 1, 1, 1
+SEED = 0  # for the random variation of breathy voices (en-us+f3)
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
@@ -56,6 +57,7 @@ def _main(voice: str, words_per_minute: int) -> None:
 
     callback = _SYNTH_CALLBACK(collect)
     lib.espeak_SetSynthCallback(callback)
+    lib.espeak_ng_SetRandSeed(ctypes.c_long(SEED))  # its own generator, else seeded from the clock
     if lib.espeak_SetVoiceByName(voice.encode()) != 0:
         sys.exit(f"espeak-ng has no voice {voice!r}")
     lib.espeak_SetParameter(ESPEAK_RATE, words_per_minute, 0)
