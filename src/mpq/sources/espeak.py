@@ -4,9 +4,10 @@ called through its C API with ctypes.
 Each sentence is spoken in a fresh process, its random generator seeded: the library carries
 state from one synthesis to the next, so in one process a sentence comes out different
 depending on what was spoken before it, and its breathy voices draw on a generator it seeds
-from the clock — a sample would differ between a serial run, Ray's workers and a resumed run. Run as a script, this file is that process: it reads
-the text on stdin, writes the sample rate (4 bytes, little-endian) and 16-bit samples to
-stdout, and imports nothing from mpq.
+from the clock — a sample would differ between a serial run, Ray's workers and a resumed
+run. Run as a script, this file is that process: it reads the text on stdin, writes the
+sample rate (4 bytes, little-endian) and 16-bit samples to stdout, and imports nothing from
+mpq.
 """
 
 from __future__ import annotations
