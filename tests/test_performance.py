@@ -130,3 +130,27 @@ def test_a_samples_rows_travel_between_ray_stages_as_one_record_with_one_origina
     assert [(r["sample_id"], r["setting"]) for r in back] == [(r["sample_id"], r["setting"]) for r in rows]
     assert len({id(r["original"]) for r in back}) == 2
     assert all((r["original"] == originals[r["sample_id"]]).all() for r in back)
+
+
+@pytest.mark.slow
+def test_a_plan_longer_than_a_window_runs_as_consecutive_executions_and_loses_nothing(tmp_path, monkeypatch, ray_local):
+    """Ray Data keeps every block's stats in the driver until its dataset is gone, so a long
+    plan runs as consecutive executions (``WINDOW`` shards each): rows as the serial engine's."""
+    import mpq.engine.ray as engine
+    from mpq.runner import run_job
+    from mpq.summary import read_results
+
+    built = []
+    dataset = engine._dataset
+    monkeypatch.setattr(engine, "_dataset", lambda job, planner, plan, *a: built.append(len(plan)) or dataset(job, planner, plan, *a))
+    monkeypatch.setattr(engine, "WINDOW", 4)
+    job = parse_job({"name": "windows", "resources": {"samples_per_block": 3},
+                     "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 30, "size": 8}}],
+                     "codecs": [{"name": "jpeg", "settings": [50]}]})
+    run_job(job, str(tmp_path / "ray"), engine="ray", progress=False)
+    run_job(job, str(tmp_path / "serial"), engine="serial", progress=False)
+    assert built == [4, 4, 2]  # 10 shards of 3 samples
+    key = ["dataset", "sample_id", "codec", "setting"]
+    ray_rows, serial_rows = (read_results(str(tmp_path / e)).sort(key).select(key + ["height", "error"]) for e in ("ray", "serial"))
+    assert ray_rows.height == 60 and ray_rows.equals(serial_rows)  # the original and JPEG 50 of each
+    assert ray_rows["error"].is_null().all() and ray_rows["sample_id"].n_unique() == 30
