@@ -360,6 +360,7 @@ class Bench:
         b = self.n(64, 4)
         job = job_spec(precision, str(self.work), tasks=[{"name": "classify", "model": path, "batch_size": b}])
         predict = Predict(job, "classify", self.device)
+        predict.load()
         h, w = (480, 640) if not self.quick else (64, 80)
         images = [smooth_image(self.rng, h, w) for _ in range(b)]
         rows = [{"decoded": im, "target": "class1", "error": None, "tasks": ["classify"]} for im in images]
@@ -385,6 +386,7 @@ class Bench:
         b = self.n(16, 2)
         job = job_spec(precision, str(self.work), tasks=[{"name": "segment", "model": path, "batch_size": b}])
         predict = Predict(job, "segment", self.device)
+        predict.load()
         h, w = (512, 683) if not self.quick else (64, 80)
         images = [smooth_image(self.rng, h, w) for _ in range(b)]
         labels = [self.rng.integers(0, 151, (h, w), dtype=np.uint8) for _ in range(b)]
@@ -414,6 +416,7 @@ class Bench:
         job = job_spec(precision, str(self.work), "audio",
                        tasks=[{"name": "asr", "model": path, "batch_size": b, "max_new_tokens": tokens}])
         predict = Predict(job, "asr", self.device)
+        predict.load()
         clips = [audio(self.rng, self.n(10, 2), 16000, 1) for _ in range(b)]
         rows = [{"decoded": c, "target": "the quick brown fox", "error": None, "tasks": ["asr"]} for c in clips]
         model, task = predict.task.model, predict.task

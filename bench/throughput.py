@@ -81,6 +81,8 @@ def child_stages(job_data: dict) -> dict:
     items = list(iter_items(Planner(job, "", {}, []), shards(job)))
     load, encode, measure = Load(job), Encode(job), Measure(job)
     predictors = {t.task_id: Predict(job, t.task_id) for t in job.tasks}
+    for predict in predictors.values():
+        predict.load()
     out = {}
 
     def timed(name, fn):

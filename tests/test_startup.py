@@ -58,3 +58,29 @@ Classify(ClassifyOptions(model="builtin:efficientnet-lite0")).load()
 ASR(ASROptions(model="builtin:whisper-tiny.en")).load()
 """
     assert "transformers" not in imported_by(code)
+
+
+def test_a_task_model_loads_at_its_first_use_only():
+    """Each actor runs every task's stage; one whose samples never need a task (photos, in a job
+    with a speech recogniser) must not pay for loading its model."""
+    import yaml
+
+    from mpq.engine.plan import Planner, iter_items, shards
+    from mpq.engine.stages import Encode, Load, Predict
+    from mpq.job import resolve
+    from mpq.spec import parse_job
+
+    data = yaml.safe_load(open(ROOT / "jobs/smoke.yaml"))
+    data["datasets"] = [{**d, "limit": 1} for d in data["datasets"] if d["name"] in ("photos", "speech")]
+    data["codecs"] = [c for c in data["codecs"] if c["name"] in ("jpeg", "opus")]
+    data["tasks"] = [t for t in data["tasks"] if t["name"] == "asr"]
+    job = resolve(parse_job(data))
+    items = list(iter_items(Planner(job, "", {}, []), shards(job)))
+    rows = {d: Encode(job)(Load(job)([i for i in items if i["dataset"] == d])) for d in ("photos", "speech")}
+    asr = Predict(job, "asr", "cpu")
+    asr(rows["photos"])
+    assert asr.task.model_id == "" and asr.provenance is None  # not loaded
+    assert all(r["results"] == {} for r in rows["photos"])
+    asr(rows["speech"])
+    assert asr.task.model_id and asr.provenance["device"] == "cpu"
+    assert all(r["results"]["asr"]["model"] == asr.task.model_id for r in rows["speech"])

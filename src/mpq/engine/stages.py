@@ -200,7 +200,7 @@ def default_device() -> str:
 
 
 class Predict:
-    """One task's model, loaded once per actor, run in batches on the decoded media.
+    """One task's model, loaded at its first use (once per actor), run in batches on the decoded media.
 
     Every coded row's output is also scored against the model's own output on its sample's
     uncompressed input (``agreement``): the baseline row's output when it is among the
@@ -212,6 +212,13 @@ class Predict:
         entry = job.tasks[task_id]
         self.task_id, self.batch_size = task_id, entry.spec.batch_size
         self.task = entry.build(device or default_device(), job.spec.resources.precision)
+        self.provenance: dict[str, str] | None = None  # set by load()
+
+    def load(self) -> None:
+        """The model, the first time a row needs it: a worker whose samples never need this task
+        (an actor that only ever sees photos, in a job with a speech model) never loads it."""
+        if self.provenance is not None:
+            return
         self.task.load()
         # What else changes a score: the precision the model actually ran in (its loaded dtype:
         # fp32 on CPUs, and for models that ignore the job's precision, e.g. Demucs), the
@@ -250,6 +257,9 @@ class Predict:
         todo = [r for r in rows if r["error"] is None and self.task_id in r["tasks"]]
         for row in rows:
             row.setdefault("results", {})
+        if not todo:
+            return rows
+        self.load()
         preds = self.batched(todo)
         refs = self.references(todo, preds)
         info = {"model": self.task.model_id, "model_revision": self.task.model_revision, **self.provenance}
