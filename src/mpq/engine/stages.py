@@ -43,10 +43,6 @@ class _JobStage:
     def __init__(self, job: JobSpec | Job):
         self.job = resolve(job)
 
-    @functools.cached_property
-    def codecs(self):
-        return {name: c.build() for name, c in self.job.codecs.items()}
-
 
 class Load(_JobStage):
     """Plan item {dataset, sample_id, units} → one working row per unit (codec, setting, tasks)."""
