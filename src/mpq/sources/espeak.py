@@ -13,6 +13,7 @@ mpq.
 from __future__ import annotations
 
 import ctypes
+import functools
 import subprocess
 import sys
 
@@ -34,6 +35,7 @@ def _library() -> tuple[ctypes.CDLL, int]:
     return lib, rate
 
 
+@functools.cache  # the library initialised once in the calling process, not once per call
 def version() -> str:
     return _library()[0].espeak_Info(None).decode()
 
