@@ -144,7 +144,7 @@ def print_summary(df: pl.DataFrame) -> None:
         for d, c, s, n, kbps, req in notes.iter_rows():
             console.print(f"[yellow]bitrate:[/] {d} {c} {s}: {n} row(s) off the requested {req:g} kbps by > 10 % (mean effective {kbps:.3g} kbps; see rate_note)")
     if "pipeline_check" in df.columns:
-        for note in df["pipeline_check"].drop_nulls().unique().to_list():
+        for note in sorted(df["pipeline_check"].drop_nulls().unique().to_list()):
             console.print(f"[yellow]pipeline check:[/] {note}")
 
 
