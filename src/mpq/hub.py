@@ -180,3 +180,21 @@ def torch_dtype(precision: str, device: str):
     if device == "cpu" or precision == "fp32":
         return torch.float32
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def to_device(arrays: list, device: str) -> list:
+    """NumPy arrays as torch tensors on ``device``: those of one shape and dtype stacked and
+    copied in one transfer (each blocking copy to a GPU waits for the GPU; one per image
+    left it idle between them). The values are the arrays' own, so CPU results do not change."""
+    import numpy as np
+    import torch
+
+    out: list = [None] * len(arrays)
+    groups: dict[tuple, list[int]] = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault((a.shape, a.dtype.str), []).append(i)
+    for idx in groups.values():
+        batch = torch.from_numpy(np.stack([arrays[i] for i in idx])).to(device)
+        for i, t in zip(idx, batch):
+            out[i] = t
+    return out
