@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from mpq.components import Options, Task, mean_agreement
-from mpq.hub import PROCESSOR_FILES, HubModel, load_processor_and_model, to_device
+from mpq.hub import PROCESSOR_FILES, HubModel, load_processor_and_model, processor_images, to_device
 from mpq.registry import register
 
 
@@ -148,7 +148,7 @@ class Segment(Task):
                 raise ValueError(f"prediction {image.shape[:2]} and label map {target.shape} differ in size")
         # All work stays on the model's device, queued without a sync, until one read-back per
         # batch; images and label maps go there first (a blocking copy waits for the GPU).
-        images = to_device(list(media), self.device)
+        images = processor_images(self.processor, media, self.device)
         labels = iter(to_device([t for t in targets if t is not None], self.device))
         inputs = self.processor(images=images, return_tensors="pt", device=self.device, input_data_format="channels_last")
         ignore = self.options.ignore_index
