@@ -299,6 +299,15 @@ def check_rows(rows: list[dict], key: str | None = None) -> None:
             raise RuntimeError(f"mpq stage produced an error row: {err}")
 
 
+def predict_rows(media: list, targets: list, task: str) -> list[dict]:
+    """Working rows for ``Predict``: uncompressed (baseline) rows, each its own sample's reference,
+    so the stage runs the model once per row and scores no agreement."""
+    from mpq.results import BASELINE
+
+    return [{"dataset": "bench", "sample_id": str(i), "codec": BASELINE, "setting": "", "decoded": m, "original": m,
+             "target": t, "error": None, "tasks": [task]} for i, (m, t) in enumerate(zip(media, targets))]
+
+
 def coded_rows(encode, template: list[dict]) -> Callable[[], list[dict]]:
     """A call of mpq's Encode stage on fresh copies of the rows, checked for error rows."""
     def run():
@@ -363,7 +372,7 @@ class Bench:
         predict.load()
         h, w = (480, 640) if not self.quick else (64, 80)
         images = [smooth_image(self.rng, h, w) for _ in range(b)]
-        rows = [{"decoded": im, "target": "class1", "error": None, "tasks": ["classify"]} for im in images]
+        rows = predict_rows(images, ["class1"] * b, "classify")
         model, task = predict.task.model, predict.task
         pixels = task.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, dtype=task.dtype)
 
@@ -390,7 +399,7 @@ class Bench:
         h, w = (512, 683) if not self.quick else (64, 80)
         images = [smooth_image(self.rng, h, w) for _ in range(b)]
         labels = [self.rng.integers(0, 151, (h, w), dtype=np.uint8) for _ in range(b)]
-        rows = [{"decoded": im, "target": lb, "error": None, "tasks": ["segment"]} for im, lb in zip(images, labels)]
+        rows = predict_rows(images, labels, "segment")
         model, task = predict.task.model, predict.task
         pixels = task.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, dtype=task.dtype)
 
@@ -418,7 +427,7 @@ class Bench:
         predict = Predict(job, "asr", self.device)
         predict.load()
         clips = [audio(self.rng, self.n(10, 2), 16000, 1) for _ in range(b)]
-        rows = [{"decoded": c, "target": "the quick brown fox", "error": None, "tasks": ["asr"]} for c in clips]
+        rows = predict_rows(clips, ["the quick brown fox"] * b, "asr")
         model, task = predict.task.model, predict.task
         features = task.processor.feature_extractor([c.samples[:, 0] for c in clips], sampling_rate=16000,
                                                     return_tensors="pt")["input_features"].to(self.device, dtype=task.dtype)
@@ -450,9 +459,9 @@ class Bench:
         h, w = (512, 768) if not self.quick else (64, 80)
         originals = [smooth_image(self.rng, h, w) for _ in range(refs)]
         rows = [
-            {"dataset": "bench", "codec": "jpeg", "setting": k, "original": o, "decoded": noisy(self.rng, o, 2 + 3 * k),
-             "error": None}
-            for o in originals for k in range(versions)
+            {"dataset": "bench", "sample_id": str(i), "codec": "jpeg", "setting": k, "original": o,
+             "decoded": noisy(self.rng, o, 2 + 3 * k), "error": None}
+            for i, o in enumerate(originals) for k in range(versions)
         ]
         batch = job.resources.metric_batch_size
         batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]

@@ -201,6 +201,16 @@ def test_tiny_whisper_loads_through_from_pretrained_and_transcribes_any_rate():
     assert [o["ref_words"] for o in out] == [3, 2] and all(isinstance(o["prediction"], str) for o in out)
     assert all(o["word_errors"] >= 0 and o["score"] <= 1 for o in out)
     assert task.pipeline_check
+    # The transcripts are those of the feature extractor at its defaults (log-mel on the CPU) and generate.
+    import torch
+
+    from mpq.media import resample, with_channels
+
+    waves = [resample(with_channels(a.samples, 1), a.sample_rate, 16000)[:, 0] for a in media]
+    features = task.processor.feature_extractor(waves, sampling_rate=16000, return_tensors="pt")["input_features"]
+    with torch.inference_mode():
+        ids = task.model.generate(features, language="en", task="transcribe")
+    assert [o["prediction"] for o in out] == [t.strip() for t in task.processor.batch_decode(ids, skip_special_tokens=True)]
 
 
 @pytest.mark.slow

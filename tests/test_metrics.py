@@ -185,3 +185,34 @@ def test_a_metric_sees_each_samples_reference_once_with_its_coded_versions():
         for r in out:  # the lpips package's own forward on each pair
             direct = float(net(tensor([r["original"]], "cpu"), tensor([r["decoded"]], "cpu")).item())
             assert r["lpips"] == pytest.approx(direct, abs=1e-6)
+
+
+def test_lpips_samples_of_one_shape_share_the_network_passes_as_on_a_gpu():
+    """The GPU path (samples of one shape batched, distances read back once), run on the CPU:
+    two passes for two samples' references and their versions, rows in their own order, and
+    each value the lpips package's own forward on that pair."""
+    import lpips
+    import torch
+
+    from mpq.metrics.lpips import LPIPS, load_lpips
+
+    a, b, c = photo(64, 64, seed=1), photo(64, 64, seed=2), photo(48, 80, seed=3)
+    tests = [photo(64, 64, seed=4), photo(48, 80, seed=5), photo(64, 64, seed=6), a.copy(), photo(64, 64, seed=7)]
+    references = [a, c, b, a, b]  # interleaved: a's and b's versions share one pass, c's its own
+    metric = LPIPS(LPIPS.Options(backbone="random"))
+    assert not metric.batch_samples  # on the CPU: one sample at a time
+    metric.batch_samples = True
+    net = load_lpips(LPIPS.net, True)
+    calls, forward = [], net.net.forward
+    net.net.forward = lambda x: (calls.append(len(x)), forward(x))[1]
+    try:
+        got = [r["lpips"] for r in metric.compute(references, tests)]
+    finally:
+        net.net.forward = forward
+    assert calls == [2, 4, 1, 1]  # 64 × 64: references a, b, then their 4 versions; 48 × 80: c and its one
+    torch.manual_seed(0)
+    direct = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
+    with torch.inference_mode():
+        want = [direct(lpips.im2tensor(r), lpips.im2tensor(t)).item() for r, t in zip(references, tests)]
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-7) and want[3] == pytest.approx(0.0, abs=1e-7)
+    assert len(set(np.round(want, 6))) == 5

@@ -239,3 +239,67 @@ def test_a_label_map_turns_with_its_exif_rotated_image(tmp_path):
     s = source.load("0")
     assert s.media.shape[:2] == (W, H) and "EXIF orientation 6" in s.conversion
     assert np.array_equal(s.media[..., 0], s.target * 100)
+
+
+def numpy_confusion(pred, label, num_classes, ignore=IGNORE):
+    """Intersection, union, correct and valid pixels from a confusion matrix built directly."""
+    valid = label != ignore
+    m = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(m, (label[valid].astype(int), pred[valid].astype(int)), 1)
+    inter = np.diag(m)
+    return inter.tolist(), (m.sum(0) + m.sum(1) - inter).tolist(), int(inter.sum()), int(valid.sum())
+
+
+def test_device_counts_equal_a_numpy_confusion_matrix_and_iou_counts():
+    import torch
+
+    from mpq.tasks.segment import counts_row, device_counts
+
+    rng = np.random.default_rng(3)
+    pred = rng.integers(0, 6, (19, 23))
+    label = rng.integers(0, 6, (19, 23)).astype(np.uint8)
+    label[rng.random(label.shape) < 0.2] = IGNORE
+    label[label == 5] = 0  # class 5 in predictions only
+    got = counts_row(device_counts(torch.from_numpy(pred), torch.from_numpy(label), 6).numpy(), 6)
+    inter, union, correct, valid = numpy_confusion(pred, label, 6)
+    assert got == {"intersection": inter, "union": union, "pixels_correct": correct, "pixels_valid": valid}
+    assert got == iou_counts(pred, label, 6) and union[5] > 0 and inter[5] == 0
+    for bad, value in ((7, 7), (-3, -3)):  # refused as iou_counts refuses, with the offending class
+        label_bad = label.astype(np.int64)
+        label_bad[0, 0] = bad
+        with pytest.raises(ValueError, match=f"holds class {value} .*6 classes"):
+            counts_row(device_counts(torch.from_numpy(pred), torch.from_numpy(label_bad), 6).numpy(), 6)
+    everything_ignored = counts_row(device_counts(torch.from_numpy(pred), torch.full(label.shape, IGNORE), 6).numpy(), 6)
+    assert everything_ignored == iou_counts(pred, np.full(label.shape, IGNORE), 6)
+
+
+def test_predict_equals_the_model_and_numpy_counts_image_by_image(tiny_segformer):
+    """A batch of two image sizes, one sample without a label map: each row's prediction is the
+    model's on the batch, upsampled and arg-maxed image by image, and its counts are NumPy's."""
+    import torch
+    import torch.nn.functional as F
+
+    task_cls = registry.get("task", "segment")
+    task = task_cls(task_cls.Options(model=tiny_segformer))
+    task.load()
+    images = [photo(H, W, seed=1), photo(H + 6, W - 9, seed=2), photo(H, W, seed=3)]
+    rng = np.random.default_rng(0)
+    labels = [rng.integers(0, 5, im.shape[:2]).astype(np.uint8) for im in images]
+    labels[0][:3] = IGNORE
+    targets = [labels[0], None, labels[2]]
+    rows = task.predict(images, targets)
+
+    with torch.inference_mode():
+        logits = task.model(**task.processor(images=images, return_tensors="pt")).logits
+    for image, target, lg, row in zip(images, targets, logits, rows):
+        pred = F.interpolate(lg[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+        assert np.array_equal(row["_pred"], pred)
+        if target is None:
+            assert "intersection" not in row and row["score"] is None
+            continue
+        label = np.where((target == 0) | (target == IGNORE), IGNORE, target.astype(int) - 1)  # reduced by hand
+        inter, union, correct, valid = numpy_confusion(pred, label, 4)
+        assert (row["intersection"], row["union"], row["pixels_correct"], row["pixels_valid"]) == (inter, union, correct, valid)
+        assert row["pixel_accuracy"] == correct / valid
+        present = np.array(union) > 0
+        assert row["score"] == pytest.approx(np.mean(np.array(inter)[present] / np.array(union)[present]))

@@ -197,7 +197,8 @@ class ASR(Task):
             ]
         long_form = max(len(w) for w in waves) > WINDOW_SECONDS * WHISPER_RATE
         kw = {"truncation": False, "padding": "longest", "return_attention_mask": True} if long_form else {}
-        inputs = self.processor.feature_extractor(waves, sampling_rate=WHISPER_RATE, return_tensors="pt", **kw)
+        # The log-mel features are computed on the model's device (torch's STFT; on the CPU, as before).
+        inputs = self.processor.feature_extractor(waves, sampling_rate=WHISPER_RATE, return_tensors="pt", device=self.device, **kw)
         gen = {"language": self.options.language, "task": "transcribe"}
         if self.options.max_new_tokens:
             gen["max_new_tokens"] = self.options.max_new_tokens

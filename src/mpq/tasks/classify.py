@@ -22,7 +22,7 @@ import pyarrow as pa
 from pydantic import field_validator
 
 from mpq.components import ClassTarget, Options, Task, mean_agreement
-from mpq.hub import BUILTIN_PREFIX, HubModel, atomic_write, from_pretrained, known_builtin, load_processor_and_model, mpq_cache, torch_dtype
+from mpq.hub import BUILTIN_PREFIX, HubModel, atomic_write, from_pretrained, known_builtin, load_processor_and_model, mpq_cache, processor_images, torch_dtype
 from mpq.media import SKIMAGE_PHOTOS
 from mpq.registry import register
 
@@ -232,7 +232,8 @@ class Classify(Task):
             batch = torch.stack([self.transform(Image.fromarray(m).convert("RGB")) for m in media])
             return self.model(batch.to(self.device, dtype=self.dtype))
         # Media are H×W×C: said, not guessed (a guess takes a 1×1 or 3-row image for channels-first).
-        inputs = self.processor(images=list(media), return_tensors="pt", device=self.device, input_data_format="channels_last")
+        images = processor_images(self.processor, media, self.device)  # one copy to the device per shape
+        inputs = self.processor(images=images, return_tensors="pt", device=self.device, input_data_format="channels_last")
         return self.model(pixel_values=inputs["pixel_values"].to(self.device, dtype=self.dtype)).logits
 
     def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:

@@ -6,6 +6,9 @@ intersection and union of prediction and label (pixels labelled ``ignore_index``
 out), plus correct and valid pixel counts, so that the split-level mIoU can be computed
 the way ADE20k defines it: intersections and unions summed over the whole split, IoU per
 class, then the mean over classes that occur (in labels or predictions) at all.
+
+All of it (preprocessing, upsampling, arg-max, counting) runs on the model's device and is
+read back once per batch: the counts are integers, so they are the same wherever counted.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from mpq.components import Options, Task, mean_agreement
-from mpq.hub import PROCESSOR_FILES, HubModel, load_processor_and_model
+from mpq.hub import PROCESSOR_FILES, HubModel, load_processor_and_model, processor_images, to_device
 from mpq.registry import register
 
 
@@ -29,12 +32,21 @@ class SegmentOptions(Options):
     ignore_index: int = 255
 
 
-def reduce_labels(label: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """0 → ignored, k → k − 1 (the ADE20k convention; ``do_reduce_labels`` in transformers)."""
-    out = label.astype(np.int64) - 1
-    out[label == 0] = ignore_index
-    out[label == ignore_index] = ignore_index
-    return out
+def reduce_labels(label, ignore_index: int = 255):
+    """0 → ignored, k → k − 1 (the ADE20k convention; ``do_reduce_labels`` in transformers).
+    A NumPy array or a torch tensor (left on its device) in, an int64 tensor out."""
+    import torch
+
+    label = torch.as_tensor(label).long()
+    return (label - 1).masked_fill((label == 0) | (label == ignore_index), ignore_index)
+
+
+def check_classes(low: int, high: int, num_classes: int, ignore_index: int) -> None:
+    """Refuse a label map whose valid pixels (lowest and highest label given) leave [0, num_classes)."""
+    if low < 0 or high >= num_classes:
+        bad = high if high >= num_classes else low
+        raise ValueError(f"label map holds class {bad} (after reduce_labels, if on), outside the model's {num_classes} classes "
+                         f"[0, {num_classes}) and not ignore_index {ignore_index}: check the task's `reduce_labels`")
 
 
 def iou_counts(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = 255) -> dict[str, Any]:
@@ -43,10 +55,8 @@ def iou_counts(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_ind
         raise ValueError(f"prediction {pred.shape} and label map {label.shape} differ in size")
     valid = label != ignore_index
     p, t = pred[valid].astype(np.int64), label[valid].astype(np.int64)
-    if t.size and (t.min() < 0 or t.max() >= num_classes):
-        bad = int(t.max()) if t.max() >= num_classes else int(t.min())
-        raise ValueError(f"label map holds class {bad} (after reduce_labels, if on), outside the model's {num_classes} classes "
-                         f"[0, {num_classes}) and not ignore_index {ignore_index}: check the task's `reduce_labels`")
+    if t.size:
+        check_classes(int(t.min()), int(t.max()), num_classes, ignore_index)
     area_pred = np.bincount(p, minlength=num_classes)
     area_label = np.bincount(t, minlength=num_classes)
     intersection = np.bincount(p[p == t], minlength=num_classes)
@@ -56,6 +66,38 @@ def iou_counts(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_ind
         "union": union.tolist(),
         "pixels_correct": int((p == t).sum()),
         "pixels_valid": int(valid.sum()),
+    }
+
+
+def device_counts(pred, label, num_classes: int, ignore_index: int = 255):
+    """``iou_counts``' numbers of one map, counted where its tensors are, without waiting for
+    them (no sync on a GPU): one int64 tensor [intersection (C), union (C), pixels correct,
+    pixels valid, lowest and highest valid label], for ``counts_row`` after the read-back."""
+    import torch
+
+    pred, label = pred.long(), label.long()
+    valid = label != ignore_index
+    ok = valid & (label >= 0) & (label < num_classes)  # out-of-range labels are refused after the read-back
+    pairs = torch.where(ok, label * num_classes + pred, 0).flatten()
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=pred.device)
+    confusion = confusion.scatter_add_(0, pairs, ok.flatten().long()).view(num_classes, num_classes)  # [label, pred]
+    intersection = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    big = torch.iinfo(torch.int64).max
+    low, high = torch.where(valid, label, big).min(), torch.where(valid, label, -big).max()
+    return torch.cat([intersection, union, torch.stack([intersection.sum(), valid.sum(), low, high])])
+
+
+def counts_row(counts: np.ndarray, num_classes: int, ignore_index: int = 255) -> dict[str, Any]:
+    """``device_counts``' tensor, read back, as ``iou_counts``' dict (refusing out-of-range labels as it does)."""
+    correct, valid, low, high = (int(x) for x in counts[2 * num_classes :])
+    if valid:
+        check_classes(low, high, num_classes, ignore_index)
+    return {
+        "intersection": counts[:num_classes].tolist(),
+        "union": counts[num_classes : 2 * num_classes].tolist(),
+        "pixels_correct": correct,
+        "pixels_valid": valid,
     }
 
 
@@ -85,6 +127,7 @@ class Segment(Task):
                          files=(PROCESSOR_FILES,))]
 
     def load(self) -> None:
+        import torch
         from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
         load_processor_and_model(self, AutoImageProcessor, AutoModelForSemanticSegmentation, self.options.model)
@@ -94,29 +137,47 @@ class Segment(Task):
         # attribute and leaves do_reduce_labels False: honour either.
         from_config = getattr(self.processor, "do_reduce_labels", False) or getattr(self.processor, "reduce_labels", False)
         self.reduce = bool(from_config) if reduce is None else reduce
+        self.pred_dtype = torch.int16 if self.num_classes <= 2**15 else torch.int64  # a quarter of the read-back
 
     def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
         import torch
         import torch.nn.functional as F
 
-        inputs = self.processor(images=list(media), return_tensors="pt", input_data_format="channels_last")  # not guessed
+        for image, target in zip(media, targets):
+            if target is not None and tuple(target.shape) != image.shape[:2]:
+                raise ValueError(f"prediction {image.shape[:2]} and label map {target.shape} differ in size")
+        # All work stays on the model's device, queued without a sync, until one read-back per
+        # batch; images and label maps go there first (a blocking copy waits for the GPU).
+        images = processor_images(self.processor, media, self.device)
+        labels = iter(to_device([t for t in targets if t is not None], self.device))
+        inputs = self.processor(images=images, return_tensors="pt", device=self.device, input_data_format="channels_last")
+        ignore = self.options.ignore_index
         with torch.inference_mode():
             logits = self.model(pixel_values=inputs["pixel_values"].to(self.device, dtype=self.dtype)).logits
-            rows = []
+            preds, counts = [], []
             for image, target, lg in zip(media, targets, logits):
                 # One sample at a time: full-size logits of a whole batch can be large.
                 up = F.interpolate(lg[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)
-                pred = up[0].argmax(0).cpu().numpy()
-                row = {"label": None, "prediction": None, "correct": None, "score": None, "_pred": pred, "reduce_labels": self.reduce}
+                pred = up[0].argmax(0)
+                preds.append(pred.flatten().to(self.pred_dtype))
                 if target is not None:  # without a label map only `agreement` is scored
-                    label = reduce_labels(target, self.options.ignore_index) if self.reduce else target
-                    counts = iou_counts(pred, label, self.num_classes, self.options.ignore_index)
-                    valid = counts["pixels_valid"]
-                    row.update(
-                        counts, score=mean_iou(np.array(counts["intersection"]), np.array(counts["union"])),
-                        pixel_accuracy=counts["pixels_correct"] / valid if valid else None,
-                    )
-                rows.append(row)
+                    label = next(labels)
+                    counts.append(device_counts(pred, reduce_labels(label, ignore) if self.reduce else label, self.num_classes, ignore))
+            flat = torch.cat(preds).cpu().numpy()
+            counts = iter(torch.stack(counts).cpu().numpy() if counts else [])
+        rows, offset = [], 0
+        for image, target in zip(media, targets):
+            h, w = image.shape[:2]
+            pred, offset = flat[offset : offset + h * w].reshape(h, w), offset + h * w
+            row = {"label": None, "prediction": None, "correct": None, "score": None, "_pred": pred, "reduce_labels": self.reduce}
+            if target is not None:
+                c = counts_row(next(counts), self.num_classes, ignore)
+                valid = c["pixels_valid"]
+                row.update(
+                    c, score=mean_iou(np.array(c["intersection"]), np.array(c["union"])),
+                    pixel_accuracy=c["pixels_correct"] / valid if valid else None,
+                )
+            rows.append(row)
         return rows
 
     def agreement(self, output, reference):
