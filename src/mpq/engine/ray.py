@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import itertools
 import logging
 import math
@@ -309,7 +310,10 @@ def run_ray(
         for window in chunks(plan, WINDOW):
             ds = _dataset(job, planner, window, finalize, cache, output)
             yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
-            del ds  # its stats with it, before the next window's execution starts
+            # Its stats with it before the next window starts: the execution's objects hold
+            # reference cycles, which only a full collection (rare by itself) frees.
+            del ds
+            gc.collect()
 
 
 def _dataset(
