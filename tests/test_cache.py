@@ -143,6 +143,23 @@ def test_real_audio_round_trips_the_cache_exactly(tmp_path, name, options, setti
     assert hit.decoded.conversion == coded.decoded.conversion
 
 
+@pytest.mark.parametrize("name, setting", [("jpeg", 10), ("jpegxl", 4)])
+def test_real_images_round_trip_the_cache_exactly(tmp_path, name, setting):
+    from mpq import registry
+    from mpq.media import Image as RGB
+
+    codec = registry.get("codec", name)()
+    coded = codec.roundtrip(RGB(photo(40, 56)), setting)
+    coded.decoded.conversion, coded.decoded.orientation = "L → RGB", 6  # fields the Arrow form keeps too
+    cache = EncodedCache(str(tmp_path / "out"))
+    path = cache.path("photos", "p0", name, setting, codec.version(), codec.options.model_dump(mode="json"), "0")
+    cache.put(path, coded)
+    hit = cache.get(path)
+    assert isinstance(hit.decoded, RGB) and (hit.bits, hit.extra, hit.device) == (coded.bits, coded.extra, coded.device)
+    assert np.array_equal(hit.decoded.pixels, coded.decoded.pixels) and hit.decoded.pixels.dtype == np.uint8
+    assert (hit.decoded.conversion, hit.decoded.orientation) == ("L → RGB", 6)
+
+
 def test_an_entry_of_another_kind_or_format_is_a_miss_not_an_error(tmp_path):
     """An entry written by an older mpq (an object pointer where audio should be) is encoded afresh."""
     import pyarrow as pa

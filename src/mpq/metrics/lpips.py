@@ -122,8 +122,8 @@ class LPIPS(Metric):
         values = [0.0] * len(references)
         with torch.inference_mode():
             for idx in groups.values():
-                ref = features(net, tensor([references[idx[0]]], self.device))
-                for i, v in zip(idx, distance(net, ref, features(net, tensor([tests[i] for i in idx], self.device)))):
+                ref = features(net, tensor([references[idx[0]].pixels], self.device))
+                for i, v in zip(idx, distance(net, ref, features(net, tensor([tests[i].pixels for i in idx], self.device)))):
                     values[i] = v
         (column,) = self.columns
         return [{column: v} for v in values]

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from mpq.components import Options, Task, mean_agreement
 from mpq.hub import PROCESSOR_FILES, HubModel, load_processor_and_model
+from mpq.media import Image
 from mpq.registry import register
 
 
@@ -95,17 +96,17 @@ class Segment(Task):
         from_config = getattr(self.processor, "do_reduce_labels", False) or getattr(self.processor, "reduce_labels", False)
         self.reduce = bool(from_config) if reduce is None else reduce
 
-    def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
+    def predict(self, media: list[Image], targets: list[Any]) -> list[dict[str, Any]]:
         import torch
         import torch.nn.functional as F
 
-        inputs = self.processor(images=list(media), return_tensors="pt", input_data_format="channels_last")  # not guessed
+        inputs = self.processor(images=[m.pixels for m in media], return_tensors="pt", input_data_format="channels_last")  # not guessed
         with torch.inference_mode():
             logits = self.model(pixel_values=inputs["pixel_values"].to(self.device, dtype=self.dtype)).logits
             rows = []
             for image, target, lg in zip(media, targets, logits):
                 # One sample at a time: full-size logits of a whole batch can be large.
-                up = F.interpolate(lg[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)
+                up = F.interpolate(lg[None].float(), size=(image.height, image.width), mode="bilinear", align_corners=False)
                 pred = up[0].argmax(0).cpu().numpy()
                 row = {"label": None, "prediction": None, "correct": None, "score": None, "_pred": pred, "reduce_labels": self.reduce}
                 if target is not None:  # without a label map only `agreement` is scored
