@@ -2,8 +2,8 @@
 
 A component declares its ``modality`` ("image" or "audio"), an ``Options`` pydantic model
 for the keys it accepts in a job file, and the result ``columns`` it adds (name → Arrow
-type). Media flow through them as ``mpq.media.Image`` or ``mpq.media.Audio`` objects. Heavy libraries are imported inside methods so that listing and validating a job
-stays fast.
+type). Media flow through them as ``mpq.media.Image`` or ``mpq.media.Audio`` objects.
+Heavy libraries are imported inside methods so that listing and validating a job stays fast.
 """
 
 from __future__ import annotations

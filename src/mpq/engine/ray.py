@@ -1,8 +1,8 @@
 """The Ray engine: the stages as one streaming Ray Data graph.
 
 Working rows travel between stages a record per sample: its media in their Arrow form
-(``media.ARROW``; its original once, however many codec settings it has) and its rows
-pickled together beside them; only the final result rows are columnar. Batch sizes of GPU actors (a task's
+(``media.ARROW``, its original once however many codec settings it has) and its rows
+pickled beside them; only the final result rows are columnar. Batch sizes of GPU actors (a task's
 ``batch_size``, ``metric_batch_size``, ``codec_batch_size``) so count samples between stages;
 each stage then batches its own model calls. The plan streams
 in through read tasks that plan shards of the datasets on the workers (``plan.Planner``), a
