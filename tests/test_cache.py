@@ -11,6 +11,7 @@ from PIL import Image
 from mpq.cache import EncodedCache
 from mpq.codecs.image import PillowCodec
 from mpq.components import Coded
+from mpq.media import Image as RGB
 from mpq.runner import run_job
 from mpq.spec import parse_job
 from mpq.summary import read_results
@@ -55,20 +56,20 @@ def test_entries_round_trip_exactly_and_damaged_ones_are_misses(tmp_path):
     path = cache.path("d", "cats/a.png", "jpeg", 10, "pillow 11 libjpeg 8", {}, "0")
     assert cache.get(path) is None
     image = photo()
-    cache.put(path, Coded(bits=1234, decoded=image, extra={"bits_side": 56}))
+    cache.put(path, Coded(bits=1234, decoded=RGB(image), extra={"bits_side": 56}))
     hit = cache.get(path)
     assert hit.bits == 1234 and hit.extra == {"bits_side": 56}
-    assert hit.decoded.dtype == np.uint8 and np.array_equal(hit.decoded, image)
+    assert hit.decoded.pixels.dtype == np.uint8 and np.array_equal(hit.decoded.pixels, image)
     other = cache.path("d", "cats/a.png", "jpeg", 10, "pillow 12 libjpeg 8", {}, "0")  # a new codec version: a new entry
     assert other != path and cache.get(other) is None
-    cache.put(other, Coded(bits=8, decoded=image[:10]))
-    assert np.array_equal(cache.get(other).decoded, image[:10])
+    cache.put(other, Coded(bits=8, decoded=RGB(image[:10])))
+    assert np.array_equal(cache.get(other).decoded.pixels, image[:10])
     assert not list(Path(tmp_path).rglob("*.tmp-*"))  # written under a temporary name, then renamed
 
     Path(path.removeprefix("file://")).write_bytes(b"half an entry")  # damaged (not by mpq: mpq renames whole files)
     assert cache.get(path) is None
-    cache.put(path, Coded(bits=1234, decoded=image))
-    assert np.array_equal(cache.get(path).decoded, image)
+    cache.put(path, Coded(bits=1234, decoded=RGB(image)))
+    assert np.array_equal(cache.get(path).decoded.pixels, image)
 
 
 def test_adding_a_task_decodes_from_the_cache_instead_of_encoding_again(photos, tmp_path, roundtrips):
@@ -146,7 +147,6 @@ def test_real_audio_round_trips_the_cache_exactly(tmp_path, name, options, setti
 @pytest.mark.parametrize("name, setting", [("jpeg", 10), ("jpegxl", 4)])
 def test_real_images_round_trip_the_cache_exactly(tmp_path, name, setting):
     from mpq import registry
-    from mpq.media import Image as RGB
 
     codec = registry.get("codec", name)()
     coded = codec.roundtrip(RGB(photo(40, 56)), setting)
