@@ -13,14 +13,14 @@ def test_repeated_samples_are_distinct_deterministic_variants():
     source = EmbeddedSamples(SamplesOptions(samples="skimage", names=["chelsea", "coffee"], repeat=6))
     ids = source.ids()
     assert ids[:4] == ["chelsea", "coffee", "chelsea~1", "coffee~1"] and len(ids) == 12 == len(set(ids))
-    chelsea = source.load("chelsea").media
+    chelsea = source.load("chelsea").media.pixels
     copies = [source.load(f"chelsea~{k}") for k in range(1, 6)]
-    assert all(c.target == "chelsea" and c.media.shape == chelsea.shape for c in copies)
-    pixels = [chelsea, *(c.media for c in copies)]
+    assert all(c.target == "chelsea" and c.media.pixels.shape == chelsea.shape for c in copies)
+    pixels = [chelsea, *(c.media.pixels for c in copies)]
     assert all(not np.array_equal(a, b) for i, a in enumerate(pixels) for b in pixels[i + 1 :])
-    assert np.array_equal(copies[0].media, chelsea[:, ::-1])  # copy 1: mirrored
-    assert np.array_equal(copies[4].media, np.roll(chelsea[:, ::-1], 7, axis=1))  # copy 5: mirrored, shifted 7 px
-    assert np.array_equal(source.load("chelsea~5").media, copies[4].media)
+    assert np.array_equal(pixels[1], chelsea[:, ::-1])  # copy 1: mirrored
+    assert np.array_equal(pixels[5], np.roll(chelsea[:, ::-1], 7, axis=1))  # copy 5: mirrored, shifted 7 px
+    assert np.array_equal(source.load("chelsea~5").media.pixels, pixels[5])
 
 
 def job(**resources):
