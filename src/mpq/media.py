@@ -69,6 +69,11 @@ class Media:
         """A value of ``ARROW``."""
         raise NotImplementedError
 
+    @classmethod
+    def from_value(cls, value: dict) -> Media:
+        """This type's media from a value of ``ARROW`` of its kind."""
+        raise NotImplementedError
+
     @staticmethod
     def from_arrow(value: dict) -> Media:
         """The media a value of ``ARROW`` holds, exactly; MediaError for an unknown kind."""
