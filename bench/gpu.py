@@ -302,8 +302,10 @@ def check_rows(rows: list[dict], key: str | None = None) -> None:
 def predict_rows(media: list, targets: list, task: str) -> list[dict]:
     """Working rows for ``Predict``: uncompressed (baseline) rows, each its own sample's reference,
     so the stage runs the model once per row and scores no agreement."""
+    from mpq.media import Image
     from mpq.results import BASELINE
 
+    media = [Image(m) if isinstance(m, np.ndarray) else m for m in media]  # Predict takes media types
     return [{"dataset": "bench", "sample_id": str(i), "codec": BASELINE, "setting": "", "decoded": m, "original": m,
              "target": t, "error": None, "tasks": [task]} for i, (m, t) in enumerate(zip(media, targets))]
 
@@ -451,6 +453,7 @@ class Bench:
         from lpips.lpips import spatial_average
 
         from mpq.engine.stages import Measure
+        from mpq.media import Image
         from mpq.metrics.lpips import features, load_lpips, tensor
 
         versions, refs = 5, self.n(16, 2)
@@ -459,8 +462,8 @@ class Bench:
         h, w = (512, 768) if not self.quick else (64, 80)
         originals = [smooth_image(self.rng, h, w) for _ in range(refs)]
         rows = [
-            {"dataset": "bench", "sample_id": str(i), "codec": "jpeg", "setting": k, "original": o,
-             "decoded": noisy(self.rng, o, 2 + 3 * k), "error": None}
+            {"dataset": "bench", "sample_id": str(i), "codec": "jpeg", "setting": k, "original": Image(o),
+             "decoded": Image(noisy(self.rng, o, 2 + 3 * k)), "error": None}
             for i, o in enumerate(originals) for k in range(versions)
         ]
         batch = job.resources.metric_batch_size
@@ -473,7 +476,7 @@ class Bench:
         mpq()
         check_rows(rows)
         net = load_lpips("alex", True).to(self.device)
-        staged = [(tensor([o], self.device), tensor([r["decoded"] for r in rows[i * versions : (i + 1) * versions]], self.device))
+        staged = [(tensor([o], self.device), tensor([r["decoded"].pixels for r in rows[i * versions : (i + 1) * versions]], self.device))
                   for i, o in enumerate(originals)]
         def raw():  # the same computation as mpq's (reference features once per sample), on staged tensors
             with torch.inference_mode():
@@ -523,11 +526,12 @@ class Bench:
 
         from mpq.codecs.learned import load_zoo_model
         from mpq.engine.stages import Encode
+        from mpq.media import Image
 
         b, side = self.n(self.args.codec_images, 2), self.n(256, 64)
         job = job_spec("fp32", str(self.work), codecs=[{"name": "mbt2018", "settings": [1], "pretrained": False}])
         images = [smooth_image(self.rng, side, side) for _ in range(b)]
-        template = [{"dataset": "bench", "sample_id": str(i), "codec": "mbt2018", "setting": 1, "original": im,
+        template = [{"dataset": "bench", "sample_id": str(i), "codec": "mbt2018", "setting": 1, "original": Image(im),
                      "conversion": None, "error": None, "tasks": []} for i, im in enumerate(images)]
         cpu = measure(coded_rows(Encode(job, device="cpu"), template), b, "cpu", self.min_seconds)
         net = load_zoo_model("mbt2018", 1, "mse", False)  # the CPU path's model (random weights: one draw per process)

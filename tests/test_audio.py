@@ -349,9 +349,9 @@ def test_offline_hub_codec_and_demucs_fail_before_work_naming_them(tmp_path):
 
 def test_bps_is_the_studys_bits_per_channel_sample():
     """The study's Table 4: EnCodec 6.06 kbps / (2 × 44100) = 0.0687; MP3 32 kbps → 0.3628."""
-    from mpq.media import MODALITIES, Audio
+    from mpq.media import Audio
 
-    audio_rate = MODALITIES["audio"].rate
+    audio_rate = Audio.rate
 
     stereo = Audio(np.zeros((44100 * 2, 2), np.float32), 44100)  # 2 s
     assert audio_rate(stereo, 2 * 32000)["bps"] == pytest.approx(0.3628, abs=1e-4)

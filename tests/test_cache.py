@@ -11,6 +11,7 @@ from PIL import Image
 from mpq.cache import EncodedCache
 from mpq.codecs.image import PillowCodec
 from mpq.components import Coded
+from mpq.media import Image as RGB
 from mpq.runner import run_job
 from mpq.spec import parse_job
 from mpq.summary import read_results
@@ -55,20 +56,20 @@ def test_entries_round_trip_exactly_and_damaged_ones_are_misses(tmp_path):
     path = cache.path("d", "cats/a.png", "jpeg", 10, "pillow 11 libjpeg 8", {}, "0")
     assert cache.get(path) is None
     image = photo()
-    cache.put(path, Coded(bits=1234, decoded=image, extra={"bits_side": 56}))
+    cache.put(path, Coded(bits=1234, decoded=RGB(image), extra={"bits_side": 56}))
     hit = cache.get(path)
     assert hit.bits == 1234 and hit.extra == {"bits_side": 56}
-    assert hit.decoded.dtype == np.uint8 and np.array_equal(hit.decoded, image)
+    assert hit.decoded.pixels.dtype == np.uint8 and np.array_equal(hit.decoded.pixels, image)
     other = cache.path("d", "cats/a.png", "jpeg", 10, "pillow 12 libjpeg 8", {}, "0")  # a new codec version: a new entry
     assert other != path and cache.get(other) is None
-    cache.put(other, Coded(bits=8, decoded=image[:10]))
-    assert np.array_equal(cache.get(other).decoded, image[:10])
+    cache.put(other, Coded(bits=8, decoded=RGB(image[:10])))
+    assert np.array_equal(cache.get(other).decoded.pixels, image[:10])
     assert not list(Path(tmp_path).rglob("*.tmp-*"))  # written under a temporary name, then renamed
 
     Path(path.removeprefix("file://")).write_bytes(b"half an entry")  # damaged (not by mpq: mpq renames whole files)
     assert cache.get(path) is None
-    cache.put(path, Coded(bits=1234, decoded=image))
-    assert np.array_equal(cache.get(path).decoded, image)
+    cache.put(path, Coded(bits=1234, decoded=RGB(image)))
+    assert np.array_equal(cache.get(path).decoded.pixels, image)
 
 
 def test_adding_a_task_decodes_from_the_cache_instead_of_encoding_again(photos, tmp_path, roundtrips):
@@ -141,6 +142,22 @@ def test_real_audio_round_trips_the_cache_exactly(tmp_path, name, options, setti
     assert hit.decoded.sample_rate == 44100 and hit.decoded.channels == 2
     assert hit.decoded.samples.dtype == np.float32 and np.array_equal(hit.decoded.samples, coded.decoded.samples)
     assert hit.decoded.conversion == coded.decoded.conversion
+
+
+@pytest.mark.parametrize("name, setting", [("jpeg", 10), ("jpegxl", 4)])
+def test_real_images_round_trip_the_cache_exactly(tmp_path, name, setting):
+    from mpq import registry
+
+    codec = registry.get("codec", name)()
+    coded = codec.roundtrip(RGB(photo(40, 56)), setting)
+    coded.decoded.conversion, coded.decoded.orientation = "L → RGB", 6  # fields the Arrow form keeps too
+    cache = EncodedCache(str(tmp_path / "out"))
+    path = cache.path("photos", "p0", name, setting, codec.version(), codec.options.model_dump(mode="json"), "0")
+    cache.put(path, coded)
+    hit = cache.get(path)
+    assert isinstance(hit.decoded, RGB) and (hit.bits, hit.extra, hit.device) == (coded.bits, coded.extra, coded.device)
+    assert np.array_equal(hit.decoded.pixels, coded.decoded.pixels) and hit.decoded.pixels.dtype == np.uint8
+    assert (hit.decoded.conversion, hit.decoded.orientation) == ("L → RGB", 6)
 
 
 def test_an_entry_of_another_kind_or_format_is_a_miss_not_an_error(tmp_path):

@@ -17,18 +17,18 @@ Everything is built offline and small: tiny random-weight models written with
 import math
 
 import numpy as np
+import PIL.Image
 import polars as pl
 import pyarrow as pa
 import pytest
 from conftest import photo
-from PIL import Image
 from test_audio import tone, wav_bytes
 from test_hific import write_checkpoint
 from test_segment import png, tiny_segformer  # noqa: F401  (a fixture)
 
 from mpq import registry
 from mpq.components import ClassTarget, Sample
-from mpq.media import STEMS, Audio, audio_from_array, image_from_array
+from mpq.media import MEDIA, STEMS, Audio, Image, audio_from_array, image_from_array
 
 # --- media every component of a modality must take -------------------------------------------
 
@@ -37,11 +37,11 @@ AUDIO_SHAPES = {"mono-16k": (16000, 1), "stereo-44k": (44100, 2)}  # (sample rat
 SECONDS = 0.25
 
 
-def image(shape) -> np.ndarray:
-    """The pixels a codec receives for an image of this shape: as the sources load it (8-bit RGB)."""
+def image(shape) -> Image:
+    """The image a codec receives for one of this shape: as the sources load it (8-bit RGB)."""
     rgb = photo(*shape[:2])
     arr = rgb[..., 0] if len(shape) == 2 else rgb if shape[2] == 3 else np.dstack([rgb, np.full(shape[:2], 200, np.uint8)])
-    return image_from_array(arr).pixels
+    return image_from_array(arr)
 
 
 def audio(rate, channels, seconds=SECONDS, seed=0) -> Audio:
@@ -55,7 +55,7 @@ def media(modality: str, shape: str):
 def same_form(a, b) -> bool:
     if isinstance(a, Audio):
         return isinstance(b, Audio) and (a.sample_rate, a.samples.shape, a.samples.dtype) == (b.sample_rate, b.samples.shape, b.samples.dtype)
-    return isinstance(b, np.ndarray) and (a.shape, a.dtype) == (b.shape, b.dtype)
+    return isinstance(b, Image) and a.pixels.shape == b.pixels.shape
 
 
 def check_types(columns: dict[str, pa.DataType], rows: list[dict]) -> None:
@@ -99,7 +99,7 @@ def task_case(name, request) -> tuple[dict, list, list]:
     return options, [clip, registry.get("codec", "opus")().roundtrip(clip, 12).decoded], [target] * 2
 
 
-def images() -> list[np.ndarray]:
+def images() -> list[Image]:
     img = image((40, 56, 3))
     return [img, registry.get("codec", "jpeg")().roundtrip(img, 10).decoded]
 
@@ -117,7 +117,7 @@ def source_options(name, tmp_path) -> list[dict]:
     if name == "folder":
         for label, shape in (("cats", (40, 56, 3)), ("dogs", (40, 56))):
             (tmp_path / "img" / label).mkdir(parents=True)
-            Image.fromarray(photo(*shape[:2])[..., 0] if len(shape) == 2 else photo(*shape)).save(tmp_path / "img" / label / "a.png")
+            PIL.Image.fromarray(photo(*shape[:2])[..., 0] if len(shape) == 2 else photo(*shape)).save(tmp_path / "img" / label / "a.png")
         (tmp_path / "snd").mkdir()
         (tmp_path / "snd" / "a.wav").write_bytes(wav_bytes(tone(SECONDS, 16000), 16000))
         (tmp_path / "snd" / "a.txt").write_text("a chirp")
@@ -233,7 +233,7 @@ def test_metric_is_ideal_on_identical_input_and_finite_on_a_coded_one(name):
     if metric.modality == "image":
         ref = image((176, 176, 3))  # MS-SSIM needs 161 pixels a side
         coded = registry.get("codec", "jpeg")().roundtrip(ref, 10).decoded
-        same = ref.copy()
+        same = Image(ref.pixels.copy())
     else:
         ref = audio(16000, 2, seconds=0.5)
         coded = registry.get("codec", "opus")().roundtrip(ref, 12).decoded
@@ -277,9 +277,8 @@ def test_source_ids_load(name, tmp_path):
         for sample_id in ids:
             sample = source.load(sample_id)
             assert isinstance(sample, Sample) and sample.sample_id == sample_id
-            if source.modality == "image":
-                assert isinstance(sample.media, np.ndarray) and sample.media.dtype == np.uint8 and sample.media.shape[2:] == (3,)
-            else:
-                assert isinstance(sample.media, Audio) and sample.media.samples.dtype == np.float32
+            assert isinstance(sample.media, MEDIA[source.modality]), f"{name}: {type(sample.media).__name__} for {source.modality}"
+            if source.modality == "audio":
+                assert sample.media.samples.dtype == np.float32
             if classes is not None:
                 assert str(sample.target) in {str(c) for c in classes}, f"{name}: target {sample.target} not among its classes"

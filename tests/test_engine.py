@@ -51,6 +51,20 @@ def test_serial_run_bad_inputs_become_error_rows(odd_folder, tmp_path):
     assert df["mpq_version"].is_not_null().all() and df["versions"].str.contains("torch").all()
 
 
+def test_a_source_that_gives_no_media_type_costs_its_rows_with_a_clear_error(monkeypatch):
+    """A plugin source handing out bare pixels (as sources did before media were types)."""
+    import numpy as np
+
+    from mpq.components import Sample
+    from mpq.engine.stages import Load
+    from mpq.sources.synthetic import SyntheticImages
+
+    monkeypatch.setattr(SyntheticImages, "load", lambda self, sample_id: Sample(sample_id, np.zeros((4, 4, 3), np.uint8)))
+    job = parse_job({"name": "bare", "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 1}}]})
+    (row,) = Load(job)([{"dataset": "s", "sample_id": "0", "units": [("none", None, [])]}])
+    assert row["error"] == "load: TypeError: the source gave ndarray, not Image" and row["original"] is None
+
+
 @pytest.mark.slow
 def test_ray_and_serial_engines_agree_row_for_row(odd_folder, tmp_path, ray_local):
     job = folder_job(odd_folder)

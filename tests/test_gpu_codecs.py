@@ -3,16 +3,15 @@ images code, and the Ray plan puts neural codecs in a GPU actor pool and classic
 (on a local cluster that declares a GPU it does not have: the device stays the CPU)."""
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.ipc
 import pytest
 from conftest import photo
 from PIL import Image
 
 from mpq import registry
-from mpq.cache import SCHEMA, EncodedCache
+from mpq.cache import EncodedCache
 from mpq.components import Coded
 from mpq.engine.stages import Encode, Load
+from mpq.media import Image as RGB
 from mpq.spec import parse_job
 
 
@@ -42,18 +41,18 @@ def image_job(folder, **extra):
 def test_compressai_batch_and_split_network_code_as_the_cpu_does_one_by_one():
     """Batched: the same bitstreams, and pixels but for float noise. Split (transforms on another
     device, here a second name for the CPU; entropy coding on the CPU): the very same output."""
-    images = [photo(48, 64, 0), photo(40, 72, 2), photo(48, 64, 1)]  # two padded shapes, interleaved
+    images = [RGB(photo(48, 64, 0)), RGB(photo(40, 72, 2)), RGB(photo(48, 64, 1))]  # two padded shapes, interleaved
     codec = mbt2018()
     one = [codec.roundtrip(img, 1) for img in images]
     batch = codec.roundtrip_batch(images, 1)
     assert [c.bits for c in batch] == [c.bits for c in one]
     for b, o, img in zip(batch, one, images):
-        assert b.decoded.shape == img.shape and np.abs(b.decoded.astype(int) - o.decoded).max() <= 1
+        assert b.decoded.pixels.shape == img.pixels.shape and np.abs(b.decoded.pixels.astype(int) - o.decoded.pixels).max() <= 1
     assert {c.device for c in one} == {"cpu"}
 
     codec.device = "cpu:0"  # load_on_device splits the network for any device but "cpu"
     split = codec.roundtrip(images[1], 1)
-    assert split.bits == one[1].bits and np.array_equal(split.decoded, one[1].decoded) and split.device == "cpu:0"
+    assert split.bits == one[1].bits and np.array_equal(split.decoded.pixels, one[1].decoded.pixels) and split.device == "cpu:0"
     from mpq.codecs.device import OnDevice
     from mpq.codecs.learned import load_on_device, load_zoo_model
 
@@ -68,12 +67,12 @@ def test_hific_split_network_codes_as_the_cpu_does(tmp_path):
 
     write_checkpoint(tmp_path, "hific_low.pt")
     cls = registry.get("codec", "hific")
-    img = photo(70, 100)
+    img = RGB(photo(70, 100))
     cpu = cls(cls.Options(checkpoints=str(tmp_path)))
     split = cls(cls.Options(checkpoints=str(tmp_path)))
     split.device = "cpu:0"
     a, b = cpu.roundtrip(img, "low"), split.roundtrip(img, "low")
-    assert a.bits == b.bits and np.array_equal(a.decoded, b.decoded) and (a.device, b.device) == ("cpu", "cpu:0")
+    assert a.bits == b.bits and np.array_equal(a.decoded.pixels, b.decoded.pixels) and (a.device, b.device) == ("cpu", "cpu:0")
 
 
 @pytest.mark.slow
@@ -103,16 +102,11 @@ def test_encode_codes_only_its_codecs_in_batches_and_caches_the_device(folder, t
     assert calls == [] and [r["bits"] for r in again if r["codec"] == "mbt2018"] == [r["bits"] for r in coded]
 
 
-def test_cache_keeps_the_device_and_reads_entries_without_it_as_cpu(tmp_path):
+def test_cache_keeps_the_device(tmp_path):
     cache = EncodedCache(str(tmp_path))
     path = f"{cache.root}/x.arrow"
-    cache.put(path, Coded(bits=8, decoded=photo(4, 4), device="cuda"))
-    assert cache.get(path).device == "cuda"
-    old = SCHEMA.remove(SCHEMA.get_field_index("device"))  # an entry written before the device was kept
-    record = {"bits": 8, "extra": "{}", "kind": "image", "dtype": "|u1", "shape": [4, 4, 3], "data": photo(4, 4).tobytes()}
-    with open(path, "wb") as f, pa.ipc.new_file(f, old) as writer:
-        writer.write_table(pa.Table.from_pylist([record], schema=old))
-    assert cache.get(path).device == "cpu" and np.array_equal(cache.get(path).decoded, photo(4, 4))
+    cache.put(path, Coded(bits=8, decoded=RGB(photo(4, 4)), device="cuda"))
+    assert cache.get(path).device == "cuda" and np.array_equal(cache.get(path).decoded.pixels, photo(4, 4))
 
 
 def stage_names(group) -> list[str]:

@@ -8,6 +8,7 @@ import torch
 from conftest import photo
 
 from mpq import registry
+from mpq.media import Image
 
 # What the port records in a checkpoint's "args" (a subset; the rest is training state).
 PORT_ARGS = {
@@ -55,8 +56,8 @@ def test_hific_loads_a_port_checkpoint_and_codes_real_bitstreams(tmp_path):
     cls = registry.get("codec", "hific")
     codec = cls(cls.Options(checkpoints=str(tmp_path)))
     img = photo(70, 100)
-    coded = codec.roundtrip(img, "low")
-    assert coded.decoded.shape == img.shape and coded.decoded.dtype == np.uint8
+    coded = codec.roundtrip(Image(img), "low")
+    assert coded.decoded.pixels.shape == img.shape
     assert coded.extra["codec_variant"].startswith("HIFIC-low: hific_low.pt sha256:")
     assert "gaussian latents, C=220, 1 residual blocks, channel norm" in coded.extra["codec_variant"]
 
@@ -74,7 +75,7 @@ def test_hific_loads_a_port_checkpoint_and_codes_real_bitstreams(tmp_path):
         y_hat = torch.round(y - mu) + mu
         want = net.Generator(y_hat)[0, :, :70, :100].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
         info = information_bits(net, z_hat, y_hat, mu, sigma)
-    assert np.abs(want.astype(int) - coded.decoded).max() <= 1  # float noise may flip a rounding
+    assert np.abs(want.astype(int) - coded.decoded.pixels).max() <= 1  # float noise may flip a rounding
     # Two real entropy-coded bitstreams: close above their information content (quantised
     # tables and the coder's flush bytes cost a little).
     assert coded.bits % 8 == 0 and info < coded.bits < 1.05 * info + 128
@@ -114,7 +115,7 @@ def test_hific_refuses_bad_checkpoints_settings_and_tiny_images(tmp_path):
     with pytest.raises(ValueError, match="low, med, high"):
         cls().check_setting("lo")
     with pytest.raises(FileNotFoundError, match="hific_hi.pt"):
-        cls(cls.Options(checkpoints=str(tmp_path))).roundtrip(photo(80, 80), "high")
+        cls(cls.Options(checkpoints=str(tmp_path))).roundtrip(Image(photo(80, 80)), "high")
 
     from mpq.runner import run_job
     from mpq.spec import parse_job

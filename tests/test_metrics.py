@@ -5,6 +5,7 @@ import pytest
 from conftest import photo
 
 from mpq import registry
+from mpq.media import Image as RGB
 from mpq.metrics.fidelity import psnr
 
 
@@ -20,7 +21,7 @@ def test_psnr_metric_component_matches_skimage():
     from skimage.metrics import peak_signal_noise_ratio
 
     a, b = photo(seed=1), photo(seed=2)
-    out = registry.get("metric", "psnr")().compute([a], [b])
+    out = registry.get("metric", "psnr")().compute([RGB(a)], [RGB(b)])
     assert out[0]["psnr"] == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255))
 
 
@@ -32,7 +33,8 @@ def test_lpips_matches_the_lpips_package_called_directly():
     cls = registry.get("metric", "lpips")
     metric = cls(cls.Options(backbone="random"))
     # two sizes in one batch; reference a (its features computed once) against b, a and d
-    got = metric.compute([a, c, a, a.copy()], [b, c, a, d])
+    A, C = RGB(a), RGB(c)
+    got = metric.compute([A, C, A, RGB(a.copy())], [RGB(b), C, A, RGB(d)])
     torch.manual_seed(0)
     net = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
     with torch.inference_mode():
@@ -50,7 +52,7 @@ def test_lpips_vgg_matches_the_lpips_package_called_directly():
 
     a, b = photo(64, 64, seed=4), photo(64, 64, seed=5)
     cls = registry.get("metric", "lpips_vgg")
-    got = cls(cls.Options(backbone="random")).compute([a], [b])[0]["lpips_vgg"]
+    got = cls(cls.Options(backbone="random")).compute([RGB(a)], [RGB(b)])[0]["lpips_vgg"]
     torch.manual_seed(0)
     net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval()
     with torch.inference_mode():
@@ -72,7 +74,7 @@ def test_ssim_matches_skimage_with_the_same_settings():
     from skimage.metrics import structural_similarity
 
     pairs = [degraded(48, 64, 1), degraded(70, 50, 2), degraded(48, 64, 3)]  # two shapes in one batch
-    got = registry.get("metric", "ssim")().compute([p[0] for p in pairs], [p[1] for p in pairs])
+    got = registry.get("metric", "ssim")().compute([RGB(p[0]) for p in pairs], [RGB(p[1]) for p in pairs])
     for (a, b), g in zip(pairs, got):
         # Gaussian window sigma 1.5 (truncated to 11 taps), population covariances, mean over RGB
         want = structural_similarity(
@@ -80,7 +82,7 @@ def test_ssim_matches_skimage_with_the_same_settings():
         )
         assert 0.2 < want < 0.99
         assert g["ssim"] == pytest.approx(want, abs=1e-4)
-    same = registry.get("metric", "ssim")().compute([pairs[0][0]], [pairs[0][0]])[0]["ssim"]
+    same = registry.get("metric", "ssim")().compute([RGB(pairs[0][0])], [RGB(pairs[0][0])])[0]["ssim"]
     assert same == pytest.approx(1.0, abs=1e-6)
 
 
@@ -90,7 +92,7 @@ def test_ms_ssim_matches_piq_and_small_images_get_null():
 
     a, b = degraded(192, 208, 7)
     tiny = photo(64, 64)
-    got = registry.get("metric", "ms_ssim")().compute([a, tiny], [b, tiny])
+    got = registry.get("metric", "ms_ssim")().compute([RGB(a), RGB(tiny)], [RGB(b), RGB(tiny)])
     x, y = (torch.from_numpy(v).permute(2, 0, 1)[None].float() for v in (a, b))
     # piq: an independent implementation of Wang et al. 2003 (its own windows and pooling)
     want = piq.multi_scale_ssim(x, y, data_range=255.0, kernel_size=11, kernel_sigma=1.5).item()
@@ -125,7 +127,7 @@ def test_metrics_are_fp32_whatever_the_precision():
     dec = np.asarray(Image.open(buf).convert("RGB"))
 
     def rows():
-        return [{"dataset": "d", "sample_id": "x", "codec": "jpeg", "setting": 10, "error": None, "original": ref, "decoded": dec}]
+        return [{"dataset": "d", "sample_id": "x", "codec": "jpeg", "setting": 10, "error": None, "original": RGB(ref), "decoded": RGB(dec)}]
 
     want = Measure(job("fp32"), device="cpu")(rows())[0]
     for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
@@ -160,7 +162,7 @@ def test_a_metric_sees_each_samples_reference_once_with_its_coded_versions():
         Image.fromarray(x).save(buf, format="JPEG", quality=q)
         return np.asarray(Image.open(buf).convert("RGB"))
 
-    rows = [{"dataset": "d", "sample_id": s, "codec": "jpeg", "setting": q, "error": None, "original": x, "decoded": jpeg(x, q)}
+    rows = [{"dataset": "d", "sample_id": s, "codec": "jpeg", "setting": q, "error": None, "original": RGB(x), "decoded": RGB(jpeg(x, q))}
             for s, x in refs.items() for q in (5, 30, 80)]
     rows = [pickle.loads(pickle.dumps(r)) for r in rows]  # as Ray's transport delivers them
 
@@ -183,7 +185,7 @@ def test_a_metric_sees_each_samples_reference_once_with_its_coded_versions():
     assert calls == [1, 3, 1, 3]  # per sample: its reference once, its 3 versions in one batch
     with torch.inference_mode():
         for r in out:  # the lpips package's own forward on each pair
-            direct = float(net(tensor([r["original"]], "cpu"), tensor([r["decoded"]], "cpu")).item())
+            direct = float(net(tensor([r["original"].pixels], "cpu"), tensor([r["decoded"].pixels], "cpu")).item())
             assert r["lpips"] == pytest.approx(direct, abs=1e-6)
 
 

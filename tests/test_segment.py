@@ -8,7 +8,7 @@ import pytest
 from conftest import photo
 from PIL import Image
 
-from mpq import registry
+from mpq import media, registry
 from mpq.tasks.segment import iou_counts, reduce_labels
 
 IGNORE = 255
@@ -106,7 +106,7 @@ def test_hf_source_reads_label_maps_unconverted(ade_like):
     source = registry.get("source", "hf")(registry.get("source", "hf").Options(hf=str(ade_like), label_map="annotation"))
     assert source.ids() == ["0", "1", "2", "3"]
     s = source.load("1")
-    assert s.media.shape == (H, W, 3) and s.conversion == "L → RGB"
+    assert s.media.pixels.shape == (H, W, 3) and s.conversion == "L → RGB"
     assert s.target.shape == (H, W) and set(np.unique(s.target)) <= {0, 1, 2, 3}
     with pytest.raises(Exception, match="label map is"):
         source.load("3")
@@ -151,7 +151,7 @@ def test_tiny_segformer_through_the_pipeline(ade_like, tiny_segformer, tmp_path)
     for sid in ("0", "1", "2"):
         s = source.load(sid)
         with torch.inference_mode():
-            logits = model(**processor(images=[s.media], return_tensors="pt")).logits
+            logits = model(**processor(images=[s.media.pixels], return_tensors="pt")).logits
         pred = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
         label = np.where(s.target == 0, IGNORE, s.target.astype(int) - 1)
         valid = label != IGNORE
@@ -237,8 +237,8 @@ def test_a_label_map_turns_with_its_exif_rotated_image(tmp_path):
     ds.to_parquet(root / "data" / "validation-00000-of-00001.parquet")
     source = registry.get("source", "hf")(registry.get("source", "hf").Options(hf=str(root), label_map="annotation"))
     s = source.load("0")
-    assert s.media.shape[:2] == (W, H) and "EXIF orientation 6" in s.conversion
-    assert np.array_equal(s.media[..., 0], s.target * 100)
+    assert (s.media.height, s.media.width, s.media.orientation) == (W, H, 6) and "EXIF orientation 6" in s.conversion
+    assert np.array_equal(s.media.pixels[..., 0], s.target * 100)
 
 
 def numpy_confusion(pred, label, num_classes, ignore=IGNORE):
@@ -287,7 +287,7 @@ def test_predict_equals_the_model_and_numpy_counts_image_by_image(tiny_segformer
     labels = [rng.integers(0, 5, im.shape[:2]).astype(np.uint8) for im in images]
     labels[0][:3] = IGNORE
     targets = [labels[0], None, labels[2]]
-    rows = task.predict(images, targets)
+    rows = task.predict([media.Image(im) for im in images], targets)
 
     with torch.inference_mode():
         logits = task.model(**task.processor(images=images, return_tensors="pt")).logits

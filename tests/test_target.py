@@ -11,6 +11,7 @@ from PIL import Image
 from mpq import analysis, registry
 from mpq.cache import EncodedCache
 from mpq.codecs.target import knob, search
+from mpq.media import Image as RGB
 from mpq.runner import run_job
 from mpq.spec import JobSpecError, parse_job
 from mpq.summary import read_results
@@ -29,7 +30,7 @@ def bpp(coded):
 
 @pytest.mark.parametrize("target", [1.9, 2.4, 3.5])
 def test_search_finds_the_highest_jpeg_quality_that_fits_by_bisection(target):
-    codec, img = jpeg(), photo(H, W, seed=1)
+    codec, img = jpeg(), RGB(photo(H, W, seed=1))
     calls = []
 
     def roundtrip(q):
@@ -61,7 +62,7 @@ def test_search_on_an_audio_codecs_requested_kbps(name, target):
 
 
 def test_search_says_when_a_target_is_out_of_reach():
-    codec, img = jpeg(), photo(H, W)
+    codec, img = jpeg(), RGB(photo(H, W))
     with pytest.raises(ValueError, match="out of reach: jpeg's lowest setting 1 gives"):
         search(lambda q: codec.roundtrip(img, q), bpp, knob(type(codec)), 0.01, "jpeg")
 
@@ -102,19 +103,17 @@ def test_a_job_at_target_rates_records_setting_and_rate_and_caches_each_step(tmp
     rows = read_results(str(out)).filter(pl.col("codec") != "none")
     assert rows.height == 12 and rows["error"].null_count() == 12
     assert sorted(rows["setting"].unique()) == ["bpp<=2", "bpp<=2.5"]
-    from mpq.media import media_digest
-
     cache = EncodedCache(str(out))
     for r in rows.iter_rows(named=True):
         codec = registry.get("codec", r["codec"])
         codec = codec(codec.Options())
-        img = photo(H, W, seed=int(r["sample_id"].split("/")[-1].split(".")[0]))
+        img = RGB(photo(H, W, seed=int(r["sample_id"].split("/")[-1].split(".")[0])))
         q = int(r["target_setting"])
         assert r["bpp"] <= r["target_bpp"] and r["setting"] == f"bpp<={r['target_bpp']:g}"
         assert r["bpp"] == pytest.approx(codec.roundtrip(img, q).bits / (H * W))
         assert codec.roundtrip(img, q + 1).bits / (H * W) > r["target_bpp"]
         # The step that overshot was cached like any round trip.
-        key = (r["codec"], q + 1, codec.version(), codec.options.model_dump(mode="json"), media_digest(img))
+        key = (r["codec"], q + 1, codec.version(), codec.options.model_dump(mode="json"), img.digest())
         assert cache.get(cache.path("synthetic", r["sample_id"], *key))
     # The analysis takes the rows' own targets as the equal-rate conditions.
     table = analysis.equal_rate(read_results(str(out)), n_resamples=20)

@@ -6,8 +6,8 @@ from its bitstream, the decoded media, the codec's own columns and the device it
 with a task or a metric, or resumed after a crash, decodes from the cache instead of
 encoding again, and a new codec library version encodes afresh.
 
-Each entry is one zstd-compressed Arrow IPC file holding the media as ``media.media_to_record``
-writes it (images and ``Audio`` alike), written through pyarrow's filesystems (local paths,
+Each entry is one zstd-compressed Arrow IPC file holding the media in their own Arrow form
+(``media.ARROW``, images and audio alike), written through pyarrow's filesystems (local paths,
 ``s3://``, ``gs://``...), under a temporary name first and then renamed (on object storage a
 server-side copy of the whole object), so a run killed or cut off mid-write leaves no partial
 entry under the name that is read; an unreadable entry counts as a miss and
@@ -24,15 +24,13 @@ from typing import Any
 import pyarrow as pa
 
 from mpq.components import Coded
-from mpq.media import MediaError, media_from_record, media_to_record
+from mpq.media import ARROW, Media, MediaError
 from mpq.results import filesystem, setting_str
 
-SCHEMA = pa.schema(
-    [("bits", pa.int64()), ("extra", pa.string()), ("kind", pa.string()), ("dtype", pa.string()),
-     ("shape", pa.list_(pa.int64())), ("data", pa.large_binary()), ("sample_rate", pa.int64()), ("conversion", pa.string()),
-     ("device", pa.string())]  # added after format 2's first entries, which all ran on the CPU
-)
-FORMAT = 2  # in every key: entries of an older layout are never read (format 1 stored audio as an object pointer)
+SCHEMA = pa.schema([("bits", pa.int64()), ("extra", pa.string()), ("device", pa.string()), ("media", ARROW)])
+# In every key: entries of an older layout are never read (format 1 stored audio as an object
+# pointer; format 2, the media's fields flat beside the bits).
+FORMAT = 3
 WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
 
@@ -44,7 +42,7 @@ class EncodedCache:
         self.root = root.rstrip("/") + "/cache/encoded"
 
     def path(self, dataset: str, sample_id: str, codec: str, setting: Any, version: str, options: dict, original: str) -> str:
-        """``original``: the input's ``media_digest``, so a changed source is a miss, not a stale hit."""
+        """``original``: the input's ``Media.digest``, so a changed source is a miss, not a stale hit."""
         key = json.dumps([FORMAT, dataset, sample_id, codec, setting_str(setting), version, options, original], sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"{self.root}/{dataset}/{codec}-{setting_str(setting)}/{digest}.arrow"
@@ -54,12 +52,12 @@ class EncodedCache:
         try:
             with self.fs.open_input_file(path) as f:
                 row = pa.ipc.open_file(f).read_all().to_pylist()[0]
-            return Coded(bits=row["bits"], decoded=media_from_record(row), extra=json.loads(row["extra"]), device=row.get("device") or "cpu")
+            return Coded(bits=row["bits"], decoded=Media.from_arrow(row["media"]), extra=json.loads(row["extra"]), device=row["device"])
         except (OSError, pa.ArrowException, IndexError, KeyError, TypeError, ValueError, MediaError):
             return None
 
     def put(self, path: str, coded: Coded) -> None:
-        record = {"bits": int(coded.bits), "extra": json.dumps(coded.extra), "device": coded.device, **media_to_record(coded.decoded)}
+        record = {"bits": int(coded.bits), "extra": json.dumps(coded.extra), "device": coded.device, "media": coded.decoded.to_arrow()}
         table = pa.Table.from_pylist([record], schema=SCHEMA)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"

@@ -2,8 +2,8 @@
 
 A component declares its ``modality`` ("image" or "audio"), an ``Options`` pydantic model
 for the keys it accepts in a job file, and the result ``columns`` it adds (name → Arrow
-type). Heavy libraries are imported inside methods so that listing and validating a job
-stays fast.
+type). Media flow through them as ``mpq.media.Image`` or ``mpq.media.Audio`` objects.
+Heavy libraries are imported inside methods so that listing and validating a job stays fast.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     import polars as pl
+
+    from mpq.media import Media
 
 
 class AssetUnavailable(RuntimeError):
@@ -115,7 +117,7 @@ class Sample:
     """One input sample: media converted to the canonical form, and the task target."""
 
     sample_id: str
-    media: Any
+    media: Media  # an Image or Audio, as the source's modality says
     target: Any = None  # class name for classification; label map, transcript, stems for others
     conversion: str | None = None
 
@@ -155,7 +157,7 @@ class Coded:
     """A codec round trip: bits counted from the real encoded bytes, and the decoded media."""
 
     bits: int
-    decoded: Any
+    decoded: Media  # of the input's type
     extra: dict[str, Any] = field(default_factory=dict)  # values for the codec's own columns
     device: str = "cpu"  # where the codec ran (a neural codec: its network), recorded as `codec_device`
 
@@ -177,10 +179,10 @@ class Codec(Component):
         """Cheap check, on the driver before any work, that the weights these settings need
         can be had; raises ``AssetUnavailable`` naming them otherwise."""
 
-    def roundtrip(self, media: Any, setting: Any) -> Coded:
+    def roundtrip(self, media: Media, setting: Any) -> Coded:
         raise NotImplementedError
 
-    def roundtrip_batch(self, media: list, setting: Any) -> list[Coded]:
+    def roundtrip_batch(self, media: list[Media], setting: Any) -> list[Coded]:
         """Round trips of several inputs at one setting; a neural codec on a GPU runs inputs
         of one shape through its network together."""
         return [self.roundtrip(m, setting) for m in media]
@@ -219,7 +221,7 @@ class Task(Component):
     def check_dataset(self, dataset: str, source: Source) -> None:
         """Before any work: raise ValueError naming what in this dataset the model cannot score."""
 
-    def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
+    def predict(self, media: list[Media], targets: list[Any]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def agreement(self, output: dict[str, Any], reference: dict[str, Any]) -> float | None:
@@ -248,7 +250,7 @@ class Metric(Component):
         super().__init__(options)
         self.device = device
 
-    def compute(self, references: list[Any], tests: list[Any]) -> list[dict[str, Any]]:
+    def compute(self, references: list[Media], tests: list[Media]) -> list[dict[str, Any]]:
         """One dict of this metric's columns per (reference, test) pair. The metric stage passes
         the rows of one sample with one and the same reference object."""
         raise NotImplementedError

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from mpq import registry
 from mpq.components import Asset, Options, Source
-from mpq.media import MODALITIES, Modality
+from mpq.media import MEDIA, Media
 from mpq.results import schema_for
 from mpq.spec import CodecSpec, DatasetSpec, JobSpec, MetricSpec, TaskSpec
 
@@ -60,7 +60,7 @@ class Dataset:
 
     spec: DatasetSpec
     source: Source
-    modality: Modality
+    modality: type[Media]  # its media type: Image or Audio
     codecs: tuple[CodecEntry, ...]
     tasks: tuple[TaskEntry, ...]
     metrics: tuple[Entry, ...]
@@ -124,7 +124,7 @@ def _resolve_json(json: str) -> Job:
         source = source_cls(source_cls.Options(**d.source))
         mod = source.modality  # a source may serve either modality, by its options (hf: image or audio column)
         datasets[d.name] = Dataset(
-            d, source, MODALITIES[mod],
+            d, source, MEDIA[mod],
             codecs=tuple(c for c in codecs.values() if c.cls.modality == mod),
             tasks=tuple(t for t in tasks.values() if t.cls.modality == mod and (t.spec.datasets is None or d.name in t.spec.datasets)),
             metrics=tuple(m for m in metrics.values() if m.cls.modality == mod),

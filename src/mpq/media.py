@@ -1,6 +1,6 @@
-"""In-memory media and the conversions every source applies before a codec sees a sample.
+"""In-memory media (``Image``, ``Audio``) and the conversions every source applies before a codec sees a sample.
 
-Images are ``uint8`` arrays of shape (H, W, 3), RGB. Whatever the file held is converted
+An ``Image`` holds ``uint8`` pixels of shape (H, W, 3), RGB. Whatever the file held is converted
 explicitly and the conversion is recorded in the row's ``conversion`` column:
 
 - grayscale (L, I, I;16, F) and palette images become RGB by channel replication;
@@ -12,11 +12,15 @@ explicitly and the conversion is recorded in the row's ``conversion`` column:
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+import pyarrow as pa
+from PIL import Image as PILImage
+from PIL import ImageFile, ImageOps
 
 # Truncated files must fail loudly, not decode as half-grey images.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -26,11 +30,80 @@ class MediaError(ValueError):
     """A sample that cannot be turned into valid media; it becomes an ``error`` row."""
 
 
-@dataclass
-class RGBImage:
+# One Arrow struct for media of either kind: the encoded cache stores decoded media in it and
+# the Ray engine moves a sample's media between stages in it.
+ARROW = pa.struct([
+    ("kind", pa.string()), ("shape", pa.list_(pa.int64())), ("data", pa.large_binary()),
+    ("sample_rate", pa.int64()), ("conversion", pa.string()), ("orientation", pa.int64()),
+])
+
+
+class Media:
+    """A kind of media and what it means to the pipeline: the columns that describe an input,
+    the rate columns of a coded version (the study's unit first), the step that follows every
+    decode, the job's memory bound, and its Arrow form (``ARROW``). A dataset's modality is
+    its media type, resolved once with the job (mpq.job)."""
+
+    name: ClassVar[str]
+    rates: ClassVar[tuple[str, ...]]
+    conversion: str | None
+
+    def size(self) -> dict:
+        """The input's size columns."""
+        raise NotImplementedError
+
+    def rate(self, bits: int) -> dict:
+        """The rate columns of a coded version of this input holding ``bits``."""
+        raise NotImplementedError
+
+    def after_decode(self, decoded: Media) -> tuple[Media, str | None]:
+        """What downstream sees of a codec's output of this input, and the conversion that made it, if any."""
+        return decoded, None
+
+    def too_large(self, limits) -> str | None:
+        """Why this input is over the job's memory bound (``limits``: the job's ``max_pixels`` /
+        ``max_seconds``), if it is."""
+        return None
+
+    def to_arrow(self) -> dict:
+        """A value of ``ARROW``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_value(cls, value: dict) -> Media:
+        """This type's media from a value of ``ARROW`` of its kind."""
+        raise NotImplementedError
+
+    @staticmethod
+    def from_arrow(value: dict) -> Media:
+        """The media a value of ``ARROW`` holds, exactly; MediaError for an unknown kind."""
+        if value["kind"] not in MEDIA:
+            raise MediaError(f"unknown media kind {value['kind']!r}")
+        return MEDIA[value["kind"]].from_value(value)
+
+    def digest(self) -> str:
+        """What the media holds, as a short hash: the encoded cache's key names the original, so an
+        entry made from other data under the same sample id is never served."""
+        value = self.to_arrow()
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{value['kind']} {value['shape']} {value['sample_rate']}".encode())
+        h.update(value["data"])
+        return h.hexdigest()
+
+
+@dataclass(eq=False)
+class Image(Media):
+    """An 8-bit RGB image, upright."""
+
     pixels: np.ndarray  # (H, W, 3) uint8
     conversion: str | None = None  # what was done to get here, None if the input was 8-bit RGB
     orientation: int = 1  # the EXIF orientation applied (1: none), for a label map to follow
+
+    name, rates = "image", ("bpp",)
+
+    def __post_init__(self):
+        if self.pixels.dtype != np.uint8 or self.pixels.ndim != 3 or self.pixels.shape[2] != 3:
+            raise MediaError(f"an Image holds (H, W, 3) uint8 pixels, not {self.pixels.dtype} {self.pixels.shape}")
 
     @property
     def height(self) -> int:
@@ -40,8 +113,41 @@ class RGBImage:
     def width(self) -> int:
         return int(self.pixels.shape[1])
 
+    def size(self) -> dict:
+        return {"height": self.height, "width": self.width}
 
-def to_rgb(img: Image.Image) -> RGBImage:
+    def rate(self, bits: int) -> dict:
+        return {"bpp": bits / (self.height * self.width)}
+
+    def after_decode(self, decoded: Image) -> tuple[Image, str | None]:
+        """Grayscale inputs go through the codec as RGB; what comes back is made gray again, as
+        the input was, and the row says so."""
+        return (Image(back_to_gray(decoded.pixels)), GRAY_BACK) if is_gray(self.pixels) else (decoded, None)
+
+    def too_large(self, limits) -> str | None:
+        pixels = self.height * self.width
+        if limits.max_pixels and pixels > limits.max_pixels:
+            return f"{self.width}×{self.height} = {pixels} pixels, over the job's max_pixels ({limits.max_pixels})"
+        return None
+
+    def to_arrow(self) -> dict:
+        return _value("image", self.pixels, self.conversion, orientation=self.orientation)
+
+    @classmethod
+    def from_value(cls, value: dict) -> Image:
+        return cls(_array(value, np.uint8), value["conversion"], value["orientation"])
+
+
+def _value(kind: str, x: np.ndarray, conversion: str | None, sample_rate: int | None = None, orientation: int | None = None) -> dict:
+    return {"kind": kind, "shape": list(x.shape), "data": np.ascontiguousarray(x).tobytes(), "sample_rate": sample_rate,
+            "conversion": conversion, "orientation": orientation}
+
+
+def _array(value: dict, dtype) -> np.ndarray:
+    return np.frombuffer(value["data"], dtype).reshape(value["shape"]).copy()  # a copy: writable, as media are
+
+
+def to_rgb(img: PILImage.Image) -> Image:
     """Convert any Pillow image to 8-bit RGB, upright (EXIF orientation applied, as the
     ``datasets`` library does), recording the conversion."""
     try:
@@ -51,14 +157,14 @@ def to_rgb(img: Image.Image) -> RGBImage:
     orientation = img.getexif().get(0x0112, 1)
     if orientation in range(2, 9):
         out = _to_rgb(ImageOps.exif_transpose(img))
-        return RGBImage(out.pixels, "; ".join(filter(None, [f"EXIF orientation {orientation} applied", out.conversion])), orientation)
+        return Image(out.pixels, "; ".join(filter(None, [f"EXIF orientation {orientation} applied", out.conversion])), orientation)
     return _to_rgb(img)
 
 
-def _to_rgb(img: Image.Image) -> RGBImage:
+def _to_rgb(img: PILImage.Image) -> Image:
     mode = img.mode
     if mode == "RGB":
-        return RGBImage(np.asarray(img, dtype=np.uint8).copy())
+        return Image(np.asarray(img, dtype=np.uint8).copy())
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img)
         if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
@@ -72,17 +178,17 @@ def _to_rgb(img: Image.Image) -> RGBImage:
         else:
             gray = arr.astype(np.uint8)
             note = f"{mode} → RGB"
-        return RGBImage(np.repeat(gray[..., None], 3, axis=2), note)
+        return Image(np.repeat(gray[..., None], 3, axis=2), note)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        flat = Image.alpha_composite(white, rgba).convert("RGB")
-        return RGBImage(np.asarray(flat, dtype=np.uint8).copy(), f"{mode} → RGB (alpha composited on white)")
+        white = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat = PILImage.alpha_composite(white, rgba).convert("RGB")
+        return Image(np.asarray(flat, dtype=np.uint8).copy(), f"{mode} → RGB (alpha composited on white)")
     try:
         rgb = img.convert("RGB")
     except Exception as exc:
         raise MediaError(f"cannot convert image mode {mode} to RGB: {exc}") from exc
-    return RGBImage(np.asarray(rgb, dtype=np.uint8).copy(), f"{mode} → RGB")
+    return Image(np.asarray(rgb, dtype=np.uint8).copy(), f"{mode} → RGB")
 
 
 GRAY_BACK = "decoded RGB → L (ITU-R 601 luma) → RGB"
@@ -98,21 +204,21 @@ def is_gray(pixels: np.ndarray) -> bool:
 
 def back_to_gray(pixels: np.ndarray) -> np.ndarray:
     """A codec's RGB output of a grayscale input, made grayscale again (Pillow's "L" conversion)."""
-    gray = np.asarray(Image.fromarray(pixels).convert("L"))
+    gray = np.asarray(PILImage.fromarray(pixels).convert("L"))
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-def image_from_bytes(data: bytes) -> RGBImage:
+def image_from_bytes(data: bytes) -> Image:
     try:
-        img = Image.open(io.BytesIO(data))
-    except Image.UnidentifiedImageError as exc:  # its message holds a memory address; rows must be reproducible
+        img = PILImage.open(io.BytesIO(data))
+    except PILImage.UnidentifiedImageError as exc:  # its message holds a memory address; rows must be reproducible
         raise MediaError(f"not a readable image: no image format recognised in {len(data)} bytes") from exc
     except Exception as exc:
         raise MediaError(f"not a readable image: {exc}") from exc
     return to_rgb(img)
 
 
-def image_from_array(arr: np.ndarray) -> RGBImage:
+def image_from_array(arr: np.ndarray) -> Image:
     """Arrays as scikit-image and HF datasets hand them out: (H, W), (H, W, 1|3|4), uint8 or uint16."""
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -120,26 +226,26 @@ def image_from_array(arr: np.ndarray) -> RGBImage:
     shape_ok = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))
     if not shape_ok or arr.dtype not in (np.uint8, np.uint16) or (arr.dtype == np.uint16 and arr.ndim != 2):
         raise MediaError(f"unsupported image array: dtype {arr.dtype}, shape {arr.shape}")
-    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+    return to_rgb(PILImage.fromarray(np.ascontiguousarray(arr)))
 
 
 # EXIF orientation → the transpose that makes it upright (as ImageOps.exif_transpose).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {2: PILImage.Transpose.FLIP_LEFT_RIGHT, 3: PILImage.Transpose.ROTATE_180, 4: PILImage.Transpose.FLIP_TOP_BOTTOM,
+            5: PILImage.Transpose.TRANSPOSE, 6: PILImage.Transpose.ROTATE_270, 7: PILImage.Transpose.TRANSVERSE, 8: PILImage.Transpose.ROTATE_90}
 
 
 def oriented(label: np.ndarray, orientation: int) -> np.ndarray:
     """A label map turned as its image was (its own file holds no orientation: it is stored as the image's pixels were)."""
     if orientation not in _UPRIGHT:
         return label
-    return np.asarray(Image.fromarray(label.astype(np.int32)).transpose(_UPRIGHT[orientation])).astype(np.int32)
+    return np.asarray(PILImage.fromarray(label.astype(np.int32)).transpose(_UPRIGHT[orientation])).astype(np.int32)
 
 
 def label_map_from_bytes(data: bytes) -> np.ndarray:
     """An annotation image (PNG, one class index per pixel) as an (H, W) integer array, read
     as stored: never converted to RGB, never resampled."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img = PILImage.open(io.BytesIO(data))
         img.load()
     except Exception as exc:
         raise MediaError(f"not a readable label map: {type(exc).__name__}") from exc
@@ -163,11 +269,13 @@ MIN_SECONDS = 0.01
 STEMS = ("drums", "bass", "other", "vocals")  # a music track's stems: MUSDB18's order, as Demucs names its sources
 
 
-@dataclass
-class Audio:
+@dataclass(eq=False)
+class Audio(Media):
     samples: np.ndarray  # (num_samples, channels) float32 in [-1, 1]
     sample_rate: int
     conversion: str | None = None
+
+    name, rates = "audio", ("bps", "kbps")
 
     @property
     def channels(self) -> int:
@@ -180,6 +288,26 @@ class Audio:
     @property
     def duration(self) -> float:
         return self.num_samples / self.sample_rate
+
+    def size(self) -> dict:
+        return {"sample_rate": self.sample_rate, "channels": self.channels, "num_samples": self.num_samples, "duration": self.duration}
+
+    def rate(self, bits: int) -> dict:
+        """Bits per sample as the study counts them (per channel sample: bits / (time steps ×
+        channels)) and kbps."""
+        return {"bps": bits / (self.num_samples * self.channels), "kbps": bits / self.duration / 1000}
+
+    def too_large(self, limits) -> str | None:
+        if limits.max_seconds and self.duration > limits.max_seconds:
+            return f"{self.duration:.0f} s, over the job's max_seconds ({limits.max_seconds:g})"
+        return None
+
+    def to_arrow(self) -> dict:
+        return _value("audio", self.samples.astype(np.float32, copy=False), self.conversion, sample_rate=self.sample_rate)
+
+    @classmethod
+    def from_value(cls, value: dict) -> Audio:
+        return cls(_array(value, np.float32), int(value["sample_rate"]), value["conversion"])
 
 
 def audio_from_array(samples: np.ndarray, sample_rate: int, conversion: str | None = None) -> Audio:
@@ -277,108 +405,4 @@ def with_channels(samples: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot map {samples.shape[1]} channels to {channels}")
 
 
-# ---------------------------------------------------------------------------------------
-# Modalities: what a kind of media means to the pipeline. The columns that describe an input,
-# the rate columns of a coded version (the study's unit first), and the step that follows every
-# decode. A dataset's modality is resolved once, with the job (mpq.job).
-
-class Modality:
-    name: str
-    rates: tuple[str, ...]
-
-    def size(self, media) -> dict:
-        """The input's size columns."""
-        raise NotImplementedError
-
-    def rate(self, media, bits: int) -> dict:
-        """The rate columns of a coded version of ``media`` holding ``bits``."""
-        raise NotImplementedError
-
-    def after_decode(self, original, decoded) -> tuple[object, str | None]:
-        """What downstream sees of a codec's output, and the conversion that made it, if any."""
-        return decoded, None
-
-    def too_large(self, size: dict, limits) -> str | None:
-        """Why an input of this ``size`` is over the job's memory bound (``limits``: the job's
-        ``max_pixels`` / ``max_seconds``), if it is."""
-        return None
-
-
-class ImageModality(Modality):
-    name, rates = "image", ("bpp",)
-
-    def size(self, media: np.ndarray) -> dict:
-        return {"height": int(media.shape[0]), "width": int(media.shape[1])}
-
-    def rate(self, media: np.ndarray, bits: int) -> dict:
-        return {"bpp": bits / (media.shape[0] * media.shape[1])}
-
-    def after_decode(self, original: np.ndarray, decoded: np.ndarray) -> tuple[np.ndarray, str | None]:
-        """Grayscale inputs go through the codec as RGB; what comes back is made gray again, as
-        the input was, and the row says so."""
-        return (back_to_gray(decoded), GRAY_BACK) if is_gray(original) else (decoded, None)
-
-    def too_large(self, size: dict, limits) -> str | None:
-        pixels = size["height"] * size["width"]
-        if limits.max_pixels and pixels > limits.max_pixels:
-            return f"{size['width']}×{size['height']} = {pixels} pixels, over the job's max_pixels ({limits.max_pixels})"
-        return None
-
-
-class AudioModality(Modality):
-    name, rates = "audio", ("bps", "kbps")
-
-    def size(self, media: Audio) -> dict:
-        return {"sample_rate": media.sample_rate, "channels": media.channels, "num_samples": media.num_samples, "duration": media.duration}
-
-    def rate(self, media: Audio, bits: int) -> dict:
-        """Bits per sample as the study counts them (per channel sample: bits / (time steps ×
-        channels)) and kbps."""
-        return {"bps": bits / (media.num_samples * media.channels), "kbps": bits / media.duration / 1000}
-
-    def too_large(self, size: dict, limits) -> str | None:
-        if limits.max_seconds and size["duration"] > limits.max_seconds:
-            return f"{size['duration']:.0f} s, over the job's max_seconds ({limits.max_seconds:g})"
-        return None
-
-
-MODALITIES: dict[str, Modality] = {m.name: m for m in (ImageModality(), AudioModality())}
-
-
-# ---------------------------------------------------------------------------------------
-# Serialisation (the encoded cache): a decoded image (uint8 array) or Audio as one record of
-# plain fields, and back. A record of an unknown kind, or one that does not rebuild the
-# media exactly, raises MediaError: the cache treats that as a miss.
-
-def media_to_record(media: np.ndarray | Audio) -> dict:
-    if isinstance(media, Audio):
-        x = np.ascontiguousarray(media.samples, dtype=np.float32)
-        return {"kind": "audio", "dtype": x.dtype.str, "shape": list(x.shape), "data": x.tobytes(),
-                "sample_rate": media.sample_rate, "conversion": media.conversion}
-    x = np.asarray(media)
-    if x.dtype != np.uint8 or x.ndim != 3:
-        raise MediaError(f"cannot serialise media of type {type(media).__name__} (dtype {x.dtype}, shape {x.shape})")
-    return {"kind": "image", "dtype": x.dtype.str, "shape": list(x.shape), "data": np.ascontiguousarray(x).tobytes(),
-            "sample_rate": None, "conversion": None}
-
-
-def media_digest(media: np.ndarray | Audio) -> str:
-    """What the media holds, as a short hash: the encoded cache's key names the original, so an
-    entry made from other data under the same sample id is never served."""
-    import hashlib
-
-    rec = media_to_record(media)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{rec['kind']} {rec['dtype']} {rec['shape']} {rec['sample_rate']}".encode())
-    h.update(rec["data"])
-    return h.hexdigest()
-
-
-def media_from_record(rec: dict) -> np.ndarray | Audio:
-    kind, dtype = rec.get("kind"), np.dtype(rec["dtype"])
-    if kind not in ("image", "audio") or dtype.hasobject:
-        raise MediaError(f"unknown media record kind {kind!r} (dtype {dtype})")
-    x = np.frombuffer(rec["data"], dtype=dtype).reshape(rec["shape"]).copy()
-    if kind == "image":
-        return x
-    return Audio(x, int(rec["sample_rate"]), rec["conversion"])
+MEDIA: dict[str, type[Media]] = {m.name: m for m in (Image, Audio)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from mpq import registry
-from mpq.media import MODALITIES
+from mpq.media import MEDIA
 from mpq.results import BASELINE, KEY, ResultStore
 
 
@@ -27,8 +27,8 @@ def read_results(output: str) -> pl.DataFrame:
 
 
 CONDITION = ["dataset", "task", "codec", "setting"]  # a condition: one codec setting, read by one task
-RATES = tuple(m.rates[0] for m in MODALITIES.values())  # each modality's own rate: bpp, bps
-RATE_COLUMNS = tuple(r for m in MODALITIES.values() for r in m.rates)  # and the others (kbps)
+RATES = tuple(m.rates[0] for m in MEDIA.values())  # each modality's own rate: bpp, bps
+RATE_COLUMNS = tuple(r for m in MEDIA.values() for r in m.rates)  # and the others (kbps)
 
 
 def filled_numeric(df: pl.DataFrame, col: str) -> bool:

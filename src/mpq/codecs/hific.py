@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from mpq.components import Codec, Coded, Options
 from mpq.hub import TorchHubCheckpoint
+from mpq.media import Image
 from mpq.registry import register
 
 CHECKPOINT_FILES = {"low": "hific_low.pt", "med": "hific_med.pt", "high": "hific_hi.pt"}
@@ -113,13 +114,13 @@ class HiFiC(Codec):
 
         return f"mpq hific (Justin-Tan port checkpoints), compressai {compressai.__version__} rANS"
 
-    def roundtrip(self, media: np.ndarray, setting: str) -> Coded:
+    def roundtrip(self, media: Image, setting: str) -> Coded:
         import torch
 
         path = checkpoint_path(setting, self.options.checkpoints)
         coder, variant = load_coder(str(path), self.options.allow_pickle, self.device)
-        h, w = media.shape[:2]
-        x = torch.from_numpy(media).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+        h, w = media.height, media.width
+        x = torch.from_numpy(media.pixels).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
         with torch.inference_mode():
             strings, z_shape = coder.compress(x)
             x_hat = coder.decompress(strings, z_shape, (h, w))
@@ -127,7 +128,7 @@ class HiFiC(Codec):
         nbytes = sum(len(s) for s in strings)
         return Coded(
             bits=8 * nbytes,
-            decoded=np.ascontiguousarray(pixels),
+            decoded=Image(np.ascontiguousarray(pixels)),
             extra={"codec_variant": f"HIFIC-{setting}: {variant}", "payload_bits": 8 * nbytes},
             device=self.device,
         )

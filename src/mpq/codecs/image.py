@@ -8,12 +8,12 @@ import io
 from typing import ClassVar
 
 import numpy as np
+import PIL.Image
 import pyarrow as pa
-from PIL import Image
 
 from mpq.codecs import containers
 from mpq.components import Codec, Coded
-from mpq.media import image_from_bytes
+from mpq.media import Image, image_from_bytes
 from mpq.registry import register
 
 
@@ -38,11 +38,11 @@ class PillowCodec(Codec):
     def save_kwargs(self, setting: int) -> dict:
         return {"quality": setting}
 
-    def roundtrip(self, media: np.ndarray, setting: int) -> Coded:
+    def roundtrip(self, media: Image, setting: int) -> Coded:
         buf = io.BytesIO()
-        Image.fromarray(media).save(buf, format=self.format, **self.save_kwargs(setting))
+        PIL.Image.fromarray(media.pixels).save(buf, format=self.format, **self.save_kwargs(setting))
         data = buf.getvalue()
-        return Coded(bits=8 * len(data), decoded=image_from_bytes(data).pixels, extra={"payload_bits": 8 * self.payload(data)})
+        return Coded(bits=8 * len(data), decoded=image_from_bytes(data), extra={"payload_bits": 8 * self.payload(data)})
 
 
 @register("codec", "jpeg")
@@ -110,14 +110,14 @@ class JPEGXL(Codec):
 
         return f"imagecodecs {imagecodecs.__version__} {imagecodecs.jpegxl_version()} effort {self.EFFORT}"
 
-    def roundtrip(self, media: np.ndarray, setting: float) -> Coded:
+    def roundtrip(self, media: Image, setting: float) -> Coded:
         import imagecodecs
 
         data = imagecodecs.jpegxl_encode(
-            np.ascontiguousarray(media), distance=float(setting), lossless=setting == 0, effort=self.EFFORT, numthreads=1
+            np.ascontiguousarray(media.pixels), distance=float(setting), lossless=setting == 0, effort=self.EFFORT, numthreads=1
         )
         decoded = imagecodecs.jpegxl_decode(data)
         return Coded(
-            bits=8 * len(data), decoded=np.ascontiguousarray(decoded, dtype=np.uint8),
+            bits=8 * len(data), decoded=Image(np.ascontiguousarray(decoded, dtype=np.uint8)),
             extra={"payload_bits": 8 * containers.jxl_payload(data)},
         )

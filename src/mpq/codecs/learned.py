@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from mpq.components import Codec, Coded, Options, offline_hint
 from mpq.hub import TorchHubCheckpoint
+from mpq.media import Image
 from mpq.registry import register
 
 PAD_MULTIPLE = 64
@@ -92,22 +93,22 @@ class CompressAICodec(Codec):
         weights = "pretrained" if self.options.pretrained else "random-weights"
         return f"compressai {compressai.__version__} {self.family} {self.options.metric} {weights}"
 
-    def roundtrip(self, media: np.ndarray, setting: int) -> Coded:
+    def roundtrip(self, media: Image, setting: int) -> Coded:
         return self.code([media], setting)[0]
 
-    def roundtrip_batch(self, media: list[np.ndarray], setting: int) -> list[Coded]:
+    def roundtrip_batch(self, media: list[Image], setting: int) -> list[Coded]:
         """The images of one padded shape in one batch: the same bitstreams as one by one, and
         the same pixels but for float noise (a rounding may flip)."""
         shapes: dict[tuple[int, int], list[int]] = {}
         for i, m in enumerate(media):
-            shapes.setdefault(tuple(-(-s // PAD_MULTIPLE) for s in m.shape[:2]), []).append(i)
+            shapes.setdefault((-(-m.height // PAD_MULTIPLE), -(-m.width // PAD_MULTIPLE)), []).append(i)
         out: list[Coded] = [None] * len(media)  # type: ignore[list-item]
         for indexes in shapes.values():
             for i, coded in zip(indexes, self.code([media[i] for i in indexes], setting)):
                 out[i] = coded
         return out
 
-    def code(self, media: list[np.ndarray], setting: int) -> list[Coded]:
+    def code(self, media: list[Image], setting: int) -> list[Coded]:
         """Images of one padded shape, coded as one batch; each padded (edge replication), then cropped back."""
         import torch
         import torch.nn.functional as F
@@ -115,8 +116,8 @@ class CompressAICodec(Codec):
         net = load_on_device(self.family, setting, self.options.metric, self.options.pretrained, self.device)
         xs = []
         for m in media:
-            h, w = m.shape[:2]
-            x = torch.from_numpy(m).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+            h, w = m.height, m.width
+            x = torch.from_numpy(m.pixels).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
             xs.append(F.pad(x, (0, (-w) % PAD_MULTIPLE, 0, (-h) % PAD_MULTIPLE), mode="replicate"))
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")  # its coder runs on the CPU
@@ -124,10 +125,10 @@ class CompressAICodec(Codec):
             x_hat = net.decompress(out["strings"], out["shape"])["x_hat"]
         coded = []
         for i, m in enumerate(media):
-            h, w = m.shape[:2]
+            h, w = m.height, m.width
             nbytes = sum(len(strings[i]) for strings in out["strings"])
             pixels = x_hat[i, :, :h, :w].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-            coded.append(Coded(bits=8 * nbytes, decoded=np.ascontiguousarray(pixels), extra={"payload_bits": 8 * nbytes}, device=self.device))
+            coded.append(Coded(bits=8 * nbytes, decoded=Image(np.ascontiguousarray(pixels)), extra={"payload_bits": 8 * nbytes}, device=self.device))
         return coded
 
 

@@ -1,8 +1,8 @@
 """The Ray engine: the stages as one streaming Ray Data graph.
 
-Working rows (which hold numpy media of any shape) travel between stages as pickled
-blobs in a single binary column, a blob per sample (its rows together, sharing one
-original); only the final result rows are columnar. Batch sizes of GPU actors (a task's
+Working rows travel between stages a record per sample: its media in their Arrow form
+(``media.ARROW``, its original once however many codec settings it has) and its rows
+pickled beside them; only the final result rows are columnar. Batch sizes of GPU actors (a task's
 ``batch_size``, ``metric_batch_size``, ``codec_batch_size``) so count samples between stages;
 each stage then batches its own model calls. The plan streams
 in through read tasks that plan shards of the datasets on the workers (``plan.Planner``), a
@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import io
 import itertools
 import logging
 import math
@@ -48,10 +49,15 @@ from mpq.engine.inflight import InFlight
 from mpq.engine.plan import CHUNK, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.job import resolve
+from mpq.media import ARROW, Media
 from mpq.results import BASELINE
 from mpq.spec import JobSpec
 
-COLUMN = "row"
+# A record per sample: its media in their Arrow form (each object once, however many of its
+# rows hold it), and its rows pickled together beside them with each media object replaced by
+# its index in that list. The rest of a working row is plain values (ids, settings, targets,
+# result columns) whose keys grow stage by stage: pickled, it needs no schema per stage.
+SCHEMA = pa.schema([("rows", pa.large_binary()), ("media", pa.list_(ARROW))])
 # Ray retries the work of a dead worker without end; mpq's own note of each try bounds it
 # (inflight.py): a sample's work in a stage is started at most this many times (a lost node
 # costs the samples in flight on it one try), then its rows become `worker died` errors.
@@ -64,17 +70,53 @@ TRIES = 3
 WINDOW = 2048
 
 
+class _Pickler(pickle.Pickler):
+    """Pickles rows with each media object they hold replaced by its index in ``media``."""
+
+    def __init__(self, file):
+        super().__init__(file, protocol=5)
+        self.media: list[Media] = []
+        self.index: dict[int, int] = {}
+
+    def persistent_id(self, obj):
+        if not isinstance(obj, Media):
+            return None
+        if id(obj) not in self.index:
+            self.index[id(obj)] = len(self.media)
+            self.media.append(obj)
+        return self.index[id(obj)]
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, media: list[Media]):
+        super().__init__(file)
+        self.media = media
+
+    def persistent_load(self, pid):
+        return self.media[pid]
+
+
 def _pack(rows: list[dict[str, Any]]) -> pa.Table:
-    """A record per sample: its rows pickled together, so the original they share is stored
-    once (not once per codec setting) and unpickles as one object again."""
+    """A record per sample, so the original its rows share crosses the object store once (not
+    once per codec setting) and arrives as one object again."""
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         samples.setdefault((r["dataset"], r["sample_id"]), []).append(r)
-    return pa.table({COLUMN: pa.array([pickle.dumps(s, protocol=5) for s in samples.values()], type=pa.large_binary())})
+    blobs, media = [], []
+    for sample in samples.values():
+        buf = io.BytesIO()
+        pickler = _Pickler(buf)
+        pickler.dump(sample)
+        blobs.append(buf.getvalue())
+        media.append([m.to_arrow() for m in pickler.media])
+    return pa.table({"rows": blobs, "media": media}, schema=SCHEMA)
 
 
 def _unpack(batch: pa.Table) -> list[dict[str, Any]]:
-    return [r for b in batch.column(COLUMN).to_pylist() for r in pickle.loads(b)]
+    rows = []
+    for blob, media in zip(batch.column("rows").to_pylist(), batch.column("media").to_pylist()):
+        rows += _Unpickler(io.BytesIO(blob), [Media.from_arrow(m) for m in media]).load()
+    return rows
 
 
 def _run(batch: pa.Table, stages: list, finalize: Finalize | None, in_flight: InFlight | None = None) -> pa.Table:

@@ -21,7 +21,6 @@ from mpq.codecs.target import Target, knob
 from mpq.codecs.target import search as target_search
 from mpq.components import Coded
 from mpq.job import Job, resolve
-from mpq.media import Modality, media_digest
 from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
 from mpq.spec import JobSpec
 
@@ -54,9 +53,11 @@ class Load(_JobStage):
             base = {"dataset": dataset.name, "modality": dataset.modality.name, "sample_id": item["sample_id"], "error": None}
             try:
                 sample = dataset.source.load(item["sample_id"])
+                if not isinstance(sample.media, dataset.modality):
+                    raise TypeError(f"the source gave {type(sample.media).__name__}, not {dataset.modality.__name__}")
                 base.update(original=sample.media, target=sample.target, conversion=sample.conversion)
-                base.update(dataset.modality.size(sample.media))
-                if (limit := dataset.modality.too_large(base, self.job.spec)) is not None:
+                base.update(sample.media.size())
+                if (limit := sample.media.too_large(self.job.spec)) is not None:
                     base.update(original=None, target=None, error=f"load: too large: {limit}")
             except Exception as exc:
                 base.update(original=None, target=None, conversion=None, error=_error("load", exc))
@@ -95,7 +96,7 @@ class Encode(_JobStage):
 
     def cache_path(self, row: Row, codec) -> str:
         if self.digest[0] is not row["original"]:  # once per sample: its rows share the original (held, so `is` is safe)
-            self.digest = (row["original"], media_digest(row["original"]))
+            self.digest = (row["original"], row["original"].digest())
         return self.cache.path(
             row["dataset"], row["sample_id"], row["codec"], row["setting"], codec.version(), codec.options.model_dump(mode="json"),
             self.digest[1],
@@ -149,13 +150,13 @@ class Encode(_JobStage):
                     if path is not None:
                         self.store(path, c)
 
-    def at_target(self, row: Row, modality: Modality) -> tuple[Coded, Row]:
+    def at_target(self, row: Row) -> tuple[Coded, Row]:
         """The round trip at the highest setting whose rate fits the row's target (each
         search step a cached round trip), and the columns that record it."""
         target, codec = row["setting"], self.codecs[row["codec"]]
         chosen, coded, _ = target_search(
             lambda setting: self.roundtrip({**row, "setting": setting}),
-            lambda c: modality.rate(row["original"], c.bits)[target.unit],
+            lambda c: row["original"].rate(c.bits)[target.unit],
             knob(type(codec)), target.value, row["codec"],
         )
         return coded, {f"target_{target.unit}": target.value, "target_setting": str(chosen)}
@@ -168,10 +169,9 @@ class Encode(_JobStage):
                 row.update(decoded=row["original"], bits=None, codec_version=None, codec_device=None)
                 continue
             codec = self.codecs[row["codec"]]
-            modality = self.job.datasets[row["dataset"]].modality
             try:
                 if isinstance(row["setting"], Target):
-                    coded, chosen = self.at_target(row, modality)
+                    coded, chosen = self.at_target(row)
                     row.update(chosen)
                 else:
                     coded = self.roundtrip(row)
@@ -181,10 +181,10 @@ class Encode(_JobStage):
             row.update(bits=int(coded.bits), codec_version=codec.version(), codec_device=coded.device, **coded.extra)
             if codec.pipeline_check:
                 row.setdefault("checks", []).append(codec.pipeline_check)
-            row["decoded"], conversion = modality.after_decode(row["original"], coded.decoded)
+            row["decoded"], conversion = row["original"].after_decode(coded.decoded)
             if conversion:
                 row["conversion"] = "; ".join(filter(None, [row["conversion"], conversion]))
-            row.update(modality.rate(row["original"], coded.bits))
+            row.update(row["original"].rate(coded.bits))
         self.ready.clear()
         return rows
 

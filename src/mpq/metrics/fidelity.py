@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from mpq.components import Metric
+from mpq.media import Image
 from mpq.registry import register
 
 
@@ -17,19 +18,19 @@ def psnr(reference: np.ndarray, test: np.ndarray, peak: float = 255.0) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(peak**2 / mse))
 
 
-def by_shape(references: list[np.ndarray], tests: list[np.ndarray], fn: Callable, device: str) -> list[float]:
+def by_shape(references: list[Image], tests: list[Image], fn: Callable, device: str) -> list[float]:
     """``fn(ref, test)`` on float (N, 3, H, W) tensors in [0, 255], one call per image shape
     (images in a batch can differ in size), returning one value per pair in input order."""
     import torch
 
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(references):
-        groups.setdefault(r.shape, []).append(i)
+        groups.setdefault(r.pixels.shape, []).append(i)
     values = [0.0] * len(references)
     with torch.inference_mode():
         for idx in groups.values():
             ref, test = (
-                torch.from_numpy(np.stack([images[i] for i in idx])).permute(0, 3, 1, 2).float().to(device)
+                torch.from_numpy(np.stack([images[i].pixels for i in idx])).permute(0, 3, 1, 2).float().to(device)
                 for images in (references, tests)
             )
             for i, v in zip(idx, fn(ref, test).flatten().tolist()):
@@ -44,7 +45,7 @@ class PSNR(Metric):
     columns = {"psnr": pa.float64()}
 
     def compute(self, references, tests):
-        return [{"psnr": psnr(r, t)} for r, t in zip(references, tests)]
+        return [{"psnr": psnr(r.pixels, t.pixels)} for r, t in zip(references, tests)]
 
 
 # SSIM settings of Wang et al. 2004, as CompressAI and most codec papers use them: an 11-tap
@@ -77,7 +78,7 @@ class MSSSIM(Metric):
         from pytorch_msssim import ms_ssim
 
         fn = lambda a, b: ms_ssim(a, b, data_range=255, size_average=False, win_size=WINDOW, win_sigma=SIGMA)  # noqa: E731
-        big = [i for i, r in enumerate(references) if min(r.shape[:2]) >= MS_SSIM_MIN_SIDE]
+        big = [i for i, r in enumerate(references) if min(r.height, r.width) >= MS_SSIM_MIN_SIDE]
         values = by_shape([references[i] for i in big], [tests[i] for i in big], fn, self.device)
         out = [{"ms_ssim": None} for _ in references]
         for i, v in zip(big, values):

@@ -126,10 +126,10 @@ class LPIPS(Metric):
             groups.setdefault(id(ref), []).append(i)
         chunks: dict = {}  # groups that go through the network together
         for idx in groups.values():
-            chunks.setdefault(references[idx[0]].shape if self.batch_samples else idx[0], []).append(idx)
+            chunks.setdefault(references[idx[0]].pixels.shape if self.batch_samples else idx[0], []).append(idx)
         # All inputs are copied to the device first (each blocking copy waits for the GPU), the
         # distances read back once.
-        staged = [(stack([references[g[0]] for g in chunk], self.device), stack([tests[i] for g in chunk for i in g], self.device))
+        staged = [(stack([references[g[0]].pixels for g in chunk], self.device), stack([tests[i].pixels for g in chunk for i in g], self.device))
                   for chunk in chunks.values()]
         with torch.inference_mode():
             totals = []

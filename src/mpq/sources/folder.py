@@ -50,7 +50,7 @@ class FolderSource(Source):
             audio = audio_from_bytes(path.read_bytes())
             return Sample(sample_id, audio, target=self._target(path), conversion=audio.conversion)
         img = image_from_bytes(path.read_bytes())
-        return Sample(sample_id, img.pixels, target=self._target(path), conversion=img.conversion)
+        return Sample(sample_id, img, target=self._target(path), conversion=img.conversion)
 
     def _target(self, path: Path) -> str | None:
         if self.options.labels == "parent":

@@ -99,11 +99,11 @@ class HFSource(Source):
         img = _image(row[self.column])
         if self.options.label_map:
             target = oriented(_label_map(row[self.options.label_map]), img.orientation)
-            if target.shape != img.pixels.shape[:2]:
+            if target.shape != (img.height, img.width):
                 raise MediaError(f"label map is {target.shape[1]}×{target.shape[0]}, image {img.width}×{img.height}")
         else:
             target = self._label(ds, row)
-        return Sample(sample_id, img.pixels, target=target, conversion=img.conversion)
+        return Sample(sample_id, img, target=target, conversion=img.conversion)
 
     def _label(self, ds, row: dict[str, Any]) -> Any:
         name = self.options.label

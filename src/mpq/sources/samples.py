@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from mpq.components import ClassTarget, Options, Sample, Source
-from mpq.media import SKIMAGE_PHOTOS, RGBImage, image_from_array
+from mpq.media import SKIMAGE_PHOTOS, Image, image_from_array
 from mpq.registry import register
 
 COPY_SEP = "~"
@@ -74,7 +74,7 @@ class SamplesOptions(Options):
 
 
 @functools.cache
-def photo(name: str) -> RGBImage:
+def photo(name: str) -> Image:
     """Read and converted once per process: repeated samples share it."""
     if name in PACKAGED_PHOTOS:
         return image_from_array(PACKAGED_PHOTOS[name]())
@@ -83,15 +83,15 @@ def photo(name: str) -> RGBImage:
     return image_from_array(getattr(data, name)())
 
 
-def variant(pixels: np.ndarray, k: int) -> np.ndarray:
-    """Copy k of a photo (a new array): flipped left-right if bit 0 of k, upside down if
+def variant(img: Image, k: int) -> Image:
+    """Copy k of a photo (new pixels): flipped left-right if bit 0 of k, upside down if
     bit 1, and shifted (circularly) right by 7 × (k // 4) pixels; copy 0 is the photo itself."""
-    out = pixels
+    out = img.pixels
     if k & 1:
         out = out[:, ::-1]
     if k & 2:
         out = out[::-1]
-    return np.roll(out, 7 * (k // 4), axis=1)  # np.roll always copies
+    return Image(np.roll(out, 7 * (k // 4), axis=1), img.conversion, img.orientation)  # np.roll always copies
 
 
 @register("source", "samples")
@@ -117,7 +117,7 @@ class EmbeddedSamples(Source):
         name, _, copy = sample_id.partition(COPY_SEP)
         img = photo(name)
         target = name if self.options.samples == "skimage" else None
-        return Sample(sample_id, variant(img.pixels, int(copy or 0)), target=target, conversion=img.conversion)
+        return Sample(sample_id, variant(img, int(copy or 0)), target=target, conversion=img.conversion)
 
     def classes(self) -> list[ClassTarget] | None:
         if self.options.samples != "skimage":  # packaged photos carry no labels

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from mpq.components import Options, Sample, Source
+from mpq.media import Image
 from mpq.registry import register
 
 
@@ -44,7 +45,7 @@ class SyntheticImages(Source):
         y, x = np.mgrid[0:n, 0:n]
         base = np.stack([x * 255 / n, y * 255 / n, np.full((n, n), (i * 37) % 256)], axis=-1)
         noise = np.random.default_rng(i).normal(0, 8, base.shape)
-        return Sample(sample_id, np.clip(base + noise, 0, 255).astype(np.uint8))
+        return Sample(sample_id, Image(np.clip(base + noise, 0, 255).astype(np.uint8)))
 
     def describe(self) -> str:
         return f"synthetic:images/{self.options.count}x{self.options.size}px"

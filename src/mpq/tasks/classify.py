@@ -23,7 +23,7 @@ from pydantic import field_validator
 
 from mpq.components import ClassTarget, Options, Task, mean_agreement
 from mpq.hub import BUILTIN_PREFIX, HubModel, atomic_write, from_pretrained, known_builtin, load_processor_and_model, mpq_cache, processor_images, torch_dtype
-from mpq.media import SKIMAGE_PHOTOS
+from mpq.media import SKIMAGE_PHOTOS, Image
 from mpq.registry import register
 
 TINY_VIT = "builtin:tiny-vit"
@@ -223,20 +223,20 @@ class Classify(Task):
     def agreement(self, output, reference):
         return float(output["_class"] == reference["_class"])
 
-    def logits(self, media: list[Any]):
+    def logits(self, media: list[Image]):
         import torch
 
         if hasattr(self, "transform"):  # timm
-            from PIL import Image
+            import PIL.Image
 
-            batch = torch.stack([self.transform(Image.fromarray(m).convert("RGB")) for m in media])
+            batch = torch.stack([self.transform(PIL.Image.fromarray(m.pixels)) for m in media])
             return self.model(batch.to(self.device, dtype=self.dtype))
         # Media are H×W×C: said, not guessed (a guess takes a 1×1 or 3-row image for channels-first).
-        images = processor_images(self.processor, media, self.device)  # one copy to the device per shape
+        images = processor_images(self.processor, [m.pixels for m in media], self.device)  # one copy to the device per shape
         inputs = self.processor(images=images, return_tensors="pt", device=self.device, input_data_format="channels_last")
         return self.model(pixel_values=inputs["pixel_values"].to(self.device, dtype=self.dtype)).logits
 
-    def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
+    def predict(self, media: list[Image], targets: list[Any]) -> list[dict[str, Any]]:
         import torch
 
         with torch.inference_mode():

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from mpq.components import Options, Task, mean_agreement
 from mpq.hub import PROCESSOR_FILES, HubModel, load_processor_and_model, processor_images, to_device
+from mpq.media import Image
 from mpq.registry import register
 
 
@@ -139,16 +140,16 @@ class Segment(Task):
         self.reduce = bool(from_config) if reduce is None else reduce
         self.pred_dtype = torch.int16 if self.num_classes <= 2**15 else torch.int64  # a quarter of the read-back
 
-    def predict(self, media: list[Any], targets: list[Any]) -> list[dict[str, Any]]:
+    def predict(self, media: list[Image], targets: list[Any]) -> list[dict[str, Any]]:
         import torch
         import torch.nn.functional as F
 
         for image, target in zip(media, targets):
-            if target is not None and tuple(target.shape) != image.shape[:2]:
-                raise ValueError(f"prediction {image.shape[:2]} and label map {target.shape} differ in size")
+            if target is not None and tuple(target.shape) != (image.height, image.width):
+                raise ValueError(f"prediction {(image.height, image.width)} and label map {target.shape} differ in size")
         # All work stays on the model's device, queued without a sync, until one read-back per
         # batch; images and label maps go there first (a blocking copy waits for the GPU).
-        images = processor_images(self.processor, media, self.device)
+        images = processor_images(self.processor, [m.pixels for m in media], self.device)
         labels = iter(to_device([t for t in targets if t is not None], self.device))
         inputs = self.processor(images=images, return_tensors="pt", device=self.device, input_data_format="channels_last")
         ignore = self.options.ignore_index
@@ -157,7 +158,7 @@ class Segment(Task):
             preds, counts = [], []
             for image, target, lg in zip(media, targets, logits):
                 # One sample at a time: full-size logits of a whole batch can be large.
-                up = F.interpolate(lg[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)
+                up = F.interpolate(lg[None].float(), size=(image.height, image.width), mode="bilinear", align_corners=False)
                 pred = up[0].argmax(0)
                 preds.append(pred.flatten().to(self.pred_dtype))
                 if target is not None:  # without a label map only `agreement` is scored
@@ -167,7 +168,7 @@ class Segment(Task):
             counts = iter(torch.stack(counts).cpu().numpy() if counts else [])
         rows, offset = [], 0
         for image, target in zip(media, targets):
-            h, w = image.shape[:2]
+            h, w = image.height, image.width
             pred, offset = flat[offset : offset + h * w].reshape(h, w), offset + h * w
             row = {"label": None, "prediction": None, "correct": None, "score": None, "_pred": pred, "reduce_labels": self.reduce}
             if target is not None:
