@@ -201,6 +201,7 @@ def test_lpips_samples_of_one_shape_share_the_network_passes_as_on_a_gpu():
     a, b, c = photo(64, 64, seed=1), photo(64, 64, seed=2), photo(48, 80, seed=3)
     tests = [photo(64, 64, seed=4), photo(48, 80, seed=5), photo(64, 64, seed=6), a.copy(), photo(64, 64, seed=7)]
     references = [a, c, b, a, b]  # interleaved: a's and b's versions share one pass, c's its own
+    image = {id(x): RGB(x) for x in (a, b, c)}  # one Image per sample, its rows sharing it
     metric = LPIPS(LPIPS.Options(backbone="random"))
     assert not metric.batch_samples  # on the CPU: one sample at a time
     metric.batch_samples = True
@@ -208,7 +209,7 @@ def test_lpips_samples_of_one_shape_share_the_network_passes_as_on_a_gpu():
     calls, forward = [], net.net.forward
     net.net.forward = lambda x: (calls.append(len(x)), forward(x))[1]
     try:
-        got = [r["lpips"] for r in metric.compute(references, tests)]
+        got = [r["lpips"] for r in metric.compute([image[id(r)] for r in references], [RGB(t) for t in tests])]
     finally:
         net.net.forward = forward
     assert calls == [2, 4, 1, 1]  # 64 × 64: references a, b, then their 4 versions; 48 × 80: c and its one
