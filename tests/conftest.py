@@ -11,21 +11,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# Fixtures that start Ray or use a Ray run (a test that starts Ray itself is marked `ray`).
-RAY_FIXTURES = {"ray_local", "smoke_run", "cluster", "token_head", "ray_with_a_declared_gpu"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items):
-    """pytest-xdist (pyproject's addopts) runs the tests that start Ray one after another on
-    one worker, the rest beside them: two Ray instances starting at once on a loaded 2-core
-    machine time out (measured: the smoke run's and the cluster's, in one suite run), and
-    the session's one smoke run serves its tests only within one worker."""
-    for item in items:
-        if item.get_closest_marker("ray") or RAY_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """mpq's own cache (tiny models) in a temporary folder; no hub access during tests."""

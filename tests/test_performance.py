@@ -98,7 +98,6 @@ def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.ray
 def test_the_ray_engine_works_a_shard_of_cheap_images_as_one_block(tmp_path):
     """Ray Data splits a read task's output to reach its own idea of parallelism; the plan's
     blocks must reach the stages whole (32 cheap images a call), or each image is a task."""

@@ -58,7 +58,6 @@ QUIET_JOB = {
 
 
 @pytest.mark.slow
-@pytest.mark.ray
 def test_ray_run_is_quiet_by_default_and_verbose_shows_rays_output(tmp_path):
     import yaml
 
@@ -173,7 +172,6 @@ def test_serial_sample_that_kills_the_process_is_tried_once_more_then_an_error_r
 
 
 @pytest.mark.slow
-@pytest.mark.ray
 def test_ray_sample_that_kills_its_worker_costs_its_rows_and_the_job_completes(poison_plugin, poison_job, tmp_path):
     out = tmp_path / "out"
     res = run_poison(poison_job, out, poison_plugin)
@@ -184,7 +182,6 @@ def test_ray_sample_that_kills_its_worker_costs_its_rows_and_the_job_completes(p
 
 
 @pytest.mark.slow
-@pytest.mark.ray
 def test_ray_sample_that_kills_its_worker_in_a_block_of_several_costs_only_its_own_rows(poison_plugin, poison_job, tmp_path):
     """Cheap images travel 32 to a block: the poison sample's block-mates are redone, not lost."""
     import yaml
