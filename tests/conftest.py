@@ -1,5 +1,7 @@
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,21 @@ def ray_local():
     init_ray()
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's first command, `mpq-ray run jobs/smoke.yaml` (the Ray engine), all of it,
+    run once for the session on a machine that has written no model yet (its own empty mpq
+    cache): test_realstudy checks its science, test_cli its report and a second run. The
+    smoke job is the suite's most expensive run; one run serves them all."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    out = tmp / "out"
+    env = {**os.environ, "MPQ_CACHE": str(tmp / "cache")}
+    res = subprocess.run([sys.executable, "-m", "mpq.cli", "run", "jobs/smoke.yaml", "--output", str(out), "--no-progress"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
 
 
 def rows_on_disk(output) -> int:

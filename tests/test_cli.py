@@ -37,18 +37,16 @@ def test_offline_hub_model_fails_naming_the_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_job_end_to_end_and_second_run_adds_nothing(tmp_path):
-    """The default job through the Ray engine, 3 samples of each dataset (tests/test_realstudy.py
-    runs all of it, serially, and checks its science)."""
-    out = tmp_path / "smoke"
-    first = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress", "--limit", "3")
-    assert first.returncode == 0, first.stderr
+def test_smoke_job_end_to_end_and_second_run_adds_nothing(smoke_run):
+    """The default job through the CLI and the Ray engine, all of it: the session's one run
+    (tests/conftest.py; tests/test_realstudy.py checks its science). Then the same command again."""
+    out, first = smoke_run
     df = read_results(str(out))
-    # images: 3 photos × (baseline + 9 settings + 2 target rates); audio: (3 speech + 1 music) × (baseline + 5 settings)
-    assert df.height == 3 * 12 + 4 * 6 and df.filter(pl.col("error").is_not_null()).height == 0
+    # images: 22 photos × (baseline + 9 settings + 2 target rates); audio: (4 speech + 1 music) × (baseline + 5 settings)
+    assert df.height == 22 * 12 + 5 * 6 and df.filter(pl.col("error").is_not_null()).height == 0
     at_target = df.filter(pl.col("target_bpp").is_not_null())
-    assert at_target.height == 3 * 2 and (at_target["bpp"] <= at_target["target_bpp"]).all()
+    assert at_target.height == 22 * 2 and (at_target["bpp"] <= at_target["target_bpp"]).all()
     assert "summary" in first.stdout and "agreement" in first.stdout
-    second = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress", "--limit", "3")
+    second = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
     assert second.returncode == 0 and "0 rows written" in second.stdout
-    assert read_results(str(out)).height == 60
+    assert read_results(str(out)).height == 294

@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
-from conftest import ROOT
 from scipy import stats
 
 from mpq.results import BASELINE
 from mpq.runner import run_job
-from mpq.spec import load_job, parse_job
+from mpq.spec import parse_job
 from mpq.summary import read_results, task_aggregates
 
 
@@ -130,11 +129,10 @@ def test_agreement_after_resume_runs_the_original_once(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The default job as the README runs it (serial engine: one process)."""
-    out = str(tmp_path_factory.mktemp("smoke") / "out")
-    run_job(load_job(ROOT / "jobs" / "smoke.yaml"), out, engine="serial", progress=False)
-    return read_results(out)
+def smoke(smoke_run):
+    """The default job as the README runs it first (`mpq-ray run jobs/smoke.yaml`: the Ray
+    engine), the session's one run of it (tests/conftest.py)."""
+    return read_results(str(smoke_run[0]))
 
 
 def conditions(df: pl.DataFrame, dataset: str) -> pl.DataFrame:
@@ -176,9 +174,9 @@ def test_smoke_lpips_falls_as_jpeg_quality_rises_on_every_photo(smoke):
 @pytest.mark.slow
 def test_smoke_recogniser_reads_clean_speech_and_less_at_opus_6(smoke):
     """Whisper tiny.en (faster-whisper, CPU, float32, beam 5) on espeak-ng's first four
-    Harvard sentences, normalised WRA measured: clean 0.66 with 2 threads (serial), 0.63
-    with 1 (a Ray actor); Opus 6 kbps 0.31 / 0.37. espeak's robotic voice costs tiny.en a
-    third of the words; a random model scores 0."""
+    Harvard sentences, normalised WRA measured: clean 0.66, Opus 6 kbps 0.40, the same through
+    Ray (this run) and serially. espeak's robotic voice costs tiny.en a third of the words; a
+    random model scores 0."""
     agg = conditions(smoke, "speech")
     wra = {(c, s): v for c, s, v in agg.select("codec", "setting", "wra_norm").iter_rows()}
     assert wra[(BASELINE, "")] >= 0.5
