@@ -302,8 +302,9 @@ class Measure(_JobStage):
             todo = [r for r in rows if r["dataset"] == dataset and r["error"] is None and r["codec"] != BASELINE]
             if not todo:
                 continue
-            # One reference object per sample (rows may arrive unpickled one by one), so that a
-            # metric can tell a sample's coded versions by their shared reference.
+            # One reference object per sample, so that a metric can tell a sample's coded versions
+            # by their shared reference (Load and the Ray transport already keep one; this makes
+            # it the stage's promise, whoever built the rows).
             originals: dict[str, Any] = {}
             references = [originals.setdefault(r["sample_id"], r["original"]) for r in todo]
             for entry in self.job.datasets[dataset].metrics:
