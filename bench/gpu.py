@@ -454,7 +454,7 @@ class Bench:
 
         from mpq.engine.stages import Measure
         from mpq.media import Image
-        from mpq.metrics.lpips import features, load_lpips, tensor
+        from mpq.metrics.lpips import features, load_lpips, scaled, stack
 
         versions, refs = 5, self.n(16, 2)
         job = job_spec(precision, str(self.work), metrics=[{"name": "lpips", "backbone": "random"}])
@@ -476,7 +476,7 @@ class Bench:
         mpq()
         check_rows(rows)
         net = load_lpips("alex", True).to(self.device)
-        staged = [(tensor([o], self.device), tensor([r["decoded"].pixels for r in rows[i * versions : (i + 1) * versions]], self.device))
+        staged = [(scaled(stack([o], self.device)), scaled(stack([r["decoded"].pixels for r in rows[i * versions : (i + 1) * versions]], self.device)))
                   for i, o in enumerate(originals)]
         def raw():  # the same computation as mpq's (reference features once per sample), on staged tensors
             with torch.inference_mode():

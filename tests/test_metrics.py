@@ -139,18 +139,19 @@ def test_metrics_are_fp32_whatever_the_precision():
 
 
 def test_a_metric_sees_each_samples_reference_once_with_its_coded_versions():
-    """Rows reach the metric stage one by one (Ray unpickles each on its own, so a sample's
-    rows hold equal but distinct originals): the stage hands a metric one reference object per
+    """Rows that hold equal but distinct originals (here each unpickled on its own): the stage
+    hands a metric one reference object per
     sample, and LPIPS computes each reference's features once, by sample, not by hashing pixels.
     Values equal the lpips package's, pair by pair."""
     import io
     import pickle
 
+    import lpips
     import torch
     from PIL import Image
 
     from mpq.engine.stages import Measure
-    from mpq.metrics.lpips import LPIPS, load_lpips, tensor
+    from mpq.metrics.lpips import LPIPS, load_lpips
     from mpq.spec import parse_job
 
     job = parse_job({"name": "m", "datasets": [{"name": "d", "source": {"samples": "skimage"}}],
@@ -164,7 +165,7 @@ def test_a_metric_sees_each_samples_reference_once_with_its_coded_versions():
 
     rows = [{"dataset": "d", "sample_id": s, "codec": "jpeg", "setting": q, "error": None, "original": RGB(x), "decoded": RGB(jpeg(x, q))}
             for s, x in refs.items() for q in (5, 30, 80)]
-    rows = [pickle.loads(pickle.dumps(r)) for r in rows]  # as Ray's transport delivers them
+    rows = [pickle.loads(pickle.dumps(r)) for r in rows]  # a distinct original per row
 
     seen = []
     stage = Measure(job, device="cpu")
@@ -184,8 +185,8 @@ def test_a_metric_sees_each_samples_reference_once_with_its_coded_versions():
         net.net.forward = original_forward
     assert calls == [1, 3, 1, 3]  # per sample: its reference once, its 3 versions in one batch
     with torch.inference_mode():
-        for r in out:  # the lpips package's own forward on each pair
-            direct = float(net(tensor([r["original"].pixels], "cpu"), tensor([r["decoded"].pixels], "cpu")).item())
+        for r in out:  # the lpips package's own scaling and forward on each pair
+            direct = float(net(lpips.im2tensor(r["original"].pixels), lpips.im2tensor(r["decoded"].pixels)).item())
             assert r["lpips"] == pytest.approx(direct, abs=1e-6)
 
 

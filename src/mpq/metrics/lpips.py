@@ -158,11 +158,6 @@ def scaled(x):
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def tensor(images: list[np.ndarray], device: str):
-    """HWC uint8 images of one shape → NCHW float in lpips' [-1, 1]."""
-    return scaled(stack(images, device))
-
-
 def features(net, x) -> list:
     import lpips
 
