@@ -49,9 +49,10 @@ def run(
         _fail(str(exc))
     except (AssetUnavailable, OSError, ValueError) as exc:  # OSError: an output that cannot be written
         _fail(f"{job_file}: {exc}")
+    head = f" ({stats.head_start} of them in mpq's own worker while Ray started)" if stats.head_start else ""
     typer.echo(
         f"{stats.written} rows written ({stats.errors} with errors), {stats.already_done} already there; "
-        f"{stats.samples} samples in {stats.seconds:.0f} s; results in {out}/results"
+        f"{stats.samples} samples in {stats.seconds:.0f} s{head}; results in {out}/results"
     )
     print_summary(read_results(out))
 

@@ -33,6 +33,7 @@ class RunStats:
     errors: int
     seconds: float = 0.0  # from the plan to the last row written
     startup_seconds: float = 0.0  # until the first result rows arrived (engine start, model loading)
+    head_start: int = 0  # samples worked in this machine's own worker while Ray started (headstart.py)
 
 
 def job_assets(job: JobSpec | Job) -> list[Asset]:
@@ -88,6 +89,7 @@ def run_job(
         work = count(planner, todo)
         finalize = Finalize(job, store.run_id)
         cache = EncodedCache(output) if spec.cache else None
+        head = None
         if not work.samples:
             stream: Iterator[pa.Table] = iter(())
         elif engine == "serial":
@@ -95,12 +97,18 @@ def run_job(
 
             stream = run_serial(job, iter_items(planner, todo), finalize, cache, output)
         else:
-            from mpq.engine.ray import run_ray
+            from mpq.engine import headstart
 
-            stream = run_ray(spec, planner, todo, finalize, address, cache, output)
+            if headstart.wanted(address, todo):
+                stream = head = headstart.HeadStart(spec, planner, todo, finalize, cache, output)
+            else:
+                from mpq.engine.ray import run_ray
+
+                stream = run_ray(spec, planner, todo, finalize, address, cache, output)
         written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{spec.name} ({engine})")
     end = time.monotonic()
-    return RunStats(output, work.samples, work.done, work.rows, written, errors, end - start, (first or end) - start)
+    return RunStats(output, work.samples, work.done, work.rows, written, errors, end - start, (first or end) - start,
+                    head.samples if head else 0)
 
 
 def _sink(

@@ -38,13 +38,10 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-# Ray's `uv run` hook would rebuild a virtualenv in every worker; local workers already
-# share this interpreter and cluster jobs get theirs from `mpq-ray submit`'s runtime_env.
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-
 from ray.data import Datasource, ReadTask
 
 from mpq.cache import EncodedCache
+from mpq.engine.headstart import Claims
 from mpq.engine.inflight import InFlight
 from mpq.engine.plan import CHUNK, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
@@ -234,18 +231,39 @@ def _few_malloc_arenas() -> None:
 def init_ray(address: str | None = None) -> None:
     import ray
 
+    from mpq.engine.headstart import starts_own_cluster
+
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
+    own = starts_own_cluster(address)
     _few_malloc_arenas()  # before ray.init starts the core worker's threads
     ray.init(
-        address=address or os.environ.get("RAY_ADDRESS"),
+        address="local" if own else address,
         logging_level="ERROR",
         # Workers' output (models' download and conversion bars...) stays in their log files
         # in Ray's log folder; mpq reports what went wrong with a sample in its row.
         log_to_driver=verbose(),
-        include_dashboard=None,
+        # A cluster of the run's own shows no dashboard unless --verbose: mpq shows its progress,
+        # and the dashboard's 9 processes took 3 s of Ray's 10 s start on 2 cores.
+        include_dashboard=verbose() if own else None,
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
     )
+
+
+def start_ray(address: str | None = None) -> None:
+    """The cluster, and Ray Data set to keep its progress bars and notes to itself."""
+    import ray.data
+
+    init_ray(address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # mpq shows its own
+    ctx.print_on_execution_start = False
+    if not verbose():  # Ray Data's notes go to its log file (ray-data.log) only
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"ray\.data\.")  # e.g. fewer samples than actors
 
 
 # A line of Ray's C++ log ("[2026-01-01 12:00:00,000 E 123 123] core_worker.cc:2465: ...").
@@ -289,9 +307,9 @@ class PlanDatasource(Datasource):
     """The plan as a Ray Data source: each read task plans a part of the shards (``Planner.items``,
     one read of the results for the part), and its block of plan items is split a shard a block."""
 
-    def __init__(self, planner: Planner, plan: list[Shard], readers: int):
+    def __init__(self, planner: Planner, plan: list[Shard], readers: int, claims: Claims | None = None):
         super().__init__()
-        self.planner = planner
+        self.planner, self.claims = planner, claims
         # Parts of `size` shards of one dataset (at most CHUNK, and enough parts to keep the
         # readers busy), the datasets taking turns as they do in the plan.
         self.size = max(1, min(CHUNK, math.ceil(len(plan) / readers)))
@@ -307,9 +325,11 @@ class PlanDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
         from ray.data.block import BlockMetadata
 
-        planner = self.planner
+        planner, claims = self.planner, self.claims
 
         def read(part: list[Shard]) -> Iterator[pa.Table]:
+            if claims is not None:  # a head start may have taken some (headstart.py)
+                part = [shard for shard in part if claims.take(shard)]
             items = [item for shard in planner.items(part) for item in shard]
             if items:
                 yield _pack(items)
@@ -320,11 +340,11 @@ class PlanDatasource(Datasource):
         ]
 
 
-def plan_dataset(planner: Planner, plan: list[Shard], readers: int):
+def plan_dataset(planner: Planner, plan: list[Shard], readers: int, claims: Claims | None = None):
     """The plan's blocks, read by at most ``readers`` read tasks at a time."""
     import ray.data
 
-    source = PlanDatasource(planner, plan, readers)
+    source = PlanDatasource(planner, plan, readers, claims)
     # A read task's output is one block (Ray Data joins what it yields), which Ray Data splits
     # into equal parts to make the number of blocks asked for: a block per shard.
     return ray.data.read_datasource(
@@ -334,23 +354,13 @@ def plan_dataset(planner: Planner, plan: list[Shard], readers: int):
 
 def run_ray(
     job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, address: str | None = None,
-    cache: EncodedCache | None = None, output: str | None = None,
+    cache: EncodedCache | None = None, output: str | None = None, claims: Claims | None = None,
 ) -> Iterator[pa.Table]:
-    import ray
-    import ray.data
-
-    init_ray(address)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # mpq shows its own
-    ctx.print_on_execution_start = False
-    if not verbose():  # Ray Data's notes go to its log file (ray-data.log) only
-        for handler in logging.getLogger("ray.data").handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", module=r"ray\.data\.")  # e.g. fewer samples than actors
+    """``claims``: shards are worked only where taken (a head start works some of them)."""
+    start_ray(address)
     with _without_native_log_lines():
         for window in chunks(plan, WINDOW):
-            ds = _dataset(job, planner, window, finalize, cache, output)
+            ds = _dataset(job, planner, window, finalize, cache, output, claims)
             yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
             # Its stats with it before the next window starts: the execution's objects hold
             # reference cycles, which only a full collection (rare by itself) frees.
@@ -360,6 +370,7 @@ def run_ray(
 
 def _dataset(
     job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, cache: EncodedCache | None, output: str | None,
+    claims: Claims | None,
 ):
     """The stage graph as a Ray Data dataset, placed on what the cluster has."""
     import ray
@@ -381,7 +392,7 @@ def _dataset(
     # pools may all hold. Taking none, every read task would run at once, each in a worker
     # process of its own that imports Ray Data and mpq (the smoke job: 28 processes on 2 CPUs,
     # beside the actors loading their models); a few at a time plan fast enough.
-    ds = plan_dataset(planner, plan, readers=max(1, int(cluster.get("CPU", 0)) // 8))
+    ds = plan_dataset(planner, plan, readers=max(1, int(cluster.get("CPU", 0)) // 8), claims=claims)
     ds = ds.map_batches(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache, cpu_codecs, "cpu")], "finalize": None if groups else finalize,
                          "in_flight": in_flight(0)},

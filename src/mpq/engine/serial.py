@@ -19,20 +19,28 @@ from mpq.spec import JobSpec
 TRIES = 2  # the first try, and once more on resume
 
 
+class SerialWork:
+    """The stages, built once (models load at their first use), run on one plan item at a time."""
+
+    def __init__(self, job: JobSpec | Job, finalize: Finalize, cache: EncodedCache | None = None, output: str | None = None):
+        job = resolve(job)
+        self.stages: list[Callable] = [Load(job), Encode(job, cache), *(Predict(job, t) for t in job.tasks), Measure(job)]
+        self.finalize = finalize
+        self.in_flight = InFlight(output, TRIES) if output is not None else None
+
+    def work(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for stage in self.stages:
+            rows = stage(rows)
+        return rows
+
+    def __call__(self, item: dict[str, Any]) -> pa.Table:
+        return self.finalize(self.in_flight.run([item], self.work) if self.in_flight else self.work([item]))
+
+
 def run_serial(
     job: JobSpec | Job, items: Iterable[dict[str, Any]], finalize: Finalize, cache: EncodedCache | None = None,
     output: str | None = None,
 ) -> Iterator[pa.Table]:
-    job = resolve(job)
-    load, encode, measure = Load(job), Encode(job, cache), Measure(job)
-    predictors = [Predict(job, task_id) for task_id in job.tasks]
-    stages: list[Callable] = [load, encode, *predictors, measure]
-    in_flight = InFlight(output, TRIES) if output is not None else None
-
-    def work(rows):
-        for stage in stages:
-            rows = stage(rows)
-        return rows
-
+    work = SerialWork(job, finalize, cache, output)
     for item in items:
-        yield finalize(in_flight.run([item], work) if in_flight else work([item]))
+        yield work(item)
