@@ -33,10 +33,11 @@ def child(job_file: str, engine: str, output: str) -> dict:
     first = {}
 
     def first_rows(stream, store, lease, expected, progress, label):
-        table = next(iter(stream))
+        tables = iter(stream)
+        table = next(tables)
         first["at"] = time.time()
         store.write(table)
-        stream.close()  # the rest of the job is not start-up
+        tables.close()  # the rest of the job is not start-up
         return table.num_rows, 0, time.monotonic()
 
     runner._sink = first_rows

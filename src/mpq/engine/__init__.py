@@ -7,3 +7,8 @@ import os
 # workers then exit); local workers already share this interpreter, and cluster jobs get
 # theirs from `mpq-ray submit`'s runtime_env.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def verbose() -> bool:
+    """`mpq-ray run --verbose`: Ray's and the models' own output reaches the terminal too."""
+    return os.environ.get("MPQ_VERBOSE", "") not in ("", "0")

@@ -31,6 +31,7 @@ from urllib.parse import quote
 import pyarrow as pa
 
 from mpq.cache import EncodedCache
+from mpq.engine import verbose
 from mpq.engine.plan import Planner, Shard
 from mpq.engine.stages import Finalize
 from mpq.spec import JobSpec
@@ -221,19 +222,20 @@ class HeadStart:
         self.samples = 0
 
     def __iter__(self) -> Iterator[pa.Table]:
-        from mpq.engine.ray import verbose
-
         folder = tempfile.mkdtemp(prefix="mpq-claims-")
         claims = Claims(folder)
         worker = LocalWorker(self.spec, self.finalize, self.output, quiet=not verbose())
-        worker._start()  # first: its imports and models load while Ray starts
-        starting = _RayStart()
+        starting: _RayStart | None = None
         taken: set[Shard] = set()
         ray_rows: _Background | None = None
         try:
             try:
                 for shard in reversed(self.plan):
-                    if ray_rows is None and starting.done():
+                    # Ray starts once the worker has its first rows: on a small machine the two
+                    # starts would share its cores, and the first rows come later.
+                    if starting is None and self.samples:
+                        starting = _RayStart()
+                    if ray_rows is None and starting is not None and starting.done():
                         ray_rows = self._ray(starting, taken, claims)
                     if ray_rows is not None and ray_rows.arrived():
                         break
@@ -246,8 +248,8 @@ class HeadStart:
                             yield worker.run(items)
             finally:
                 worker.close()  # its models with it
-            if ray_rows is None:
-                ray_rows = self._ray(starting, taken, claims)
+            if ray_rows is None and len(taken) < len(self.plan):
+                ray_rows = self._ray(starting or _RayStart(), taken, claims)
             if ray_rows is not None:
                 yield from ray_rows
         finally:

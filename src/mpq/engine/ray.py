@@ -41,6 +41,7 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 
 from mpq.cache import EncodedCache
+from mpq.engine import verbose
 from mpq.engine.headstart import Claims
 from mpq.engine.inflight import InFlight
 from mpq.engine.plan import CHUNK, Planner, Shard, chunks
@@ -210,11 +211,6 @@ def _available(resource: str) -> bool:
     except Exception:  # no autoscaler, or an older Ray
         most = {}
     return most.get(resource, 0) > 0
-
-
-def verbose() -> bool:
-    """`mpq-ray run --verbose`: Ray's and the models' own output reaches the terminal too."""
-    return os.environ.get("MPQ_VERBOSE", "") not in ("", "0")
 
 
 def _few_malloc_arenas() -> None:
