@@ -178,7 +178,7 @@ class DoneKeys:
                 continue
             if sample_ids is not None:
                 table = table.filter(pc.is_in(table.column("sample_id"), pa.array(list(sample_ids), pa.string())))
-            out.update(zip(itertools.repeat(name), *(table.column(c).to_pylist() for c in KEY[1:])))
+            out.update(zip(itertools.repeat(name), *(table.column(c).cast(pa.string()).to_pylist() for c in KEY[1:])))
         return out
 
 
