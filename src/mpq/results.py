@@ -16,9 +16,11 @@ keep each key's last row.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -34,6 +36,7 @@ from mpq.codecs.target import COLUMNS as TARGET_COLUMNS
 KEY = ("dataset", "sample_id", "codec", "setting", "task")
 BASELINE = "none"  # codec name of the uncompressed baseline row (setting "")
 INFRA_PREFIX = "infra: "  # an error the machine caused (out of memory, a lost worker), not the sample
+READERS = 16  # results files read at once for their done keys
 # mpq 0.1.0's encoded cache stored audio as an object pointer and failed reading it back.
 OLD_CACHE_ERROR = "cannot create an OBJECT array from memory buffer"
 
@@ -206,7 +209,9 @@ class ResultStore:
         """The keys written in ``files`` (default: every results file) that are done: in a file that
         has every column in ``required[dataset]`` (metric columns), except rows whose error is
         ``retryable`` and rows of an mpq older than ``COMPATIBLE_SINCE``. Each file is read once."""
-        tables = [self._done_rows(path, required or {}) for path in (self.files() if files is None else files)]
+        paths = self.files() if files is None else files
+        with ThreadPoolExecutor(READERS) as pool:  # on object storage a read is requests: many at once
+            tables = list(pool.map(functools.partial(self._done_rows, required=required or {}), paths))
         table = pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in KEY})
         by_dataset = {}
         for name in table.column("dataset").unique().to_pylist():
