@@ -162,7 +162,11 @@ def setting_str(setting) -> str:
 
 def _passing(column: pa.ChunkedArray, test) -> pa.ChunkedArray:
     """Where ``test`` holds of the value (a null included), asked once per distinct value."""
-    return pc.is_in(column, pa.array([v for v in column.unique().to_pylist() if test(v)], column.type))
+    values = [v for v in column.unique().to_pylist() if test(v)]
+    return pc.is_in(column, pa.array(values, getattr(column.type, "value_type", column.type)))
+
+
+_KEYS = pa.schema([(c, pa.dictionary(pa.int32(), pa.string())) for c in KEY])
 
 
 class DoneKeys:
@@ -212,23 +216,24 @@ class ResultStore:
         paths = self.files() if files is None else files
         with ThreadPoolExecutor(READERS) as pool:  # on object storage a read is requests: many at once
             tables = list(pool.map(functools.partial(self._done_rows, required=required or {}), paths))
-        table = pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in KEY})
+        table = pa.concat_tables(tables).unify_dictionaries() if tables else _KEYS.empty_table()
         by_dataset = {}
         for name in table.column("dataset").unique().to_pylist():
-            some = table.filter(pc.equal(table.column("dataset"), name)).combine_chunks()
-            by_dataset[name] = pa.table({c: pc.dictionary_encode(some.column(c)) for c in KEY[1:]})
+            by_dataset[name] = table.filter(pc.equal(table.column("dataset"), name)).select(KEY[1:]).combine_chunks()
+        del tables, table
+        pa.default_memory_pool().release_unused()  # the files' buffers (mimalloc keeps them otherwise)
         return DoneKeys(by_dataset)
 
     def _done_rows(self, path: str, required: dict[str, set[str]]) -> pa.Table:
         with self.fs.open_input_file(path) as f:
-            parquet = pq.ParquetFile(f)
+            parquet = pq.ParquetFile(f, read_dictionary=KEY)  # as the file holds them: compact
             has = set(parquet.schema_arrow.names)
             table = parquet.read(columns=list(KEY) + [c for c in ("error", "mpq_version") if c in has])
         mask = _passing(table.column("dataset"), lambda d: d is not None and required.get(d, set()) <= has)
         if "error" in has:
             mask = pc.and_(mask, pc.invert(_passing(table.column("error"), retryable)))
         mask = pc.and_(mask, _passing(table.column("mpq_version"), current) if "mpq_version" in has else pa.repeat(False, table.num_rows))
-        return table.filter(mask).select(list(KEY)).cast(pa.schema([(c, pa.string()) for c in KEY]))
+        return table.filter(mask).select(list(KEY)).cast(_KEYS)
 
     def done_keys(
         self, required: dict[str, set[str]] | None = None, files: list[str] | None = None,
