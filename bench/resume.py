@@ -103,6 +103,7 @@ def main() -> None:
 
         planning._done.cache_clear()
         gc.collect()
+        pa.default_memory_pool().release_unused()
         arrow, before = pa.total_allocated_bytes(), psutil.Process().memory_info().rss
         done = planner.done()
         arrow = pa.total_allocated_bytes() - arrow

@@ -235,12 +235,9 @@ class ResultStore:
         mask = pc.and_(mask, _passing(table.column("mpq_version"), current) if "mpq_version" in has else pa.repeat(False, table.num_rows))
         return table.filter(mask).select(list(KEY)).cast(_KEYS)
 
-    def done_keys(
-        self, required: dict[str, set[str]] | None = None, files: list[str] | None = None,
-        dataset: str | None = None, sample_ids: set[str] | None = None,
-    ) -> set[tuple[str, ...]]:
-        """The keys ``done`` finds, only of ``dataset`` and ``sample_ids`` when given."""
-        return self.done(required, files).keys(dataset, sample_ids)
+    def done_keys(self, required: dict[str, set[str]] | None = None, files: list[str] | None = None) -> set[tuple[str, ...]]:
+        """The keys ``done`` finds, as tuples."""
+        return self.done(required, files).keys()
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
