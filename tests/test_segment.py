@@ -106,7 +106,7 @@ def test_hf_source_reads_label_maps_unconverted(ade_like):
     source = registry.get("source", "hf")(registry.get("source", "hf").Options(hf=str(ade_like), label_map="annotation"))
     assert source.ids() == ["0", "1", "2", "3"]
     s = source.load("1")
-    assert s.media.pixels.shape == (H, W, 3) and s.conversion == "L → RGB"
+    assert s.media.pixels.shape == (H, W, 3) and s.media.conversion == "L → RGB"
     assert s.target.shape == (H, W) and set(np.unique(s.target)) <= {0, 1, 2, 3}
     with pytest.raises(Exception, match="label map is"):
         source.load("3")
@@ -237,7 +237,7 @@ def test_a_label_map_turns_with_its_exif_rotated_image(tmp_path):
     ds.to_parquet(root / "data" / "validation-00000-of-00001.parquet")
     source = registry.get("source", "hf")(registry.get("source", "hf").Options(hf=str(root), label_map="annotation"))
     s = source.load("0")
-    assert (s.media.height, s.media.width, s.media.orientation) == (W, H, 6) and "EXIF orientation 6" in s.conversion
+    assert (s.media.height, s.media.width, s.media.orientation) == (W, H, 6) and "EXIF orientation 6" in s.media.conversion
     assert np.array_equal(s.media.pixels[..., 0], s.target * 100)
 
 

@@ -71,11 +71,11 @@ def fetch(
         for var in ("HF_HUB_CACHE", "HF_DATASETS_CACHE"):  # would win over HF_HOME
             os.environ.pop(var, None)
     from mpq.components import AssetUnavailable
-    from mpq.runner import job_assets
+    from mpq.job import resolve
     from mpq.spec import JobSpecError, load_job
 
     try:
-        assets = job_assets(load_job(job_file))
+        assets = resolve(load_job(job_file)).assets()
     except JobSpecError as exc:
         _fail(str(exc))
     failed = []

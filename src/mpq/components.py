@@ -114,12 +114,11 @@ class ClassTarget:
 
 @dataclass
 class Sample:
-    """One input sample: media converted to the canonical form, and the task target."""
+    """One input sample: media converted to the canonical form (its ``conversion`` says how), and the task target."""
 
     sample_id: str
     media: Media  # an Image or Audio, as the source's modality says
     target: Any = None  # class name for classification; label map, transcript, stems for others
-    conversion: str | None = None
 
 
 class Source(Component):

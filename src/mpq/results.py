@@ -16,13 +16,17 @@ keep each key's last row.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -32,6 +36,7 @@ from mpq.codecs.target import COLUMNS as TARGET_COLUMNS
 KEY = ("dataset", "sample_id", "codec", "setting", "task")
 BASELINE = "none"  # codec name of the uncompressed baseline row (setting "")
 INFRA_PREFIX = "infra: "  # an error the machine caused (out of memory, a lost worker), not the sample
+READERS = 16  # results files read at once for their done keys
 # mpq 0.1.0's encoded cache stored audio as an object pointer and failed reading it back.
 OLD_CACHE_ERROR = "cannot create an OBJECT array from memory buffer"
 
@@ -155,6 +160,35 @@ def setting_str(setting) -> str:
     return "" if setting is None else str(setting)
 
 
+def _passing(column: pa.ChunkedArray, test) -> pa.ChunkedArray:
+    """Where ``test`` holds of the value (a null included), asked once per distinct value."""
+    values = [v for v in column.unique().to_pylist() if test(v)]
+    return pc.is_in(column, pa.array(values, getattr(column.type, "value_type", column.type)))
+
+
+_KEYS = pa.schema([(c, pa.dictionary(pa.int32(), pa.string())) for c in KEY])
+
+
+class DoneKeys:
+    """The done keys of some results files, held compactly (a resumed job's planning asks for
+    a part's samples again and again): per dataset, its rows' (sample_id, codec, setting, task),
+    each column dictionary-encoded, about 16 bytes a row besides the distinct values."""
+
+    def __init__(self, by_dataset: dict[str, pa.Table]):
+        self.by_dataset = by_dataset
+
+    def keys(self, dataset: str | None = None, sample_ids: set[str] | None = None) -> set[tuple[str, ...]]:
+        """The done keys, only of ``dataset`` and ``sample_ids`` when given."""
+        out: set[tuple[str, ...]] = set()
+        for name, table in self.by_dataset.items():
+            if dataset is not None and name != dataset:
+                continue
+            if sample_ids is not None:
+                table = table.filter(pc.is_in(table.column("sample_id"), pa.array(list(sample_ids), pa.string())))
+            out.update(zip(itertools.repeat(name), *(table.column(c).cast(pa.string()).to_pylist() for c in KEY[1:])))
+        return out
+
+
 @dataclass
 class ResultStore:
     """Parquet files under ``<output>/results``; ``output`` is a local path or an fsspec/Arrow URI."""
@@ -175,33 +209,35 @@ class ResultStore:
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
-    def done_keys(
-        self, required: dict[str, set[str]] | None = None, files: list[str] | None = None,
-        dataset: str | None = None, sample_ids: set[str] | None = None,
-    ) -> set[tuple[str, ...]]:
-        """Keys written in a file that has every column in ``required[dataset]`` (metric columns),
-        except rows whose error is ``retryable`` and rows of an mpq older than ``COMPATIBLE_SINCE``;
-        of ``files`` (default: every results file), and only of ``dataset`` and ``sample_ids``
-        when given (a shard's plan)."""
-        import pyarrow.compute as pc
+    def done(self, required: dict[str, set[str]] | None = None, files: list[str] | None = None) -> DoneKeys:
+        """The keys written in ``files`` (default: every results file) that are done: in a file that
+        has every column in ``required[dataset]`` (metric columns), except rows whose error is
+        ``retryable`` and rows of an mpq older than ``COMPATIBLE_SINCE``. Each file is read once."""
+        paths = self.files() if files is None else files
+        with ThreadPoolExecutor(READERS) as pool:  # on object storage a read is requests: many at once
+            tables = list(pool.map(functools.partial(self._done_rows, required=required or {}), paths))
+        table = pa.concat_tables(tables).unify_dictionaries() if tables else _KEYS.empty_table()
+        by_dataset = {}
+        for name in table.column("dataset").unique().to_pylist():
+            by_dataset[name] = table.filter(pc.equal(table.column("dataset"), name)).select(KEY[1:]).combine_chunks()
+        del tables, table
+        pa.default_memory_pool().release_unused()  # the files' buffers (mimalloc keeps them otherwise)
+        return DoneKeys(by_dataset)
 
-        keys: set[tuple[str, ...]] = set()
-        for path in self.files() if files is None else files:
-            with self.fs.open_input_file(path) as f:
-                parquet = pq.ParquetFile(f)
-                has = set(parquet.schema_arrow.names)
-                table = parquet.read(columns=list(KEY) + [c for c in ("error", "mpq_version") if c in has])
-            if dataset is not None:
-                mask = pc.equal(table.column("dataset"), dataset)
-                if sample_ids is not None:
-                    mask = pc.and_(mask, pc.is_in(table.column("sample_id"), pa.array(sorted(sample_ids), pa.string())))
-                table = table.filter(mask)
-            datasets = {d for d in table.column("dataset").unique().to_pylist() if (required or {}).get(d, set()) <= has}
-            errors = table.column("error").to_pylist() if "error" in has else [None] * table.num_rows
-            versions = table.column("mpq_version").to_pylist() if "mpq_version" in has else [None] * table.num_rows
-            rows = zip(*(table.column(c).to_pylist() for c in KEY))
-            keys.update(k for k, e, v in zip(rows, errors, versions) if k[0] in datasets and not retryable(e) and current(v))
-        return keys
+    def _done_rows(self, path: str, required: dict[str, set[str]]) -> pa.Table:
+        with self.fs.open_input_file(path) as f:
+            parquet = pq.ParquetFile(f, read_dictionary=KEY)  # as the file holds them: compact
+            has = set(parquet.schema_arrow.names)
+            table = parquet.read(columns=list(KEY) + [c for c in ("error", "mpq_version") if c in has])
+        mask = _passing(table.column("dataset"), lambda d: d is not None and required.get(d, set()) <= has)
+        if "error" in has:
+            mask = pc.and_(mask, pc.invert(_passing(table.column("error"), retryable)))
+        mask = pc.and_(mask, _passing(table.column("mpq_version"), current) if "mpq_version" in has else pa.repeat(False, table.num_rows))
+        return table.filter(mask).select(list(KEY)).cast(_KEYS)
+
+    def done_keys(self, required: dict[str, set[str]] | None = None, files: list[str] | None = None) -> set[tuple[str, ...]]:
+        """The keys ``done`` finds, as tuples."""
+        return self.done(required, files).keys()
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from mpq.components import Asset, AssetUnavailable
+from mpq.components import AssetUnavailable
 from mpq.cache import EncodedCache
 from mpq.engine.plan import Planner, count, iter_items, shards
 from mpq.engine.stages import Finalize
@@ -34,11 +34,6 @@ class RunStats:
     seconds: float = 0.0  # from the plan to the last row written
     startup_seconds: float = 0.0  # until the first result rows arrived (engine start, model loading)
     head_start: int = 0  # samples worked in this machine's own worker while Ray started (headstart.py)
-
-
-def job_assets(job: JobSpec | Job) -> list[Asset]:
-    """Every model, checkpoint and dataset the job's components download, each once."""
-    return resolve(job).assets()
 
 
 def required_metric_columns(job: Job) -> dict[str, set[str]]:

@@ -23,6 +23,7 @@ from scipy.interpolate import PchipInterpolator
 from scipy.optimize import isotonic_regression
 
 from mpq.analysis.correlation import N_RESAMPLES
+from mpq.analysis.paired import cluster_resamples
 from mpq.analysis.tables import load, ok_rows
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
@@ -109,9 +110,6 @@ def _pairs(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], m
     return out
 
 
-_CHUNK_ROWS = 200_000  # resampled rows held in memory at once
-
-
 def bd_rates(
     results: str | pl.DataFrame,
     min_settings: int = MIN_SETTINGS,
@@ -141,21 +139,13 @@ def bd_rates(
         codecs = {name: codecs[name] for name in sorted(codecs) if len(codecs[name]) > 1}
         values = {name: _pairs(point[(name,)], codecs[name], min_overlap) for name in codecs}
         boot: dict[tuple, list[float]] = {(name, *pair): [] for name in codecs for pair in values[name]}
-        if codecs and n_resamples > 0:
-            ids, member = np.unique(group["sample_id"].to_numpy(), return_inverse=True)
-            draws = np.random.default_rng(seed).integers(0, len(ids), size=(n_resamples, len(ids)))
-            step = max(1, _CHUNK_ROWS // group.height)
-            for start in range(0, n_resamples, step):
-                # The rows of resamples start.. as one frame, told apart by _b.
-                times = [np.bincount(d, minlength=len(ids))[member] for d in draws[start : start + step]]
-                take = np.concatenate([np.repeat(np.arange(group.height), t) for t in times])
-                label = np.repeat(np.arange(len(times)), [t.sum() for t in times])
-                resampled = _curves(group[take].with_columns(_b=pl.Series(label)), ["_b"])
-                for b in range(len(times)):
-                    for name in codecs:
-                        for pair, (value, _) in _pairs(resampled.get((b, name), {}), codecs[name], min_overlap).items():
-                            if value is not None:
-                                boot[name, *pair].append(value)
+        for labels, frame in cluster_resamples(group, n_resamples if codecs else 0, seed):
+            resampled = _curves(frame, ["_b"])
+            for b in labels:
+                for name in codecs:
+                    for pair, (value, _) in _pairs(resampled.get((b, name), {}), codecs[name], min_overlap).items():
+                        if value is not None:
+                            boot[name, *pair].append(value)
         for name in codecs:
             for (anchor, test), (value, note) in values[name].items():
                 row = {"dataset": dataset, "task": task, "score_name": name, "anchor": anchor, "test": test,

@@ -88,14 +88,28 @@ def common_samples(rows: pl.DataFrame, labels: list[str], by: str = "_c") -> pl.
     return rows.join(shared.select("sample_id"), on="sample_id", how="semi")
 
 
+def cluster_resamples(rows: pl.DataFrame, n_resamples: int, seed: int):
+    """Resamples of sample ids with replacement (a drawn sample's rows go together; ids
+    sorted, one draw of shape (n_resamples, ids)), a chunk at a time: (labels, frame), the
+    rows of resamples ``labels`` as one frame, each row's resample in its column ``_b``."""
+    ids, member = np.unique(rows["sample_id"].to_numpy(), return_inverse=True)
+    if n_resamples <= 0 or not len(ids):
+        return
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(n_resamples, len(ids)))
+    step = max(1, _CHUNK_ROWS // rows.height)
+    for start in range(0, n_resamples, step):
+        times = [np.bincount(d, minlength=len(ids))[member] for d in draws[start : start + step]]
+        take = np.concatenate([np.repeat(np.arange(rows.height), t) for t in times])
+        labels = range(start, start + len(times))
+        yield labels, rows[take].with_columns(_b=pl.Series(np.repeat(labels, [t.sum() for t in times])))
+
+
 def joint_bootstrap(rows: pl.DataFrame, by: str = "_c", n_resamples: int = N_RESAMPLES, seed: int = 0):
     """Every split-level score of every condition (values of column ``by``) of one dataset
     and task, on all the rows and on each of ``n_resamples`` resamples of sample ids (the
     rows of a drawn sample under every condition go together; ids sorted, one draw of shape
     (n_resamples, ids)). Returns (point, boot): ``point[label][score_name]`` a float (NaN
     where the task gives none), ``boot[label][score_name]`` an array of n_resamples."""
-    ids, member = np.unique(rows["sample_id"].to_numpy(), return_inverse=True)
-
     def scores(agg: pl.DataFrame, keys: list[str]) -> tuple[pl.DataFrame, list[str]]:
         names = [c for c in agg.columns if c not in keys]
         return agg.with_columns(pl.col(names).cast(pl.Float64, strict=False).fill_null(float("nan"))), names
@@ -103,15 +117,8 @@ def joint_bootstrap(rows: pl.DataFrame, by: str = "_c", n_resamples: int = N_RES
     agg, names = scores(task_aggregates(rows, [by]), [by])
     point = {row[by]: {n: row[n] for n in names} for row in agg.iter_rows(named=True)}
     boot = {label: {n: np.full(n_resamples, np.nan) for n in names} for label in point}
-    if n_resamples <= 0 or not len(ids):
-        return point, boot
-    draws = np.random.default_rng(seed).integers(0, len(ids), size=(n_resamples, len(ids)))
-    step = max(1, _CHUNK_ROWS // rows.height)
-    for start in range(0, n_resamples, step):
-        times = [np.bincount(d, minlength=len(ids))[member] for d in draws[start : start + step]]
-        take = np.concatenate([np.repeat(np.arange(rows.height), t) for t in times])
-        label = np.repeat(np.arange(start, start + len(times)), [t.sum() for t in times])
-        agg, got = scores(task_aggregates(rows[take].with_columns(_b=pl.Series(label)), ["_b", by]), ["_b", by])
+    for _, resampled in cluster_resamples(rows, n_resamples, seed):
+        agg, got = scores(task_aggregates(resampled, ["_b", by]), ["_b", by])
         for row in agg.iter_rows(named=True):
             for n in got:
                 if n in boot[row[by]]:

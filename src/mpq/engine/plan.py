@@ -4,7 +4,9 @@ Nobody holds the whole plan. The driver cuts each dataset's ids into shards (ran
 positions in ``Source.ids()``, a few samples each); a shard is planned where it is read (a
 Ray Data read task, or the serial engine's loop), and checks only its own samples' keys
 against the results already written. The driver's memory therefore does not grow with the
-job, and a million-sample job starts as fast as a small one.
+job, and a million-sample job starts as fast as a small one. A resumed job's done keys are
+the exception: each process that plans reads them once, and holds them compactly (about
+16 bytes a row written; ``results.DoneKeys``), so that its parts do not read them again.
 
 Shards of the datasets take turns (one of each, then the next of each...): a dataset whose
 samples are slow (long music tracks) is then spread over the run instead of being its tail,
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from mpq.job import Dataset, Job, resolve
-from mpq.results import BASELINE, ResultStore, setting_str
+from mpq.results import BASELINE, DoneKeys, ResultStore, setting_str
 from mpq.spec import JobSpec
 
 # Samples per shard (and per block of the Ray engine), by the work one sample costs: images
@@ -59,21 +61,25 @@ def shards(job: JobSpec | Job, limit: int | None = None) -> list[Shard]:
     return [s for s in turns if s is not None]
 
 
+@functools.lru_cache(maxsize=1)  # the run's, held while the process lives (or plans another run)
+def _done(output: str, required: tuple[tuple[str, tuple[str, ...]], ...], files: tuple[str, ...]) -> DoneKeys:
+    return ResultStore(output).done({d: set(cols) for d, cols in required}, list(files))
+
+
 class Planner:
     """Plans shards: picklable, so Ray's read tasks carry it (the job travels as its spec and is
     resolved once per process, so sources are built and their ids listed once per process).
     ``files``: the results files when the run started (the keys done before it; this run's own
-    rows are never planned twice, each shard being planned once)."""
+    rows are never planned twice, each shard being planned once). Their done keys are read
+    once per process, at the first part planned, and kept for the other parts: every part
+    (a Ray read task) unpickles its own planner, so they are kept beside it, not in it."""
 
     def __init__(self, job: JobSpec | Job, output: str, required: dict[str, set[str]], files: list[str]):
         self.job, self.output, self.required, self.files = resolve(job), output, required, files
 
-    def __getstate__(self):  # not the cached store: each process opens its own
-        return {k: self.__dict__[k] for k in ("job", "output", "required", "files")}
-
-    @functools.cached_property
-    def store(self) -> ResultStore:
-        return ResultStore(self.output)
+    def done(self) -> DoneKeys:
+        required = tuple(sorted((d, tuple(sorted(cols))) for d, cols in self.required.items()))
+        return _done(self.output, required, tuple(self.files))
 
     def ids(self, shard: Shard) -> list[str]:
         return self.job.datasets[shard.dataset].source.id_range(shard.start, shard.stop)
@@ -88,16 +94,16 @@ class Planner:
     def items(self, shards: list[Shard]) -> list[list[dict[str, Any]]]:
         """Per shard, the plan items of its samples with work left: {dataset, sample_id, units:
         [(codec, setting, task ids)]}. A unit lists only the tasks whose rows are not written
-        yet, so an interrupted or extended job redoes nothing that was written. The results
-        are read once for all the shards given."""
+        yet, so an interrupted or extended job redoes nothing that was written."""
         ids = [self.ids(shard) for shard in shards]
         wanted: dict[str, set[str]] = {}
         for shard, some in zip(shards, ids):
             wanted.setdefault(shard.dataset, set()).update(some)
         done = set()
         if self.files:
+            index = self.done()
             for dataset, sample_ids in wanted.items():
-                done |= self.store.done_keys(self.required, self.files, dataset, sample_ids)
+                done |= index.keys(dataset, sample_ids)
         out = []
         for shard, some in zip(shards, ids):
             combos, task_ids = self.combos(shard.dataset)
@@ -119,10 +125,11 @@ def rows_of(item: dict[str, Any]) -> int:
     return sum(max(1, len(tasks)) for _, _, tasks in item["units"])
 
 
-CHUNK = 64  # shards planned together (one read of the results for all of them)
+CHUNK = 64  # shards planned together
 
 
-def chunks(plan: list[Shard], size: int = CHUNK) -> Iterator[list[Shard]]:
+def chunks(plan: list[Shard], size: int | None = None) -> Iterator[list[Shard]]:
+    size = size or CHUNK
     for i in range(0, len(plan), size):
         yield plan[i : i + size]
 

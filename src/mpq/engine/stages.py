@@ -55,7 +55,7 @@ class Load(_JobStage):
                 sample = dataset.source.load(item["sample_id"])
                 if not isinstance(sample.media, dataset.modality):
                     raise TypeError(f"the source gave {type(sample.media).__name__}, not {dataset.modality.__name__}")
-                base.update(original=sample.media, target=sample.target, conversion=sample.conversion)
+                base.update(original=sample.media, target=sample.target, conversion=sample.media.conversion)
                 base.update(sample.media.size())
                 if (limit := sample.media.too_large(self.job.spec)) is not None:
                     base.update(original=None, target=None, error=f"load: too large: {limit}")

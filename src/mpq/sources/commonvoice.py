@@ -48,7 +48,7 @@ class CommonVoice(Source):
         if not hasattr(self, "_sentences"):
             self._sentences = self._rows()
         audio = audio_from_bytes((self.root / "clips" / sample_id).read_bytes())
-        return Sample(sample_id, audio, target=self._sentences[sample_id], conversion=audio.conversion)
+        return Sample(sample_id, audio, target=self._sentences[sample_id])
 
     def describe(self) -> str:
         return f"commonvoice:{self.root.resolve()}/{self.options.split}"

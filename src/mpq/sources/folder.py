@@ -48,9 +48,9 @@ class FolderSource(Source):
         path = self.root / sample_id
         if self.modality == "audio":
             audio = audio_from_bytes(path.read_bytes())
-            return Sample(sample_id, audio, target=self._target(path), conversion=audio.conversion)
+            return Sample(sample_id, audio, target=self._target(path))
         img = image_from_bytes(path.read_bytes())
-        return Sample(sample_id, img, target=self._target(path), conversion=img.conversion)
+        return Sample(sample_id, img, target=self._target(path))
 
     def _target(self, path: Path) -> str | None:
         if self.options.labels == "parent":

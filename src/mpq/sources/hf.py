@@ -95,7 +95,7 @@ class HFSource(Source):
         row = ds[int(sample_id)]
         if self.modality == "audio":
             audio = _audio(row[self.column])
-            return Sample(sample_id, audio, target=self._label(ds, row), conversion=audio.conversion)
+            return Sample(sample_id, audio, target=self._label(ds, row))
         img = _image(row[self.column])
         if self.options.label_map:
             target = oriented(_label_map(row[self.options.label_map]), img.orientation)
@@ -103,7 +103,7 @@ class HFSource(Source):
                 raise MediaError(f"label map is {target.shape[1]}×{target.shape[0]}, image {img.width}×{img.height}")
         else:
             target = self._label(ds, row)
-        return Sample(sample_id, img, target=target, conversion=img.conversion)
+        return Sample(sample_id, img, target=target)
 
     def _label(self, ds, row: dict[str, Any]) -> Any:
         name = self.options.label

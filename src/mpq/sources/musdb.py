@@ -41,7 +41,7 @@ class MUSDB(Source):
         track = self.root / sample_id
         mixture = audio_from_bytes((track / "mixture.wav").read_bytes())
         stems = {name: audio_from_bytes((track / f"{name}.wav").read_bytes()) for name in STEMS}
-        return Sample(sample_id, mixture, target=stems, conversion=mixture.conversion)
+        return Sample(sample_id, mixture, target=stems)
 
     def describe(self) -> str:
         return f"musdb18hq:{self.root.resolve()}"

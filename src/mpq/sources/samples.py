@@ -117,7 +117,7 @@ class EmbeddedSamples(Source):
         name, _, copy = sample_id.partition(COPY_SEP)
         img = photo(name)
         target = name if self.options.samples == "skimage" else None
-        return Sample(sample_id, variant(img, int(copy or 0)), target=target, conversion=img.conversion)
+        return Sample(sample_id, variant(img, int(copy or 0)), target=target)
 
     def classes(self) -> list[ClassTarget] | None:
         if self.options.samples != "skimage":  # packaged photos carry no labels
