@@ -3,12 +3,14 @@
 Before its first row, a Ray run on a cluster it starts itself pays for Ray's own start: the
 cluster (GCS, raylet, agents), then a worker process per actor and per Ray Data helper actor,
 each importing Ray Data (about 25 s on 2 cores, where the serial engine has its first rows
-in 7). mpq's own start (torch, the models) only comes after. So, while Ray starts, one
-worker process of mpq's own works the plan's last shards the serial way, and hands its rows
-to the driver. Ray's read tasks and that worker claim each shard before working on it, so
-every shard is worked once; the worker stops at Ray's first rows. A sample that kills the
-worker costs it the way it costs a Ray worker (inflight.py): the worker starts again, and
-the sample's rows become ``worker died`` errors once its tries are used up.
+in 7). mpq's own start (torch, the models) only comes after. So one worker process of mpq's
+own works the plan's last shards the serial way and hands its rows to the driver; Ray
+starts once it has its first rows (on a small machine two starts at once share its cores,
+and both come later), and from then on the worker only takes the CPU Ray leaves idle. Ray's
+read tasks and that worker claim each shard before working on it, so every shard is worked
+once; the worker stops at Ray's first rows. A sample that kills the worker costs it the way
+it costs a Ray worker (inflight.py): the worker starts again, and the sample's rows become
+``worker died`` errors once its tries are used up.
 
 Only where the run starts its cluster here: a cluster given by ``--address``/``RAY_ADDRESS``
 (or one ``ray start`` left running) has paid its start already and may span machines, where
@@ -18,6 +20,7 @@ it off.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -37,7 +40,7 @@ from mpq.engine.stages import Finalize
 from mpq.spec import JobSpec
 
 
-NICE = 10
+NICE = 10  # the worker's, once Ray starts
 
 
 def starts_own_cluster(address: str | None) -> bool:
@@ -76,15 +79,12 @@ class Claims:
         return True
 
 
-def _serve(conn, spec: JobSpec, finalize: Finalize, output: str, quiet: bool) -> None:
+def _serve(conn, spec: JobSpec, finalize: Finalize, output: str, quiet: bool, nice: int) -> None:
     """The worker process: plan items in, their result rows out, until the driver hangs up."""
     from mpq.engine.serial import SerialWork
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    # Only the CPU that Ray's start leaves idle: Ray gives its processes fixed times to start
-    # (30 s for its agents), which a worker loading models beside them made it miss on a
-    # loaded 2-core machine.
-    os.nice(NICE)
+    os.nice(nice)
     if quiet:  # as Ray workers' output goes to their log files: models' bars and notes
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
@@ -104,12 +104,23 @@ class LocalWorker:
     def __init__(self, spec: JobSpec, finalize: Finalize, output: str, quiet: bool):
         self.args = (spec, finalize, output, quiet)
         self.conn = self.process = None
-        self.deaths = 0
+        self.deaths, self.nice = 0, 0
+
+    def yield_cpu(self) -> None:
+        """From now on, only the CPU that Ray's start leaves idle: Ray gives its processes fixed
+        times to start (30 s for its agents), which a worker loading models beside them made it
+        miss on a loaded 2-core machine. Every thread of the process (torch's too)."""
+        self.nice = NICE
+        if self.process is not None:
+            with contextlib.suppress(OSError):  # not Linux, or the process just ended
+                for thread in os.listdir(f"/proc/{self.process.pid}/task"):
+                    with contextlib.suppress(OSError):
+                        os.setpriority(os.PRIO_PROCESS, int(thread), max(NICE, os.getpriority(os.PRIO_PROCESS, int(thread))))
 
     def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, *self.args), name="mpq-head-start", daemon=True)
+        self.process = ctx.Process(target=_serve, args=(child, *self.args, self.nice), name="mpq-head-start", daemon=True)
         self.process.start()
         child.close()  # the child's end lives in the child only: its death reads as EOF here
 
@@ -204,12 +215,14 @@ class _Background:
             yield value
 
     def close(self) -> None:
+        """Stops pulling: at once, or when Ray hands over its next table (at most 10 s; the thread
+        is a daemon)."""
         self.stop.set()
-        while self.thread.is_alive():  # unblock a put waiting on a full queue
-            try:
+        for _ in range(20):
+            if not self.thread.is_alive():
+                return
+            with contextlib.suppress(queue.Empty):  # unblock a put waiting on a full queue
                 self.out.get(timeout=0.5)
-            except queue.Empty:
-                pass
 
 
 class HeadStart:
@@ -234,6 +247,7 @@ class HeadStart:
                     # Ray starts once the worker has its first rows: on a small machine the two
                     # starts would share its cores, and the first rows come later.
                     if starting is None and self.samples:
+                        worker.yield_cpu()
                         starting = _RayStart()
                     if ray_rows is None and starting is not None and starting.done():
                         ray_rows = self._ray(starting, taken, claims)

@@ -300,8 +300,9 @@ def _without_native_log_lines() -> Iterator[None]:
 
 
 class PlanDatasource(Datasource):
-    """The plan as a Ray Data source: each read task plans a part of the shards (``Planner.items``,
-    one read of the results for the part), and its block of plan items is split a shard a block."""
+    """The plan as a Ray Data source: each read task plans a part of the shards (``Planner.items``;
+    the results' keys read once per worker process), and its block of plan items is split a
+    shard a block. With ``claims``, a part's shards that a head start took are left out."""
 
     def __init__(self, planner: Planner, plan: list[Shard], readers: int, claims: Claims | None = None):
         super().__init__()
