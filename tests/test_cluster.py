@@ -270,7 +270,8 @@ def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, fault_
     assert rows_on_disk(out) < FAULT_ROWS, "the kill must land mid-run for this test to mean anything"
     assert busy, "the killed node must have been doing part of the work"
     cluster.worker = cluster.start_worker()  # as an autoscaler replaces a lost node
-    status = wait_for(lambda: (s := job_status(cluster, job_id)) in ("SUCCEEDED", "FAILED", "STOPPED") and s, 600, "the job to end")
+    # Once a second: each look asks the dashboard anew, CPU the job on this machine's cores needs.
+    status = wait_for(lambda: (s := job_status(cluster, job_id)) in ("SUCCEEDED", "FAILED", "STOPPED") and s, 600, "the job to end", every=1)
     if status != "SUCCEEDED":  # a run that gave up resumes: the same job on the same output
         _, res = submit(cluster, fault_job, out, "--follow")
         assert res.returncode == 0, res.stdout[-3000:]
