@@ -48,8 +48,8 @@ def unboxed(stderr: str) -> str:
     return "\n".join(line for line in stderr.splitlines() if "│" not in line)[-3000:]
 
 
-QUIET_JOB = {
-    "name": "quiet",
+VERBOSE_JOB = {
+    "name": "verbose",
     "datasets": [{"name": "skimage", "source": {"samples": "skimage"}}],
     "codecs": [{"name": "jpeg", "settings": [50]}],
     "tasks": [{"name": "classify", "model": "builtin:tiny-vit", "batch_size": 2}],
@@ -57,22 +57,25 @@ QUIET_JOB = {
 }
 
 
-
 @pytest.mark.slow
-def test_ray_run_is_quiet_by_default_and_verbose_shows_rays_output(tmp_path):
+def test_ray_run_is_quiet_by_default_and_verbose_shows_rays_output(smoke_run, ray_poison_run, tmp_path):
     import yaml
 
-    job = tmp_path / "quiet.yaml"
-    job.write_text(yaml.safe_dump(QUIET_JOB))
-    common = [str(job), "--limit", "1", "--no-progress"]
-    # Each run writes the tiny model afresh (its own cache), as a first run on a machine does.
-    loud = run_cli(*common, "--output", str(tmp_path / "a"), "--verbose", env_extra={"MPQ_CACHE": str(tmp_path / "c1")})
+    # Quiet: `mpq-ray run` without --verbose, as the Ray poison run below (a worker writes the
+    # tiny model afresh, in its own cache, as a first run on a machine does; workers die, which
+    # Ray's core worker logs) and the session's smoke run (tests/conftest.py: every stage of
+    # the default job) run.
+    for _, quiet in (ray_poison_run[:2], smoke_run):
+        assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr[-3000:]
+        assert "rows written" in quiet.stdout and "summary" in quiet.stdout
+    # Verbose: one sample through a task whose tiny model is written afresh (its own cache).
+    job = tmp_path / "verbose.yaml"
+    job.write_text(yaml.safe_dump(VERBOSE_JOB))
+    loud = run_cli(str(job), "--limit", "1", "--no-progress", "--output", str(tmp_path / "a"), "--verbose",
+                   env_extra={"MPQ_CACHE": str(tmp_path / "c1")})
     assert loud.returncode == 0, unboxed(loud.stderr)
     assert "core_worker.cc" in loud.stderr and "Writing model shards" in loud.stderr
-    quiet = run_cli(*common, "--output", str(tmp_path / "b"), env_extra={"MPQ_CACHE": str(tmp_path / "c2")})
-    assert quiet.returncode == 0, unboxed(quiet.stderr)
-    assert quiet.stderr == "", quiet.stderr[-3000:]
-    assert "2 rows written (0 with errors)" in quiet.stdout and "summary" in quiet.stdout
+    assert "2 rows written (0 with errors)" in loud.stdout and "summary" in loud.stdout
 
 
 # --- a sample that kills its worker ---------------------------------------------------------
@@ -100,11 +103,9 @@ class Poison(JPEG):
 '''
 
 
-@pytest.fixture
-def poison_plugin(tmp_path):
+def write_poison_plugin(site):
     """The codec, registered as a plugin through the `mpq.codecs` entry point group, as an
     installed package registers it; PYTHONPATH names it to the run and its Ray workers."""
-    site = tmp_path / "site"
     (site / "mpq_poison-0.0.dist-info").mkdir(parents=True)
     (site / "mpq_poison.py").write_text(POISON_PLUGIN)
     (site / "mpq_poison-0.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: mpq-poison\nVersion: 0.0\n")
@@ -112,23 +113,25 @@ def poison_plugin(tmp_path):
     return site
 
 
-@pytest.fixture
-def poison_job(tmp_path):
+def write_poison_job(root, datasets: dict[str, list[str]], **spec):
+    """A job of folders of photos (names from ``a.png``, ``b-poison.png``, ``c.png``); the
+    poison one is 7 pixels high."""
     import yaml
     from PIL import Image
 
     from conftest import photo
 
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for name, h in (("a.png", 16), ("b-poison.png", 7), ("c.png", 16)):
-        Image.fromarray(photo(h, 16)).save(folder / name)
-    job = tmp_path / "poison.yaml"
+    for name, files in datasets.items():
+        (root / name).mkdir()
+        for f in files:
+            Image.fromarray(photo(7 if "poison" in f else 16, 16)).save(root / name / f)
+    job = root / "poison.yaml"
     job.write_text(yaml.safe_dump({
         "name": "poison",
-        "datasets": [{"name": "imgs", "source": {"folder": str(folder)}}],
+        "datasets": [{"name": name, "source": {"folder": str(root / name)}} for name in datasets],
         "codecs": [{"name": "poison", "settings": [50, 80]}],
         "metrics": ["psnr"],
+        **spec,
     }))
     return job
 
@@ -136,64 +139,92 @@ def poison_job(tmp_path):
 def read_rows(out):
     from mpq.summary import read_results
 
-    return {(r["sample_id"], r["codec"], r["setting"]): r["error"] for r in read_results(str(out)).iter_rows(named=True)}
+    return {(r["dataset"], r["sample_id"], r["codec"], r["setting"]): r["error"] for r in read_results(str(out)).iter_rows(named=True)}
 
 
-def run_poison(job, out, site, *args):
+def run_poison(job, out, site, *args, **env):
     import os
 
     path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    return run_cli(str(job), "--output", str(out), "--no-progress", *args, env_extra={"PYTHONPATH": path, "MPQ_FLUSH_ROWS": "1"})
+    return run_cli(str(job), "--output", str(out), "--no-progress", *args, env_extra={"PYTHONPATH": path, "MPQ_FLUSH_ROWS": "1", **env})
 
 
-def assert_poison_costs_its_rows_only(out):
+def assert_poison_costs_its_rows_only(out, dataset: str, images: int, rows_in_run: int):
     from conftest import rows_on_disk
 
     rows = read_rows(out)
-    assert len(rows) == rows_on_disk(out) == 3 * 3  # 3 images × (baseline + 2 settings), none twice
-    died = {k: e for k, e in rows.items() if e is not None}
+    assert len(rows) == rows_on_disk(out) == rows_in_run  # none twice
+    mine = {k[1:]: e for k, e in rows.items() if k[0] == dataset}
+    assert len(mine) == images * 3  # (baseline + 2 settings) an image
+    died = {k: e for k, e in mine.items() if e is not None}
     # Every row of the sample: its work (all codec settings, baseline included) goes as one.
     assert set(died) == {("b-poison.png", "none", ""), ("b-poison.png", "poison", "50"), ("b-poison.png", "poison", "80")}
     assert all(e.startswith("worker died: ") for e in died.values()), died
 
 
 @pytest.mark.slow
-def test_serial_sample_that_kills_the_process_is_tried_once_more_then_an_error_row(poison_plugin, poison_job, tmp_path):
+def test_serial_sample_that_kills_the_process_is_tried_once_more_then_an_error_row(tmp_path):
+    site = write_poison_plugin(tmp_path / "site")
+    job = write_poison_job(tmp_path, {"imgs": ["a.png", "b-poison.png", "c.png"]})
     out = tmp_path / "out"
-    first = run_poison(poison_job, out, poison_plugin, "--engine", "serial")
+    first = run_poison(job, out, site, "--engine", "serial")
     assert first.returncode == -9  # the codec killed the run itself
-    second = run_poison(poison_job, out, poison_plugin, "--engine", "serial")
+    second = run_poison(job, out, site, "--engine", "serial")
     assert second.returncode == -9  # tried once more on resume: it dies again
-    third = run_poison(poison_job, out, poison_plugin, "--engine", "serial")
+    third = run_poison(job, out, site, "--engine", "serial")
     assert third.returncode == 0, third.stderr[-3000:]
     assert "3 with errors" in third.stdout
-    assert_poison_costs_its_rows_only(out)
-    fourth = run_poison(poison_job, out, poison_plugin, "--engine", "serial")
+    assert_poison_costs_its_rows_only(out, "imgs", 3, 9)
+    fourth = run_poison(job, out, site, "--engine", "serial")
     assert fourth.returncode == 0 and "0 rows written" in fourth.stdout  # worker-died rows count as done
 
 
-@pytest.mark.slow
-def test_ray_sample_that_kills_its_worker_costs_its_rows_and_the_job_completes(poison_plugin, poison_job, tmp_path):
-    out = tmp_path / "out"
-    res = run_poison(poison_job, out, poison_plugin)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "9 rows written (3 with errors)" in res.stdout
-    assert_poison_costs_its_rows_only(out)
+@pytest.fixture(scope="module")
+def ray_poison_run(tmp_path_factory):
+    """One Ray run for both Ray cases, each a dataset of its own (a sample's tries are noted per
+    dataset and sample): `alone`, the poison sample in a block of its own (as a small dataset's
+    samples travel by default); `several`, cheap images that travel 3 to a block, all in one.
+    Its good samples go through a task whose tiny model a worker writes in the run's own cache
+    (output of the model library's, which the quiet test above checks stays out of sight)."""
+    root = tmp_path_factory.mktemp("poison-ray")
+    site = write_poison_plugin(root / "site")
+    job = write_poison_job(root, {"alone": ["b-poison.png"], "several": ["a.png", "b-poison.png", "c.png"]},
+                           resources={"samples_per_block": 3}, tasks=[{"name": "classify", "model": "builtin:tiny-vit"}])
+    out = root / "out"
+    return out, run_poison(job, out, site, MPQ_CACHE=str(root / "cache")), job
 
 
-
-@pytest.mark.slow
-def test_ray_sample_that_kills_its_worker_in_a_block_of_several_costs_only_its_own_rows(poison_plugin, poison_job, tmp_path):
-    """Cheap images travel 32 to a block: the poison sample's block-mates are redone, not lost."""
+def blocks(job) -> dict[str, list[int]]:
+    """Samples per block of each dataset, as the Ray engine cuts the job (the plugin, registered
+    in the run's processes only, read as the JPEG it is: it runs on the CPU alike)."""
     import yaml
 
-    spec = yaml.safe_load(poison_job.read_text())
-    poison_job.write_text(yaml.safe_dump({**spec, "resources": {"samples_per_block": 3}}))  # all three in one block
-    out = tmp_path / "out"
-    res = run_poison(poison_job, out, poison_plugin)
+    from mpq.engine.plan import shards
+    from mpq.spec import parse_job
+
+    spec = yaml.safe_load(job.read_text())
+    cut: dict[str, list[int]] = {}
+    for s in shards(parse_job({**spec, "codecs": [{**c, "name": "jpeg"} for c in spec["codecs"]]})):
+        cut.setdefault(s.dataset, []).append(s.stop - s.start)
+    return cut
+
+
+@pytest.mark.slow
+def test_ray_sample_that_kills_its_worker_costs_its_rows_and_the_job_completes(ray_poison_run):
+    out, res, job = ray_poison_run
+    assert blocks(job)["alone"] == [1]
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "9 rows written (3 with errors)" in res.stdout
-    assert_poison_costs_its_rows_only(out)
+    assert "12 rows written (6 with errors)" in res.stdout
+    assert_poison_costs_its_rows_only(out, "alone", 1, 12)
+
+
+@pytest.mark.slow
+def test_ray_sample_that_kills_its_worker_in_a_block_of_several_costs_only_its_own_rows(ray_poison_run):
+    """Cheap images travel 32 to a block: the poison sample's block-mates are redone, not lost."""
+    out, res, job = ray_poison_run
+    assert blocks(job)["several"] == [3]
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_poison_costs_its_rows_only(out, "several", 3, 12)
 
 # --- bounded memory per sample --------------------------------------------------------------
 
