@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from conftest import ROOT
-from test_robust import poison_job, poison_plugin  # noqa: F401
+from test_robust import write_poison_job, write_poison_plugin
 
 
 def test_engine_modules_turn_off_rays_uv_hook_before_ray_reads_it():
@@ -42,13 +42,15 @@ print(json.dumps({"deaths": worker.deaths, "rows": [[r["sample_id"], r["codec"],
 
 
 @pytest.mark.slow
-def test_a_sample_that_kills_the_head_start_worker_costs_its_rows_only(poison_plugin, poison_job, tmp_path):  # noqa: F811
+def test_a_sample_that_kills_the_head_start_worker_costs_its_rows_only(tmp_path):
     """The worker is a process of its own, so the driver outlives it: it starts the worker again
     on the same samples, whose tries the output notes (inflight.py), until the sample that kills
     has used its tries and its rows are `worker died` errors; its shard-mates are worked."""
     from mpq.engine.serial import TRIES
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(poison_plugin), os.environ.get("PYTHONPATH")]))}
+    site = write_poison_plugin(tmp_path / "site")
+    poison_job = write_poison_job(tmp_path, {"imgs": ["a.png", "b-poison.png", "c.png"]})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     res = subprocess.run([sys.executable, "-c", WORK_THE_JOB, str(poison_job), str(tmp_path / "out")],
                          cwd=ROOT, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
