@@ -266,6 +266,8 @@ class HeadStart:
                 ray_rows = self._ray(starting or _RayStart(), taken, claims)
             if ray_rows is not None:
                 yield from ray_rows
+            elif starting is not None:  # the worker did it all: Ray's start is not left half done at exit
+                starting.ended.wait()
         finally:
             if ray_rows is not None:
                 ray_rows.close()
