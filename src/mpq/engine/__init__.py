@@ -12,3 +12,22 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 def verbose() -> bool:
     """`mpq-ray run --verbose`: Ray's and the models' own output reaches the terminal too."""
     return os.environ.get("MPQ_VERBOSE", "") not in ("", "0")
+
+
+def starts_own_cluster(address: str | None) -> bool:
+    """Whether ``ray.init(address)`` starts a new cluster on this machine, as Ray resolves an
+    address it is not given (``RAY_ADDRESS``, then a cluster ``ray start`` left running here)."""
+    import ray
+
+    if ray.is_initialized():  # this process has its cluster already
+        return False
+    if address == "local":
+        return True
+    if address is not None:
+        return False
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        return canonicalize_bootstrap_address(None) is None
+    except Exception:  # a stale record of an earlier cluster: let Ray decide, as it would
+        return False

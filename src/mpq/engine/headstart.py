@@ -29,13 +29,12 @@ import signal
 import tempfile
 import threading
 from typing import Any, Iterator
-from urllib.parse import quote
 
 import pyarrow as pa
 
 from mpq.cache import EncodedCache
-from mpq.engine import verbose
-from mpq.engine.plan import Planner, Shard
+from mpq.engine import starts_own_cluster, verbose
+from mpq.engine.plan import Claims, Planner, Shard
 from mpq.engine.stages import Finalize
 from mpq.spec import JobSpec
 
@@ -43,40 +42,9 @@ from mpq.spec import JobSpec
 NICE = 10  # the worker's, once Ray starts
 
 
-def starts_own_cluster(address: str | None) -> bool:
-    """Whether ``ray.init(address)`` starts a new cluster on this machine, as Ray resolves an
-    address it is not given (``RAY_ADDRESS``, then a cluster ``ray start`` left running here)."""
-    if address == "local":
-        return True
-    if address is not None:
-        return False
-    from ray._private.services import canonicalize_bootstrap_address
-
-    try:
-        return canonicalize_bootstrap_address(None) is None
-    except Exception:  # a stale record of an earlier cluster: let Ray decide, as it would
-        return False
-
-
 def wanted(address: str | None, plan: list[Shard]) -> bool:
     """A head start is worth it where the run starts its own cluster and has shards for both."""
     return os.environ.get("MPQ_HEAD_START", "1") != "0" and len(plan) > 1 and starts_own_cluster(address)
-
-
-class Claims:
-    """Who works a shard: whoever creates its file first (``O_EXCL``, atomic on a local disk;
-    the cluster being this machine, its workers share the folder)."""
-
-    def __init__(self, folder: str):
-        self.folder = folder
-
-    def take(self, shard: Shard) -> bool:
-        path = os.path.join(self.folder, f"{quote(shard.dataset, safe='')}.{shard.start}")
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return False
-        return True
 
 
 def _serve(conn, spec: JobSpec, finalize: Finalize, output: str, quiet: bool, nice: int) -> None:

@@ -41,10 +41,9 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 
 from mpq.cache import EncodedCache
-from mpq.engine import verbose
-from mpq.engine.headstart import Claims
+from mpq.engine import starts_own_cluster, verbose
 from mpq.engine.inflight import InFlight
-from mpq.engine.plan import CHUNK, Planner, Shard, chunks
+from mpq.engine.plan import CHUNK, Claims, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.job import resolve
 from mpq.media import ARROW, Media
@@ -227,8 +226,6 @@ def _few_malloc_arenas() -> None:
 def init_ray(address: str | None = None) -> None:
     import ray
 
-    from mpq.engine.headstart import starts_own_cluster
-
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -367,7 +364,7 @@ def run_ray(
 
 def _dataset(
     job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, cache: EncodedCache | None, output: str | None,
-    claims: Claims | None,
+    claims: Claims | None = None,
 ):
     """The stage graph as a Ray Data dataset, placed on what the cluster has."""
     import ray
