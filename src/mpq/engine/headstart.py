@@ -6,7 +6,7 @@ each importing Ray Data (about 25 s on 2 cores, where the serial engine has its 
 in 7). mpq's own start (torch, the models) only comes after. So one worker process of mpq's
 own works the plan's last shards the serial way and hands its rows to the driver; Ray
 starts once it has its first rows (on a small machine two starts at once share its cores,
-and both come later), and from then on the worker only takes the CPU Ray leaves idle. Ray's
+and both come later), and from then on the worker runs at a low priority (nice 10). Ray's
 read tasks and that worker claim each shard before working on it, so every shard is worked
 once; the worker stops at Ray's first rows. A sample that kills the worker costs it the way
 it costs a Ray worker (inflight.py): the worker starts again, and the sample's rows become
@@ -75,9 +75,9 @@ class LocalWorker:
         self.deaths, self.nice = 0, 0
 
     def yield_cpu(self) -> None:
-        """From now on, only the CPU that Ray's start leaves idle: Ray gives its processes fixed
-        times to start (30 s for its agents), which a worker loading models beside them made it
-        miss on a loaded 2-core machine. Every thread of the process (torch's too)."""
+        """From now on at a low priority, every thread of the process (torch's too): Ray gives its
+        processes fixed times to start (30 s for its agents), which a worker loading models
+        beside them made it miss on a loaded 2-core machine."""
         self.nice = NICE
         if self.process is not None:
             with contextlib.suppress(OSError):  # not Linux, or the process just ended
