@@ -47,12 +47,6 @@ def test_holm_hand_worked_and_against_statsmodels():
     assert math.isnan(with_nan[1]) and with_nan[[0, 2]] == pytest.approx(multipletests([0.01, 0.04], method="holm")[1])
 
 
-def test_bootstrap_p_counts_both_tails():
-    assert analysis.bootstrap_p(np.zeros(99)) == 1.0
-    assert analysis.bootstrap_p(np.ones(99)) == pytest.approx(2 / 100)
-    assert analysis.bootstrap_p(np.r_[-np.ones(10), np.ones(89)]) == pytest.approx(2 * 11 / 100)
-
-
 # --- paired comparisons on result rows -----------------------------------------------------
 
 def ids_sorted(df):
