@@ -76,8 +76,8 @@ def test_swap_test_matches_a_brute_force_enumeration():
     x2 = -(y + rng.normal(scale=1.5, size=21))  # falls as y rises: compared by |rho|
     got = swap_test(x1, x2, y, groups, n_resamples=1000)
 
-    def signed_ranks(x):
-        return stats.rankdata(x) * np.sign(stats.spearmanr(x, y).statistic)
+    def signed_ranks(x):  # ranks on one scale: reversed for the metric that falls as y rises
+        return stats.rankdata(x * np.sign(stats.spearmanr(x, y).statistic))
 
     r1, r2 = signed_ranks(x1), signed_ranks(x2)
     null = []

@@ -9,8 +9,8 @@ score rises (LPIPS) as when it rises with it. Metrics are ranked only on at leas
 ``MIN_SAMPLES`` sample ids.
 
 Whether the best beats the second is a paired permutation test over sample ids
-(``scipy.stats.permutation_test``): each metric is put on one scale (its ranks, signed so
-that it rises with the score); under the null hypothesis that both predict equally well the
+(``scipy.stats.permutation_test``): each metric is put on one scale (its ranks, reversed
+where it falls as the score rises); under the null hypothesis that both predict equally well the
 two are exchangeable within a sample, so each relabelling swaps them for all the points of
 some samples and recomputes |rho_first| − |rho_second|. The interval of that difference is
 the cluster bootstrap's. p-values are Holm-adjusted over the table.
@@ -61,9 +61,9 @@ def swap_test(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0) 
         return 1.0
     ry = _rank_rows(y)
 
-    def signed(x):
+    def signed(x):  # ranks 1..n of x, reversed where x falls as y rises: both metrics on one scale
         sign = np.sign(_spearman_rows(_rank_rows(x)[None], ry)[0])
-        return _rank_rows(x) * (sign if sign else 1.0)
+        return _rank_rows(x * (sign if sign else 1.0))
 
     first, second = signed(x1), signed(x2)
 
