@@ -392,7 +392,7 @@ def test_bd_rates_note_says_why_a_value_is_missing_or_fitted():
     rows = {(r["anchor"], r["test"]): r for r in bd.iter_rows(named=True)}
     assert rows["a", "c"]["bd_rate"] is None and "under 50 % of the narrower range" in rows["a", "c"]["note"]
     assert rows["a", "d"]["bd_rate"] is not None
-    assert rows["a", "d"]["note"] == "test d: the monotone fit moved 2 setting(s) whose score falls as bits rise"
+    assert rows["a", "d"]["note"] == "test d: the monotone fit moved 2 setting(s) whose score falls as the rate rises"
 
 
 def inf_frame():

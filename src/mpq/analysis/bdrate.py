@@ -116,7 +116,7 @@ def _pairs(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], m
         except ValueError as exc:
             out[anchor, test] = None, str(exc)
             continue
-        notes = [f"{role} {codec}: the monotone fit moved {moved[role]} setting(s) whose score falls as bits rise"
+        notes = [f"{role} {codec}: the monotone fit moved {moved[role]} setting(s) whose score falls as the rate rises"
                  for role, codec in (("anchor", anchor), ("test", test)) if moved[role]]
         out[anchor, test] = value, "; ".join(notes) or None
     return out
