@@ -212,3 +212,44 @@ def test_label_free_dataset_gets_per_sample_correlations_and_a_ranking_on_agreem
     coded = df.filter(pl.col("codec") != "none")
     row = ranking.filter(pl.col("metric") == "psnr").row(0, named=True)
     assert row["spearman"] == pytest.approx(stats.spearmanr(coded["psnr"], coded["agreement"]).statistic)
+
+
+# --- the report's answers -------------------------------------------------------------------
+
+def known_answers_frame():
+    """40 photos, codecs a and b at 0.2 and 0.4 bpp (b a little under a); a is right on the
+    first 10 photos at 0.2 bpp, b on the first 30: b keeps accuracy at equal rate, and PSNR
+    (b's is higher where it is right) predicts the per-sample score; a one-track dataset, and
+    one whose rows all come from a random model."""
+    rows = []
+    for i in range(40):
+        for codec, setting, bpp, right in (("a", "1", 0.2, i < 10), ("a", "2", 0.4, i < 20),
+                                           ("b", "1", 0.19, i < 30), ("b", "2", 0.39, i < 35)):
+            rows.append({"dataset": "photos", "sample_id": f"p{i:02d}", "task": "cls", "task_type": "classify", "error": None,
+                         "codec": codec, "setting": setting, "bpp": bpp, "bits": 1000, "correct": right,
+                         "psnr": 30.0 + 5 * right + 0.01 * i, "agreement": float(right)})
+    for codec, kbps, agreement in (("opus", 6.0, 0.3), ("encodec", 6.0, 0.8)):
+        rows.append({"dataset": "music", "sample_id": "t0", "task": "cls", "task_type": "classify", "error": None, "codec": codec,
+                     "setting": "6", "kbps": kbps, "bits": 6000, "correct": None, "agreement": agreement})
+    for k in range(4):
+        rows.append({"dataset": "noise", "sample_id": "n0", "task": "cls", "task_type": "classify", "error": None, "codec": "a",
+                     "setting": str(k), "bpp": 0.1 * (k + 1), "bits": 100, "correct": None, "agreement": 0.5,
+                     "pipeline_check": "tiny random classifier: accuracy means nothing"})
+    df = pl.DataFrame(rows, infer_schema_length=None)
+    return df.with_columns(pl.col("error").cast(pl.String), pl.col("correct").cast(pl.Float64).alias("score"))
+
+
+def test_report_opens_with_answers_that_carry_their_support(tmp_path):
+    page = analysis.write_report(known_answers_frame(), tmp_path, n_resamples=200, targets={"photos": [0.2], "music": [6.3]}).read_text()
+    assert page.index("<h2>Answers</h2>") < page.index("<h2>Which quality metric")
+    said = pl.read_csv(tmp_path / "answers.csv")
+    photos = said.filter(pl.col("dataset") == "photos")["answer"].to_list()
+    rate = next(a for a in photos if a.startswith("At 0.2 bpp, b keeps accuracy highest"))
+    # McNemar: 20 photos right under b only, none under a only: p = 2 · 0.5^20.
+    assert "a is worse (difference -0.5 [" in rate and "McNemar exact" in rate and "n = 40 samples" in rate
+    measure = next(a for a in photos if "predicts the label score best" in a)
+    assert measure.startswith("psnr predicts the label score best of 1 measures: Spearman")
+    music = said.filter(pl.col("dataset") == "music")["answer"].to_list()
+    assert "too few samples (n = 1) to test a difference" in music[0] and "worse" not in " ".join(music)
+    assert said.filter(pl.col("dataset") == "noise")["answer"].to_list() == [
+        "No conclusions: every row comes from a component whose output means nothing (tiny random classifier: accuracy means nothing)."]

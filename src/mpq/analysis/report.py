@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from mpq.analysis.answers import answers
 from mpq.analysis.bdrate import MIN_OVERLAP, MIN_POINTS, MIN_SETTINGS, bd_rates
 from mpq.analysis.correlation import METHODS, N_RESAMPLES, correlations
 from mpq.analysis.equal_rate import equal_rate
@@ -153,13 +154,16 @@ def write_report(
 
     ``out_dir/`` gets ``metric_ranking.{md,csv}``, ``equal_rate.{md,csv}``,
     ``summary_<modality>.{md,csv}``, ``conditions.csv``, ``correlations.{md,csv}``,
-    ``bd_rate.{md,csv}``, ``left_out.{md,csv}`` and ``plots/*.png``."""
+    ``bd_rate.{md,csv}``, ``left_out.{md,csv}``, ``answers.{md,csv}`` and ``plots/*.png``."""
     df = load(results)
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     conds = conditions(df)
     corr = correlations(df, n_resamples=n_resamples, seed=seed, include_flagged=include_flagged)
     bd = bd_rates(df, min_settings=min_settings, n_resamples=n_resamples, seed=seed, include_flagged=include_flagged)
+    ranking = metric_ranking(df, n_resamples=n_resamples, seed=seed, correlations=corr, include_flagged=include_flagged)
+    at_rate = equal_rate(df, targets=targets, n_resamples=n_resamples, seed=seed, include_flagged=include_flagged)
+    said = answers(df, at_rate, ranking, bd, include_flagged=include_flagged)
     metrics = metric_columns(df)
     parts: list[str] = []
 
@@ -168,6 +172,17 @@ def write_report(
 
     def note(text: str) -> str:
         return f"<p class=note>{html.escape(text)}</p>"
+
+    said.write_csv(out / "answers.csv")
+    (out / "answers.md").write_text("".join(f"- **{r['dataset']} / {r['task']}**: {r['answer']}\n" for r in said.iter_rows(named=True)))
+    items = []
+    for (dataset, task), group in said.group_by(["dataset", "task"], maintain_order=True):
+        items.append(f"<h3>{html.escape(dataset)} / {html.escape(task)}</h3><ul>"
+                     + "".join(f"<li>{html.escape(a)}</li>" for a in group["answer"]) + "</ul>")
+    section("Answers",
+            f"<p>What the results say, each with its number, 95 % interval, n and test, or why it cannot be said "
+            f"(fewer than {MIN_SAMPLES} samples, one codec, rows from components with random weights). The tables below "
+            "hold the same numbers.</p>", *items)
 
     left_out = flagged_summary(df)
     left_out.write_csv(out / "left_out.csv")
@@ -180,7 +195,6 @@ def write_report(
                      f"pipeline check); they are {kept}."),
                 _html_table(left_out))
 
-    ranking = metric_ranking(df, n_resamples=n_resamples, seed=seed, correlations=corr, include_flagged=include_flagged)
     ranking.write_csv(out / "metric_ranking.csv")
     shown = ranking_display(ranking)
     (out / "metric_ranking.md").write_text(to_markdown(shown))
@@ -197,7 +211,6 @@ def write_report(
         _html_table(shown) if shown.height else note("no task has per-sample scores and a quality metric"),
     )
 
-    at_rate = equal_rate(df, targets=targets, n_resamples=n_resamples, seed=seed, include_flagged=include_flagged)
     at_rate.write_csv(out / "equal_rate.csv")
     shown = equal_rate_display(at_rate)
     (out / "equal_rate.md").write_text(to_markdown(shown))
