@@ -124,6 +124,13 @@ def test_a_harsher_qp_gives_fewer_bits_and_lower_psnr(name, options):
     assert bpp[0] > 1 and bpp[-1] < 0.2  # the default sweep spans the useful range on a photo
 
 
+def test_a_picture_beyond_the_encoders_limits_is_refused_in_one_line():
+    wide = media.Image(np.zeros((4, 17000, 3), np.uint8))  # wider than either encoder takes
+    for name in ("hevc", "av1"):
+        with pytest.raises(ValueError, match=r"refused to code a 17000×\d+ picture \(.+\)$"):
+            codec(name, {}).roundtrip(wide, 30)
+
+
 def test_settings_and_options_out_of_range_are_refused():
     for name, bad in (("hevc", 52), ("hevc", 30.5), ("av1", 0), ("av1", 64)):
         with pytest.raises(ValueError, match="QP must be an integer"):

@@ -120,7 +120,7 @@ class IntraCodec(Codec):
         try:
             enc.open()
         except av.FFmpegError as e:
-            raise ValueError(f"{self.name}: {self.encoder} cannot code a {pw}×{ph} picture ({e})") from None
+            raise ValueError(f"{self.name}: {self.encoder} refused to code a {pw}×{ph} picture ({e.strerror})") from None
         data = b"".join(bytes(p) for p in [*enc.encode(frame), *enc.encode(None)])
         dec = av.CodecContext.create(self.decoder, "r")
         dec.thread_count = 1
