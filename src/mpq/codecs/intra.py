@@ -40,6 +40,9 @@ from mpq.components import Codec, Coded, Options
 from mpq.media import Image
 from mpq.registry import register
 
+CHROMA = {"444": "4:4:4", "420": "4:2:0"}
+
+
 def to_ycbcr(rgb: np.ndarray, subsample: bool) -> list[np.ndarray]:
     """Y, Cb, Cr uint8 planes by ITU-T T.871 (JFIF: full-range BT.601); Cb and Cr halved each
     way (2×2 means) when ``subsample``."""
@@ -71,7 +74,7 @@ def to_rgb(planes: list[np.ndarray]) -> np.ndarray:
 
 
 class IntraOptions(Options):
-    chroma: Literal["444", "420"] = "444"
+    chroma: Literal["444", "420"] = "444"  # recorded in codec_version
 
 
 class IntraCodec(Codec):
@@ -79,7 +82,8 @@ class IntraCodec(Codec):
     decoder: ClassVar[str]
     qp_range: ClassVar[tuple[int, int]]
     min_side: ClassVar[int]  # the encoder's smallest picture side
-    payload: ClassVar = staticmethod(lambda data: len(data))
+    payload: ClassVar  # bytes of the coded picture in the stream (containers.*_payload)
+    preset: ClassVar[str]
     columns = {"payload_bits": pa.int64()}
 
     def chroma(self) -> str:
@@ -96,7 +100,7 @@ class IntraCodec(Codec):
     def version(self) -> str:
         import av
 
-        return f"pyav {av.__version__} ffmpeg {av.library_versions['libavcodec']} {self.encoder} 4:{':'.join(self.chroma()[1:])}"
+        return f"pyav {av.__version__} ffmpeg {av.library_versions['libavcodec']} {self.encoder} preset {self.preset} {CHROMA[self.chroma()]}"
 
     def roundtrip(self, media: Image, setting: int) -> Coded:
         import av
@@ -147,7 +151,7 @@ class HEVC(IntraCodec):
     encoder, decoder = "libx265", "hevc"
     payload = staticmethod(containers.hevc_payload)
     qp_range = (0, 51)
-    min_side = 16
+    min_side, preset = 16, "medium"
     default_settings = [20, 25, 30, 35, 40, 45]  # about 2 to 0.1 bpp on photographs
 
     def chroma(self) -> str:
@@ -155,7 +159,7 @@ class HEVC(IntraCodec):
 
     def encoder_options(self, qp: int) -> dict[str, str]:
         params = f"qp={qp}:ipratio=1:keyint=1:pools=none:frame-threads=1:info=0:log-level=error"
-        return {"preset": "medium", "x265-params": params}
+        return {"preset": self.preset, "x265-params": params}
 
 
 @register("codec", "av1")
@@ -165,9 +169,9 @@ class AV1(IntraCodec):
     encoder, decoder = "libsvtav1", "libdav1d"
     payload = staticmethod(containers.av1_payload)
     qp_range = (1, 63)
-    min_side = 4
+    min_side, preset = 4, "6"
     default_settings = [10, 20, 30, 40, 50, 58]  # about 2 to 0.1 bpp on photographs
 
     def encoder_options(self, qp: int) -> dict[str, str]:
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its configuration on every encode: errors only
-        return {"qp": str(qp), "preset": "6", "svtav1-params": "avif=1:lp=1"}
+        return {"qp": str(qp), "preset": self.preset, "svtav1-params": "avif=1:lp=1"}
