@@ -28,6 +28,7 @@ class SpeechCodec(Codec):
     rate: ClassVar[int]  # the codec's sample rate
     delay: ClassVar[int]  # samples at that rate before the decoded signal lines up with the input
     modes: ClassVar[list[float]]  # the bitrates the codec has, kbps
+    why_off: ClassVar[str] = ""  # why the effective bitrate may be off the mode's, for rate_note
     columns = AUDIO_CODEC_COLUMNS
     modality = "audio"
 
@@ -48,8 +49,6 @@ class SpeechCodec(Codec):
 
     def coded_bits(self, nbytes: int, kbps: float) -> int:
         return 8 * nbytes
-
-    why_off: ClassVar[str] = ""  # why the effective bitrate may be off the mode's, for rate_note
 
     def roundtrip(self, media: Audio, setting: float) -> Coded:
         import av
