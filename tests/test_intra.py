@@ -173,3 +173,17 @@ def _stream(encoder, pix_fmt, options, rgb) -> bytes:
         np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: values.shape[0], : values.shape[1]] = values
     frame.pts = 0
     return b"".join(bytes(p) for p in [*enc.encode(frame), *enc.encode(None)])
+
+
+@pytest.mark.parametrize("name", ["hevc", "av1"])
+def test_a_target_bpp_finds_the_lowest_qp_that_fits(name):
+    from mpq.codecs.target import knob, search
+
+    img = media.Image(photo(64, 96, seed=1))
+    c = codec(name, {})
+
+    def bpp(coded):
+        return coded.bits / (64 * 96)
+
+    qp, coded, rate = search(lambda q: c.roundtrip(img, q), bpp, knob(type(c)), 0.8, name)
+    assert rate == bpp(c.roundtrip(img, qp)) <= 0.8 < bpp(c.roundtrip(img, qp - 1))  # one QP finer does not fit
