@@ -187,3 +187,24 @@ def test_a_target_bpp_finds_the_lowest_qp_that_fits(name):
 
     qp, coded, rate = search(lambda q: c.roundtrip(img, q), bpp, knob(type(c)), 0.8, name)
     assert rate == bpp(c.roundtrip(img, qp)) <= 0.8 < bpp(c.roundtrip(img, qp - 1))  # one QP finer does not fit
+
+
+def test_payload_parsers_on_hand_built_streams():
+    from mpq.codecs.containers import av1_payload, hevc_payload
+
+    def nal(kind, body):  # two-byte NAL header: type in bits 1-6 of the first byte
+        return bytes([kind << 1, 1]) + body
+
+    vps, sei, slice1, slice2 = nal(32, b"\x0c\x01"), nal(39, b"\x05\x80"), nal(1, b"\xaf\x00\x00\x03\x01\x80"), nal(19, b"\x12\x34\x80")
+    stream = b"\x00\x00\x00\x01" + vps + b"\x00\x00\x01" + sei + b"\x00\x00\x00\x01" + slice1 + b"\x00\x00\x01" + slice2
+    assert hevc_payload(stream) == len(slice1) + len(slice2)  # the 4-byte start codes' zero byte is no part of a NAL
+
+    def obu(kind, body, extension=False, sized=True):
+        header = bytes([kind << 3 | extension << 2 | sized << 1]) + (b"\x00" if extension else b"")
+        size = b"" if not sized else bytes([len(body)]) if len(body) < 128 else bytes([len(body) & 0x7F | 0x80, len(body) >> 7])
+        return header + size + body
+
+    frame_header, tiles, last = obu(3, b"\x10" * 5), obu(4, b"\x20" * 300, extension=True), obu(6, b"\x30" * 7, sized=False)
+    stream = obu(2, b"") + obu(1, b"\x00" * 11) + frame_header + obu(15, b"\x00" * 4) + tiles + last
+    assert len(tiles) == 2 + 2 + 300  # header, extension byte, a two-byte leb128 size
+    assert av1_payload(stream) == len(frame_header) + len(tiles) + len(last)
