@@ -32,6 +32,7 @@ def job(root):
     })
 
 
+@pytest.mark.slow  # two runs through the serial engine (torch is imported)
 def test_redo_load_computes_a_fixed_file_again_and_its_rows_supersede_the_error_rows(folder_with_a_truncated_png, tmp_path):
     root, good = folder_with_a_truncated_png
     out = str(tmp_path / "out")
@@ -62,6 +63,7 @@ def test_error_kinds_and_what_redo_matches():
     assert retryable("codec: ValueError: x", redo=("all",)) and not retryable("codec: ValueError: x") and not retryable(None, redo=("all",))
 
 
+@pytest.mark.slow
 def test_the_cli_summary_lists_error_kinds_with_an_example_and_redo_recomputes_them(folder_with_a_truncated_png, tmp_path):
     root, good = folder_with_a_truncated_png
     job_file = tmp_path / "job.yaml"
