@@ -16,6 +16,7 @@ keep each key's last row.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -170,12 +171,26 @@ def check_location(output: str) -> None:
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise LocationError(f"{output}: {' '.join(str(exc).split())}") from None
     if isinstance(fs, pafs.LocalFileSystem):  # a remote output is first written by the lease, before any work too
-        try:
-            os.makedirs(root, exist_ok=True)
-            with tempfile.TemporaryFile(dir=root):
-                pass
-        except OSError as exc:
-            raise LocationError(f"output {output}: cannot be written ({exc.strerror or exc})") from None
+        _check_writable(output, root)
+
+
+def _check_writable(output: str, root: str) -> None:
+    """Write in a local output once; the folders made for it are removed, so that a run stopped
+    before any work (a model that cannot be had) leaves nothing behind."""
+    made, folder = [], os.path.abspath(root)
+    while not os.path.exists(folder) and folder != os.path.dirname(folder):
+        made.append(folder)  # the deepest first
+        folder = os.path.dirname(folder)
+    try:
+        os.makedirs(root, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        raise LocationError(f"output {output}: cannot be written ({exc.strerror or exc})") from None
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty: another run's since
+                os.rmdir(folder)
 
 
 def setting_str(setting) -> str:

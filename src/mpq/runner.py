@@ -88,13 +88,11 @@ def run_job(
         if not any(s.dataset == name for s in todo):
             raise ValueError(f"dataset {name!r} has no samples ({dataset.source.describe()})")
     store = ResultStore(output)
-    required = required_metric_columns(job)
-    files = store.files()
+    required, files = required_metric_columns(job), store.files()
     planner = Planner(job, output, required, files, redo)
     work = count(planner, todo)
-    if not work.samples:
-        return RunStats(output, 0, work.done, 0, 0, 0)
-    preflight(job)
+    if work.samples:
+        preflight(job)  # the models' checks: only where there is work for them
     with Lease(output, store.run_id, force) as lease:  # one writer per output, from the plan to the last row
         start = time.monotonic()
         if store.files() != files:  # another run wrote since the count: plan against its rows too
