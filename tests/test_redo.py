@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, encode, photo, rows_on_disk
 from PIL import Image
 
-from mpq.results import error_kind, retryable
+from mpq.results import check_redo, error_kind, retryable
 from mpq.runner import run_job
 from mpq.spec import parse_job
 from mpq.summary import error_kinds, read_results
@@ -61,6 +61,9 @@ def test_error_kinds_and_what_redo_matches():
     assert retryable("metric lpips: RuntimeError: x", redo=("metric",)) and retryable("metric lpips: x", redo=("metric lpips",))
     assert not retryable("metric lpips: x", redo=("metric psnr",)) and not retryable("metrics: x", redo=("metric",))
     assert retryable("codec: ValueError: x", redo=("all",)) and not retryable("codec: ValueError: x") and not retryable(None, redo=("all",))
+    check_redo(("load", "metric lpips", "task agreement", "worker died", "all"))
+    with pytest.raises(ValueError, match="no error is of kind 'lod'; valid kinds: load, codec"):
+        check_redo(("load", "lod"))
 
 
 @pytest.mark.slow

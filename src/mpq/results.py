@@ -66,6 +66,16 @@ def retryable(error: str | None, redo: tuple[str, ...] = ()) -> bool:
             or any(k == "all" or kind == k or kind.startswith(k + " ") for k in redo))
 
 
+ERROR_STAGES = ("load", "codec", "task", "metric", "worker died")  # what an error row names first
+
+
+def check_redo(kinds: tuple[str, ...]) -> None:
+    """Refuse a ``--redo`` kind that no error row can have (a typo would redo nothing)."""
+    for kind in kinds:
+        if kind != "all" and not any(kind == s or kind.startswith(s + " ") for s in ERROR_STAGES):
+            raise ValueError(f"--redo: no error is of kind {kind!r}; valid kinds: {', '.join(ERROR_STAGES)}, task agreement, metric NAME, all")
+
+
 def error_kind(error: str) -> str:
     """What failed, as an error row names it: load, codec, task, task agreement, metric NAME,
     worker died (``infra: `` first where the machine failed, not the sample)."""

@@ -15,7 +15,7 @@ from mpq.engine.plan import Planner, count, iter_items, shards
 from mpq.engine.stages import Finalize
 from mpq.lease import Lease
 from mpq.job import Job, resolve
-from mpq.results import ResultStore, check_location
+from mpq.results import ResultStore, check_location, check_redo
 from mpq.spec import JobSpec
 
 ENGINES = ("ray", "serial")
@@ -81,6 +81,7 @@ def run_job(
         raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be 1 or more, got {limit}")
+    check_redo(redo)
     check_location(output)
     job = resolve(spec)
     todo = shards(job, limit)
