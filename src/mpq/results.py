@@ -168,9 +168,9 @@ class LocationError(ValueError):
     """An output that cannot be reached: unreachable endpoint, missing bucket, bad credentials."""
 
 
-def check_location(output: str) -> None:
+def check_location(output: str, write: bool = False) -> None:
     """Fail before any work, in one line naming ``output`` and the cause, if it cannot be listed
-    (or, on a local disk, written)."""
+    (or, with ``write``, on a local disk, written)."""
     try:
         fs, root = filesystem(output)
         fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))  # endpoint, credentials
@@ -180,7 +180,7 @@ def check_location(output: str) -> None:
                 raise FileNotFoundError(f"bucket {bucket!r} does not exist")
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise LocationError(f"{output}: {' '.join(str(exc).split())}") from None
-    if isinstance(fs, pafs.LocalFileSystem):  # a remote output is first written by the lease, before any work too
+    if write and isinstance(fs, pafs.LocalFileSystem):  # a remote output is first written by the lease, before any work too
         _check_writable(output, root)
 
 

@@ -82,7 +82,7 @@ def run_job(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be 1 or more, got {limit}")
     check_redo(redo)
-    check_location(output)
+    check_location(output, write=True)
     job = resolve(spec)
     todo = shards(job, limit)
     for name, dataset in job.datasets.items():
