@@ -134,10 +134,11 @@ class ClassNames:
                 if synonym:
                     self.by_synonym.setdefault(synonym, []).append(i)
 
-    def resolve(self, target: Any) -> int:
+    def resolve(self, target: Any, suggest: bool = False) -> int:
         """The model's class id for a target: its dataset id where the model gives that id the same
         name, else the one class of that name or synonym, else (a numbered dataset that
-        ``check_dataset`` found to share the model's ids, under other spellings) its dataset id."""
+        ``check_dataset`` found to share the model's ids, under other spellings) its dataset id.
+        ``suggest``: a label that names no class is refused with the nearest class names."""
         name, index = str(target), getattr(target, "index", None)
         if index is not None and self.id2label.get(index, "").casefold() == name.casefold():
             return index
@@ -148,7 +149,8 @@ class ClassNames:
             return index
         if ids:
             raise ValueError(f"label {name!r} names {len(ids)} classes of the model ({', '.join(map(str, ids))})")
-        raise ValueError(f"label {name!r} is none of the model's classes (nearest: {', '.join(map(repr, self.nearest(name)))})")
+        nearest = f" (nearest: {', '.join(map(repr, self.nearest(name)))})" if suggest else ""
+        raise ValueError(f"label {name!r} is none of the model's classes{nearest}")
 
     def nearest(self, name: str, n: int = 5) -> list[str]:
         """The ``n`` class names closest to ``name``: those with a synonym holding its words first
@@ -235,7 +237,7 @@ class Classify(Task):
             if id2label.get(c.index, "").casefold() == c.name.casefold():
                 continue  # scored by id
             try:
-                names.resolve(ClassTarget(c.name))
+                names.resolve(ClassTarget(c.name), suggest=True)
             except ValueError as exc:
                 problems.append(str(exc))
         if problems:
