@@ -92,3 +92,120 @@ def test_unlabelled_packaged_photos_need_no_label_check():
     cls = registry.get("source", "samples")
     assert cls(cls.Options(samples="photos")).classes() is None
     assert [c.name for c in cls(cls.Options(samples="skimage", names=["coffee"])).classes()] == ["coffee"]
+
+
+IMAGENET_STYLE = ["tabby, tabby cat", "tiger cat", "Persian cat", "espresso", "coffee mug", "coffeepot", "crane", "crane"]
+
+
+@pytest.fixture
+def tabby_model(tmp_path):
+    """A tiny ViT, as save_pretrained writes it, with ImageNet's comma-separated class names; it
+    always answers class 0 (tabby, tabby cat)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    n = len(IMAGENET_STYLE)
+    config = ViTConfig(
+        image_size=32, patch_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16,
+        num_labels=n, id2label=dict(enumerate(IMAGENET_STYLE)), label2id={name: i for i, name in enumerate(IMAGENET_STYLE)},
+    )
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.eye(n)[0] * 5)
+    path = tmp_path / "tabby-vit"
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return str(path)
+
+
+def class_folder(root, labels):
+    for i, label in enumerate(labels):
+        (root / label).mkdir(parents=True)
+        Image.fromarray(photo(32, 32, seed=i)).save(root / label / "a.png")
+    return str(root)
+
+
+def test_a_folder_label_matches_a_class_by_one_of_its_synonyms(tabby_model, tmp_path):
+    folder = class_folder(tmp_path / "photos", ["tabby", "Espresso"])
+    out = tmp_path / "out"
+    run_job(job({"folder": folder, "labels": "parent"}, tabby_model), str(out), engine="serial", progress=False)
+    df = read_results(str(out)).sort("sample_id")
+    assert df["error"].null_count() == 2 and df["label"].to_list() == ["Espresso", "tabby"]
+    assert df["prediction"].to_list() == ["tabby, tabby cat"] * 2 and df["correct"].to_list() == [False, True]
+
+
+def nearest(message: str, label: str) -> list[str]:
+    import re
+
+    return re.findall(r"'([^']*)'", message.split(f"label {label!r} is none of the model's classes (nearest: ")[1].split(")")[0])
+
+
+def test_a_label_that_matches_no_class_stops_the_job_with_the_nearest_names_and_the_ways_out(tabby_model, tmp_path):
+    folder = class_folder(tmp_path / "photos", ["cat", "coffee"])
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as err:
+        run_job(job({"folder": folder, "labels": "parent"}, tabby_model), str(out), engine="serial", progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "2 of its 2 labels" in message, message
+    nearest_cat = nearest(message, "cat")
+    assert len(nearest_cat) == 5 and set(nearest_cat[:3]) == {"tabby, tabby cat", "tiger cat", "Persian cat"}, nearest_cat
+    assert set(nearest(message, "coffee")[:2]) == {"coffee mug", "coffeepot"}
+    assert "class_map" in message and "labels: none" in message
+    assert not (out / "results").exists()
+
+
+@pytest.mark.parametrize("kind", ["inline", "yaml", "csv"])
+def test_a_class_map_names_the_model_class_of_each_folder(tabby_model, tmp_path, kind):
+    folder = class_folder(tmp_path / "photos", ["cat", "coffee"])
+    mapping = {"cat": "tabby cat", "coffee": "espresso"}
+    if kind == "yaml":
+        (tmp_path / "classes.yaml").write_text("cat: tabby cat\ncoffee: espresso\n")
+        mapping = str(tmp_path / "classes.yaml")
+    elif kind == "csv":
+        (tmp_path / "classes.csv").write_text("# folder,class\ncat,tabby cat\ncoffee, espresso\n")
+        mapping = str(tmp_path / "classes.csv")
+    out = tmp_path / "out"
+    run_job(job({"folder": folder, "labels": "parent", "class_map": mapping}, tabby_model), str(out), engine="serial", progress=False)
+    df = read_results(str(out)).sort("sample_id")
+    assert df["error"].null_count() == 2 and df["label"].to_list() == ["tabby cat", "espresso"]
+    assert df["correct"].to_list() == [True, False]
+
+
+def test_labels_none_scores_agreement_only(tabby_model, tmp_path):
+    folder = class_folder(tmp_path / "photos", ["cat", "coffee"])
+    out = tmp_path / "out"
+    spec = parse_job({
+        "name": "n", "datasets": [{"name": "d", "source": {"folder": folder, "labels": "none"}}],
+        "codecs": [{"name": "jpeg", "settings": [50]}], "tasks": [{"name": "classify", "model": tabby_model}],
+    })
+    run_job(spec, str(out), engine="serial", progress=False)
+    df = read_results(str(out))
+    coded = df.filter(pl.col("codec") != "none")
+    assert df["error"].null_count() == 4 and df["correct"].null_count() == 4 and coded["agreement"].null_count() == 0
+
+
+def test_a_bad_class_map_is_refused_with_the_job_checks(tmp_path):
+    from mpq.spec import JobSpecError
+
+    (tmp_path / "bad.csv").write_text("cat,tabby cat,extra\n")
+    for class_map, expected in ((str(tmp_path / "missing.yaml"), "cannot read"), (str(tmp_path / "bad.csv"), "each line")):
+        with pytest.raises(JobSpecError) as err:
+            job({"folder": str(tmp_path), "labels": "parent", "class_map": class_map}, "builtin:tiny-vit")
+        assert "datasets[0].source.class_map" in str(err.value) and expected in str(err.value)
+    with pytest.raises(JobSpecError, match="needs `labels: parent`"):
+        job({"folder": str(tmp_path), "class_map": {"cat": "tabby cat"}}, "builtin:tiny-vit")
+
+
+@pytest.mark.slow
+def test_the_builtin_imagenet_classifier_takes_synonyms_and_names_the_nearest_classes(tmp_path):
+    from mpq import registry
+
+    task = registry.get("task", "classify")(registry.get("task", "classify").Options(model="builtin:efficientnet-lite0"))
+    source = registry.get("source", "folder")
+    task.check_dataset("d", source(source.Options(folder=class_folder(tmp_path / "ok", ["tabby", "espresso", "Tiger Cat"]), labels="parent")))
+    with pytest.raises(ValueError) as err:
+        task.check_dataset("d", source(source.Options(folder=class_folder(tmp_path / "bad", ["cat", "espresso"]), labels="parent")))
+    assert "1 of its 2 labels" in str(err.value)
+    names = nearest(str(err.value), "cat")
+    assert len(names) == 5 and {"tabby, tabby cat", "tiger cat", "Persian cat", "Siamese cat, Siamese"} <= set(names), names

@@ -96,7 +96,7 @@ def test_unknown_builtin_model_is_refused_before_any_work():
 def test_unknown_key_lists_every_valid_key_the_entry_takes():
     msg = problems(with_(tasks=[{"name": "classify", "model": "builtin:tiny-vit", "batch_sise": 4}]))
     line = next(line for line in msg.splitlines() if "tasks[0].batch_sise" in line)
-    assert line.strip() == "- tasks[0].batch_sise: unknown key; valid keys: name, id, batch_size, datasets, model, revision"
+    assert line.endswith(" tasks[0].batch_sise: unknown key; valid keys: name, id, batch_size, datasets, model, revision")
     msg = problems(with_(codecs=[{"name": "jpeg", "setings": [5]}]))
     assert "codecs[0].setings: unknown key; valid keys: name, settings" in msg
     assert "metrics[0].bakbone: unknown key; valid keys: name, " in problems(with_(metrics=[{"name": "lpips", "bakbone": "x"}]))

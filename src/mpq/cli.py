@@ -17,6 +17,35 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        _fail(f"--limit must be 1 or more, got {limit}")
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mpq
+
+    libs = []
+    for lib in ("ray", "torch", "transformers", "timm", "pyarrow", "polars"):
+        try:
+            libs.append(f"{lib} {version(lib)}")
+        except PackageNotFoundError:
+            libs.append(f"{lib} not installed")
+    typer.echo(f"mpq {mpq.__version__}\n" + ", ".join(libs))
+    raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print mpq's version and its key libraries' and exit")] = False,
+) -> None:
+    """Machine perceptual quality: what lossy compression does to the models that consume it."""
+
+
 @app.command()
 def run(
     job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/smoke.yaml")],
@@ -27,8 +56,10 @@ def run(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     force: Annotated[bool, typer.Option(help="take over the output's lease from a run that is gone")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show Ray's and the models' own output (by default it stays in Ray's log folder)")] = False,
+    redo: Annotated[Optional[list[str]], typer.Option(help="compute again the error rows of this kind: load, codec, task, metric (or metric NAME), worker died, or all; repeatable")] = None,
 ) -> None:
     """Run a job; a second run on the same output resumes, skipping rows already written."""
+    _check_limit(limit)
     if verbose:
         os.environ["MPQ_VERBOSE"] = "1"  # read by the Ray engine
     from mpq.components import AssetUnavailable
@@ -44,7 +75,7 @@ def run(
 
     out = output or job.output or f"out/{job.name}"
     try:
-        stats = run_job(job, out, engine=engine, limit=limit, address=address, progress=progress, force=force)
+        stats = run_job(job, out, engine=engine, limit=limit, address=address, progress=progress, force=force, redo=tuple(redo or ()))
     except (LeaseHeld, LeaseLost) as exc:
         _fail(str(exc))
     except (AssetUnavailable, OSError, ValueError) as exc:  # OSError: an output that cannot be written
@@ -108,6 +139,7 @@ def submit(
     force: Annotated[bool, typer.Option(help="take over the output's lease from a run that is gone")] = False,
 ) -> None:
     """Run a job on a Ray cluster through the Jobs API; prints the job id and where results land."""
+    _check_limit(limit)
     from mpq import cluster
     from mpq.spec import JobSpecError, load_job
 

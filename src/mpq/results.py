@@ -16,9 +16,12 @@ keep each key's last row.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
+import os
+import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,9 +56,31 @@ def current(mpq_version: str | None) -> bool:
         return False
 
 
-def retryable(error: str | None) -> bool:
-    """An error row that is not done: the infrastructure failed, not the sample; a re-run redoes it."""
-    return error is not None and (error.startswith(INFRA_PREFIX) or OLD_CACHE_ERROR in error)
+def retryable(error: str | None, redo: tuple[str, ...] = ()) -> bool:
+    """An error row that is not done: the infrastructure failed, not the sample, and a re-run
+    redoes it; or one whose kind (``error_kind``) a re-run asks to redo (``run --redo KIND``)."""
+    if error is None:
+        return False
+    kind = error_kind(error)
+    return (error.startswith(INFRA_PREFIX) or OLD_CACHE_ERROR in error
+            or any(k == "all" or kind == k or kind.startswith(k + " ") for k in redo))
+
+
+ERROR_STAGES = ("load", "codec", "task", "metric", "worker died")  # what an error row names first
+
+
+def check_redo(kinds: tuple[str, ...]) -> None:
+    """Refuse a ``--redo`` kind that no error row can have (a typo would redo nothing)."""
+    for kind in kinds:
+        if kind != "all" and not any(kind == s or kind.startswith(s + " ") for s in ERROR_STAGES):
+            raise ValueError(f"--redo: no error is of kind {kind!r}; valid kinds: {', '.join(ERROR_STAGES)}, task agreement, metric NAME, all")
+
+
+def error_kind(error: str) -> str:
+    """What failed, as an error row names it: load, codec, task, task agreement, metric NAME,
+    worker died (``infra: `` first where the machine failed, not the sample)."""
+    infra = INFRA_PREFIX if error.startswith(INFRA_PREFIX) else ""
+    return infra + error.removeprefix(infra).split(":", 1)[0].strip()
 
 BASE_SCHEMA = pa.schema(
     [
@@ -143,8 +168,9 @@ class LocationError(ValueError):
     """An output that cannot be reached: unreachable endpoint, missing bucket, bad credentials."""
 
 
-def check_location(output: str) -> None:
-    """Fail before any work, in one line naming ``output`` and the cause, if it cannot be listed."""
+def check_location(output: str, write: bool = False) -> None:
+    """Fail before any work, in one line naming ``output`` and the cause, if it cannot be listed
+    (or, with ``write``, on a local disk, written)."""
     try:
         fs, root = filesystem(output)
         fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))  # endpoint, credentials
@@ -154,6 +180,27 @@ def check_location(output: str) -> None:
                 raise FileNotFoundError(f"bucket {bucket!r} does not exist")
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise LocationError(f"{output}: {' '.join(str(exc).split())}") from None
+    if write and isinstance(fs, pafs.LocalFileSystem):  # a remote output is first written by the lease, before any work too
+        _check_writable(output, root)
+
+
+def _check_writable(output: str, root: str) -> None:
+    """Write in a local output once; the folders made for it are removed, so that a run stopped
+    before any work (a model that cannot be had) leaves nothing behind."""
+    made, folder = [], os.path.abspath(root)
+    while not os.path.exists(folder) and folder != os.path.dirname(folder):
+        made.append(folder)  # the deepest first
+        folder = os.path.dirname(folder)
+    try:
+        os.makedirs(root, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        raise LocationError(f"output {output}: cannot be written ({exc.strerror or exc})") from None
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty: another run's since
+                os.rmdir(folder)
 
 
 def setting_str(setting) -> str:
@@ -209,13 +256,14 @@ class ResultStore:
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
-    def done(self, required: dict[str, set[str]] | None = None, files: list[str] | None = None) -> DoneKeys:
+    def done(self, required: dict[str, set[str]] | None = None, files: list[str] | None = None, redo: tuple[str, ...] = ()) -> DoneKeys:
         """The keys written in ``files`` (default: every results file) that are done: in a file that
         has every column in ``required[dataset]`` (metric columns), except rows whose error is
-        ``retryable`` and rows of an mpq older than ``COMPATIBLE_SINCE``. Each file is read once."""
+        ``retryable`` (with ``redo``'s kinds) and rows of an mpq older than ``COMPATIBLE_SINCE``.
+        Each file is read once. A key redone is written again, and readers keep its last row."""
         paths = self.files() if files is None else files
         with ThreadPoolExecutor(READERS) as pool:  # on object storage a read is requests: many at once
-            tables = list(pool.map(functools.partial(self._done_rows, required=required or {}), paths))
+            tables = list(pool.map(functools.partial(self._done_rows, required=required or {}, redo=redo), paths))
         table = pa.concat_tables(tables).unify_dictionaries() if tables else _KEYS.empty_table()
         by_dataset = {}
         for name in table.column("dataset").unique().to_pylist():
@@ -224,14 +272,14 @@ class ResultStore:
         pa.default_memory_pool().release_unused()  # the files' buffers (mimalloc keeps them otherwise)
         return DoneKeys(by_dataset)
 
-    def _done_rows(self, path: str, required: dict[str, set[str]]) -> pa.Table:
+    def _done_rows(self, path: str, required: dict[str, set[str]], redo: tuple[str, ...]) -> pa.Table:
         with self.fs.open_input_file(path) as f:
             parquet = pq.ParquetFile(f, read_dictionary=KEY)  # as the file holds them: compact
             has = set(parquet.schema_arrow.names)
             table = parquet.read(columns=list(KEY) + [c for c in ("error", "mpq_version") if c in has])
         mask = _passing(table.column("dataset"), lambda d: d is not None and required.get(d, set()) <= has)
         if "error" in has:
-            mask = pc.and_(mask, pc.invert(_passing(table.column("error"), retryable)))
+            mask = pc.and_(mask, pc.invert(_passing(table.column("error"), functools.partial(retryable, redo=redo))))
         mask = pc.and_(mask, _passing(table.column("mpq_version"), current) if "mpq_version" in has else pa.repeat(False, table.num_rows))
         return table.filter(mask).select(list(KEY)).cast(_KEYS)
 

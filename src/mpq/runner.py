@@ -15,7 +15,7 @@ from mpq.engine.plan import Planner, count, iter_items, shards
 from mpq.engine.stages import Finalize
 from mpq.lease import Lease
 from mpq.job import Job, resolve
-from mpq.results import ResultStore, check_location
+from mpq.results import ResultStore, check_location, check_redo
 from mpq.spec import JobSpec
 
 ENGINES = ("ray", "serial")
@@ -69,19 +69,36 @@ def run_job(
     address: str | None = None,
     progress: bool = True,
     force: bool = False,
+    redo: tuple[str, ...] = (),
 ) -> RunStats:
-    """``force`` takes over the output's lease from a run that is gone but refreshed it lately."""
+    """``force`` takes over the output's lease from a run that is gone but refreshed it lately;
+    ``redo``: error kinds whose rows are computed again (``results.retryable``).
+
+    What can be answered without the models is answered first, without loading them (or
+    importing torch or Ray): a bad limit, an output that cannot be written, an empty dataset,
+    and a resume with nothing left to do."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
-    check_location(output)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be 1 or more, got {limit}")
+    check_redo(redo)
+    check_location(output, write=True)
     job = resolve(spec)
-    preflight(job)
+    todo = shards(job, limit)
+    for name, dataset in job.datasets.items():
+        if not any(s.dataset == name for s in todo):
+            raise ValueError(f"dataset {name!r} has no samples ({dataset.source.describe()})")
     store = ResultStore(output)
+    required, files = required_metric_columns(job), store.files()
+    planner = Planner(job, output, required, files, redo)
+    work = count(planner, todo)
+    if work.samples:
+        preflight(job)  # the models' checks: only where there is work for them
     with Lease(output, store.run_id, force) as lease:  # one writer per output, from the plan to the last row
         start = time.monotonic()
-        planner = Planner(job, output, required_metric_columns(job), store.files())
-        todo = shards(job, limit)
-        work = count(planner, todo)
+        if store.files() != files:  # another run wrote since the count: plan against its rows too
+            planner = Planner(job, output, required, store.files(), redo)
+            work = count(planner, todo)
         finalize = Finalize(job, store.run_id)
         cache = EncodedCache(output) if spec.cache else None
         head = None

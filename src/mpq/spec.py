@@ -23,7 +23,10 @@ Setting = int | float | str
 class JobSpecError(ValueError):
     def __init__(self, source: str, problems: list[str]):
         self.problems = problems
-        super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
+        if len(problems) == 1:
+            super().__init__(f"{source}: {problems[0]}")
+        else:
+            super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class _Strict(BaseModel):
@@ -268,5 +271,8 @@ def load_job(path: str | Path) -> JobSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise JobSpecError(str(path), [f"not valid YAML: {exc}"]) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = " ".join(filter(None, (getattr(exc, "problem", None), getattr(exc, "context", None)))) or str(exc)
+        raise JobSpecError(str(path), [f"{where}not valid YAML: {what}"]) from None
     return parse_job(data, str(path))

@@ -8,7 +8,7 @@ import polars as pl
 
 from mpq import registry
 from mpq.media import MEDIA
-from mpq.results import BASELINE, KEY, ResultStore
+from mpq.results import BASELINE, KEY, ResultStore, error_kind
 
 
 def read_results(output: str) -> pl.DataFrame:
@@ -146,5 +146,23 @@ def print_summary(df: pl.DataFrame) -> None:
     if "pipeline_check" in df.columns:
         for note in sorted(df["pipeline_check"].drop_nulls().unique().to_list()):
             console.print(f"[yellow]pipeline check:[/] {note}")
+    kinds = error_kinds(df)
+    for kind, n, sample, example in kinds.iter_rows():
+        console.print(f"[red]errors:[/] {kind}: {n} row(s), e.g. {sample}: {example[:200]}", highlight=False)
+    if not kinds.is_empty():
+        console.print("(`mpq-ray run JOB --redo KIND` computes the rows of an error kind again, e.g. after fixing their inputs)")
+
+
+def error_kinds(df: pl.DataFrame) -> pl.DataFrame:
+    """The error rows by ``error_kind`` (most first): kind, rows, and one example (sample, error)."""
+    errors = df.filter(pl.col("error").is_not_null()) if "error" in df.columns else df.clear()
+    if errors.is_empty():
+        return pl.DataFrame(schema={"kind": pl.String, "rows": pl.UInt32, "sample_id": pl.String, "error": pl.String})
+    kinds = {e: error_kind(e) for e in errors["error"].unique()}  # each distinct message once
+    return (
+        errors.with_columns(pl.col("error").replace_strict(kinds).alias("kind"))
+        .group_by("kind").agg(pl.len().alias("rows"), pl.col("sample_id").first(), pl.col("error").first())
+        .sort(["rows", "kind"], descending=[True, False])
+    )
 
 

