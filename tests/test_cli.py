@@ -21,6 +21,32 @@ def test_list_shows_every_registered_component():
         assert name in out.stdout
 
 
+def test_list_describes_every_component_in_one_line():
+    out = mpq("list")
+    assert re.search(r"^  jpeg +image +JPEG through Pillow", out.stdout, re.M)
+    assert re.search(r"^  folder +image +A local folder of images", out.stdout, re.M)
+
+
+def test_list_name_shows_options_ranges_defaults_and_the_default_sweep():
+    from mpq import registry
+
+    out = mpq("list", "jpeg")
+    assert out.returncode == 0
+    assert f"default sweep {registry.get('codec', 'jpeg').default_settings}" in out.stdout
+    assert "quality must be an integer in [1, 95]" in out.stdout and "target_bpp" in out.stdout
+    music = mpq("list", "music").stdout
+    assert "tracks: int in [1, 100], default 2" in music and "seconds: float in (0, 600], default 3.0" in music
+    assert "music: one of synthetic, required" in music
+    classify = mpq("list", "classify").stdout
+    assert "model: str, default 'google/vit-base-patch16-224'" in classify and "batch_size: int > 0, default 16" in classify
+
+
+def test_list_of_an_unknown_name_names_the_valid_ones():
+    out = mpq("list", "jpg")
+    assert out.returncode == 2 and "no component 'jpg'; valid choices:" in out.stderr and "jpeg" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_bad_job_file_fails_before_work_with_one_message(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndatasets: [{name: d, source: {samples: skimage}}]\ncodecs: [{name: jpg}]\n")

@@ -208,15 +208,75 @@ def report(
 
 
 @app.command("list")
-def list_components() -> None:
-    """Print every registered source, codec, task and metric."""
+def list_components(
+    name: Annotated[Optional[str], typer.Argument(help="a component's name, e.g. jpeg: its options, their ranges and defaults")] = None,
+) -> None:
+    """Print every registered source, codec, task and metric, or one component's options."""
     from mpq import registry
 
-    for kind in registry.KINDS:
-        typer.secho(f"{kind}s", bold=True)
-        for name, cls in registry.items(kind):
-            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            typer.echo(f"  {name:<14} {cls.modality:<6} {doc}")
+    if name is None:
+        for kind in registry.KINDS:
+            typer.secho(f"{kind}s", bold=True)
+            for key, cls in registry.items(kind):
+                typer.echo(f"  {key:<16} {cls.modality:<6} {registry.description(cls)}")
+        typer.echo("`mpq-ray list NAME` shows a component's options.")
+        return
+    found = [(kind, registry.get(kind, name)) for kind in registry.KINDS if name in registry.names(kind)]
+    if not found:
+        every = sorted({n for kind in registry.KINDS for n in registry.names(kind)})
+        _fail(f"no component {name!r}; valid choices: {', '.join(every)}")
+    for kind, cls in found:
+        typer.echo("\n".join(_component_help(kind, name, cls)))
+
+
+def _component_help(kind: str, name: str, cls: type) -> list[str]:
+    """A component's description, the keys of its job-file entry (type, range, default) and,
+    for a codec, its settings: the default sweep and the valid range."""
+    from mpq import registry
+    from mpq.codecs import target
+    from mpq.spec import TaskSpec
+
+    lines = [f"{kind} {name} ({cls.modality}): {registry.description(cls)}"]
+    fields = dict(cls.Options.model_fields)
+    if kind == "task":  # the keys every task entry takes besides the model's own
+        fields.update({k: f for k, f in TaskSpec.model_fields.items() if k != "name"})
+    if kind == "codec":
+        try:
+            cls.check_setting(cls.__new__(cls), object())  # refused, naming the valid range
+            valid = ""
+        except ValueError as exc:
+            valid = f" ({exc})"
+        lines.append(f"  settings: default sweep {cls.default_settings}{valid}")
+        keys = [k for k, (_, modality) in target.TARGET_KEYS.items() if modality == cls.modality]
+        if target.knob(cls) is not None:
+            lines.append(f"  {keys[0]}: target rates instead of settings, e.g. [0.1, 0.2]")
+    lines.append("  options:" if fields else "  options: none")
+    for key, field in fields.items():
+        default = "required" if field.is_required() else f"default {field.default!r}"
+        about = f"  {field.description}" if field.description else ""
+        lines.append(f"    {key}: {_type_name(field.annotation)}{_bounds(field.metadata)}, {default}{about}")
+    if cls.columns:
+        lines.append(f"  columns: {', '.join(cls.columns)}")
+    return lines
+
+
+def _type_name(annotation) -> str:
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _bounds(metadata: list) -> str:
+    """Pydantic's constraints as a range: " in [1, 100]", " > 0"."""
+    found = {attr: getattr(m, attr) for m in metadata for attr in ("ge", "gt", "le", "lt") if hasattr(m, attr)}
+    lo = next(((k, found[k]) for k in ("ge", "gt") if k in found), None)
+    hi = next(((k, found[k]) for k in ("le", "lt") if k in found), None)
+    if lo and hi:
+        return f" in {'[' if lo[0] == 'ge' else '('}{lo[1]}, {hi[1]}{']' if hi[0] == 'le' else ')'}"
+    ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return "".join(f" {ops[b[0]]} {b[1]}" for b in (lo, hi) if b)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ class FolderOptions(Options):
 
 @register("source", "folder")
 class FolderSource(Source):
+    """A local folder of images (labels: the parent folder's name) or, with `media: audio`, of audio files."""
+
     Options = FolderOptions
 
     def __init__(self, options=None):

@@ -56,6 +56,8 @@ def open_split(hf: str, config: str | None, split: str, revision: str | None):
 
 @register("source", "hf")
 class HFSource(Source):
+    """A Hugging Face dataset split (hub id or local folder): an image or audio column and a label column."""
+
     Options = HFOptions
 
     def __init__(self, options=None):

@@ -96,8 +96,9 @@ def variant(img: Image, k: int) -> Image:
 
 @register("source", "samples")
 class EmbeddedSamples(Source):
-    """Photographs shipped by installed packages: scikit-image's labelled by their own
-    name, or every packaged photograph, unlabelled."""
+    """Photographs shipped by installed packages, offline: scikit-image's (labelled) or all 22.
+
+    `skimage`: scikit-image's, labelled by their own name; `photos`: every packaged photograph, unlabelled."""
 
     Options = SamplesOptions
 

@@ -25,7 +25,7 @@ class SyntheticOptions(Options):
 
 @register("source", "synthetic")
 class SyntheticImages(Source):
-    """``count`` tiny RGB images, ids "0", "1", ..."""
+    """`count` tiny RGB images made from their ids "0", "1", ..., never listed whole (scale tests)."""
 
     Options = SyntheticOptions
 
