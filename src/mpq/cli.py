@@ -61,16 +61,24 @@ def run(
 def fetch(
     job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/beans.yaml")],
     cache_dir: Annotated[Optional[Path], typer.Option(help="fill caches under this folder (huggingface/, torch/) instead of the usual ones")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show the libraries' own warnings and logs")] = False,
 ) -> None:
     """Download every model, checkpoint and dataset the job names into the library caches,
-    so that a machine without network access then runs the job with HF_HUB_OFFLINE=1."""
+    so that a machine without network access then runs the job with HF_HUB_OFFLINE=1.
+    With HF_HUB_OFFLINE=1 set, it only checks what the caches hold."""
     if cache_dir is not None:  # before any library reads its cache location
         cache_dir = cache_dir.resolve()
         os.environ["HF_HOME"] = str(cache_dir / "huggingface")
         os.environ["TORCH_HOME"] = str(cache_dir / "torch")
         for var in ("HF_HUB_CACHE", "HF_DATASETS_CACHE"):  # would win over HF_HOME
             os.environ.pop(var, None)
-    from mpq.components import AssetUnavailable
+    if not verbose:  # the libraries' deprecations and retries say nothing the lines below don't
+        import logging
+        import warnings
+
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+    from mpq.components import AssetUnavailable, cache_home, offline
     from mpq.job import resolve
     from mpq.spec import JobSpecError, load_job
 
@@ -78,20 +86,23 @@ def fetch(
         assets = resolve(load_job(job_file)).assets()
     except JobSpecError as exc:
         _fail(str(exc))
-    failed = []
+    missing = 0
     for asset in assets:
         try:
-            asset.fetch()
+            asset.check() if offline() else asset.fetch()
         except AssetUnavailable as exc:
-            failed.append(str(exc))
-            typer.secho(f"  failed  {asset}", fg=typer.colors.RED)
+            missing += 1
+            typer.secho(f"  missing  {asset}" + (f" ({exc.reason})" if exc.reason and not offline() else ""), fg=typer.colors.RED)
         else:
-            typer.echo(f"  cached  {asset}")
-    if failed:
-        _fail("\n".join(failed))
+            typer.echo(f"  cached   {asset}")
+    caches = f"HF_HOME={cache_home('model')} TORCH_HOME={cache_home('checkpoint')}"
+    if missing:
+        why = ("HF_HUB_OFFLINE is set, so nothing was downloaded; unset it and run this again" if offline()
+               else "they could not be downloaded from here; run this again")
+        _fail(f"{missing} of {len(assets)} assets missing: {why} where the hub is reachable, or copy a cache filled there to {caches}")
     typer.echo(f"{len(assets)} assets cached" + ("" if assets else " (the job downloads nothing)"))
     if cache_dir is not None:
-        typer.echo(f"to run from this cache: HF_HOME={os.environ['HF_HOME']} TORCH_HOME={os.environ['TORCH_HOME']} HF_HUB_OFFLINE=1")
+        typer.echo(f"to run from this cache: {caches} HF_HUB_OFFLINE=1")
 
 
 ADDRESS_HELP = "Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)"
