@@ -6,10 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import pytest
 import yaml
-from test_readme import readme_example
+from test_readme import blocks, readme_example
 
 from mpq import cluster, registry
 from mpq.spec import parse_job
@@ -23,13 +24,19 @@ JOB = {
 
 
 def write_plugin(site):
-    """The documented example codec as the package `mpq_posterize`, installed in ``site``."""
+    """docs/extending.md's example codec and pyproject.toml, installed in ``site`` as an
+    installer lays a package out: `mpq_posterize/` and its `.dist-info`."""
+    (pyproject,) = [tomllib.loads(b) for b in blocks("toml", "docs/extending.md") if "[project]" in b]
+    project = pyproject["project"]
     (site / "mpq_posterize").mkdir(parents=True)
     (site / "mpq_posterize" / "__init__.py").write_text(readme_example())
-    info = site / "mpq_posterize-0.1.dist-info"
+    info = site / f"mpq_posterize-{project['version']}.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mpq-posterize\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[mpq.codecs]\nposterize = mpq_posterize:Posterize\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in eps.items())
+        for group, eps in project["entry-points"].items()
+    ))
     return site
 
 
@@ -50,7 +57,7 @@ def test_submit_ships_the_plugins_the_job_uses_and_only_those(plugin, tmp_path):
     env = cluster.runtime_env(parse_job(JOB), staging)
     mpq_source = os.path.dirname(registry.__file__)
     assert env["py_modules"] == [mpq_source, str(plugin / "mpq_posterize")]
-    shipped = staging / "mpq_posterize-0.1.dist-info" / "entry_points.txt"
+    shipped = staging / "mpq_posterize-0.1.0.dist-info" / "entry_points.txt"
     assert "posterize = mpq_posterize:Posterize" in shipped.read_text()
 
     builtin_only = tmp_path / "builtin"
