@@ -83,3 +83,14 @@ def test_the_column_reference_names_every_column_a_row_can_have():
     documented = documented_columns()
     assert not expected - documented, f"docs/results.md lacks {sorted(expected - documented)}"
     assert not documented - expected, f"docs/results.md documents columns no row has: {sorted(documented - expected)}"
+
+
+def test_the_example_error_of_jobs_md_is_what_a_bad_name_gets():
+    from mpq.spec import JobSpecError, parse_job
+
+    (example,) = re.findall(r"`(codecs\[1\]\.name: unknown codec [^`]*)`", (ROOT / "docs" / "jobs.md").read_text())
+    with pytest.raises(JobSpecError) as err:
+        parse_job({"name": "x", "datasets": [{"name": "d", "source": {"samples": "skimage"}}],
+                   "codecs": [{"name": "jpeg"}, {"name": "jpg"}]})
+    (problem,) = err.value.problems
+    assert problem.startswith(example.removesuffix(", ...")), problem
