@@ -293,3 +293,18 @@ def test_hific_checkpoints_are_zenodo_files_in_the_torch_hub_cache(empty_caches)
     load_net(low.path)
     cls = registry.get("codec", "hific")
     assert cls(cls.Options(checkpoints=str(empty_caches))).assets(["low"]) == []  # the user's folder: preflight checks it
+
+
+def test_the_message_for_a_missing_asset_names_the_cache_used_and_the_cause(tmp_path, monkeypatch):
+    from mpq.components import offline_hint
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = str(offline_hint("checkpoint", "zoo q1", FileNotFoundError("no such file")))
+    assert f"not in {tmp_path}/torch (TORCH_HOME) and HF_HUB_OFFLINE is set" in message
+    assert "FileNotFoundError: no such file" in message
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    error = offline_hint("model", "org/model", ConnectionError("unreachable"))
+    assert f"not in {tmp_path}/hf (HF_HOME) and could not be downloaded" in str(error)
+    assert "HF_HUB_OFFLINE is set" not in str(error) and error.reason == "ConnectionError: unreachable"

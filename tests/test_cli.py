@@ -61,6 +61,7 @@ def test_offline_hub_model_fails_naming_the_model(tmp_path):
     out = mpq("run", str(ROOT / "jobs" / "beans.yaml"), "--output", str(tmp_path / "o"), env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert out.returncode == 2
     assert "nateraw/vit-base-beans" in out.stderr and "mpq-ray fetch" in out.stderr
+    assert "HF_HUB_OFFLINE is set" in out.stderr and "hub is not reachable" not in out.stderr
 
 
 @pytest.mark.slow
