@@ -39,6 +39,7 @@ def test_list_name_shows_options_ranges_defaults_and_the_default_sweep():
     assert "music: one of synthetic, required" in music
     classify = mpq("list", "classify").stdout
     assert "model: str, default 'google/vit-base-patch16-224'" in classify and "batch_size: int > 0, default 16" in classify
+    assert "label_map: str | None, default None – a column of annotation images" in mpq("list", "hf").stdout  # a field's description
 
 
 def test_list_of_an_unknown_name_names_the_valid_ones():

@@ -264,7 +264,7 @@ def _component_help(kind: str, name: str, cls: type) -> list[str]:
     lines.append("  options:" if fields else "  options: none")
     for key, field in fields.items():
         default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
-        about = f"  {field.description}" if field.description else ""
+        about = f" – {field.description}" if field.description else ""
         lines.append(f"    {key}: {_type_name(field.annotation)}{_bounds(field.metadata)}, {default}{about}")
     if cls.columns:
         lines.append(f"  columns: {', '.join(cls.columns)}")

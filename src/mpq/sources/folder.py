@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from mpq.components import ClassTarget, Options, Sample, Source
 from mpq.media import audio_from_bytes, image_from_bytes
 from mpq.registry import register
@@ -20,9 +22,9 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aa
 
 
 class FolderOptions(Options):
-    folder: str
+    folder: str = Field(description="the folder, searched recursively")
     media: Literal["image", "audio"] = "image"
-    labels: Literal["parent", "text", "none"] = "none"
+    labels: Literal["parent", "text", "none"] = Field(default="none", description="parent: the parent folder's name; text: NAME.txt beside each file")
 
 
 @register("source", "folder")
