@@ -141,12 +141,12 @@ def test_bd_rate_refuses_curves_that_do_not_overlap_or_do_not_move():
 def test_bd_rates_on_results_pairs_codecs_with_enough_settings():
     a = results_frame(samples=10, codecs=(("a", ("1", "2", "3", "4")), ("c", ("1", "2", "3"))))
     # Codec b: a's decisions at 80 % of a's bits, sample by sample.
-    b = a.filter(pl.col("codec") == "a").with_columns(codec=pl.lit("b"), bits=(pl.col("bits") * 0.8).cast(pl.Int64))
+    b = a.filter(pl.col("codec") == "a").with_columns(codec=pl.lit("b"), bits=(pl.col("bits") * 0.8).cast(pl.Int64), bpp=pl.col("bpp") * 0.8)
     bd = analysis.bd_rates(pl.concat([a, b]), n_resamples=50)
     assert bd.select("anchor", "test").rows() == [("a", "b")]  # c has only 3 settings
     row = bd.row(0, named=True)
     assert row["score_name"] == "accuracy" and "no value" not in (row["note"] or "")
-    assert row["bd_rate"] == pytest.approx(-20.0, abs=0.05)  # bits were rounded to integers
+    assert row["rate"] == "bpp" and row["bd_rate"] == pytest.approx(-20.0)
     # A resample draws a sample at every setting of both codecs: b stays a at 80 % of the bits.
     assert row["bd_rate_low"] == pytest.approx(-20.0, abs=0.05) and row["bd_rate_high"] == pytest.approx(-20.0, abs=0.05)
 
@@ -333,7 +333,7 @@ def test_bd_rate_needs_the_stated_minimum_overlap_of_scores():
     # Overlap 0.74–0.75: a fifteenth of the narrower range, under the 50 % minimum.
     with pytest.raises(ValueError, match="50 %"):
         analysis.bd_rate(RATES, TEST_SCORES, RATES, [0.74, 0.80, 0.85, 0.90])
-    assert analysis.bd_rate(RATES, TEST_SCORES, RATES, [0.74, 0.80, 0.85, 0.90], min_overlap=0.05) is not None
+    assert analysis.bd_rate(RATES, TEST_SCORES, RATES, [0.74, 0.80, 0.85, 0.90], min_overlap=0.05, min_points=2) is not None
 
 
 def bd_frame(samples=40, seed=1):
@@ -392,7 +392,7 @@ def test_bd_rates_note_says_why_a_value_is_missing_or_fitted():
     rows = {(r["anchor"], r["test"]): r for r in bd.iter_rows(named=True)}
     assert rows["a", "c"]["bd_rate"] is None and "under 50 % of the narrower range" in rows["a", "c"]["note"]
     assert rows["a", "d"]["bd_rate"] is not None
-    assert rows["a", "d"]["note"] == "test d: the monotone fit moved 2 setting(s) whose score falls as bits rise"
+    assert rows["a", "d"]["note"] == "test d: the monotone fit moved 2 setting(s) whose score falls as the rate rises"
 
 
 def inf_frame():

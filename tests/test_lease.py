@@ -67,6 +67,12 @@ def keys_on_disk(out) -> set:
     return set(zip(*(table.column(c).to_pylist() for c in KEY)))
 
 
+def aged(path, seconds: float) -> None:
+    """Make the lease file look last written ``seconds`` ago to its store."""
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
 def holder(run_id="other", pid=1, age=0.0, machine="elsewhere") -> Holder:
     t = (datetime.now(timezone.utc) - timedelta(seconds=age)).isoformat(timespec="milliseconds")
     return Holder(run_id, "otherhost", pid, t, t, machine)
@@ -129,7 +135,8 @@ def test_stale_by_time_is_taken_over_fresh_foreign_holder_is_not(tmp_path, capsy
     (out / "lease.json").write_bytes(holder(pid=dead_pid(), age=0).encode())
     with pytest.raises(LeaseHeld, match="is being written by run other"):  # another machine: the pid says nothing
         Lease(str(out), "mine").__enter__()
-    (out / "lease.json").write_bytes(holder(age=10).encode())  # older than MPQ_LEASE_TIMEOUT (2 s)
+    (out / "lease.json").write_bytes(holder().encode())
+    aged(out / "lease.json", 10)  # older than MPQ_LEASE_TIMEOUT (2 s)
     with Lease(str(out), "mine"):
         assert json.loads((out / "lease.json").read_text())["run_id"] == "mine"
     assert "is stale; taking it over" in capsys.readouterr().err
@@ -163,7 +170,8 @@ def test_lease_is_refreshed_and_released_on_exception(tmp_path):
 def test_one_of_many_takes_a_stale_lease(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "lease.json").write_bytes(holder(age=10).encode())
+    (out / "lease.json").write_bytes(holder().encode())
+    aged(out / "lease.json", 10)
     leases = [Lease(str(out), f"run{i}") for i in range(8)]
     barrier = threading.Barrier(len(leases))
 
@@ -215,7 +223,7 @@ def test_s3_create_if_absent_has_one_winner(s3):
     with ThreadPoolExecutor(8) as pool:
         wins = [i for i, ok in enumerate(pool.map(create, range(8))) if ok]
     assert len(wins) == 1
-    assert store.read("lease.json") == str(wins[0]).encode()
+    assert store.read("lease.json").data == str(wins[0]).encode()
     assert not store.create("lease.json", b"again")
 
 
@@ -228,7 +236,10 @@ def test_s3_lease_refuses_a_second_run_takes_over_a_stale_one(s3):
             Lease(out, "second").__enter__()
         assert "\n" not in str(exc.value)
     assert "Contents" not in s3.list_objects_v2(Bucket="mpq", Prefix="jobs/one/")  # released
-    s3.put_object(Bucket="mpq", Key="jobs/one/lease.json", Body=holder(age=10).encode())
+    s3.put_object(Bucket="mpq", Key="jobs/one/lease.json", Body=holder(age=600).encode())
+    with pytest.raises(LeaseHeld):  # just written, whatever its holder's clock says
+        Lease(out, "resume").__enter__()
+    time.sleep(3.2)  # past MPQ_LEASE_TIMEOUT on S3's clock (whole seconds)
     with Lease(out, "resume"):
         assert json.loads(s3.get_object(Bucket="mpq", Key="jobs/one/lease.json")["Body"].read())["run_id"] == "resume"
 
@@ -242,7 +253,10 @@ def test_stores_without_conditional_writes_read_the_lease_back(s3, monkeypatch):
     store = lease_mod._ReadBack(fs, root)
     assert store.create("lease.json", b"one")
     assert not store.create("lease.json", b"two")
-    assert store.read("lease.json") == b"one"
+    current = store.read("lease.json")
+    assert current.data == b"one"
+    assert not store.replace("lease.json", b"three", "another-tag") and store.read("lease.json").data == b"one"
+    assert store.replace("lease.json", b"three", current.tag) and store.read("lease.json").data == b"three"
     store.delete("lease.json")
     assert store.read("lease.json") is None
 
@@ -262,3 +276,43 @@ def test_run_into_s3_holds_the_lease_while_it_writes(s3, pics, tmp_path):
     assert stats.written == 6 and "runs/one/lease.json" not in keys()
     parts = [k for k in keys() if k.startswith("runs/one/results/part-")]
     assert sum(pq.read_metadata(io.BytesIO(s3.get_object(Bucket="mpq", Key=k)["Body"].read())).num_rows for k in parts) == 6
+
+
+def test_a_fresh_lease_is_held_whatever_its_holders_clock_says(tmp_path):
+    """Age is the store's: a holder on a host whose clock runs 10 minutes slow, which has
+    just refreshed its lease, is not stale."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lease.json").write_bytes(holder(age=600).encode())
+    with pytest.raises(LeaseHeld, match="is being written by run other"):
+        Lease(str(out), "mine").__enter__()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_refresh_never_overwrites_a_lease_taken_over_since_it_was_read(tmp_path, where, request):
+    out = str(tmp_path / "out") if where == "local" else f"s3://mpq/taken-{os.getpid()}"
+    if where == "s3":
+        request.getfixturevalue("s3")
+    held = Lease(out, "slow")
+    held._acquire()
+    before = held.store.read("lease.json")  # the holder reads its lease ...
+    with Lease(out, "taker", force=True):  # ... another run takes it over ...
+        real_read = held.store.read
+        reads = iter([before])
+        held.store.read = lambda name: next(reads, None) or real_read(name)
+        waits = iter([False])
+        held._stop.wait = lambda timeout: next(waits, True)  # one refresh, now
+        held._refresh()  # ... then the holder writes its refresh
+        assert Holder.parse(real_read("lease.json").data).run_id == "taker"
+        with pytest.raises(LeaseLost, match="taken over by run taker"):
+            held.check()
+
+
+def test_s3_conditional_replace_names_the_version_it_read(s3):
+    store = lease_mod._S3("s3://mpq/replace")
+    assert store.create("lease.json", b"one")
+    first = store.read("lease.json")
+    assert store.replace("lease.json", b"two", first.tag)
+    assert not store.replace("lease.json", b"three", first.tag)  # the ETag moved on
+    assert store.read("lease.json").data == b"two"
+    assert abs(store.now() - store.read("lease.json").modified) < 5

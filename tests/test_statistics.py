@@ -47,12 +47,6 @@ def test_holm_hand_worked_and_against_statsmodels():
     assert math.isnan(with_nan[1]) and with_nan[[0, 2]] == pytest.approx(multipletests([0.01, 0.04], method="holm")[1])
 
 
-def test_bootstrap_p_counts_both_tails():
-    assert analysis.bootstrap_p(np.zeros(99)) == 1.0
-    assert analysis.bootstrap_p(np.ones(99)) == pytest.approx(2 / 100)
-    assert analysis.bootstrap_p(np.r_[-np.ones(10), np.ones(89)]) == pytest.approx(2 * 11 / 100)
-
-
 # --- paired comparisons on result rows -----------------------------------------------------
 
 def ids_sorted(df):
@@ -106,7 +100,7 @@ def test_paired_bootstrap_recomputes_the_split_level_miou_per_resample():
     df = segment_frame()
     resamples = 300
     row = analysis.compare(df, n_resamples=resamples, seed=2).filter(pl.col("score_name") == "mIoU").row(0, named=True)
-    assert row["test"] == "paired bootstrap" and row["n"] == 24
+    assert row["test"] == "paired permutation" and row["n"] == 24
     ids = ids_sorted(df)
 
     def counts(codec):
@@ -122,7 +116,12 @@ def test_paired_bootstrap_recomputes_the_split_level_miou_per_resample():
     assert row["difference"] == pytest.approx(miou(ci, cu) - miou(bi, bu))
     diffs = np.array([miou(ci[d], cu[d]) - miou(bi[d], bu[d]) for d in np.random.default_rng(2).integers(0, len(ids), size=(resamples, len(ids)))])
     assert (row["difference_low"], row["difference_high"]) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
-    assert row["p"] == pytest.approx(min(1, 2 * (min((diffs <= 0).sum(), (diffs >= 0).sum()) + 1) / (resamples + 1)))
+    # The test: scipy's paired permutation test, independently, on the counts (which condition
+    # each sample's counts count for is swapped at random), mIoU recomputed per relabelling.
+    inter, union = np.concatenate([bi, ci]), np.concatenate([bu, cu])
+    ref = stats.permutation_test((np.arange(24), np.arange(24) + 24), lambda x, y: miou(inter[y], union[y]) - miou(inter[x], union[x]),
+                                 permutation_type="samples", vectorized=False, n_resamples=2000, rng=0)
+    assert row["p"] == pytest.approx(ref.pvalue, abs=0.01)
     assert row["difference_high"] < 0 and row["p"] < 0.05  # every class lost intersection
 
 
@@ -242,7 +241,7 @@ def test_metric_ranking_orders_by_abs_spearman_and_tests_best_against_second():
     best = rank.row(0, named=True)
     assert best["vs_next"] == pytest.approx(abs(rank["spearman"][0]) - abs(rank["spearman"][1]))
     assert (best["vs_next_low"], best["vs_next_high"]) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
-    assert best["p"] == pytest.approx(analysis.bootstrap_p(diffs)) and best["p"] < 0.05
+    assert best["test"] == "paired permutation" and best["p"] < 0.05  # the test itself: test_conclusions' brute force
     assert best["p_holm"] == pytest.approx(best["p"])  # one test in the table
     # The report hands over the sample-level correlations it computed: the same table.
     corr = analysis.correlations(df, n_resamples=resamples, seed=4)

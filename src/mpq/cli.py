@@ -200,10 +200,11 @@ def stop(job_id: str, address: Annotated[Optional[str], typer.Option(help=ADDRES
 def report(
     output: Annotated[str, typer.Argument(help="a job's output folder or URI (the one holding results/)")],
     to: Annotated[Optional[Path], typer.Option("--to", help="where to write the report (default: OUTPUT/report)")] = None,
-    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the correlation intervals (0: none)")] = 1000,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the intervals and Monte Carlo permutations for the tests (0: none)")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     min_settings: Annotated[int, typer.Option(help="settings a codec needs for BD-rate")] = 4,
     target: Annotated[Optional[list[float]], typer.Option(help="a rate for the equal-rate section, in bpp (images) or kbps (audio); repeat it (default: three per dataset)")] = None,
+    include_flagged: Annotated[bool, typer.Option(help="keep rows a pipeline check flagged (random weights) in the conclusions")] = False,
 ) -> None:
     """The metric ranking, codecs at equal rate, summary tables, metric↔task correlations,
     machine BD-rate and plots, as Markdown, CSV, PNG and one self-contained HTML file."""
@@ -212,7 +213,8 @@ def report(
     if to is None and "://" in output:
         _fail(f"{output} is remote: name a local folder for the report with --to")
     try:
-        path = write_report(output, to or Path(output) / "report", n_resamples=resamples, seed=seed, min_settings=min_settings, targets=target or None)
+        path = write_report(output, to or Path(output) / "report", n_resamples=resamples, seed=seed, min_settings=min_settings, targets=target or None,
+                            include_flagged=include_flagged)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"report: {path}")

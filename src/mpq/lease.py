@@ -1,18 +1,23 @@
 """One writer per output: a run holds ``OUTPUT/lease.json`` while it writes.
 
-The lease names its holder (host, pid, run id, start) and when it last refreshed it; a
-thread rewrites it every ``MPQ_LEASE_REFRESH`` seconds. It is taken with a create-if-absent
-write: a hard link on local folders (atomic, never half-written), ``PutObject`` with
-``If-None-Match: *`` on S3. A second run into a held output stops before any work.
+The lease names its holder (host, pid, run id, start, last refresh); a thread rewrites it
+every ``MPQ_LEASE_REFRESH`` seconds. It is taken with a create-if-absent write: a hard link
+on local folders (atomic, never half-written), ``PutObject`` with ``If-None-Match: *`` on
+S3. A second run into a held output stops before any work.
 
-A lease not refreshed for ``MPQ_LEASE_TIMEOUT`` seconds, or whose holder process is gone
-from this machine, is stale: the next run takes it over with a warning, so a crashed run
-never blocks its resume. Taking over goes through a create-if-absent marker named after the
-stale holder, so of two runs taking over one stale lease only one wins. A holder that finds
-its lease taken (it was paused past the timeout, or a run used ``--force``) stops writing.
+Every later write is conditional on the version read before it (the file's inode and
+modification time under a lock on local folders; ``If-Match`` on the ETag on S3), so of a
+holder refreshing and a run taking over, exactly one wins, and a holder that finds its
+lease taken (it was paused past the timeout, or a run used ``--force``) stops writing.
 
-Other stores (``gs://``...) offer no create-if-absent through pyarrow: there the lease is
-written if absent and read back a moment later, which tells apart runs started more than a
+A lease whose object the store has not seen rewritten for ``MPQ_LEASE_TIMEOUT`` seconds, or
+whose holder process is gone from this machine, is stale: the next run takes it over with a
+warning, so a crashed run never blocks its resume. Age is measured on the store's own
+clock (the modification time of the lease against that of an object written just then),
+never by comparing the clocks of two hosts.
+
+Other stores (``gs://``...) offer no conditional write through pyarrow: there a write is
+checked by reading it back a moment later, which tells apart runs started more than a
 write's time apart.
 """
 
@@ -25,6 +30,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,28 +98,32 @@ class Holder:
     def parse(cls, raw: bytes) -> Holder | None:
         try:
             data = json.loads(raw)
-            holder = cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})  # newer fields: ignored
-            holder.age()
-            return holder
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})  # newer fields: ignored
         except (ValueError, TypeError, KeyError):
             return None
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
-    def age(self) -> float:
-        return (datetime.now(timezone.utc) - datetime.fromisoformat(self.refreshed)).total_seconds()
-
-    def stale(self) -> bool:
+    def stale(self, age: float) -> bool:
+        """``age``: seconds since the store last saw the lease written, on its own clock."""
         if self.machine and self.machine == _machine() and not _alive(self.pid):
             return True
-        return self.age() > timeout_seconds()
+        return age > timeout_seconds()
 
-    def describe(self) -> str:
-        return (
-            f"run {self.run_id} (host {self.host}, pid {self.pid}, started {self.started}, "
-            f"last refresh {self.refreshed}, {self.age():.0f} s ago)"
-        )
+    def describe(self, age: float | None = None) -> str:
+        ago = f", {age:.0f} s ago" if age is not None else ""
+        return f"run {self.run_id} (host {self.host}, pid {self.pid}, started {self.started}, last refresh {self.refreshed}{ago})"
+
+
+@dataclass
+class Version:
+    """The lease object as a store holds it: its bytes, the tag a conditional write names,
+    and when the store last wrote it (seconds on the store's clock)."""
+
+    data: bytes
+    tag: str
+    modified: float
 
 
 class _Local:
@@ -137,14 +147,27 @@ class _Local:
         finally:
             os.unlink(tmp)
 
-    def read(self, name: str) -> bytes | None:
+    def read(self, name: str) -> Version | None:
         try:
-            return Path(self.root, name).read_bytes()
+            with open(f"{self.root}/{name}", "rb") as f:
+                st = os.fstat(f.fileno())
+                return Version(f.read(), f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}", st.st_mtime)
         except FileNotFoundError:
             return None
 
-    def write(self, name: str, data: bytes) -> None:
-        os.replace(self._tmp(name, data), f"{self.root}/{name}")
+    def replace(self, name: str, data: bytes, tag: str) -> bool:
+        import fcntl
+
+        with open(f"{self.root}/.{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # read and replace as one step against other writers here
+            current = self.read(name)
+            if current is None or current.tag != tag:
+                return False
+            os.replace(self._tmp(name, data), f"{self.root}/{name}")
+            return True
+
+    def now(self) -> float:
+        return time.time()  # the clock that stamps this folder's files
 
     def delete(self, name: str) -> None:
         Path(self.root, name).unlink(missing_ok=True)
@@ -168,55 +191,85 @@ class _S3:
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
-    def create(self, name: str, data: bytes) -> bool:
+    def _put(self, name: str, data: bytes, **condition) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data, IfNoneMatch="*")
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data, **condition)
             return True
         except ClientError as exc:
-            # 412: the object exists; 409: a concurrent conditional write to it won.
-            if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
+            # 412: the condition failed; 409: a concurrent conditional write won; 404: gone (If-Match).
+            if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404"):
                 return False
             raise
 
-    def read(self, name: str) -> bytes | None:
+    def create(self, name: str, data: bytes) -> bool:
+        return self._put(name, data, IfNoneMatch="*")
+
+    def read(self, name: str) -> Version | None:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+            got = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
         except self.client.exceptions.NoSuchKey:
             return None
+        return Version(got["Body"].read(), got["ETag"], got["LastModified"].timestamp())
 
-    def write(self, name: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+    def replace(self, name: str, data: bytes, tag: str) -> bool:
+        return self._put(name, data, IfMatch=tag)
+
+    def now(self) -> float:
+        """S3's clock: the modification time of an object written now."""
+        probe = f"{LEASE}.clock-{uuid.uuid4().hex[:8]}"
+        self.client.put_object(Bucket=self.bucket, Key=self._key(probe), Body=b"")
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(probe))["LastModified"].timestamp()
+        finally:
+            self.delete(probe)
 
     def delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
 
 
 class _ReadBack:
-    """Any pyarrow filesystem: create-if-absent approximated by write, wait, read back."""
+    """Any pyarrow filesystem: conditional writes approximated by write, wait, read back."""
 
     def __init__(self, fs: pafs.FileSystem, root: str):
         self.fs, self.root = fs, root.rstrip("/")
         fs.create_dir(self.root, recursive=True)
 
-    def create(self, name: str, data: bytes) -> bool:
-        if self.read(name) is not None:
-            return False
-        self.write(name, data)
-        time.sleep(READ_BACK_SECONDS)
-        return self.read(name) == data  # a rival's later write wins; the earlier writer backs off
-
-    def read(self, name: str) -> bytes | None:
-        try:
-            with self.fs.open_input_stream(f"{self.root}/{name}") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-
-    def write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, data: bytes) -> bool:
         with self.fs.open_output_stream(f"{self.root}/{name}") as f:
             f.write(data)
+        time.sleep(READ_BACK_SECONDS)
+        landed = self.read(name)
+        return landed is not None and landed.data == data  # a rival's later write wins; the earlier writer backs off
+
+    def create(self, name: str, data: bytes) -> bool:
+        return self.read(name) is None and self._write(name, data)
+
+    def read(self, name: str) -> Version | None:
+        path = f"{self.root}/{name}"
+        try:
+            with self.fs.open_input_stream(path) as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        info = self.fs.get_file_info(path)
+        modified = info.mtime.timestamp() if info.mtime else time.time()
+        return Version(data, f"{info.mtime_ns}-{info.size}-{zlib.crc32(data)}", modified)
+
+    def replace(self, name: str, data: bytes, tag: str) -> bool:
+        current = self.read(name)
+        return current is not None and current.tag == tag and self._write(name, data)
+
+    def now(self) -> float:
+        probe = f"{LEASE}.clock-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(f"{self.root}/{probe}") as f:
+            f.write(b"")
+        try:
+            mtime = self.fs.get_file_info(f"{self.root}/{probe}").mtime
+            return mtime.timestamp() if mtime else time.time()
+        finally:
+            self.delete(probe)
 
     def delete(self, name: str) -> None:
         try:
@@ -264,9 +317,9 @@ class Lease:
         if self._lost:
             raise LeaseLost(self._lost)
 
-    def _held_message(self, holder: Holder) -> str:
+    def _held_message(self, holder: Holder, age: float) -> str:
         return (
-            f"{self.output} is being written by {holder.describe()}; wait for it to end, or once it is gone "
+            f"{self.output} is being written by {holder.describe(age)}; wait for it to end, or once it is gone "
             f"take over with --force (a lease not refreshed for {timeout_seconds():.0f} s is taken over by itself)"
         )
 
@@ -274,48 +327,42 @@ class Lease:
         for _ in range(3):  # again only when the lease changed hands under us
             if self.store.create(LEASE, self.me.encode()):
                 return
-            raw = self.store.read(LEASE)
-            if raw is None:  # released in between
+            current = self.store.read(LEASE)
+            if current is None:  # released in between
                 continue
-            holder = Holder.parse(raw)
+            holder = Holder.parse(current.data)
+            age = max(0.0, self.store.now() - current.modified)
             if holder is None:
-                warn(f"{self.output}: {LEASE} is unreadable; taking it over")
-                self.store.write(LEASE, self.me.encode())
+                why = f"{LEASE} is unreadable; taking it over"
+            elif self.force:
+                why = f"taking over the lease of {holder.describe(age)} (--force)"
+            elif holder.stale(age):
+                why = f"the lease of {holder.describe(age)} is stale; taking it over"
+            else:
+                raise LeaseHeld(self._held_message(holder, age))
+            if self.store.replace(LEASE, self.me.encode(), current.tag):  # of several takers, one wins
+                warn(f"{self.output}: {why}")
                 return
-            if self.force:
-                warn(f"{self.output}: taking over the lease of {holder.describe()} (--force)")
-                self.store.write(LEASE, self.me.encode())
-                return
-            if not holder.stale():
-                raise LeaseHeld(self._held_message(holder))
-            marker = f"{LEASE}.takeover-{holder.run_id}"
-            if not self.store.create(marker, self.me.encode()):
-                raise LeaseHeld(
-                    f"{self.output}: another run is taking over the stale lease of {holder.describe()}; "
-                    f"if it is gone, take over with --force"
-                )
-            try:
-                if self.store.read(LEASE) == raw:  # nobody took it between our read and the marker
-                    warn(f"{self.output}: the lease of {holder.describe()} is stale; taking it over")
-                    self.store.write(LEASE, self.me.encode())
-                    return
-            finally:
-                self.store.delete(marker)
         raise LeaseHeld(f"{self.output}: the lease keeps changing hands; another run is starting there")
 
     def _owned(self) -> bool:
-        holder = Holder.parse(self.store.read(LEASE) or b"")
+        current = self.store.read(LEASE)
+        holder = Holder.parse(current.data) if current else None
         return holder is not None and holder.run_id == self.me.run_id
 
     def _refresh(self) -> None:
         while not self._stop.wait(refresh_seconds()):
             try:
-                holder = Holder.parse(self.store.read(LEASE) or b"")
-                if holder is None or holder.run_id != self.me.run_id:
-                    taker = holder.describe() if holder else "someone (the lease is gone)"
-                    self._lost = f"{self.output}: this run's lease was taken over by {taker}; stopping"
-                    return
-                self.me.refreshed = _now()
-                self.store.write(LEASE, self.me.encode())
+                current = self.store.read(LEASE)
+                holder = Holder.parse(current.data) if current else None
+                if holder is not None and holder.run_id == self.me.run_id:
+                    self.me.refreshed = _now()
+                    if self.store.replace(LEASE, self.me.encode(), current.tag):
+                        continue
+                    current = self.store.read(LEASE)  # written by another between our read and write
+                    holder = Holder.parse(current.data) if current else None
+                taker = holder.describe() if holder else "someone (the lease is gone)"
+                self._lost = f"{self.output}: this run's lease was taken over by {taker}; stopping"
+                return
             except Exception as exc:  # a network blip: keep the run, try again next time
                 warn(f"{self.output}: could not refresh the lease: {exc}")

@@ -14,7 +14,7 @@ ranking, codecs at equal rate and paired tests, machine BD-rate, plots and a sel
 from mpq.analysis.bdrate import bd_rate, bd_rates
 from mpq.analysis.correlation import correlate, correlations
 from mpq.analysis.equal_rate import default_targets, equal_rate
-from mpq.analysis.paired import bootstrap_p, compare, holm, mcnemar
+from mpq.analysis.paired import compare, holm, mcnemar, permutation_p
 from mpq.analysis.plots import metric_performance, png, rate_performance
 from mpq.analysis.ranking import metric_ranking, spearman_difference
 from mpq.analysis.report import correlation_display, equal_rate_display, ranking_display, write_report
@@ -28,7 +28,7 @@ from mpq.analysis.tables import (
 )
 
 __all__ = [
-    "bd_rate", "bd_rates", "bootstrap_p", "compare", "conditions", "correlate", "correlation_display", "correlations",
+    "bd_rate", "bd_rates", "compare", "conditions", "correlate", "correlation_display", "correlations",
     "default_targets", "equal_rate", "equal_rate_display", "holm", "load", "mcnemar", "metric_columns", "metric_performance", "metric_ranking",
-    "png", "ranking_display", "rate_column", "rate_performance", "spearman_difference", "summary_tables", "to_markdown", "write_report",
+    "permutation_p", "png", "ranking_display", "rate_column", "rate_performance", "spearman_difference", "summary_tables", "to_markdown", "write_report",
 ]

@@ -9,8 +9,14 @@ at their mean log-rate. Log-rate is then interpolated over the score with a mono
 piecewise-cubic (pchip) interpolant. The BD-rate of a test codec against an anchor is
 exp(mean difference of log-rate over the score range both curves cover) − 1: the average
 change in bits the test codec needs for the same task score; −20 % means 20 % fewer bits.
-That common range must be at least ``min_overlap`` (50 %) of the narrower curve's range,
-else there is no value.
+That common range must be at least ``min_overlap`` (50 %) of the narrower curve's range
+and hold at least ``MIN_POINTS`` of the two curves' points, else there is no value.
+
+The convention is the field's (CompressAI's and MPEG's common test conditions): a curve is
+a codec's sweep of settings only (rows coded at a requested rate, ``target_bpp`` or
+``target_kbps``, are a different kind of condition and have their own section), and its
+rate is the mean rate per pixel or per sample (``bpp`` for images, ``bps`` for audio), so
+that a large image does not weigh more than a small one as it would in mean bits.
 """
 
 from __future__ import annotations
@@ -24,12 +30,14 @@ from scipy.optimize import isotonic_regression
 
 from mpq.analysis.correlation import N_RESAMPLES
 from mpq.analysis.paired import cluster_resamples
-from mpq.analysis.tables import load, ok_rows
+from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load, rate_column, too_few
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
 
 MIN_SETTINGS = 4
 MIN_OVERLAP = 0.5
+MIN_POINTS = 4  # points of the two curves inside the common score range: the integral rests on data
+TARGETS = ("target_bpp", "target_kbps")  # columns of rows coded at a requested rate, not a setting
 
 
 def _log_rate_curve(rate, score) -> tuple[PchipInterpolator, int]:
@@ -47,7 +55,7 @@ def _log_rate_curve(rate, score) -> tuple[PchipInterpolator, int]:
     return PchipInterpolator(levels, log_rate), moved
 
 
-def _bd_rate(rate_anchor, score_anchor, rate_test, score_test, min_overlap: float) -> tuple[float, dict[str, int]]:
+def _bd_rate(rate_anchor, score_anchor, rate_test, score_test, min_overlap: float, min_points: int = MIN_POINTS) -> tuple[float, dict[str, int]]:
     (anchor, moved_anchor), (test, moved_test) = _log_rate_curve(rate_anchor, score_anchor), _log_rate_curve(rate_test, score_test)
     low, high = max(anchor.x[0], test.x[0]), min(anchor.x[-1], test.x[-1])
     if not low < high:
@@ -58,40 +66,44 @@ def _bd_rate(rate_anchor, score_anchor, rate_test, score_test, min_overlap: floa
             f"the task-score ranges overlap over {low:.4g}–{high:.4g} only, under {100 * min_overlap:.0f} % "
             f"of the narrower range ({anchor.x[0]:.4g}–{anchor.x[-1]:.4g} vs {test.x[0]:.4g}–{test.x[-1]:.4g})"
         )
+    inside = sum(int(((c.x >= low) & (c.x <= high)).sum()) for c in (anchor, test))
+    if inside < min_points:
+        raise ValueError(f"only {inside} of the two curves' points lie in their common score range {low:.4g}–{high:.4g} (at least {min_points} needed)")
     mean_diff = (test.integrate(low, high) - anchor.integrate(low, high)) / (high - low)
     return float(np.expm1(mean_diff) * 100), {"anchor": moved_anchor, "test": moved_test}
 
 
-def bd_rate(rate_anchor, score_anchor, rate_test, score_test, min_overlap: float = MIN_OVERLAP) -> float:
+def bd_rate(rate_anchor, score_anchor, rate_test, score_test, min_overlap: float = MIN_OVERLAP, min_points: int = MIN_POINTS) -> float:
     """Bjøntegaard delta rate in percent of the test codec against the anchor, over the
     task-score range both cover, after the monotone fit of each curve (module docstring).
-    Raises ValueError, saying why, when there is no value: under two distinct scores, or
-    a common score range under ``min_overlap`` of the narrower curve's range."""
-    return _bd_rate(rate_anchor, score_anchor, rate_test, score_test, min_overlap)[0]
+    Raises ValueError, saying why, when there is no value: under two distinct scores, a
+    common score range under ``min_overlap`` of the narrower curve's range, or fewer than
+    ``min_points`` points of the two curves inside it."""
+    return _bd_rate(rate_anchor, score_anchor, rate_test, score_test, min_overlap, min_points)[0]
 
 
-def _curves(rows: pl.DataFrame, by: list[str]) -> dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Per (*by, score_name): each codec's (mean bits, split-level score) over its settings,
-    from the rows of one dataset and task."""
+def _curves(rows: pl.DataFrame, by: list[str], rate: str) -> dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Per (*by, score_name): each codec's (mean ``rate``, split-level score) over its
+    settings, from the rows of one dataset and task."""
     keys = [*by, "codec", "setting"]
     agg = task_aggregates(rows, keys)
     names = [c for c in agg.columns if c not in keys]
     if not names:
         return {}
-    bits = rows.group_by(keys).agg(pl.col("bits").cast(pl.Float64).mean())
+    means = rows.group_by(keys).agg(pl.col(rate).cast(pl.Float64).mean().alias("_rate"))
     long = (
         agg.with_columns(pl.col(names).cast(pl.Float64, strict=False))
         .unpivot(index=keys, variable_name="score_name", value_name="score")
         .drop_nulls("score")
-        .join(bits, on=keys)
+        .join(means, on=keys)
     )
     out: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for key, g in long.partition_by([*by, "score_name", "codec"], as_dict=True).items():
-        out.setdefault(key[:-1], {})[key[-1]] = (g["bits"].to_numpy(), g["score"].to_numpy())
+        out.setdefault(key[:-1], {})[key[-1]] = (g["_rate"].to_numpy(), g["score"].to_numpy())
     return out
 
 
-def _pairs(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], min_overlap: float) -> dict[tuple, tuple[float | None, str | None]]:
+def _pairs(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], min_overlap: float, min_points: int) -> dict[tuple, tuple[float | None, str | None]]:
     """BD-rate of every pair of the named codecs, with a note: why there is no value, or
     which curve the monotone fit moved."""
     out = {}
@@ -100,14 +112,22 @@ def _pairs(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], m
             out[anchor, test] = None, None
             continue
         try:
-            value, moved = _bd_rate(*curves[anchor], *curves[test], min_overlap)
+            value, moved = _bd_rate(*curves[anchor], *curves[test], min_overlap, min_points)
         except ValueError as exc:
             out[anchor, test] = None, str(exc)
             continue
-        notes = [f"{role} {codec}: the monotone fit moved {moved[role]} setting(s) whose score falls as bits rise"
+        notes = [f"{role} {codec}: the monotone fit moved {moved[role]} setting(s) whose score falls as the rate rises"
                  for role, codec in (("anchor", anchor), ("test", test)) if moved[role]]
         out[anchor, test] = value, "; ".join(notes) or None
     return out
+
+
+def sweep_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """Rows of codec settings: those coded at a requested rate (a ``target_*`` column) left out."""
+    for column in TARGETS:
+        if column in df.columns:
+            df = df.filter(pl.col(column).is_null())
+    return df
 
 
 def bd_rates(
@@ -117,46 +137,57 @@ def bd_rates(
     seed: int = 0,
     level: float = 0.95,
     min_overlap: float = MIN_OVERLAP,
+    min_points: int = MIN_POINTS,
+    min_samples: int = MIN_SAMPLES,
+    include_flagged: bool = False,
 ) -> pl.DataFrame:
-    """BD-rate on mean bits vs each split-level task score, for every pair of codecs with at
-    least ``min_settings`` settings, per dataset and task. The anchor is the first codec of
-    the pair by name.
+    """BD-rate on the mean rate per pixel or sample (``rate``: bpp, bps; bits where neither)
+    vs each split-level task score, for every pair of codecs with at least ``min_settings``
+    settings in their sweeps, per dataset and task (module docstring). The anchor is the
+    first codec of the pair by name. Rows a pipeline check flagged are left out unless
+    ``include_flagged``.
 
-    Columns: ``bd_rate`` (percent; None where there is none), ``bd_rate_low`` and
-    ``bd_rate_high``: the percentile bootstrap interval (``level``) over samples: each of
-    ``n_resamples`` resamples draws sample ids with replacement (a sample's rows at every
-    setting of every codec go together), recomputes every condition's mean bits and task
-    score (``Task.aggregate``) and the BD-rate; ``note`` says why a pair has no value, or
-    that the monotone fit moved settings, or how many resamples had no value (the interval
-    is over the others)."""
+    Columns: ``n`` (samples), ``bd_rate`` (percent; None where there is none),
+    ``bd_rate_low`` and ``bd_rate_high``: with at least ``min_samples`` samples, the
+    percentile bootstrap interval (``level``) over samples: each of ``n_resamples``
+    resamples draws sample ids with replacement (a sample's rows at every setting of every
+    codec go together), recomputes every condition's mean rate and task score
+    (``Task.aggregate``) and the BD-rate; ``note`` says why a pair has no value or interval,
+    or that the monotone fit moved settings, or how many resamples had no value (the
+    interval is over the others)."""
     df = load(results)
-    coded = ok_rows(df).filter((pl.col("codec") != BASELINE) & pl.col("bits").is_not_null())
+    coded = sweep_rows(conclusive_rows(df, include_flagged)).filter(pl.col("codec") != BASELINE)
     rows = []
     tail = 100 * (1 - level) / 2
     for (dataset, task), group in coded.sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
-        point = _curves(group, [])
-        codecs = {key[0]: sorted(c for c, (bits, _) in curves.items() if len(bits) >= min_settings) for key, curves in point.items()}
+        rate = rate_column(group)
+        group = group.filter(pl.col(rate).is_not_null())
+        n = group["sample_id"].n_unique()
+        point = _curves(group, [], rate)
+        codecs = {key[0]: sorted(c for c, (rates, _) in curves.items() if len(rates) >= min_settings) for key, curves in point.items()}
         codecs = {name: codecs[name] for name in sorted(codecs) if len(codecs[name]) > 1}
-        values = {name: _pairs(point[(name,)], codecs[name], min_overlap) for name in codecs}
+        values = {name: _pairs(point[(name,)], codecs[name], min_overlap, min_points) for name in codecs}
         boot: dict[tuple, list[float]] = {(name, *pair): [] for name in codecs for pair in values[name]}
-        for labels, frame in cluster_resamples(group, n_resamples if codecs else 0, seed):
-            resampled = _curves(frame, ["_b"])
+        for labels, frame in cluster_resamples(group, n_resamples if codecs and n >= min_samples else 0, seed):
+            resampled = _curves(frame, ["_b"], rate)
             for b in labels:
                 for name in codecs:
-                    for pair, (value, _) in _pairs(resampled.get((b, name), {}), codecs[name], min_overlap).items():
+                    for pair, (value, _) in _pairs(resampled.get((b, name), {}), codecs[name], min_overlap, min_points).items():
                         if value is not None:
                             boot[name, *pair].append(value)
         for name in codecs:
             for (anchor, test), (value, note) in values[name].items():
-                row = {"dataset": dataset, "task": task, "score_name": name, "anchor": anchor, "test": test,
+                row = {"dataset": dataset, "task": task, "score_name": name, "rate": rate, "anchor": anchor, "test": test, "n": n,
                        "bd_rate": value, "bd_rate_low": None, "bd_rate_high": None, "note": note}
                 got = boot[name, anchor, test]
-                if value is not None and got:
+                if value is not None and n < min_samples:
+                    row["note"] = "; ".join(filter(None, [note, f"no interval: {too_few(n)}"]))
+                elif value is not None and got:
                     row["bd_rate_low"], row["bd_rate_high"] = (float(v) for v in np.percentile(got, [tail, 100 - tail]))
                     if len(got) < n_resamples:
                         missing = f"{n_resamples - len(got)} of {n_resamples} resamples had no value; interval from the rest"
                         row["note"] = "; ".join(filter(None, [note, missing]))
                 rows.append(row)
-    schema = {"dataset": pl.String, "task": pl.String, "score_name": pl.String, "anchor": pl.String, "test": pl.String,
-              "bd_rate": pl.Float64, "bd_rate_low": pl.Float64, "bd_rate_high": pl.Float64, "note": pl.String}
+    schema = {"dataset": pl.String, "task": pl.String, "score_name": pl.String, "rate": pl.String, "anchor": pl.String, "test": pl.String,
+              "n": pl.Int64, "bd_rate": pl.Float64, "bd_rate_low": pl.Float64, "bd_rate_high": pl.Float64, "note": pl.String}
     return pl.DataFrame(rows, schema=schema)

@@ -4,7 +4,9 @@ Two levels, as the study's claims need both:
 
 - ``conditions``: one point per codec setting: the metric's mean against the task's
   split-level score (``Task.aggregate``: accuracy, mIoU, ...);
-- ``samples``: one point per coded sample: its metric against its per-sample ``score``.
+- ``samples``: one point per coded sample: its metric against its per-sample outcome, the
+  ``score`` (against the label) where the dataset has labels and the ``agreement`` (against
+  the answer on the uncompressed input) always.
 
 Each with Pearson, Spearman and Kendall (tau-b) coefficients and percentile-bootstrap
 intervals (``seed`` makes them reproducible). Across conditions the bootstrap resamples
@@ -12,7 +14,8 @@ conditions; across samples it resamples sample ids (a cluster bootstrap over (da
 sample_id)): the rows of one sample at every codec setting go in or out together, as they
 are not independent, and resampling rows would give intervals too narrow. The baseline is
 left out: its metrics are not defined (PSNR is infinite); so are non-finite values (the
-infinite PSNR of a lossless decode), counted in ``nonfinite``.
+infinite PSNR of a lossless decode), counted in ``nonfinite``. Intervals need at least
+``MIN_SAMPLES`` clusters; rows a pipeline check flagged are left out unless asked for.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from mpq.analysis.tables import conditions, load, metric_columns, ok_rows, rate_columns
+from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, conditions, load, metric_columns, rate_columns
 from mpq.results import BASELINE
 
 METHODS = ("pearson", "spearman", "kendall")
@@ -120,10 +123,11 @@ def cluster_weights(member: np.ndarray, n_resamples: int, seed: int):
         yield times.reshape(draws.shape)[:, member].astype(float)
 
 
-def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95, groups=None) -> dict[str, float]:
+def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95, groups=None,
+              min_samples: int = MIN_SAMPLES) -> dict[str, float]:
     """Pearson, Spearman and Kendall (tau-b) coefficients of paired points, each with a
     percentile bootstrap interval (``<method>_low``, ``<method>_high``; NaN with fewer than
-    3 points, a constant side, or ``n_resamples=0``).
+    3 points, a constant side, fewer than ``min_samples`` groups, or ``n_resamples=0``).
 
     ``groups`` (one label per point) makes it a cluster bootstrap: each resample draws
     groups with replacement and takes all their points, as points of one group (one sample
@@ -146,7 +150,7 @@ def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float 
     points = _Points(x, y)
     point = points.coefficients(np.ones((1, n))) if enough else {}
     boot: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
-    if enough:
+    if enough and clusters >= min_samples:
         for weights in cluster_weights(member, n_resamples, seed):
             for name, r in points.coefficients(weights).items():
                 boot[name].append(r)
@@ -170,15 +174,19 @@ def _points(df: pl.DataFrame, x: str, y: str, cluster: str | None) -> tuple[pl.D
     return finite, pts.height - finite.height
 
 
-def correlations(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0) -> pl.DataFrame:
+def correlations(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                 min_samples: int = MIN_SAMPLES, include_flagged: bool = False) -> pl.DataFrame:
     """Every (rate or quality metric) × task score, per dataset and task, at both levels.
 
     One row per (level, dataset, task, metric, score_name) with each coefficient and its
-    interval, and: ``n`` the points, ``clusters`` the units the bootstrap resamples
-    (conditions, or sample ids at the ``samples`` level), ``nonfinite`` the points left out
-    for an infinite or NaN value. At the ``samples`` level the score is the per-sample
-    ``score`` column."""
-    df = load(results)
+    interval (none under ``min_samples`` clusters), and: ``n`` the points, ``clusters`` the
+    units the bootstrap resamples (conditions, or sample ids at the ``samples`` level),
+    ``nonfinite`` the points left out for an infinite or NaN value. At the ``samples`` level
+    ``score_name`` is the per-sample column: ``score`` and ``agreement``. Rows a pipeline
+    check flagged are left out unless ``include_flagged``."""
+    df = conclusive_rows(load(results), include_flagged)
+    if df.is_empty():
+        return pl.DataFrame(schema={"level": pl.String, "dataset": pl.String, "task": pl.String, "metric": pl.String, "score_name": pl.String})
     quality = [*(rate_columns(df) or ["bits"]), *metric_columns(df)]
     rows = []
 
@@ -186,17 +194,19 @@ def correlations(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, se
         pts, nonfinite = _points(frame, metric, score_col, cluster)
         if pts.height:
             groups = pts[cluster].to_numpy() if cluster else None
-            r = correlate(pts[metric].to_numpy(), pts[score_col].to_numpy(), n_resamples, seed, groups=groups)
+            r = correlate(pts[metric].to_numpy(), pts[score_col].to_numpy(), n_resamples, seed, groups=groups, min_samples=min_samples)
             rows.append({"level": level, **keys, "metric": metric, "score_name": score_name, **r, "nonfinite": nonfinite})
 
     conds = conditions(df).filter((pl.col("codec") != BASELINE) & pl.col("score_name").is_not_null())
     for (dataset, task, score_name), group in conds.group_by(["dataset", "task", "score_name"], maintain_order=True):
         for metric in quality:
             add("conditions", {"dataset": dataset, "task": task}, group, metric, "score", score_name)
-    coded = ok_rows(df).filter(pl.col("codec") != BASELINE).sort("dataset", "task")
+    coded = df.filter(pl.col("codec") != BASELINE).sort("dataset", "task")
     for (dataset, task), group in coded.group_by(["dataset", "task"], maintain_order=True):
-        for metric in quality:  # one dataset per group: sample ids are the clusters
-            add("samples", {"dataset": dataset, "task": task}, group, metric, "score", "score", cluster="sample_id")
+        for score in ("score", "agreement"):
+            if score in group.columns:
+                for metric in quality:  # one dataset per group: sample ids are the clusters
+                    add("samples", {"dataset": dataset, "task": task}, group, metric, score, score, cluster="sample_id")
     if not rows:
         return pl.DataFrame(schema={"level": pl.String, "dataset": pl.String, "task": pl.String, "metric": pl.String, "score_name": pl.String})
     return pl.DataFrame(rows, infer_schema_length=None)

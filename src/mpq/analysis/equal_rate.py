@@ -12,7 +12,8 @@ mean rate each reached. Task scores are higher-better (accuracy, mIoU, WRA, SDR)
 At each target the codecs are compared on the samples they all coded without error: each
 codec's split-level score (``Task.aggregate``) with a bootstrap interval over sample ids,
 and its paired comparison (``paired``) against the best codec there (highest score),
-p-values Holm-adjusted over the table.
+p-values Holm-adjusted over the table. Under ``MIN_SAMPLES`` samples there are no intervals
+and no tests. Rows a pipeline check flagged are left out unless asked for.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import polars as pl
 
 from mpq.analysis.correlation import N_RESAMPLES
 from mpq.analysis.paired import common_samples, holm, joint_bootstrap, pair_difference, percentile_interval
-from mpq.analysis.tables import load, ok_rows
+from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load
 from mpq.results import BASELINE
 from mpq.summary import filled_numeric
 
@@ -97,6 +98,8 @@ def equal_rate(
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
+    min_samples: int = MIN_SAMPLES,
+    include_flagged: bool = False,
 ) -> pl.DataFrame:
     """Codec × target rate, per dataset, task and split-level score (module docstring).
 
@@ -110,10 +113,10 @@ def equal_rate(
     ``achieved`` (mean rate), ``n`` (samples every codec at the target coded), ``score``
     with ``score_low``/``score_high``, ``best`` (the highest score at the target; of tied
     codecs the first by name), and against the best: ``difference`` (score − best's) with its interval,
-    ``test``, ``best_only``/``codec_only`` (McNemar's discordant counts: samples right
+    ``test`` (or "too few samples (n = 4)" under ``min_samples``), ``best_only``/``codec_only`` (McNemar's discordant counts: samples right
     under one of the two only), ``p``, ``p_holm``."""
     df = load(results)
-    coded = ok_rows(df).filter(pl.col("codec") != BASELINE)
+    coded = conclusive_rows(df, include_flagged).filter(pl.col("codec") != BASELINE)
     out = []
     for (dataset, task), group in coded.sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
         unit = rate_unit(group)
@@ -123,9 +126,9 @@ def equal_rate(
             rows = common_samples(at, codecs)
             if rows.is_empty():
                 continue
-            point, boot = joint_bootstrap(rows, n_resamples=n_resamples, seed=seed)
-            info = {c: {"setting": _settings(g["_s"]), "achieved": g[unit].cast(pl.Float64).mean()} for (c,), g in rows.group_by("_c")}
             n = rows["sample_id"].n_unique()
+            point, boot = joint_bootstrap(rows, n_resamples=n_resamples if n >= min_samples else 0, seed=seed)
+            info = {c: {"setting": _settings(g["_s"]), "achieved": g[unit].cast(pl.Float64).mean()} for (c,), g in rows.group_by("_c")}
             for score_name in point[codecs[0]]:
                 scored = [c for c in codecs if np.isfinite(point[c][score_name])]
                 if not scored:
@@ -137,12 +140,14 @@ def equal_rate(
                            "codec": codec, "setting": info[codec]["setting"], "achieved": info[codec]["achieved"], "n": n,
                            "score": point[codec][score_name], "score_low": low, "score_high": high, "best": codec == best}
                     if codec != best:
-                        test = pair_difference(rows, best, codec, score_name, point, boot, level=level)
+                        test = pair_difference(rows, best, codec, score_name, point, boot, level=level, n_resamples=n_resamples,
+                                               seed=seed, min_samples=min_samples)
                         row |= test | {"best_only": test["a_only"], "codec_only": test["b_only"]}
                     out.append(row)
     schema = {"dataset": pl.String, "task": pl.String, "score_name": pl.String, "rate": pl.String, "target": pl.Float64,
               "codec": pl.String, "setting": pl.String, "achieved": pl.Float64, "n": pl.Int64, "score": pl.Float64,
               "score_low": pl.Float64, "score_high": pl.Float64, "best": pl.Boolean, "difference": pl.Float64,
               "difference_low": pl.Float64, "difference_high": pl.Float64, "test": pl.String, "best_only": pl.Int64, "codec_only": pl.Int64, "p": pl.Float64}
-    table = pl.DataFrame([{k: row.get(k) for k in schema} for row in out], schema=schema)
+    table = pl.DataFrame([{k: row.get(k) for k in schema} for row in out], schema=schema).with_columns(
+        pl.col("p", "score_low", "score_high", "difference_low", "difference_high").fill_nan(None))
     return table.with_columns(p_holm=pl.Series(holm(table["p"].to_numpy()), dtype=pl.Float64, nan_to_null=True))

@@ -6,16 +6,19 @@ codecs at one rate) saw the same samples, so their difference is judged sample b
 - classification (accuracy, the mean of the per-sample ``correct``): McNemar's exact test,
   the two-sided binomial test of the discordant samples (right under one condition only);
 - any split-level score (mIoU from summed counts, WRA from summed word errors, median
-  SDR, accuracy too): a paired bootstrap over sample ids: each resample draws ids with
-  replacement, takes each drawn sample's rows under every condition, and recomputes each
-  condition's score with the task's own ``Task.aggregate``; the p-value is the two-sided
-  percentile-bootstrap one, 2·min(P*(d ≤ 0), P*(d ≥ 0)) with a +1 in numerator and
-  denominator, so that it never reads 0 (it is below 0.05 about when the 95 % interval
-  leaves out 0).
+  SDR, agreement): a paired permutation test over sample ids (``scipy.stats.permutation_test``):
+  under the null hypothesis the two conditions' labels are exchangeable within a sample, so
+  each relabelling swaps, for some samples, which rows count as which condition, and both
+  scores are recomputed with the task's own ``Task.aggregate``. Exact (all 2^n relabellings)
+  up to ``EXACT_SAMPLES`` samples or where the resamples asked for cover them, Monte Carlo
+  otherwise. One sample gives
+  p = 1; four samples all worse give 2/16 = 0.125.
 
 The effect size is the score difference (second condition minus first) with its percentile
-bootstrap interval. p-values over the comparisons of one table are Holm-adjusted.
-Only samples with a row and no error under every condition compared are used.
+bootstrap interval over sample ids. Under ``MIN_SAMPLES`` shared samples there is neither an
+interval nor a test (``test`` says "too few samples (n = 4)"). p-values over the comparisons
+of one table are Holm-adjusted. Only samples with a row and no error under every condition
+compared are used.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ import polars as pl
 from scipy import stats
 
 from mpq.analysis.correlation import N_RESAMPLES
-from mpq.analysis.tables import COLUMN_LABEL, load, ok_rows
+from mpq.analysis.tables import COLUMN_LABEL, MIN_SAMPLES, conclusive_rows, load, ok_rows, too_few
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
 
 # Split-level scores that are the mean of a per-sample boolean: McNemar applies.
 BINARY = {"accuracy": "correct"}
+EXACT_SAMPLES = 12  # up to 2^12 = 4096 relabellings: a permutation test enumerates them all
 _CHUNK_ROWS = 200_000  # resampled rows held in memory at once
 
 
@@ -60,14 +64,42 @@ def holm(p) -> np.ndarray:
     return out
 
 
-def bootstrap_p(diffs) -> float:
-    """Two-sided percentile-bootstrap p-value that a difference is 0, from its resampled
-    values (NaN ones left out): 2·min(#(d ≤ 0) + 1, #(d ≥ 0) + 1) / (B + 1), at most 1."""
-    d = np.asarray(diffs, dtype=float)
-    d = d[np.isfinite(d)]
-    if not d.size:
+def relabellings(n: int, n_resamples: int) -> int:
+    """Resamples for a paired permutation test of n samples: all 2^n (exact) when few."""
+    return max(n_resamples, 2**n) if n <= EXACT_SAMPLES else n_resamples
+
+
+def permutation_p(rows: pl.DataFrame, a: str, b: str, score_name: str, by: str = "_c", n_resamples: int = N_RESAMPLES, seed: int = 0) -> float:
+    """Two-sided p-value of the paired permutation test that conditions ``a`` and ``b``
+    (values of column ``by``; one row per sample under each) have the same split-level
+    ``score_name`` (module docstring). NaN without resamples."""
+    rows = rows.with_row_index("_i")
+    wide = rows.pivot(on=by, index="sample_id", values="_i", aggregate_function="first").sort("sample_id")
+    first, second = wide[a].to_numpy().astype(np.int64), wide[b].to_numpy().astype(np.int64)
+    n = len(first)
+    if n_resamples <= 0 or not n:
         return float("nan")
-    return float(min(1.0, 2 * (min((d <= 0).sum(), (d >= 0).sum()) + 1) / (d.size + 1)))
+    if n == 1:  # the two relabellings give d and −d (scipy wants two samples)
+        return 1.0
+
+    def statistic(x, y, axis=-1):  # x, y: row positions, (n,) or (batch, n)
+        single = np.ndim(x) == 1
+        x, y = np.atleast_2d(x).astype(np.int64), np.atleast_2d(y).astype(np.int64)
+        k = len(x)
+        frame = rows[np.concatenate([x.ravel(), y.ravel()])].with_columns(
+            _b=pl.Series(np.tile(np.repeat(np.arange(k), n), 2)), _slot=pl.Series(np.repeat([0, 1], k * n)))
+        agg = task_aggregates(frame, ["_b", "_slot"])
+        score = np.full((2, k), np.nan)
+        if score_name in agg.columns:
+            values = agg[score_name].cast(pl.Float64, strict=False).fill_null(float("nan")).to_numpy()
+            score[agg["_slot"].to_numpy(), agg["_b"].to_numpy()] = values
+        diff = score[1] - score[0]
+        return diff[0] if single else diff
+
+    batch = max(1, _CHUNK_ROWS // (2 * n))
+    result = stats.permutation_test((first, second), statistic, permutation_type="samples", vectorized=True,
+                                    n_resamples=relabellings(n, n_resamples), batch=batch, rng=np.random.default_rng(seed))
+    return float(result.pvalue)
 
 
 def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
@@ -126,23 +158,30 @@ def joint_bootstrap(rows: pl.DataFrame, by: str = "_c", n_resamples: int = N_RES
     return point, boot
 
 
-def pair_difference(rows: pl.DataFrame, a: str, b: str, score_name: str, point, boot, by: str = "_c", level: float = 0.95) -> dict:
-    """Score of ``b`` minus ``a`` with its interval and p-value, from a joint bootstrap;
-    McNemar's exact test where the score is the mean of a per-sample boolean."""
+def pair_difference(rows: pl.DataFrame, a: str, b: str, score_name: str, point, boot, by: str = "_c", level: float = 0.95,
+                    n_resamples: int = N_RESAMPLES, seed: int = 0, min_samples: int = MIN_SAMPLES) -> dict:
+    """Score of ``b`` minus ``a`` with its bootstrap interval (from a joint bootstrap), the
+    test and its p-value: McNemar's exact test where the score is the mean of a per-sample
+    boolean, else the paired permutation test; under ``min_samples`` shared samples neither
+    interval nor test (``test`` says so)."""
+    n = rows.filter(pl.col(by).is_in([a, b]))["sample_id"].n_unique()
     diff = point[b][score_name] - point[a][score_name]
-    resampled = boot[b][score_name] - boot[a][score_name]
-    low, high = percentile_interval(resampled, level)
-    out = {"difference": diff, "difference_low": low, "difference_high": high, "test": "paired bootstrap",
-           "a_only": None, "b_only": None, "p": bootstrap_p(resampled)}
+    out = {"difference": diff, "difference_low": float("nan"), "difference_high": float("nan"), "test": too_few(n),
+           "a_only": None, "b_only": None, "p": float("nan")}
     column = BINARY.get(score_name)
+    exact = None
     if column and column in rows.columns:
         pair = rows.filter(pl.col(by).is_in([a, b]) & pl.col(column).is_not_null())
         wide = pair.pivot(on=by, index="sample_id", values=column, aggregate_function="first").drop_nulls()
         if a in wide.columns and b in wide.columns:
-            out |= mcnemar(wide[a].cast(pl.Boolean).to_numpy(), wide[b].cast(pl.Boolean).to_numpy()) | {"test": "McNemar exact"}
-    if np.isnan(diff):
-        out["p"] = float("nan")
-    return out
+            exact = mcnemar(wide[a].cast(pl.Boolean).to_numpy(), wide[b].cast(pl.Boolean).to_numpy())
+            out |= {"a_only": exact["a_only"], "b_only": exact["b_only"]}
+    if n < min_samples or np.isnan(diff):
+        return out
+    out["difference_low"], out["difference_high"] = percentile_interval(boot[b][score_name] - boot[a][score_name], level)
+    if exact is not None:
+        return out | {"test": "McNemar exact", "p": exact["p"]}
+    return out | {"test": "paired permutation", "p": permutation_p(rows.filter(pl.col(by).is_in([a, b])), a, b, score_name, by, n_resamples, seed)}
 
 
 def _label(codec: str, setting: str) -> str:
@@ -159,19 +198,23 @@ def compare(
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
+    min_samples: int = MIN_SAMPLES,
+    include_flagged: bool = False,
 ) -> pl.DataFrame:
     """Paired comparisons of conditions on the samples they share, per dataset, task and
     split-level score (module docstring). ``pairs`` lists ((codec, setting), (codec,
     setting)); by default every codec setting against the baseline (``("none", "")``).
+    Rows a pipeline check flagged are left out unless ``include_flagged``.
 
     One row per (dataset, task, score_name, pair): ``n`` the shared samples, ``score_a``,
     ``score_b``, ``difference`` = b − a with ``difference_low``/``difference_high`` (the
-    percentile bootstrap interval at ``level``), ``test``, ``a_only``/``b_only`` (McNemar's
-    discordant counts), ``p`` and ``p_holm`` (Holm over every row of the table)."""
+    percentile bootstrap interval at ``level``), ``test`` (the test, or "too few samples (n =
+    4)" under ``min_samples``), ``a_only``/``b_only`` (McNemar's discordant counts), ``p`` and
+    ``p_holm`` (Holm over every row of the table)."""
     df = load(results)
     df = df.with_columns(COLUMN_LABEL.alias("_c"))
     rows_out, found = [], set()
-    for (dataset, task), group in ok_rows(df).sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
+    for (dataset, task), group in conclusive_rows(df, include_flagged).sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
         conds = group.select("codec", "setting").unique().sort("codec", "setting").rows()
         wanted = pairs if pairs is not None else [((BASELINE, ""), c) for c in conds if c[0] != BASELINE]
         for (ca, sa), (cb, sb) in wanted:
@@ -180,20 +223,21 @@ def compare(
             if rows.is_empty():
                 continue
             found.add(((ca, sa), (cb, sb)))
-            point, boot = joint_bootstrap(rows, n_resamples=n_resamples, seed=seed)
             n = rows["sample_id"].n_unique()
+            point, boot = joint_bootstrap(rows, n_resamples=n_resamples if n >= min_samples else 0, seed=seed)
             for score_name in point[a]:
                 if not (_defined(point[a][score_name]) and _defined(point[b][score_name])):
                     continue  # a score one side lacks (agreement: none on the baseline, its reference)
                 rows_out.append({"dataset": dataset, "task": task, "score_name": score_name, "a": a, "b": b, "n": n,
                                  "score_a": point[a][score_name], "score_b": point[b][score_name],
-                                 **pair_difference(rows, a, b, score_name, point, boot, level=level)})
+                                 **pair_difference(rows, a, b, score_name, point, boot, level=level, n_resamples=n_resamples,
+                                                   seed=seed, min_samples=min_samples)})
     missing = [f"{_label(ca, str(sa))} vs {_label(cb, str(sb))}" for (ca, sa), (cb, sb) in pairs or [] if ((ca, sa), (cb, sb)) not in found]
     if missing:
         raise ValueError(f"no samples coded without error under both conditions of: {'; '.join(missing)} (is each a (codec, setting) of the results?)")
     schema = {"dataset": pl.String, "task": pl.String, "score_name": pl.String, "a": pl.String, "b": pl.String, "n": pl.Int64,
               "score_a": pl.Float64, "score_b": pl.Float64, "difference": pl.Float64, "difference_low": pl.Float64,
               "difference_high": pl.Float64, "test": pl.String, "a_only": pl.Int64, "b_only": pl.Int64, "p": pl.Float64}
-    out = pl.DataFrame(rows_out, schema=schema)
+    out = pl.DataFrame(rows_out, schema=schema).with_columns(pl.col("p", "difference_low", "difference_high").fill_nan(None))
     return out.with_columns(p_holm=pl.Series(holm(out["p"].to_numpy()), dtype=pl.Float64, nan_to_null=True))
 

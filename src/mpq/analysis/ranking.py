@@ -1,24 +1,34 @@
-"""Which quality metric predicts a task's per-sample score best.
+"""Which quality metric predicts a task's per-sample outcome best.
 
-Per dataset and task, every quality metric is correlated with the per-sample ``score`` over
-the coded samples (Spearman and Kendall tau-b, with cluster-bootstrap intervals over
-sample ids, as in ``correlations``), and ranked by |Spearman|: a metric predicts as well
-when it falls as the score rises (LPIPS) as when it rises with it. Whether the best beats
-the second is a paired bootstrap of |rho_best| − |rho_second| over sample ids: one set of
-resamples for both metrics, on the points where both are finite, with the two-sided
-percentile-bootstrap p-value of ``paired.bootstrap_p``; p-values are Holm-adjusted over the
-tasks of the table.
+Per dataset, task and per-sample score (``score``, the answer against the label, where the
+dataset has labels; ``agreement``, the answer against the answer on the uncompressed input,
+always), every quality metric is correlated with the score over the coded samples (Spearman
+and Kendall tau-b, with cluster-bootstrap intervals over sample ids, as in
+``correlations``), and ranked by |Spearman|: a metric predicts as well when it falls as the
+score rises (LPIPS) as when it rises with it. Metrics are ranked only on at least
+``MIN_SAMPLES`` sample ids.
+
+Whether the best beats the second is a paired permutation test over sample ids
+(``scipy.stats.permutation_test``): each metric is put on one scale (its ranks, reversed
+where it falls as the score rises); under the null hypothesis that both predict equally well the
+two are exchangeable within a sample, so each relabelling swaps them for all the points of
+some samples and recomputes |rho_first| − |rho_second|. The interval of that difference is
+the cluster bootstrap's. p-values are Holm-adjusted over the table.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
+from scipy import stats
 
 from mpq.analysis.correlation import N_RESAMPLES, _Points, cluster_weights, correlate
-from mpq.analysis.paired import bootstrap_p, holm, percentile_interval
-from mpq.analysis.tables import load, metric_columns, ok_rows
+from mpq.analysis.paired import holm, percentile_interval, relabellings
+from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load, metric_columns, too_few
 from mpq.results import BASELINE
+
+SCORES = ("score", "agreement")  # the per-sample outcomes a metric may predict
+_CHUNK = 2_000_000  # permuted points held in memory at once
 
 
 def _finite(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
@@ -26,63 +36,130 @@ def _finite(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     return frame.filter(pl.all_horizontal(pl.col(c).is_finite() for c in columns))
 
 
-def spearman_difference(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict[str, float]:
-    """|Spearman(x1, y)| − |Spearman(x2, y)| on the same points, with a cluster-bootstrap
-    interval and p-value (both metrics on each resample of ``groups``)."""
+def _rank_rows(values: np.ndarray) -> np.ndarray:
+    return stats.rankdata(values, axis=-1)
+
+
+def _spearman_rows(ranked_x: np.ndarray, ranked_y: np.ndarray) -> np.ndarray:
+    """Row-wise Pearson of ranks (Spearman), x (B, n) against one y (n,)."""
+    xc = ranked_x - ranked_x.mean(-1, keepdims=True)
+    yc = ranked_y - ranked_y.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (xc * yc).sum(-1) / np.sqrt((xc**2).sum(-1) * (yc**2).sum())
+
+
+def swap_test(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0) -> float:
+    """Two-sided p-value of the paired permutation test that x1 and x2 predict y equally
+    well (|Spearman|), swapping the two (signed ranks) for all points of a group (module
+    docstring). NaN without resamples; 1 with one group."""
     x1, x2, y = (np.asarray(v, dtype=float) for v in (x1, x2, y))
     member = np.unique(np.asarray(groups), return_inverse=True)[1]
+    k = int(member.max()) + 1 if len(member) else 0
+    if n_resamples <= 0 or not k:
+        return float("nan")
+    if k == 1:  # the two relabellings give d and −d (scipy wants two groups)
+        return 1.0
+    ry = _rank_rows(y)
+
+    def signed(x):  # ranks 1..n of x, reversed where x falls as y rises: both metrics on one scale
+        sign = np.sign(_spearman_rows(_rank_rows(x)[None], ry)[0])
+        return _rank_rows(x * (sign if sign else 1.0))
+
+    first, second = signed(x1), signed(x2)
+
+    def statistic(a, b, axis=-1):  # a: group ids, values >= k where the group's metrics are swapped
+        single = np.ndim(a) == 1
+        swapped = (np.atleast_2d(a) >= k)[:, member]
+        one, two = np.where(swapped, second, first), np.where(swapped, first, second)
+        diff = np.abs(_spearman_rows(_rank_rows(one), ry)) - np.abs(_spearman_rows(_rank_rows(two), ry))
+        return diff[0] if single else diff
+
+    batch = max(1, _CHUNK // len(y))
+    result = stats.permutation_test((np.arange(k), np.arange(k) + k), statistic, permutation_type="samples", vectorized=True,
+                                    n_resamples=relabellings(k, n_resamples), batch=batch, rng=np.random.default_rng(seed))
+    return float(result.pvalue)
+
+
+def spearman_difference(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95,
+                        min_samples: int = MIN_SAMPLES) -> dict[str, float | str]:
+    """|Spearman(x1, y)| − |Spearman(x2, y)| on the same points. With at least
+    ``min_samples`` groups: its cluster-bootstrap interval (both metrics on each resample of
+    ``groups``), ``test`` "paired permutation" and its ``p`` (``swap_test``); with fewer,
+    neither, and ``test`` says "too few samples (n = k)"."""
+    x1, x2, y = (np.asarray(v, dtype=float) for v in (x1, x2, y))
+    member = np.unique(np.asarray(groups), return_inverse=True)[1]
+    k = int(member.max()) + 1 if len(member) else 0
     first, second = _Points(x1, y), _Points(x2, y)
     ones = np.ones((1, len(y)))
     diff = float(abs(first.coefficients(ones)["spearman"][0]) - abs(second.coefficients(ones)["spearman"][0]))
+    out = {"difference": diff, "difference_low": float("nan"), "difference_high": float("nan"), "test": too_few(k), "p": float("nan")}
+    if k < min_samples:
+        return out
     boot = [np.abs(first.coefficients(w)["spearman"]) - np.abs(second.coefficients(w)["spearman"]) for w in cluster_weights(member, n_resamples, seed)]
-    boot = np.concatenate(boot) if boot else np.array([])
-    low, high = percentile_interval(boot, level)
-    return {"difference": diff, "difference_low": low, "difference_high": high, "p": bootstrap_p(boot) if boot.size else float("nan")}
+    out["difference_low"], out["difference_high"] = percentile_interval(np.concatenate(boot) if boot else [], level)
+    return out | {"test": "paired permutation", "p": swap_test(x1, x2, y, groups, n_resamples, seed)}
 
 
 def metric_ranking(
-    results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95, correlations: pl.DataFrame | None = None
+    results: str | pl.DataFrame,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+    correlations: pl.DataFrame | None = None,
+    min_samples: int = MIN_SAMPLES,
+    include_flagged: bool = False,
 ) -> pl.DataFrame:
-    """One row per (dataset, task, metric), best first within each task: ``rank`` (none
-    where the correlation is undefined: a constant score or metric, last), ``n``
-    points, ``clusters`` (sample ids), ``spearman`` and ``kendall`` with ``_low``/``_high``
-    bootstrap intervals. The rank-1 row also holds the test against rank 2: ``vs_next``
+    """One row per (dataset, task, score_name, metric), best first within each: ``rank``
+    (none where the correlation is undefined, a constant score or metric, and none for any
+    metric on under ``min_samples`` sample ids: ``note`` says so), ``n`` points, ``clusters``
+    (sample ids), ``spearman`` and ``kendall`` with ``_low``/``_high`` bootstrap intervals.
+    ``score_name`` is ``score`` (against the label) or ``agreement`` (against the answer on
+    the uncompressed input). The rank-1 row also holds the test against rank 2: ``vs_next``
     (|rho| difference) with ``vs_next_low``/``vs_next_high``, ``n_both`` (points where both
-    metrics are finite), ``p`` and ``p_holm``.
+    metrics are finite), ``test``, ``p`` and ``p_holm``. Rows a pipeline check flagged are
+    left out unless ``include_flagged``.
 
     ``correlations``: the frame ``correlations(results, n_resamples, seed)`` returned for the
     same arguments, whose sample-level coefficients are then taken as they are (the same
     computation) instead of computed again."""
     df = load(results)
     metrics = metric_columns(df)
-    coded = ok_rows(df).filter((pl.col("codec") != BASELINE) & pl.col("score").is_not_null()) if "score" in df.columns else df.clear()
+    coded = conclusive_rows(df, include_flagged).filter(pl.col("codec") != BASELINE)
     rows = []
     for (dataset, task), group in coded.sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
-        ranked = []
-        known = {}
-        if correlations is not None and correlations.height:
-            mine = correlations.filter((pl.col("level") == "samples") & (pl.col("dataset") == dataset) & (pl.col("task") == task))
-            known = {r["metric"]: r for r in mine.iter_rows(named=True)}
-        for metric in metrics:
-            pts = _finite(group, [metric, "score"])
-            if pts.height < 3:
+        for score in SCORES:
+            if score not in group.columns or group[score].null_count() == group.height:
                 continue
-            r = known.get(metric) or correlate(pts[metric].to_numpy(), pts["score"].to_numpy(), n_resamples, seed, level, groups=pts["sample_id"].to_numpy())
-            ranked.append({"dataset": dataset, "task": task, "metric": metric, "n": r["n"], "clusters": r["clusters"],
-                           **{k: r[k] for m in ("spearman", "kendall") for k in (m, f"{m}_low", f"{m}_high")}})
-        ranked.sort(key=lambda row: -abs(row["spearman"]) if np.isfinite(row["spearman"]) else np.inf)
-        for i, row in enumerate(ranked):
-            row["rank"] = i + 1 if np.isfinite(row["spearman"]) else None
-        if len(ranked) > 1 and ranked[1]["rank"]:
-            best, second = ranked[0]["metric"], ranked[1]["metric"]
-            pts = _finite(group, [best, second, "score"])
-            if pts.height >= 3:
-                test = spearman_difference(pts[best], pts[second], pts["score"], pts["sample_id"], n_resamples, seed, level)
-                ranked[0] |= {"n_both": pts.height, "vs_next": test["difference"], "vs_next_low": test["difference_low"],
-                              "vs_next_high": test["difference_high"], "p": test["p"]}
-        rows.extend(ranked)
-    schema = {"dataset": pl.String, "task": pl.String, "rank": pl.Int64, "metric": pl.String, "n": pl.Int64, "clusters": pl.Int64,
-              **{k: pl.Float64 for m in ("spearman", "kendall") for k in (m, f"{m}_low", f"{m}_high")},
-              "n_both": pl.Int64, "vs_next": pl.Float64, "vs_next_low": pl.Float64, "vs_next_high": pl.Float64, "p": pl.Float64}
+            known = {}
+            if correlations is not None and correlations.height and "score_name" in correlations.columns:
+                mine = correlations.filter((pl.col("level") == "samples") & (pl.col("dataset") == dataset) & (pl.col("task") == task)
+                                           & (pl.col("score_name") == score))
+                known = {r["metric"]: r for r in mine.iter_rows(named=True)}
+            ranked = []
+            for metric in metrics:
+                pts = _finite(group, [metric, score])
+                if pts.height < 3:
+                    continue
+                r = known.get(metric) or correlate(pts[metric].to_numpy(), pts[score].to_numpy(), n_resamples, seed, level,
+                                                   groups=pts["sample_id"].to_numpy(), min_samples=min_samples)
+                ranked.append({"dataset": dataset, "task": task, "score_name": score, "metric": metric, "n": r["n"], "clusters": r["clusters"],
+                               **{k: r[k] for m in ("spearman", "kendall") for k in (m, f"{m}_low", f"{m}_high")}})
+            ranked.sort(key=lambda row: -abs(row["spearman"]) if np.isfinite(row["spearman"]) else np.inf)
+            for i, row in enumerate(ranked):
+                enough = row["clusters"] >= min_samples
+                row["rank"] = i + 1 if np.isfinite(row["spearman"]) and enough else None
+                row["note"] = None if enough else too_few(row["clusters"])
+            if len(ranked) > 1 and ranked[0]["rank"] and ranked[1]["rank"]:
+                best, second = ranked[0]["metric"], ranked[1]["metric"]
+                pts = _finite(group, [best, second, score])
+                if pts.height >= 3:
+                    test = spearman_difference(pts[best], pts[second], pts[score], pts["sample_id"], n_resamples, seed, level, min_samples)
+                    ranked[0] |= {"n_both": pts.height, "vs_next": test["difference"], "vs_next_low": test["difference_low"],
+                                  "vs_next_high": test["difference_high"], "test": test["test"], "p": test["p"]}
+            rows.extend(ranked)
+    schema = {"dataset": pl.String, "task": pl.String, "score_name": pl.String, "rank": pl.Int64, "metric": pl.String, "n": pl.Int64,
+              "clusters": pl.Int64, **{k: pl.Float64 for m in ("spearman", "kendall") for k in (m, f"{m}_low", f"{m}_high")},
+              "n_both": pl.Int64, "vs_next": pl.Float64, "vs_next_low": pl.Float64, "vs_next_high": pl.Float64, "test": pl.String,
+              "p": pl.Float64, "note": pl.String}
     out = pl.DataFrame([{k: row.get(k) for k in schema} for row in rows], schema=schema)
     return out.with_columns(p_holm=pl.Series(holm(out["p"].to_numpy()), dtype=pl.Float64, nan_to_null=True))

@@ -12,19 +12,23 @@ from pathlib import Path
 
 import polars as pl
 
-from mpq.analysis.bdrate import MIN_OVERLAP, MIN_SETTINGS, bd_rates
+from mpq.analysis.answers import answers
+from mpq.analysis.bdrate import MIN_OVERLAP, MIN_POINTS, MIN_SETTINGS, bd_rates
 from mpq.analysis.correlation import METHODS, N_RESAMPLES, correlations
 from mpq.analysis.equal_rate import equal_rate
 from mpq.analysis.plots import metric_performance, png, rate_performance
 from mpq.analysis.ranking import metric_ranking
 from mpq.analysis.tables import (
+    MIN_SAMPLES,
     conditions,
+    flagged_summary,
     load,
     metric_columns,
     rate_column,
     rate_columns,
     summary_tables,
     to_markdown,
+    too_few,
 )
 
 
@@ -38,18 +42,22 @@ def _distinct(df: pl.DataFrame, column: str) -> str:
 
 def correlation_display(corr: pl.DataFrame, digits: int = 3) -> pl.DataFrame:
     """Coefficients as ``r [low, high]`` strings, one column per method, after the counts
-    (``n``, ``clusters``, ``nonfinite``)."""
+    (``n``, ``clusters``, ``nonfinite``); ``r (too few samples (n = k))`` where there are
+    too few clusters for an interval."""
     if corr.is_empty():
         return corr
 
-    def fmt(r, lo, hi):
+    def fmt(r, lo, hi, clusters):
         if r is None or math.isnan(r):
             return "—"
-        ci = "" if lo is None or math.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]"
-        return f"{r:.{digits}f}{ci}"
+        if lo is None or math.isnan(lo):
+            return f"{r:.{digits}f} ({too_few(clusters)})" if clusters < MIN_SAMPLES else f"{r:.{digits}f}"
+        return f"{r:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
     shown = [
-        pl.struct(m, f"{m}_low", f"{m}_high").map_elements(lambda s, m=m: fmt(s[m], s[f"{m}_low"], s[f"{m}_high"]), return_dtype=pl.String).alias(m)
+        pl.struct(m, f"{m}_low", f"{m}_high", "clusters")
+        .map_elements(lambda s, m=m: fmt(s[m], s[f"{m}_low"], s[f"{m}_high"], s["clusters"]), return_dtype=pl.String)
+        .alias(m)
         for m in METHODS
     ]
     counts = [c for c in ("n", "clusters", "nonfinite") if c in corr.columns]
@@ -68,22 +76,28 @@ def _p(p) -> str:
 
 
 def ranking_display(ranking: pl.DataFrame) -> pl.DataFrame:
-    """``metric_ranking(...)`` with each coefficient and difference as ``r [low, high]``."""
-    rows = [{"dataset": r["dataset"], "task": r["task"], "rank": r["rank"], "metric": r["metric"], "n": r["n"], "clusters": r["clusters"],
+    """``metric_ranking(...)`` with each coefficient and difference as ``r [low, high]``;
+    ``test`` names the best-vs-next test or says why there is none."""
+    rows = [{"dataset": r["dataset"], "task": r["task"], "score": r["score_name"], "rank": r["rank"], "metric": r["metric"],
+             "n": r["n"], "clusters": r["clusters"],
              "spearman": _interval(r["spearman"], r["spearman_low"], r["spearman_high"]) or "— (a constant side)",
              "kendall": _interval(r["kendall"], r["kendall_low"], r["kendall_high"]),
-             "|rho| over next": _interval(r["vs_next"], r["vs_next_low"], r["vs_next_high"]), "p": _p(r["p"]), "p (Holm)": _p(r["p_holm"])}
+             "|rho| over next": _interval(r["vs_next"], r["vs_next_low"], r["vs_next_high"]),
+             "test": r["test"] or r["note"] or "", "p": _p(r["p"]), "p (Holm)": _p(r["p_holm"])}
             for r in ranking.iter_rows(named=True)]
-    return pl.DataFrame(rows, schema={k: pl.Int64 if k in ("rank", "n", "clusters") else pl.String for k in
-                                      ("dataset", "task", "rank", "metric", "n", "clusters", "spearman", "kendall", "|rho| over next", "p", "p (Holm)")})
+    names = ("dataset", "task", "score", "rank", "metric", "n", "clusters", "spearman", "kendall", "|rho| over next", "test", "p", "p (Holm)")
+    return pl.DataFrame(rows, schema={k: pl.Int64 if k in ("rank", "n", "clusters") else pl.String for k in names})
 
 
 def equal_rate_display(table: pl.DataFrame, alpha: float = 0.05) -> pl.DataFrame:
     """``equal_rate(...)`` with each score and difference as ``x [low, high]``; ``vs best``
-    reads "best", or "worse" / "not shown worse" at Holm-adjusted ``alpha``."""
+    reads "highest", or "worse" / "not shown worse" at Holm-adjusted ``alpha``, or "too few
+    samples (n = 4)" on every row of a target with too few samples to test."""
     def verdict(r):
+        if r["n"] < MIN_SAMPLES:
+            return too_few(r["n"])
         if r["best"]:
-            return "best"
+            return "highest"
         if r["p_holm"] is None or math.isnan(r["p_holm"]):
             return ""
         return "worse" if r["p_holm"] < alpha else "not shown worse"
@@ -131,19 +145,25 @@ def write_report(
     min_settings: int = MIN_SETTINGS,
     title: str | None = None,
     targets: list[float] | dict[str, list[float]] | None = None,
+    include_flagged: bool = False,
 ) -> Path:
     """Write tables, plots and ``report.html`` under ``out_dir``; returns the HTML's path.
-    ``targets``: the rates of the equal-rate section (``equal_rate``).
+    ``targets``: the rates of the equal-rate section (``equal_rate``). Rows a pipeline check
+    flagged (random weights) stay out of the ranking, correlations, equal-rate and BD-rate
+    tables unless ``include_flagged``; the report lists them.
 
     ``out_dir/`` gets ``metric_ranking.{md,csv}``, ``equal_rate.{md,csv}``,
     ``summary_<modality>.{md,csv}``, ``conditions.csv``, ``correlations.{md,csv}``,
-    ``bd_rate.{md,csv}`` and ``plots/*.png``."""
+    ``bd_rate.{md,csv}``, ``left_out.{md,csv}``, ``answers.{md,csv}`` and ``plots/*.png``."""
     df = load(results)
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     conds = conditions(df)
-    corr = correlations(df, n_resamples=n_resamples, seed=seed)
-    bd = bd_rates(df, min_settings=min_settings, n_resamples=n_resamples, seed=seed)
+    corr = correlations(df, n_resamples=n_resamples, seed=seed, include_flagged=include_flagged)
+    bd = bd_rates(df, min_settings=min_settings, n_resamples=n_resamples, seed=seed, include_flagged=include_flagged)
+    ranking = metric_ranking(df, n_resamples=n_resamples, seed=seed, correlations=corr, include_flagged=include_flagged)
+    at_rate = equal_rate(df, targets=targets, n_resamples=n_resamples, seed=seed, include_flagged=include_flagged)
+    said = answers(df, at_rate, ranking, bd, include_flagged=include_flagged)
     metrics = metric_columns(df)
     parts: list[str] = []
 
@@ -153,22 +173,44 @@ def write_report(
     def note(text: str) -> str:
         return f"<p class=note>{html.escape(text)}</p>"
 
-    ranking = metric_ranking(df, n_resamples=n_resamples, seed=seed, correlations=corr)
+    said.write_csv(out / "answers.csv")
+    (out / "answers.md").write_text("".join(f"- **{r['dataset']} / {r['task']}**: {r['answer']}\n" for r in said.iter_rows(named=True)))
+    items = []
+    for (dataset, task), group in said.group_by(["dataset", "task"], maintain_order=True):
+        items.append(f"<h3>{html.escape(dataset)} / {html.escape(task)}</h3><ul>"
+                     + "".join(f"<li>{html.escape(a)}</li>" for a in group["answer"]) + "</ul>")
+    section("Answers",
+            f"<p>What the results say, each with its number, 95 % interval, n and test, or why it cannot be said "
+            f"(fewer than {MIN_SAMPLES} samples, one codec, rows from components with random weights). The tables below "
+            "hold the same numbers.</p>", *items)
+
+    left_out = flagged_summary(df)
+    left_out.write_csv(out / "left_out.csv")
+    (out / "left_out.md").write_text(to_markdown(left_out))
+    if left_out.height:
+        kept = "kept in the conclusions as asked (--include-flagged)" if include_flagged else (
+            "left out of the ranking, correlations, equal-rate and BD-rate tables (the summary tables still show them)")
+        section("Rows with a pipeline check",
+                note(f"{left_out['rows'].sum()} rows come from a component whose output means nothing (random weights, for a "
+                     f"pipeline check); they are {kept}."),
+                _html_table(left_out))
+
     ranking.write_csv(out / "metric_ranking.csv")
     shown = ranking_display(ranking)
     (out / "metric_ranking.md").write_text(to_markdown(shown))
     section(
         "Which quality metric predicts the task best",
-        "<p>Per dataset and task, each quality metric against the per-sample task score over the coded samples, ranked by "
-        "|Spearman| (a metric that falls as the score rises, like LPIPS, predicts as well as one that rises). "
-        f"Brackets: {n_resamples}-resample percentile bootstrap 95 % interval over sample ids (<i>clusters</i>; a sample's rows at "
-        "every codec setting go together). <i>|rho| over next</i>: how much the best metric's |Spearman| exceeds the second's, "
-        "from the same resamples of both on the points where both are finite; <i>p</i>: two-sided bootstrap p-value that they "
-        "predict equally well, Holm-adjusted over the tasks.</p>",
+        "<p>Per dataset, task and per-sample outcome (<i>score</i>: the answer against the label, where the dataset has labels; "
+        "<i>agreement</i>: the answer against the model's answer on the uncompressed input), each quality metric against that "
+        "outcome over the coded samples, ranked by |Spearman| (a metric that falls as the score rises, like LPIPS, predicts as "
+        f"well as one that rises). Brackets: {n_resamples}-resample percentile bootstrap 95 % interval over sample ids "
+        "(<i>clusters</i>; a sample's rows at every codec setting go together). <i>|rho| over next</i>: how much the best "
+        "metric's |Spearman| exceeds the second's, on the points where both are finite; <i>p</i>: two-sided paired "
+        "permutation test over sample ids (the two metrics, as signed ranks, swapped within samples) that they predict "
+        f"equally well, Holm-adjusted over the table. Under {MIN_SAMPLES} samples nothing is ranked or tested.</p>",
         _html_table(shown) if shown.height else note("no task has per-sample scores and a quality metric"),
     )
 
-    at_rate = equal_rate(df, targets=targets, n_resamples=n_resamples, seed=seed)
     at_rate.write_csv(out / "equal_rate.csv")
     shown = equal_rate_display(at_rate)
     (out / "equal_rate.md").write_text(to_markdown(shown))
@@ -179,9 +221,10 @@ def write_report(
         "condition and <i>setting</i> lists the settings chosen; otherwise each codec stands at its setting of highest mean rate not above "
         "the target (<i>achieved</i>), and a codec with none that low is absent. <i>value</i>: the split-level task score "
         f"(the task's aggregate) with its {n_resamples}-resample bootstrap 95 % interval over sample ids; <i>− best</i>: the "
-        "difference from the best codec at the target, paired on the same samples, with its interval. Test: McNemar exact for "
-        "accuracy (the samples right under one codec only), else the paired bootstrap of the score difference; p-values "
-        "Holm-adjusted over the table; <i>worse</i> at Holm p &lt; 0.05.</p>",
+        "difference from the highest-scoring codec at the target, paired on the same samples, with its interval. Test: McNemar "
+        "exact for accuracy (the samples right under one codec only), else a paired permutation test over sample ids that "
+        "recomputes both scores with the task's aggregate; p-values Holm-adjusted over the table; <i>worse</i> at Holm p &lt; "
+        f"0.05. With fewer than {MIN_SAMPLES} samples there is no interval, no test and no verdict.</p>",
         _html_table(shown) if shown.height else note("no dataset has two codecs with settings at a common target rate"),
     )
 
@@ -235,15 +278,18 @@ def write_report(
     bd.write_csv(out / "bd_rate.csv")
     (out / "bd_rate.md").write_text(to_markdown(bd))
     section(
-        "Machine BD-rate (bits vs task score)",
-        f"<p>Average bit-rate change of <i>test</i> against <i>anchor</i> at equal task score; negative: fewer bits. "
-        "Bits are each setting's mean <code>bits</code> per sample: the whole file (images) or the codec packets (audio), "
-        "not <code>payload_bits</code>. "
-        "Each codec's score is first fitted monotone in bits (isotonic regression: settings whose score falls as bits rise "
-        "share their mean score), then log-bits is interpolated over the score (pchip) and averaged over the score range both reach; "
-        f"that range must be at least {100 * MIN_OVERLAP:.0f} % of the narrower codec's, else there is no value and the note says why. "
-        f"Interval: {n_resamples}-resample percentile bootstrap 95 % over sample ids (scores and bits recomputed per resample). "
-        f"Codecs with at least {min_settings} settings.</p>",
+        "Machine BD-rate (rate vs task score)",
+        f"<p>Average rate change of <i>test</i> against <i>anchor</i> at equal task score; negative: fewer bits. "
+        "By the convention of CompressAI and MPEG's common test conditions: a curve is a codec's sweep of settings only "
+        "(rows coded at a target rate are left out: they have their own section), and its rate is each setting's mean "
+        "rate per pixel (<code>bpp</code>, images) or per sample (<code>bps</code>, audio) over the samples, from the "
+        "whole file (images) or the codec packets (audio). "
+        "Each codec's score is first fitted monotone in rate (isotonic regression: settings whose score falls as the rate rises "
+        "share their mean score), then log-rate is interpolated over the score (pchip) and averaged over the score range both reach; "
+        f"that range must be at least {100 * MIN_OVERLAP:.0f} % of the narrower codec's and hold at least {MIN_POINTS} of the two "
+        "curves' points, else there is no value and the note says why. "
+        f"Interval: {n_resamples}-resample percentile bootstrap 95 % over sample ids (scores and rates recomputed per resample), "
+        f"with at least {MIN_SAMPLES} samples. Codecs with at least {min_settings} settings.</p>",
         _html_table(bd) if bd.height else note(f"no dataset has two codecs with {min_settings} or more settings"),
     )
 

@@ -57,6 +57,40 @@ def ok_rows(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("error").is_null())
 
 
+# Below this many samples (clusters of rows) no interval or test is reported, and nothing is
+# called better or worse: an exact paired permutation test cannot reach p < 0.05 under 6
+# samples at all, and a percentile bootstrap over fewer than about 10 clusters covers far less
+# than its nominal 95 % (docs/analysis.md has the figures).
+MIN_SAMPLES = 10
+
+
+def too_few(n: int) -> str:
+    """What a table says in place of an interval or a test on ``n`` samples."""
+    return f"too few samples (n = {n})"
+
+
+def flagged(df: pl.DataFrame) -> pl.Expr:
+    """Rows a component marked as meaningless (random weights: ``pipeline_check``)."""
+    return pl.col("pipeline_check").is_not_null() if "pipeline_check" in df.columns else pl.lit(False)
+
+
+def conclusive_rows(df: pl.DataFrame, include_flagged: bool = False) -> pl.DataFrame:
+    """The rows conclusions are drawn from: error-free, and unless ``include_flagged`` none a
+    pipeline check marked (a random model's answers would rank, test and fit like real ones)."""
+    rows = ok_rows(df)
+    return rows if include_flagged else rows.filter(~flagged(rows))
+
+
+def flagged_summary(df: pl.DataFrame) -> pl.DataFrame:
+    """Error-free flagged rows per (dataset, task, codec, setting, pipeline_check): what
+    ``conclusive_rows`` leaves out and why."""
+    rows = ok_rows(df).filter(flagged(df))
+    keys = ["dataset", "task", "codec", "setting", "pipeline_check"]
+    if rows.is_empty():
+        return pl.DataFrame(schema={**{k: pl.String for k in keys}, "rows": pl.UInt32})
+    return baseline_first(rows.group_by(keys).agg(pl.len().alias("rows")), by=["dataset", "task"])
+
+
 def _by_modality(df: pl.DataFrame) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for dataset, modality in sorted(modalities(df).items()):

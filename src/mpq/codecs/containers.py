@@ -3,7 +3,9 @@
 ``bits`` counts the whole file (what is stored or sent); ``payload_bits`` counts only the
 codec's bitstream, as the learned codecs' ``bits`` do: JPEG's entropy-coded scan data
 (markers, quantisation and Huffman tables left out), WebP's VP8/VP8L chunk, AVIF's
-``mdat`` box contents, JPEG XL's codestream. At harsh settings the container is a sizeable
+``mdat`` box contents, JPEG XL's codestream; for the intra-coded video streams, which have no
+container, the coded picture: HEVC's slice NAL units, AV1's frame OBUs (parameter sets,
+sequence header, temporal delimiter and SEI/metadata left out). At harsh settings the container is a sizeable
 share of a small file (JPEG q5 on a 512² photo: 609 of 8293 bytes).
 """
 
@@ -70,3 +72,40 @@ def jxl_payload(data: bytes) -> int:
         return len(data)
     # each partial codestream box (jxlp) starts with a 4-byte index
     return sum(n if tag == b"jxlc" else n - 4 for tag, n in _boxes(data) if tag in (b"jxlc", b"jxlp"))
+
+
+def hevc_payload(data: bytes) -> int:
+    """HEVC Annex B byte stream: the bytes of the VCL (slice) NAL units, NAL headers included, start codes not."""
+    starts = []
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0:
+        starts.append(i + 3)
+        i = data.find(b"\x00\x00\x01", i + 3)
+    payload = 0
+    for start, end in zip(starts, [*(s - 3 for s in starts[1:]), len(data)]):
+        nal = data[start:end].rstrip(b"\x00")  # a NAL unit ends in a stop bit: zeros after it belong to the next start code
+        if nal and (nal[0] >> 1) & 0x3F < 32:  # nal_unit_type 0-31: coded slice segments
+            payload += len(nal)
+    return payload
+
+
+def av1_payload(data: bytes) -> int:
+    """AV1 low-overhead OBU stream: the bytes of the frame, frame header and tile group OBUs, their headers included."""
+    i, payload = 0, 0
+    while i < len(data):
+        header = data[i]
+        kind, extension, has_size = (header >> 3) & 0xF, (header >> 2) & 1, (header >> 1) & 1
+        j = i + 1 + extension
+        size = len(data) - j
+        if has_size:  # leb128
+            size, shift = 0, 0
+            while True:
+                byte = data[j]
+                size |= (byte & 0x7F) << shift
+                j, shift = j + 1, shift + 7
+                if not byte & 0x80:
+                    break
+        if kind in (3, 4, 6):  # OBU_FRAME_HEADER, OBU_TILE_GROUP, OBU_FRAME
+            payload += j + size - i
+        i = j + size
+    return payload

@@ -4,8 +4,9 @@
 Per sample, the codec's quality knob is searched by bisection for the highest value whose
 real bitstream's rate does not exceed the target; each step is a full round trip (through
 the encoded cache, like any other). The knob is the integer range a codec declares:
-``quality_range`` (Pillow's JPEG, WebP, AVIF: more quality, more bits) or ``kbps_range``
-(the FFmpeg audio codecs' requested bitrate, in whole kbps). A codec without one refuses
+``quality_range`` (Pillow's JPEG, WebP, AVIF: more quality, more bits), ``kbps_range``
+(the FFmpeg audio codecs' requested bitrate, in whole kbps) or ``qp_range`` (HEVC and AV1:
+a lower QP, more bits). A codec without one refuses
 targets. Bisection keeps rate(low) ≤ target < rate(high) and ends with high = low + 1: the
 chosen value fits and the next one up does not (or the encoder refuses it: a setting the
 encoder refuses for this input counts as not fitting, except the lowest, whose error is
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 # Job key → (rate column it targets, modality of the codecs that may use it).
 TARGET_KEYS = {"target_bpp": ("bpp", "image"), "target_kbps": ("kbps", "audio")}
-KNOBS = ("quality_range", "kbps_range")
+KNOBS = ("quality_range", "kbps_range", "qp_range")
 # Result columns of rows coded at a target: the target, and the setting the search chose.
 COLUMNS = {"target_bpp": pa.float64(), "target_kbps": pa.float64(), "target_setting": pa.string()}
 
@@ -43,7 +44,8 @@ def knob(codec_cls) -> list[int] | None:
     for attr in KNOBS:
         bounds = getattr(codec_cls, attr, None)
         if bounds:
-            return list(range(int(bounds[0]), int(bounds[1]) + 1))
+            values = list(range(int(bounds[0]), int(bounds[1]) + 1))
+            return values[::-1] if attr == "qp_range" else values
     return None
 
 
