@@ -130,7 +130,46 @@ def test_fetch_into_a_given_directory_reports_each_asset(tmp_path):
     res = mpq("fetch", "jobs/beans.yaml", "--cache-dir", str(tmp_path))
     assert res.returncode == 2
     for name in ("dataset beans", "model nateraw/vit-base-beans", "checkpoint compressai mbt2018 q3 mse"):
-        assert f"failed  {name}" in res.stdout
+        assert f"missing  {name}" in res.stdout
+
+
+@pytest.mark.slow
+def test_fetch_offline_names_each_missing_asset_once_and_says_what_to_do(tmp_path):
+    """With HF_HUB_OFFLINE=1: a line per asset, one closing line naming the cause and the cache
+    actually used (--cache-dir), none of the libraries' warnings; --verbose lets them through."""
+    from mpq.tasks.classify import tiny_vit
+
+    hub_cache_with_model(tmp_path / "cache" / "huggingface", "mpq-test/tiny-vit", tiny_vit())
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "fetch", "datasets": [{"name": "s", "source": {"samples": "skimage", "names": ["astronaut"]}}],
+        "codecs": [{"name": "mbt2018", "settings": [1]}],
+        "tasks": [{"name": "classify", "model": "mpq-test/tiny-vit"}, {"name": "classify", "id": "other", "model": "mpq-test/absent"}],
+    }))
+    res = mpq("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), env={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2
+    assert res.stdout.splitlines() == [
+        "  missing  checkpoint compressai mbt2018 q1 mse", "  cached   model mpq-test/tiny-vit", "  missing  model mpq-test/absent",
+    ]
+    (closing,) = res.stderr.splitlines()
+    assert closing.startswith("2 of 3 assets missing: HF_HUB_OFFLINE is set") and "where the hub is reachable" in closing
+    assert f"HF_HOME={tmp_path}/cache/huggingface TORCH_HOME={tmp_path}/cache/torch" in closing
+    assert "mpq-ray fetch JOB.yaml" not in res.stdout + res.stderr  # not the command just run
+    verbose = mpq("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), "--verbose", env={"HF_HUB_OFFLINE": "1"})
+    assert "Warning" in verbose.stderr  # torch's deprecation of torch.jit.script, met when CompressAI is imported
+
+
+@pytest.mark.slow
+def test_fetch_without_network_says_the_download_failed_not_that_hf_hub_offline_is_set(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "fetch", "datasets": [{"name": "s", "source": {"samples": "skimage", "names": ["astronaut"]}}],
+        "tasks": [{"name": "classify", "model": "mpq-test/absent"}],
+    }))
+    res = mpq("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), env={"HF_HUB_OFFLINE": ""})  # no such model online, no network here: either way
+    assert res.returncode == 2 and res.stdout.startswith("  missing  model mpq-test/absent (")
+    (closing,) = res.stderr.splitlines()
+    assert closing.startswith("1 of 1 assets missing: they could not be downloaded from here") and "HF_HUB_OFFLINE" not in closing
 
 
 @pytest.fixture
@@ -254,3 +293,18 @@ def test_hific_checkpoints_are_zenodo_files_in_the_torch_hub_cache(empty_caches)
     load_net(low.path)
     cls = registry.get("codec", "hific")
     assert cls(cls.Options(checkpoints=str(empty_caches))).assets(["low"]) == []  # the user's folder: preflight checks it
+
+
+def test_the_message_for_a_missing_asset_names_the_cache_used_and_the_cause(tmp_path, monkeypatch):
+    from mpq.components import offline_hint
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = str(offline_hint("checkpoint", "zoo q1", FileNotFoundError("no such file")))
+    assert f"not in {tmp_path}/torch (TORCH_HOME) and HF_HUB_OFFLINE is set" in message
+    assert "FileNotFoundError: no such file" in message
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    error = offline_hint("model", "org/model", ConnectionError("unreachable"))
+    assert f"not in {tmp_path}/hf (HF_HOME) and could not be downloaded" in str(error)
+    assert "HF_HUB_OFFLINE is set" not in str(error) and error.reason == "ConnectionError: unreachable"

@@ -23,6 +23,8 @@ import psutil
 import pytest
 import yaml
 from conftest import ROOT, rows_on_disk
+from test_plugins import JOB as PLUGIN_JOB
+from test_plugins import write_plugin
 
 from mpq.engine.plan import Planner, count, shards
 from mpq.spec import load_job
@@ -312,3 +314,17 @@ def test_stop_ends_a_submitted_job(cluster, tmp_path):
     wait_for(lambda: job_status(cluster, job_id) == "STOPPED", 120, "the job to stop")
     res = mpq("logs", job_id, "--follow", env=env)
     assert res.returncode == 1 and "job STOPPED" in res.stdout
+
+
+@pytest.mark.slow
+def test_submit_ships_the_plugin_the_job_uses(cluster, tmp_path):
+    """A codec installed only where the job is submitted from (the cluster's nodes lack it)
+    runs on the cluster: `submit` ships its package and its entry points."""
+    site = write_plugin(tmp_path / "site")
+    job = tmp_path / "plugin.yaml"
+    job.write_text(yaml.safe_dump(PLUGIN_JOB))
+    out = tmp_path / "plugin"
+    _, res = submit(cluster, job, out, "--follow", env={**cluster.env, "PYTHONPATH": str(site)})
+    assert res.returncode == 0 and "job SUCCEEDED" in res.stdout, res.stdout[-3000:]
+    assert_exact_rows(out, 2)  # the photo's baseline and its posterized version
+    assert set(read_results(str(out))["codec"]) == {"none", "posterize"}

@@ -282,3 +282,9 @@ def test_source_ids_load(name, tmp_path):
                 assert sample.media.samples.dtype == np.float32
             if classes is not None:
                 assert str(sample.target) in {str(c) for c in classes}, f"{name}: target {sample.target} not among its classes"
+
+
+@pytest.mark.parametrize("kind,name", [(kind, name) for kind in registry.KINDS for name in registry.names(kind)])
+def test_every_component_describes_itself_in_one_line(kind, name):
+    """`mpq-ray list` prints it: a `description`, or the first line of the class's own docstring."""
+    assert registry.description(registry.get(kind, name)), f"{kind} {name}: no description and no docstring"

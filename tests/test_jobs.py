@@ -8,7 +8,7 @@ from mpq.spec import load_job
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 
-# REFERENCE.md §1: task model → (dataset id, config, split, samples in the study; None = whole split)
+# The study (Jacobellis et al. 2024): task model → (dataset id, config, split, samples in the study; None = whole split)
 STUDY_IMAGE_ROWS = {
     "google/vit-base-patch16-224": ("ILSVRC/imagenet-1k", None, "validation", 1000),
     "nateraw/vit-base-beans": ("beans", None, "validation", None),

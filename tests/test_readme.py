@@ -1,5 +1,6 @@
-"""The README's examples as they stand: its job file is valid, and its extension example is
-code that runs: registered, held to the codec contract and run through a job."""
+"""The documented examples as they stand: the README's job file is valid, and the extension
+example of docs/extending.md is code that runs: registered, held to the codec contract and
+run through a job."""
 
 import math
 import re
@@ -13,13 +14,14 @@ from test_contract import IMAGE_SHAPES, check_codec
 from mpq import registry
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+def blocks(language: str, page: str = "README.md") -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", (ROOT / page).read_text(), re.S)
 
 
 def readme_example() -> str:
-    examples = [b for b in blocks("python") if "@register(" in b]
-    assert len(examples) == 1, "the README should show one component example"
+    """The component example of docs/extending.md."""
+    examples = [b for b in blocks("python", "docs/extending.md") if "@register(" in b]
+    assert len(examples) == 1, "docs/extending.md should show one component example"
     return examples[0]
 
 

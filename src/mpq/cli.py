@@ -92,16 +92,24 @@ def run(
 def fetch(
     job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/beans.yaml")],
     cache_dir: Annotated[Optional[Path], typer.Option(help="fill caches under this folder (huggingface/, torch/) instead of the usual ones")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show the libraries' own warnings and logs")] = False,
 ) -> None:
     """Download every model, checkpoint and dataset the job names into the library caches,
-    so that a machine without network access then runs the job with HF_HUB_OFFLINE=1."""
+    so that a machine without network access then runs the job with HF_HUB_OFFLINE=1.
+    With HF_HUB_OFFLINE=1 set, it only checks what the caches hold."""
     if cache_dir is not None:  # before any library reads its cache location
         cache_dir = cache_dir.resolve()
         os.environ["HF_HOME"] = str(cache_dir / "huggingface")
         os.environ["TORCH_HOME"] = str(cache_dir / "torch")
         for var in ("HF_HUB_CACHE", "HF_DATASETS_CACHE"):  # would win over HF_HOME
             os.environ.pop(var, None)
-    from mpq.components import AssetUnavailable
+    if not verbose:  # the libraries' deprecations and retries say nothing the lines below don't
+        import logging
+        import warnings
+
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+    from mpq.components import AssetUnavailable, cache_home, offline
     from mpq.job import resolve
     from mpq.spec import JobSpecError, load_job
 
@@ -109,20 +117,23 @@ def fetch(
         assets = resolve(load_job(job_file)).assets()
     except JobSpecError as exc:
         _fail(str(exc))
-    failed = []
+    missing = 0
     for asset in assets:
         try:
-            asset.fetch()
+            asset.check() if offline() else asset.fetch()
         except AssetUnavailable as exc:
-            failed.append(str(exc))
-            typer.secho(f"  failed  {asset}", fg=typer.colors.RED)
+            missing += 1
+            typer.secho(f"  missing  {asset}" + (f" ({exc.reason})" if exc.reason and not offline() else ""), fg=typer.colors.RED)
         else:
-            typer.echo(f"  cached  {asset}")
-    if failed:
-        _fail("\n".join(failed))
+            typer.echo(f"  cached   {asset}")
+    caches = f"HF_HOME={cache_home('model')} TORCH_HOME={cache_home('checkpoint')}"
+    if missing:
+        why = ("HF_HUB_OFFLINE is set, so nothing was downloaded; unset it and run this again" if offline()
+               else "they could not be downloaded from here; run this again")
+        _fail(f"{missing} of {len(assets)} assets missing: {why} where the hub is reachable, or copy a cache filled there to {caches}")
     typer.echo(f"{len(assets)} assets cached" + ("" if assets else " (the job downloads nothing)"))
     if cache_dir is not None:
-        typer.echo(f"to run from this cache: HF_HOME={os.environ['HF_HOME']} TORCH_HOME={os.environ['TORCH_HOME']} HF_HUB_OFFLINE=1")
+        typer.echo(f"to run from this cache: {caches} HF_HUB_OFFLINE=1")
 
 
 ADDRESS_HELP = "Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)"
@@ -242,15 +253,75 @@ def report(
 
 
 @app.command("list")
-def list_components() -> None:
-    """Print every registered source, codec, task and metric."""
+def list_components(
+    name: Annotated[Optional[str], typer.Argument(help="a component's name, e.g. jpeg: its options, their ranges and defaults")] = None,
+) -> None:
+    """Print every registered source, codec, task and metric, or one component's options."""
     from mpq import registry
 
-    for kind in registry.KINDS:
-        typer.secho(f"{kind}s", bold=True)
-        for name, cls in registry.items(kind):
-            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            typer.echo(f"  {name:<14} {cls.modality:<6} {doc}")
+    if name is None:
+        for kind in registry.KINDS:
+            typer.secho(f"{kind}s", bold=True)
+            for key, cls in registry.items(kind):
+                typer.echo(f"  {key:<16} {cls.modality:<6} {registry.description(cls)}")
+        typer.echo("`mpq-ray list NAME` shows a component's options.")
+        return
+    found = [(kind, registry.get(kind, name)) for kind in registry.KINDS if name in registry.names(kind)]
+    if not found:
+        every = sorted({n for kind in registry.KINDS for n in registry.names(kind)})
+        _fail(f"no component {name!r}; valid choices: {', '.join(every)}")
+    for kind, cls in found:
+        typer.echo("\n".join(_component_help(kind, name, cls)))
+
+
+def _component_help(kind: str, name: str, cls: type) -> list[str]:
+    """A component's description, the keys of its job-file entry (type, range, default) and,
+    for a codec, its settings: the default sweep and the valid range."""
+    from mpq import registry
+    from mpq.codecs import target
+    from mpq.spec import TaskSpec
+
+    lines = [f"{kind} {name} ({cls.modality}): {registry.description(cls)}"]
+    fields = dict(cls.Options.model_fields)
+    if kind == "task":  # the keys every task entry takes besides the model's own
+        fields.update({k: f for k, f in TaskSpec.model_fields.items() if k != "name"})
+    if kind == "codec":
+        try:
+            cls.check_setting(cls.__new__(cls), object())  # refused, naming the valid range
+            valid = ""
+        except ValueError as exc:
+            valid = f" ({exc})"
+        lines.append(f"  settings: default sweep {cls.default_settings}{valid}")
+        keys = [k for k, (_, modality) in target.TARGET_KEYS.items() if modality == cls.modality]
+        if target.knob(cls) is not None:
+            lines.append(f"  {keys[0]}: target rates instead of settings, e.g. [0.1, 0.2]")
+    lines.append("  options:" if fields else "  options: none")
+    for key, field in fields.items():
+        default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
+        about = f" – {field.description}" if field.description else ""
+        lines.append(f"    {key}: {_type_name(field.annotation)}{_bounds(field.metadata)}, {default}{about}")
+    if cls.columns:
+        lines.append(f"  columns: {', '.join(cls.columns)}")
+    return lines
+
+
+def _type_name(annotation) -> str:
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _bounds(metadata: list) -> str:
+    """Pydantic's constraints as a range: " in [1, 100]", " > 0"."""
+    found = {attr: getattr(m, attr) for m in metadata for attr in ("ge", "gt", "le", "lt") if hasattr(m, attr)}
+    lo = next(((k, found[k]) for k in ("ge", "gt") if k in found), None)
+    hi = next(((k, found[k]) for k in ("le", "lt") if k in found), None)
+    if lo and hi:
+        return f" in {'[' if lo[0] == 'ge' else '('}{lo[1]}, {hi[1]}{']' if hi[0] == 'le' else ')'}"
+    ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return "".join(f" {ops[b[0]]} {b[1]}" for b in (lo, hi) if b)
 
 
 if __name__ == "__main__":

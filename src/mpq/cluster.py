@@ -1,15 +1,17 @@
 """Running a job on a Ray cluster through Ray's Jobs API.
 
 The job's driver is ``python -m mpq.cli run`` on the head node. Its runtime environment
-carries the job file (as the working directory) and mpq's own source (as a py_module),
-so the cluster runs exactly the mpq that submitted it; the cluster's Python environment
-provides mpq's dependencies (see cluster.yaml).
+carries the job file (as the working directory), mpq's own source and that of the plugins
+the job uses (as py_modules, with their entry points), so the cluster runs exactly the code
+that submitted it; the cluster's Python environment provides their dependencies (see
+cluster.yaml).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -18,9 +20,11 @@ import shutil
 import sys
 import tempfile
 import uuid
+from importlib.metadata import Distribution, entry_points
 from pathlib import Path
 
 import mpq
+from mpq import registry
 from mpq.spec import JobSpec
 
 
@@ -98,6 +102,45 @@ def client(address: str | None):
     return JobSubmissionClient(address, headers=_token_headers())
 
 
+def plugins(job: JobSpec) -> dict[str, Distribution]:
+    """The installed distributions, by top-level package, whose entry points provide
+    components the job names (mpq's own excepted)."""
+    named = [("source", d.source_type) for d in job.datasets] + [("codec", c.name) for c in job.codecs]
+    named += [("task", t.name) for t in job.tasks] + [("metric", m.name) for m in job.metrics]
+    used = {registry.get(kind, name).__module__.partition(".")[0] for kind, name in named} - {"mpq"}
+    found = {}
+    for group in registry.ENTRY_POINT_GROUPS.values():
+        for ep in entry_points(group=group):
+            top = ep.module.partition(".")[0]
+            if top in used and ep.dist is not None:
+                found[top] = ep.dist
+    return found
+
+
+def runtime_env(job: JobSpec, staging: Path, env: dict[str, str] | None = None) -> dict:
+    """The runtime environment of a cluster run, with ``staging`` (holding the job file) as its
+    working directory. Each plugin the job uses travels as a py_module (its source: an
+    editable install's too), and its entry points as a ``.dist-info`` folder in the working
+    directory, which the driver and every worker have on their path: the registry there
+    finds the plugin as it did here. Nothing is installed on the cluster, so this works
+    offline; a plugin's own dependencies must be in the cluster's environment."""
+    modules = [os.path.dirname(mpq.__file__)]
+    for top, dist in sorted(plugins(job).items()):
+        spec = importlib.util.find_spec(top)
+        modules.append(spec.submodule_search_locations[0] if spec.submodule_search_locations else spec.origin)
+        info = staging / f"{dist.metadata['Name'].replace('-', '_')}-{dist.version}.dist-info"
+        info.mkdir(exist_ok=True)
+        for name in ("METADATA", "entry_points.txt"):
+            (info / name).write_text(dist.read_text(name) or "")
+    return {
+        "working_dir": str(staging),
+        "py_modules": modules,
+        "excludes": ["__pycache__"],
+        # Ray's `uv run` hook would build a virtualenv per worker; the cluster's own is used.
+        "env_vars": {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", **(env or {})},
+    }
+
+
 def submit(
     job_file: Path,
     job: JobSpec,
@@ -116,17 +159,10 @@ def submit(
             args += ["--limit", str(limit)]
         if force:
             args.append("--force")
-        runtime_env = {
-            "working_dir": str(staging),
-            "py_modules": [os.path.dirname(mpq.__file__)],
-            "excludes": ["__pycache__"],
-            # Ray's `uv run` hook would build a virtualenv per worker; the cluster's own is used.
-            "env_vars": {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", **(env or {})},
-        }
         # The upload happens here, so the staging folder can go right after.
         return client(address).submit_job(
             entrypoint=shlex.join(args),
-            runtime_env=runtime_env,
+            runtime_env=runtime_env(job, staging, env),
             submission_id=f"mpq-{job.name}-{uuid.uuid4().hex[:8]}",
             metadata={"mpq_job": job.name, "mpq_output": output, "mpq_version": mpq.__version__},
         )

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 
 class AssetUnavailable(RuntimeError):
-    """A model, checkpoint or dataset is neither cached locally nor reachable."""
+    """A model, checkpoint or dataset is neither cached locally nor reachable; ``reason``: the cause alone."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 def offline() -> bool:
@@ -30,22 +34,28 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-_CACHES = {
-    "checkpoint": "torch's hub cache (TORCH_HOME, default ~/.cache/torch)",
-    "model": "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface)",
-    "dataset": "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface)",
-}
+def cache_home(kind: str) -> str:
+    """The cache an asset of this kind lands in, as its library resolves it: torch's
+    (TORCH_HOME) for checkpoints, Hugging Face's (HF_HOME) for models and datasets."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "~/.cache")
+    if kind == "checkpoint":
+        return os.path.expanduser(os.environ.get("TORCH_HOME") or os.path.join(xdg, "torch"))
+    return os.path.expanduser(os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface"))
 
 
 def offline_hint(kind: str, name: str, exc: Exception) -> AssetUnavailable:
     """One clear message for a model, checkpoint or dataset that is not to be had."""
-    reason = str(exc).splitlines()[0] if str(exc) else ""
-    return AssetUnavailable(
-        f"{kind} {name!r} could not be loaded: it is not in the local cache and the hub is not "
-        f"reachable ({type(exc).__name__}: {reason}). Pre-cache it on a machine with network access "
-        f"with `mpq-ray fetch JOB.yaml`, which fills {_CACHES.get(kind, 'the library caches')}, then copy "
-        "that cache here and set HF_HUB_OFFLINE=1."
-    )
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+    var = "TORCH_HOME" if kind == "checkpoint" else "HF_HOME"
+    where = f"{cache_home(kind)} ({var})"
+    if offline():
+        text = (f"{kind} {name!r} could not be loaded: it is not in {where} and HF_HUB_OFFLINE is set ({reason}). "
+                "Fill that cache with `mpq-ray fetch JOB.yaml` on a machine that reaches the hub, then copy it here.")
+    else:
+        text = (f"{kind} {name!r} could not be loaded: it is not in {where} and could not be downloaded ({reason}). "
+                "Fill that cache with `mpq-ray fetch JOB.yaml` on a machine that reaches the hub, then copy it "
+                "here and set HF_HUB_OFFLINE=1.")
+    return AssetUnavailable(text, reason)
 
 
 class Asset:

@@ -100,3 +100,10 @@ def names(kind: str) -> list[str]:
 def items(kind: str) -> list[tuple[str, Any]]:
     load_all()
     return sorted(_registry[kind].items())
+
+
+def description(cls: type) -> str:
+    """A component's one-line description: its ``description`` attribute, else the first line
+    of its own docstring (not a base class's); "" when it has neither."""
+    text = getattr(cls, "description", None) or (cls.__dict__.get("__doc__") or "").strip()
+    return text.splitlines()[0].strip() if text else ""

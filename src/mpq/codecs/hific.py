@@ -1,7 +1,7 @@
 """HiFiC (Mentzer et al. 2020, "High-Fidelity Generative Image Compression"): the generative codec.
 
 The official weights are TensorFlow-Compression metagraphs that cannot be imported beside
-this stack (REFERENCE.md §3). mpq runs the checkpoints of Justin Tan's PyTorch port
+this stack (docs/hific.md). mpq runs the checkpoints of Justin Tan's PyTorch port
 (github Justin-Tan/high-fidelity-generative-compression): HIFIC-low / -med / -high,
 trained on OpenImages for 0.14 / 0.30 / 0.45 bpp, files ``hific_low.pt``,
 ``hific_med.pt`` and ``hific_hi.pt`` (Zenodo record 4026003), kept in torch's hub cache. The network is mpq's own

@@ -47,6 +47,8 @@ class PillowCodec(Codec):
 
 @register("codec", "jpeg")
 class JPEG(PillowCodec):
+    """JPEG through Pillow (libjpeg), the setting is the quality (1-95, higher keeps more)."""
+
     format = "JPEG"
     payload = staticmethod(containers.jpeg_payload)
     quality_range = (1, 95)  # Pillow: above 95 disables parts of the quantisation
@@ -60,6 +62,8 @@ class JPEG(PillowCodec):
 
 @register("codec", "webp")
 class WebP(PillowCodec):
+    """Lossy WebP through Pillow (libwebp, method 4), the setting is the quality (0-100)."""
+
     format = "WEBP"
     payload = staticmethod(containers.riff_payload)
     default_settings = [0, 10, 30, 50, 75]

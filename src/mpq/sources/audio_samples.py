@@ -37,7 +37,7 @@ VOICES = ("en-us", "en", "en-us+f3")  # espeak-ng's "en" is British English
 class SpeechOptions(Options):
     speech: Literal["espeak"]
     count: int = Field(default=len(HARVARD), ge=1, le=len(HARVARD))
-    sample_rate: int = Field(default=48000, ge=8000, le=96000)  # Common Voice clips are 48 kHz
+    sample_rate: int = Field(default=48000, ge=8000, le=96000, description="Hz (Common Voice clips are 48 kHz)")
 
 
 def espeak(text: str, voice: str, words_per_minute: int = 150) -> Audio:

@@ -13,13 +13,15 @@ import csv
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from mpq.components import Options, Sample, Source
 from mpq.media import audio_from_bytes
 from mpq.registry import register
 
 
 class CommonVoiceOptions(Options):
-    commonvoice: str  # the language folder of an unpacked release, e.g. cv-corpus-11.0-2022-09-21/en
+    commonvoice: str = Field(description="the language folder of an unpacked release, e.g. cv-corpus-11.0-2022-09-21/en")
     split: Literal["dev", "test", "train", "validated", "other", "invalidated"] = "dev"
 
 

@@ -14,7 +14,7 @@ import csv
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mpq.components import ClassTarget, Options, Sample, Source
 from mpq.media import audio_from_bytes, image_from_bytes
@@ -25,11 +25,12 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aa
 
 
 class FolderOptions(Options):
-    folder: str
+    folder: str = Field(description="the folder, searched recursively")
     media: Literal["image", "audio"] = "image"
-    labels: Literal["parent", "text", "none"] = "none"
-    # folder label -> class name: a mapping, or a YAML (mapping) or CSV (two columns) file of one
-    class_map: dict[str, str] | str | None = None
+    labels: Literal["parent", "text", "none"] = Field(
+        default="none", description="parent: the parent folder's name; text: NAME.txt beside each file; none: agreement only")
+    class_map: dict[str, str] | str | None = Field(
+        default=None, description="folder label -> model class name: a mapping, or a YAML (mapping) or CSV (two columns) file")
 
     @field_validator("class_map")
     @classmethod
@@ -66,6 +67,8 @@ class FolderOptions(Options):
 
 @register("source", "folder")
 class FolderSource(Source):
+    """A local folder of images (labels: the parent folder's name) or, with `media: audio`, of audio files."""
+
     Options = FolderOptions
 
     def __init__(self, options=None):

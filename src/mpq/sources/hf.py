@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from mpq.components import Asset, ClassTarget, Options, Sample, Source, offline_hint
 from mpq.media import (
@@ -23,16 +23,14 @@ from mpq.registry import register
 
 
 class HFOptions(Options):
-    hf: str
-    config: str | None = None
+    hf: str = Field(description="a hub dataset id or a local folder in the hub's layout")
+    config: str | None = Field(default=None, description="the dataset's configuration (subset)")
     split: str = "validation"
-    revision: str | None = None
-    image: str = "image"
-    audio: str | None = None  # an audio column: makes this an audio dataset (image is then unused)
-    label: str | None = "label"
-    # A column of annotation images (one class index per pixel): the target instead of
-    # ``label``, for segmentation.
-    label_map: str | None = None
+    revision: str | None = Field(default=None, description="a hub branch, tag or commit")
+    image: str = Field(default="image", description="the image column")
+    audio: str | None = Field(default=None, description="an audio column: makes this an audio dataset (image is then unused)")
+    label: str | None = Field(default="label", description="the target column: class labels, or transcripts for audio")
+    label_map: str | None = Field(default=None, description="a column of annotation images (a class index per pixel): the target instead of label, for segmentation")
 
     @model_validator(mode="before")
     @classmethod
@@ -56,6 +54,8 @@ def open_split(hf: str, config: str | None, split: str, revision: str | None):
 
 @register("source", "hf")
 class HFSource(Source):
+    """A Hugging Face dataset split (hub id or local folder): an image or audio column and a label column."""
+
     Options = HFOptions
 
     def __init__(self, options=None):

@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from mpq.components import Options, Sample, Source
 from mpq.media import STEMS, audio_from_bytes
 from mpq.registry import register
 
 
 class MUSDBOptions(Options):
-    musdb: str  # the unpacked MUSDB18-HQ folder
+    musdb: str = Field(description="the unpacked MUSDB18-HQ folder")
     subset: Literal["train", "test"] = "test"
 
 

@@ -67,10 +67,10 @@ PACKAGED_PHOTOS = {
 
 class SamplesOptions(Options):
     samples: Literal["skimage", "photos"]
-    names: list[str] | None = None  # default: every photo of the set
-    # For benchmarks at scale: each photo this many times; copy k > 0 is a deterministic
-    # variant (flips, horizontal shift) with its own sample id "name~k". Not independent data.
-    repeat: int = Field(default=1, ge=1)
+    names: list[str] | None = Field(default=None, description="photos by name (default: every photo of the set)")
+    repeat: int = Field(default=1, ge=1, description=(
+        'each photo this many times, for benchmarks at scale: copy k > 0 is a deterministic variant (flips, '
+        'horizontal shift) with its own sample id "name~k"; not independent data'))
 
 
 @functools.cache
@@ -96,8 +96,9 @@ def variant(img: Image, k: int) -> Image:
 
 @register("source", "samples")
 class EmbeddedSamples(Source):
-    """Photographs shipped by installed packages: scikit-image's labelled by their own
-    name, or every packaged photograph, unlabelled."""
+    """Photographs shipped by installed packages, offline: scikit-image's (labelled) or all 22.
+
+    `skimage`: scikit-image's, labelled by their own name; `photos`: every packaged photograph, unlabelled."""
 
     Options = SamplesOptions
 

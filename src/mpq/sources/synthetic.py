@@ -20,12 +20,12 @@ from mpq.registry import register
 class SyntheticOptions(Options):
     synthetic: Literal["images"]
     count: int = Field(default=100, gt=0)
-    size: int = Field(default=16, ge=1, le=4096)  # width and height in pixels
+    size: int = Field(default=16, ge=1, le=4096, description="width and height in pixels")
 
 
 @register("source", "synthetic")
 class SyntheticImages(Source):
-    """``count`` tiny RGB images, ids "0", "1", ..."""
+    """`count` tiny RGB images made from their ids "0", "1", ..., never listed whole (scale tests)."""
 
     Options = SyntheticOptions
 

@@ -168,6 +168,8 @@ class ClassNames:
 
 @register("task", "classify")
 class Classify(Task):
+    """Image classification (transformers or timm models): top-1 correctness, split-level accuracy."""
+
     Options = ClassifyOptions
     columns = {"label": pa.string(), "prediction": pa.string(), "correct": pa.bool_(), "score": pa.float64()}
 
