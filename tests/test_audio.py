@@ -191,6 +191,30 @@ def test_word_errors_and_wra_hand_worked():
     assert ASR.aggregate(rows) == pytest.approx({"wra": 1 - 4 / 10, "wra_norm": 1 - 1 / 10, "agreement": 0.5})
 
 
+def test_nonfinite_agreement_is_counted_not_averaged():
+    """0.2.0's separation agreement was +inf for identical separations, and its mean let it in:
+    every task's mean agreement, and the run's summary, average the finite ones and count the rest."""
+    from mpq.summary import summarize, task_aggregates
+
+    agreement = [0.5, math.inf, float("nan"), None, 0.7]
+    for name in ("asr", "separate", "classify", "segment"):
+        rows = pl.DataFrame({"agreement": agreement}, schema={"agreement": pl.Float64})
+        extra = {"asr": {"word_errors": [0] * 5, "ref_words": [1] * 5, "word_errors_norm": [0] * 5, "ref_words_norm": [1] * 5},
+                 "classify": {"correct": [True] * 5}, "segment": {"intersection": [None] * 5},
+                 "separate": {f"sdr_{s}": [1.0] * 5 for s in ("drums", "bass", "other", "vocals")}}[name]
+        agg = registry.get("task", name).aggregate(rows.with_columns(pl.Series(k, v) for k, v in extra.items()))
+        assert agg["agreement"] == pytest.approx(0.6) and agg["agreement_nonfinite"] == 2, (name, agg)
+    clean = registry.get("task", "classify").aggregate(pl.DataFrame({"correct": [True, None], "agreement": [0.5, None]}))
+    assert clean == {"accuracy": 1.0, "agreement": 0.5}  # nothing left out: no count
+    df = pl.DataFrame({
+        "dataset": "music", "task": "separate", "task_type": "separate", "codec": "opus", "setting": "12",
+        "sample_id": [str(i) for i in range(5)], "error": pl.Series([None] * 5, dtype=pl.String), "agreement": agreement,
+        **{f"sdr_{s}": [1.0] * 5 for s in ("drums", "bass", "other", "vocals")},
+    })
+    for table in (task_aggregates(df), summarize(df)):
+        assert table["agreement"].to_list() == [pytest.approx(0.6)] and table["agreement_nonfinite"].to_list() == [2]
+
+
 @pytest.mark.slow
 def test_tiny_whisper_loads_through_from_pretrained_and_transcribes_any_rate():
     cls = registry.get("task", "asr")
