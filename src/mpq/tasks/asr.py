@@ -20,8 +20,9 @@ Decoding is deterministic: temperature 0 (beam search in faster-whisper, greedy 
 transformers unless the model's generation config asks for beams) with no temperature
 fallback. The ``temperature`` option changes it; a list is Whisper's fallback (each next
 temperature where the compression ratio exceeds 2.4 or the mean log-probability is below −1,
-OpenAI's thresholds). Sampling is seeded: per clip in faster-whisper, per batch in
-transformers.
+OpenAI's thresholds). Sampling is seeded per batch in transformers; CTranslate2 draws from
+one generator per worker thread, seeded once and never per call, so faster-whisper's
+sampled transcripts vary from run to run.
 """
 
 from __future__ import annotations
@@ -214,11 +215,8 @@ class ASR(Task):
         waves = [resample(with_channels(a.samples, 1), a.sample_rate, WHISPER_RATE)[:, 0] for a in media]
         temperature = self.options.temperature
         if not hasattr(self, "processor"):  # faster-whisper: one clip at a time, its own long-form decoding
-            import ctranslate2
-
             texts = []
             for w in waves:
-                ctranslate2.set_random_seed(0)  # sampling (a temperature above 0): the same every run
                 segments, _ = self.model.transcribe(w, language=self.options.language, task="transcribe", temperature=temperature)
                 texts.append(" ".join(seg.text.strip() for seg in segments).strip())
             return texts
