@@ -174,16 +174,16 @@ def test_smoke_lpips_falls_as_jpeg_quality_rises_on_every_photo(smoke):
 
 @pytest.mark.slow
 def test_smoke_recogniser_reads_clean_speech_and_less_at_opus_6(smoke):
-    """Whisper tiny.en (faster-whisper, CPU, float32, beam 5) on espeak-ng's first four
-    Harvard sentences, normalised WRA measured: clean 0.66, Opus 6 kbps 0.40, the same through
-    Ray (this run) and serially. espeak's robotic voice costs tiny.en a third of the words; a
+    """Whisper tiny.en (faster-whisper, CPU, float32, beam 5, temperature 0) on espeak-ng's
+    first four Harvard sentences, normalised WRA measured: clean 0.66, Opus 6 kbps 0.40, the
+    same through Ray and serially. espeak's robotic voice costs tiny.en a third of the words; a
     random model scores 0."""
     agg = conditions(smoke, "speech")
     wra = {(c, s): v for c, s, v in agg.select("codec", "setting", "wra_norm").iter_rows()}
     assert wra[(BASELINE, "")] >= 0.5
     assert wra[("opus", "6")] < wra[(BASELINE, "")]
     opus6 = agg.filter((pl.col("codec") == "opus") & (pl.col("setting") == "6"))["agreement"][0]
-    assert opus6 < 1.0
+    assert 0 <= opus6 < 1.0
 
 
 @pytest.mark.slow
