@@ -21,8 +21,8 @@ transformers unless the model's generation config asks for beams) with no temper
 fallback. The ``temperature`` option changes it; a list is Whisper's fallback (each next
 temperature where the compression ratio exceeds 2.4 or the mean log-probability is below −1,
 OpenAI's thresholds). Sampling is seeded per batch in transformers; CTranslate2 draws from
-one generator per worker thread, seeded once and never per call, so faster-whisper's
-sampled transcripts vary from run to run.
+one generator per thread, seeded when that thread first samples and never per call, so
+faster-whisper's sampled transcripts vary from run to run.
 """
 
 from __future__ import annotations
@@ -215,11 +215,11 @@ class ASR(Task):
         waves = [resample(with_channels(a.samples, 1), a.sample_rate, WHISPER_RATE)[:, 0] for a in media]
         temperature = self.options.temperature
         if not hasattr(self, "processor"):  # faster-whisper: one clip at a time, its own long-form decoding
-            texts = []
-            for w in waves:
-                segments, _ = self.model.transcribe(w, language=self.options.language, task="transcribe", temperature=temperature)
-                texts.append(" ".join(seg.text.strip() for seg in segments).strip())
-            return texts
+            return [
+                " ".join(seg.text.strip() for seg in self.model.transcribe(
+                    w, language=self.options.language, task="transcribe", temperature=temperature)[0]).strip()
+                for w in waves
+            ]
         long_form = max(len(w) for w in waves) > WINDOW_SECONDS * WHISPER_RATE
         kw = {"truncation": False, "padding": "longest", "return_attention_mask": True} if long_form else {}
         # The log-mel features are computed on the model's device (torch's STFT; on the CPU, as before).
