@@ -191,6 +191,30 @@ def test_word_errors_and_wra_hand_worked():
     assert ASR.aggregate(rows) == pytest.approx({"wra": 1 - 4 / 10, "wra_norm": 1 - 1 / 10, "agreement": 0.5})
 
 
+def test_nonfinite_agreement_is_counted_not_averaged():
+    """0.2.0's separation agreement was +inf for identical separations, and its mean let it in:
+    every task's mean agreement, and the run's summary, average the finite ones and count the rest."""
+    from mpq.summary import summarize, task_aggregates
+
+    agreement = [0.5, math.inf, float("nan"), None, 0.7]
+    for name in ("asr", "separate", "classify", "segment"):
+        rows = pl.DataFrame({"agreement": agreement}, schema={"agreement": pl.Float64})
+        extra = {"asr": {"word_errors": [0] * 5, "ref_words": [1] * 5, "word_errors_norm": [0] * 5, "ref_words_norm": [1] * 5},
+                 "classify": {"correct": [True] * 5}, "segment": {"intersection": [None] * 5},
+                 "separate": {f"sdr_{s}": [1.0] * 5 for s in ("drums", "bass", "other", "vocals")}}[name]
+        agg = registry.get("task", name).aggregate(rows.with_columns(pl.Series(k, v) for k, v in extra.items()))
+        assert agg["agreement"] == pytest.approx(0.6) and agg["agreement_nonfinite"] == 2, (name, agg)
+    clean = registry.get("task", "classify").aggregate(pl.DataFrame({"correct": [True, None], "agreement": [0.5, None]}))
+    assert clean == {"accuracy": 1.0, "agreement": 0.5}  # nothing left out: no count
+    df = pl.DataFrame({
+        "dataset": "music", "task": "separate", "task_type": "separate", "codec": "opus", "setting": "12",
+        "sample_id": [str(i) for i in range(5)], "error": pl.Series([None] * 5, dtype=pl.String), "agreement": agreement,
+        **{f"sdr_{s}": [1.0] * 5 for s in ("drums", "bass", "other", "vocals")},
+    })
+    for table in (task_aggregates(df), summarize(df)):
+        assert table["agreement"].to_list() == [pytest.approx(0.6)] and table["agreement_nonfinite"].to_list() == [2]
+
+
 @pytest.mark.slow
 def test_tiny_whisper_loads_through_from_pretrained_and_transcribes_any_rate():
     cls = registry.get("task", "asr")
@@ -211,6 +235,63 @@ def test_tiny_whisper_loads_through_from_pretrained_and_transcribes_any_rate():
     with torch.inference_mode():
         ids = task.model.generate(features, language="en", task="transcribe")
     assert [o["prediction"] for o in out] == [t.strip() for t in task.processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+def harsh_speech():
+    """harvard-02 as the speech source speaks it, under white noise at −5 dB SNR."""
+    from mpq.media import Audio
+    from mpq.sources.audio_samples import Speech, SpeechOptions
+
+    clip = Speech(SpeechOptions(speech="espeak", count=2)).load("harvard-02").media
+    x = clip.samples.astype(np.float64)
+    noise = np.random.default_rng(0).normal(size=x.shape)
+    noise *= np.sqrt(np.mean(x**2) / np.mean(noise**2) * 10 ** (5 / 10))
+    return Audio(np.clip(x + noise, -1, 1).astype(np.float32), clip.sample_rate)
+
+
+@pytest.mark.slow
+def test_whisper_reads_a_harsh_clip_the_same_every_time():
+    """faster-whisper's default temperature fallback (0, 0.2, ..., 1.0, sampled) read this clip
+    "the leaves that are not glued back around.", a sampled decoding (measured; two sampled
+    decodings at temperature 1.0 in one process read "lose a bit of a dark blue mask around."
+    and "in the room."); mpq decodes at temperature 0 with no fallback: beam search,
+    faster-whisper's own transcription at temperature=0.0, the same every time."""
+    from mpq.media import resample, with_channels
+
+    cls = registry.get("task", "asr")
+    task = cls(cls.Options(model="builtin:whisper-tiny.en"))
+    task.load()
+    clip = harsh_speech()
+    texts = [task.transcribe([clip])[0] for _ in range(3)]
+    wave = resample(with_channels(clip.samples, 1), clip.sample_rate, 16000)[:, 0]
+    segments, info = task.model.transcribe(wave, language="en", task="transcribe", temperature=0.0)
+    assert texts == [" ".join(s.text.strip() for s in segments).strip()] * 3 and info.transcription_options.temperatures == [0.0]
+
+
+@pytest.mark.slow
+def test_whisper_through_transformers_samples_the_same_every_run_and_rows_record_the_temperature(tmp_path):
+    """A tiny random Whisper (transformers) at temperature 1.0 samples its transcripts: seeded,
+    two runs write the same ones; every row records the temperature in `task_options`."""
+    import json
+
+    from mpq.runner import run_job
+    from mpq.spec import parse_job
+    from mpq.summary import read_results
+
+    def run(out, temperature):
+        run_job(parse_job({
+            "name": "asr", "datasets": [{"name": "speech", "source": {"speech": "espeak", "count": 1}}],
+            "codecs": [{"name": "opus", "settings": [6]}],
+            "tasks": [{"name": "asr", "model": "builtin:tiny-whisper", "temperature": temperature}],
+        }), str(tmp_path / out), engine="serial", progress=False)
+        return read_results(str(tmp_path / out)).sort("codec")
+
+    first, second = run("a", 1.0), run("b", 1.0)
+    assert first["prediction"].to_list() == second["prediction"].to_list() and first["error"].null_count() == 2
+    assert [json.loads(o)["temperature"] for o in first["task_options"]] == [1.0, 1.0]
+    coded = first.filter(pl.col("codec") == "opus")
+    assert 0 <= coded["agreement"][0] <= 1 and "wer_vs_clean" in coded.columns
+    assert json.loads(run("c", [0, 0.5])["task_options"][0])["temperature"] == [0, 0.5]  # the fallback runs too
 
 
 @pytest.mark.slow

@@ -216,6 +216,32 @@ def test_rows_lost_to_the_old_cache_bug_are_redone(tmp_path):
     assert read_results(str(out))["error"].null_count() == 6
 
 
+@pytest.mark.slow
+def test_rows_of_mpq_0_2_with_agreement_on_other_scales_are_redone(tmp_path):
+    """mpq 0.2.0 wrote separation's agreement in dB (0.31 to 26.4 and +inf on the default job)
+    and ASR's unbounded below: its rows are not done, and a re-run writes agreement in [0, 1]
+    with the SDR in a column of its own."""
+    spec = {"tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs"}]}
+    out = tmp_path / "out"
+    run_job(music_job(**spec), str(out), engine="serial", progress=False)
+    files = list((out / "results").glob("*.parquet"))
+    old = pl.read_parquet(files[0]).with_columns(
+        pl.lit("0.2.0").alias("mpq_version"),
+        pl.when(pl.col("codec") != "none").then(pl.col("sdr_vs_clean")).alias("agreement"),  # 0.2.0's dB
+    ).drop("sdr_vs_clean")
+    for f in files:
+        f.unlink()
+    old.write_parquet(out / "results" / "part-0-000001.parquet")
+    again = run_job(music_job(**spec), str(out), engine="serial", progress=False)
+    assert again.written == 6 and again.already_done == 0
+    df = read_results(str(out))
+    assert df.height == 6 and (df["mpq_version"] != "0.2.0").all()
+    coded = df.filter(pl.col("codec") != "none")
+    sdr, agreement = coded["sdr_vs_clean"].to_numpy(), coded["agreement"].to_numpy()
+    assert ((agreement >= 0) & (agreement <= 1)).all()
+    np.testing.assert_allclose(agreement, 1 / (1 + 10 ** (-sdr / 10)))
+
+
 def test_machine_failures_are_retryable_and_sample_failures_are_done():
     from mpq.engine.stages import _error
     from mpq.results import retryable

@@ -256,12 +256,16 @@ def test_task_returns_its_declared_columns(name, request):
     assert task.model_id, f"{name}: load() records no model id"
     rows = task.predict(inputs, targets)
     assert len(rows) == len(inputs)
+    # One scale for every task: agreement in [0, 1], 1 for the same answer; the raw distance
+    # in a column the task declares.
+    same, coded = task.agreement(rows[0], rows[0]), task.agreement(rows[1], rows[0])
+    assert same["agreement"] == 1.0, f"{name}: agreement {same} with its own answer"
+    assert coded["agreement"] is not None and 0 <= coded["agreement"] <= 1, f"{name}: agreement {coded}"
+    assert set(same) == set(coded) and set(coded) - {"agreement"} <= set(task.columns), f"{name}: undeclared {coded}"
     for row in rows:
-        assert set(task.columns) <= set(row), f"{name}: predict() lacks {set(task.columns) - set(row)}"
-    check_types(task.columns, rows)
-    agreement = task.agreement(rows[1], rows[0])
-    assert agreement is None or isinstance(agreement, float)
-    stored = [{k: v for k, v in r.items() if not k.startswith("_")} | {"agreement": agreement} for r in rows]
+        assert set(task.columns) <= set(row) | set(coded), f"{name}: predict() lacks {set(task.columns) - set(row) - set(coded)}"
+    check_types(task.columns, [r | coded for r in rows])
+    stored = [{k: v for k, v in r.items() if not k.startswith("_")} | coded for r in rows]
     scores = type(task).aggregate(pl.DataFrame(stored))
     assert scores and all(v is None or isinstance(v, float) for v in scores.values()), f"{name}: aggregate gave {scores}"
 

@@ -1,6 +1,7 @@
 """The default job as a real study: real packaged models, offline, no system packages, and
 results that move with the codec's quality as they must."""
 
+import math
 import os
 import subprocess
 import sys
@@ -173,16 +174,16 @@ def test_smoke_lpips_falls_as_jpeg_quality_rises_on_every_photo(smoke):
 
 @pytest.mark.slow
 def test_smoke_recogniser_reads_clean_speech_and_less_at_opus_6(smoke):
-    """Whisper tiny.en (faster-whisper, CPU, float32, beam 5) on espeak-ng's first four
-    Harvard sentences, normalised WRA measured: clean 0.66, Opus 6 kbps 0.40, the same through
-    Ray (this run) and serially. espeak's robotic voice costs tiny.en a third of the words; a
+    """Whisper tiny.en (faster-whisper, CPU, float32, beam 5, temperature 0) on espeak-ng's
+    first four Harvard sentences, normalised WRA measured: clean 0.66, Opus 6 kbps 0.40, the
+    same through Ray and serially. espeak's robotic voice costs tiny.en a third of the words; a
     random model scores 0."""
     agg = conditions(smoke, "speech")
     wra = {(c, s): v for c, s, v in agg.select("codec", "setting", "wra_norm").iter_rows()}
     assert wra[(BASELINE, "")] >= 0.5
     assert wra[("opus", "6")] < wra[(BASELINE, "")]
     opus6 = agg.filter((pl.col("codec") == "opus") & (pl.col("setting") == "6"))["agreement"][0]
-    assert opus6 < 1.0
+    assert 0 <= opus6 < 1.0
 
 
 @pytest.mark.slow
@@ -207,26 +208,47 @@ def test_cdpam_embeds_a_shared_reference_once_with_the_same_values():
 
 
 def test_agreement_of_each_task_by_hand():
+    """Every task's agreement on one scale, [0, 1], 1 for the same answer; the raw distance
+    (WER, SDR) in a column of its own."""
     from mpq.tasks.asr import ASR, ASROptions
+    from mpq.tasks.classify import Classify
     from mpq.tasks.segment import Segment
     from mpq.tasks.separate import Separate
 
     asr = ASR(ASROptions(model="builtin:whisper-tiny.en"))  # agreement needs no model
-    assert asr.agreement({"prediction": "The merch canoe slid."}, {"prediction": "The birch canoe slid."}) == 0.75
-    assert asr.agreement({"prediction": "anything"}, {"prediction": ""}) is None
+    said = lambda text: {"prediction": text}  # noqa: E731
+    assert asr.agreement(said("The merch canoe slid."), said("The birch canoe slid.")) == {"wer_vs_clean": 0.25, "agreement": 0.75}
+    # A hallucinated answer to one word: WER 8 (0.2.0's agreement: −7), agreement 0.
+    assert asr.agreement(said("Thank you for watching, see you next time."), said("Hello.")) == {"wer_vs_clean": 8.0, "agreement": 0.0}
+    assert asr.agreement(said("hello"), said("Hello!")) == {"wer_vs_clean": 0.0, "agreement": 1.0}
+    assert asr.agreement(said("anything"), said("")) == {"wer_vs_clean": None, "agreement": 0.0}
+    assert asr.agreement(said(""), said("")) == {"wer_vs_clean": None, "agreement": 1.0}
+
+    cls = Classify.__new__(Classify)
+    assert cls.agreement({"_class": 3}, {"_class": 3}) == {"agreement": 1.0}
+    assert cls.agreement({"_class": 4}, {"_class": 3}) == {"agreement": 0.0}
 
     seg = Segment.__new__(Segment)
     seg.num_classes = 3
     ref = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
     out = np.array([[0, 0, 0, 1], [0, 0, 2, 1]])
-    # class 0: 4 / 5, class 1: 2 / 4, class 2: 0 / 1 → mean 0.6
-    assert seg.agreement({"_pred": out}, {"_pred": ref}) == pytest.approx((4 / 5 + 2 / 4 + 0) / 3)
+    # class 0: 4 / 5, class 1: 2 / 4, class 2: 0 / 1 → mean 0.433
+    assert seg.agreement({"_pred": out}, {"_pred": ref}) == {"agreement": pytest.approx((4 / 5 + 2 / 4 + 0) / 3)}
+    assert seg.agreement({"_pred": ref}, {"_pred": ref}) == {"agreement": 1.0}
 
     sep = Separate.__new__(Separate)
     x = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
-    # half the amplitude: noise energy = signal energy / 4 → 6.02 dB
-    assert sep.agreement({"_stems": {"drums": 0.5 * x}}, {"_stems": {"drums": x}}) == pytest.approx(10 * np.log10(4))
-    assert sep.agreement({"_stems": {"drums": x[:90]}}, {"_stems": {"drums": x}}) > 10  # shorter: zero-padded
+    # half the amplitude: noise energy = signal energy / 4 → 6.02 dB, energy fraction 4 / 5
+    half = sep.agreement({"_stems": {"drums": 0.5 * x}}, {"_stems": {"drums": x}})
+    assert half == pytest.approx({"sdr_vs_clean": 10 * np.log10(4), "agreement": 0.8})
+    assert sep.agreement({"_stems": {"drums": x}}, {"_stems": {"drums": x}}) == {"sdr_vs_clean": math.inf, "agreement": 1.0}
+    shorter = sep.agreement({"_stems": {"drums": x[:90]}}, {"_stems": {"drums": x}})  # zero-padded
+    assert shorter["sdr_vs_clean"] > 10 and shorter["agreement"] == pytest.approx(1 / (1 + 10 ** (-shorter["sdr_vs_clean"] / 10)))
+    # Far below 0 dB (an estimate 1000× too loud, −60 dB): near 0, never below, no overflow.
+    loud = sep.agreement({"_stems": {"drums": 1001 * x}}, {"_stems": {"drums": x}})
+    assert loud["sdr_vs_clean"] == pytest.approx(-60) and 0 <= loud["agreement"] == pytest.approx(1e-6, rel=1e-3)
+    silent = np.zeros_like(x)
+    assert sep.agreement({"_stems": {"drums": x}}, {"_stems": {"drums": silent}}) == {"sdr_vs_clean": None, "agreement": None}
 
 
 @pytest.mark.parametrize("name", ["encodec_48khz", "encodec_24khz", "dac"])

@@ -233,10 +233,13 @@ class Task(Component):
     def predict(self, media: list[Media], targets: list[Any]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    def agreement(self, output: dict[str, Any], reference: dict[str, Any]) -> float | None:
-        """The label-free score: how far ``output`` (``predict``'s dict for a coded input)
-        agrees with ``reference`` (its dict for the uncompressed input), higher is better."""
-        return None
+    def agreement(self, output: dict[str, Any], reference: dict[str, Any]) -> dict[str, float | None]:
+        """The label-free score of ``output`` (``predict``'s dict for a coded input) against
+        ``reference`` (its dict for the uncompressed input), as columns of the row:
+        ``agreement`` in [0, 1], 1 for the same answer, falling as the task's own distance
+        between the two answers grows, and that raw distance in a column of the task's own
+        (declared in ``columns``), so every task's agreement is on one scale."""
+        return {}
 
     @classmethod
     def aggregate(cls, rows: "pl.DataFrame") -> dict[str, float | None]:
@@ -245,10 +248,17 @@ class Task(Component):
         return mean_agreement(rows)
 
 
-def mean_agreement(rows: "pl.DataFrame") -> dict[str, float | None]:
-    """The split-level label-free score: the mean of the rows' ``agreement``."""
-    col = rows["agreement"].drop_nulls().drop_nans() if "agreement" in rows.columns else None
-    return {"agreement": col.mean() if col is not None and col.len() else None}
+def mean_agreement(rows: "pl.DataFrame") -> dict[str, float | int | None]:
+    """The split-level label-free score: the mean of the rows' finite ``agreement``; where
+    some are infinite or NaN, ``agreement_nonfinite`` counts them instead of averaging them."""
+    if "agreement" not in rows.columns:
+        return {"agreement": None}
+    col = rows["agreement"].drop_nulls().cast(float)
+    finite = col.filter(col.is_finite())
+    out = {"agreement": finite.mean() if finite.len() else None}
+    if finite.len() < col.len():
+        out["agreement_nonfinite"] = col.len() - finite.len()
+    return out
 
 
 class Metric(Component):

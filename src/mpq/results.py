@@ -45,8 +45,10 @@ OLD_CACHE_ERROR = "cannot create an OBJECT array from memory buffer"
 
 
 # Rows of an older mpq whose figures were defined differently (0.1.0: `bps` per time step,
-# ADE20k labels read unshifted, DAC codebooks rounded over both channels) are not done.
-COMPATIBLE_SINCE = (0, 2, 0)
+# ADE20k labels read unshifted, DAC codebooks rounded over both channels; 0.2.0: `agreement`
+# on each task's own scale, ASR's unbounded below and separation's in dB, and Whisper's
+# sampled temperature fallback) are not done.
+COMPATIBLE_SINCE = (0, 3, 0)
 
 
 def current(mpq_version: str | None) -> bool:

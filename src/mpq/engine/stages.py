@@ -264,7 +264,7 @@ class Predict:
             public = {k: v for k, v in pred.items() if not k.startswith("_")}
             if row["codec"] != BASELINE and "error" not in pred and "error" not in ref:  # the baseline is the reference
                 try:
-                    public["agreement"] = self.task.agreement(pred, ref)
+                    public.update(self.task.agreement(pred, ref))  # `agreement` and the task's raw distance
                 except Exception as exc:
                     public["error"] = _error("task agreement", exc)
             row["results"][self.task_id] = {**info, **public}

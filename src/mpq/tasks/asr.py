@@ -12,8 +12,17 @@ Per sample: the reference (``label``), the transcript (``prediction``), and word
 (substitutions + deletions + insertions, by jiwer) with the reference's word count, on
 the raw text (only whitespace normalised) and after Whisper's English text normaliser
 (``*_norm``). The split-level score is the word recognition accuracy WRA = 1 − WER,
-with WER = Σ errors / Σ reference words over the split. ``agreement`` is the same word
-accuracy (normalised) against the transcript of the uncompressed input instead.
+with WER = Σ errors / Σ reference words over the split. ``wer_vs_clean`` is the WER
+(normalised) against the transcript of the uncompressed input instead, and ``agreement`` =
+1 − min(1, ``wer_vs_clean``): a hallucinated 8-word answer to "hello" is WER 8, agreement 0.
+
+Decoding is deterministic: temperature 0 (beam search in faster-whisper, greedy in
+transformers unless the model's generation config asks for beams) with no temperature
+fallback. The ``temperature`` option changes it; a list is Whisper's fallback (each next
+temperature where the compression ratio exceeds 2.4 or the mean log-probability is below −1,
+OpenAI's thresholds). Sampling is seeded per batch in transformers; CTranslate2 draws from
+one generator per thread, seeded when that thread first samples and never per call, so
+faster-whisper's sampled transcripts vary from run to run.
 """
 
 from __future__ import annotations
@@ -42,11 +51,20 @@ class ASROptions(Options):
     revision: str | None = None
     language: str = "en"
     max_new_tokens: int | None = None  # default: the model's generation config
+    # 0: no sampling, no fallback; a list: Whisper's temperature fallback, from the first
+    temperature: float | tuple[float, ...] = 0.0
 
     @field_validator("model")
     @classmethod
     def _known_builtin(cls, model: str) -> str:
         return known_builtin(model, (WHISPER_TINY_EN, TINY_WHISPER))
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperatures(cls, t: float | tuple[float, ...]) -> float | tuple[float, ...]:
+        if t == () or not all(0 <= x < float("inf") for x in (t if isinstance(t, tuple) else (t,))):
+            raise ValueError("temperature must be a number >= 0 or a non-empty list of them")
+        return t
 
 
 def tiny_whisper() -> str:
@@ -127,11 +145,15 @@ def ctranslate2_folder(model: str) -> str | None:
     return str(path) if (path / "model.bin").is_file() else None
 
 
-def word_accuracy(reference: str, hypothesis: str) -> float | None:
-    """1 − word errors / reference words after Whisper's English normaliser; None for an empty reference."""
+def wer_vs_clean(clean: str, coded: str) -> dict[str, float | None]:
+    """``wer_vs_clean`` (normalised word errors of ``coded`` / words of ``clean``) and
+    ``agreement`` = 1 − min(1, WER). A clean transcript with no words has no WER: agreement 1
+    where the coded one has none either, else 0."""
     norm = english_normalizer()
-    errors, words = word_errors(norm(reference), norm(hypothesis))
-    return 1.0 - errors / words if words else None
+    errors, words = word_errors(norm(clean), norm(coded))
+    if not words:
+        return {"wer_vs_clean": None, "agreement": float(errors == 0)}
+    return {"wer_vs_clean": errors / words, "agreement": 1.0 - min(1.0, errors / words)}
 
 
 def _wra(errors, words) -> float | None:
@@ -149,6 +171,7 @@ class ASR(Task):
         "label": pa.string(), "prediction": pa.string(), "correct": pa.bool_(), "score": pa.float64(),
         "word_errors": pa.int64(), "ref_words": pa.int64(),
         "word_errors_norm": pa.int64(), "ref_words_norm": pa.int64(),
+        "wer_vs_clean": pa.float64(),  # written by `agreement`
     }
 
     def assets(self):
@@ -184,22 +207,28 @@ class ASR(Task):
         } | mean_agreement(rows)
 
     def agreement(self, output, reference):
-        return word_accuracy(reference["prediction"], output["prediction"])
+        return wer_vs_clean(reference["prediction"], output["prediction"])
 
     def transcribe(self, media: list[Audio]) -> list[str]:
         import torch
 
         waves = [resample(with_channels(a.samples, 1), a.sample_rate, WHISPER_RATE)[:, 0] for a in media]
+        temperature = self.options.temperature
         if not hasattr(self, "processor"):  # faster-whisper: one clip at a time, its own long-form decoding
             return [
-                " ".join(seg.text.strip() for seg in self.model.transcribe(w, language=self.options.language, task="transcribe")[0]).strip()
+                " ".join(seg.text.strip() for seg in self.model.transcribe(
+                    w, language=self.options.language, task="transcribe", temperature=temperature)[0]).strip()
                 for w in waves
             ]
         long_form = max(len(w) for w in waves) > WINDOW_SECONDS * WHISPER_RATE
         kw = {"truncation": False, "padding": "longest", "return_attention_mask": True} if long_form else {}
         # The log-mel features are computed on the model's device (torch's STFT; on the CPU, as before).
         inputs = self.processor.feature_extractor(waves, sampling_rate=WHISPER_RATE, return_tensors="pt", device=self.device, **kw)
-        gen = {"language": self.options.language, "task": "transcribe"}
+        gen = {"language": self.options.language, "task": "transcribe", "temperature": temperature}
+        if isinstance(temperature, tuple) and len(temperature) > 1:  # the fallback, on faster-whisper's thresholds
+            gen.update(compression_ratio_threshold=2.4, logprob_threshold=-1.0)
+        if max(temperature if isinstance(temperature, tuple) else (temperature,)) > 0:
+            torch.manual_seed(0)  # sampling: the same every run (for the same batch)
         if self.options.max_new_tokens:
             gen["max_new_tokens"] = self.options.max_new_tokens
         if long_form:

@@ -255,7 +255,7 @@ class Classify(Task):
         return {"accuracy": correct.cast(float).mean() if correct.len() else None} | mean_agreement(rows)
 
     def agreement(self, output, reference):
-        return float(output["_class"] == reference["_class"])
+        return {"agreement": float(output["_class"] == reference["_class"])}
 
     def logits(self, media: list[Image]):
         import torch

@@ -182,9 +182,10 @@ class Segment(Task):
         return rows
 
     def agreement(self, output, reference):
-        """mIoU of this prediction against the prediction on the uncompressed input."""
+        """mIoU of this prediction against the prediction on the uncompressed input: in [0, 1]
+        already, so it is its own distance (no column of its own)."""
         counts = iou_counts(output["_pred"], reference["_pred"], self.num_classes, ignore_index=-1)
-        return mean_iou(np.array(counts["intersection"]), np.array(counts["union"]))
+        return {"agreement": mean_iou(np.array(counts["intersection"]), np.array(counts["union"]))}
 
     @classmethod
     def aggregate(cls, rows):

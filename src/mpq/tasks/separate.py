@@ -198,7 +198,10 @@ class Separate(Task):
 
     Options = SeparateOptions
     modality = "audio"
-    columns = {"score": pa.float64(), **{f"sdr_{s}": pa.float64() for s in STEMS}}
+    columns = {
+        "score": pa.float64(), **{f"sdr_{s}": pa.float64() for s in STEMS},
+        "sdr_vs_clean": pa.float64(),  # written by `agreement`
+    }
 
     def _get_model(self):
         from demucs.pretrained import get_model
@@ -238,16 +241,22 @@ class Separate(Task):
         return out | {f"sdr_{s}": medians.get(s) for s in STEMS} | mean_agreement(rows)
 
     def agreement(self, output, reference):
-        """SDR of this separation against the separation of the uncompressed input, mean over
-        sources: 10·log10(Σ ref² / Σ (ref − est)²) over the whole track (the MDX challenges'
-        SDR; BSS Eval's projections would cost more than the separation itself)."""
+        """``sdr_vs_clean``: the SDR of this separation against the separation of the
+        uncompressed input, mean over sources: 10·log10(Σ ref² / Σ (ref − est)²) over the whole
+        track (the MDX challenges' SDR; BSS Eval's projections would cost more than the
+        separation itself), +inf when identical. ``agreement``: its energy fraction
+        1 / (1 + 10^(−SDR/10)), 1 when identical, 0.5 at 0 dB."""
         sdr = []
         for name, ref in reference["_stems"].items():
             est = fit_length(output["_stems"][name], ref.shape[0])
             signal, noise = float(np.sum(ref.astype(np.float64) ** 2)), float(np.sum((ref.astype(np.float64) - est) ** 2))
             if signal > 0:
                 sdr.append(math.inf if noise == 0 else 10 * math.log10(signal / noise))
-        return float(np.mean(sdr)) if sdr else None
+        if not sdr:
+            return {"sdr_vs_clean": None, "agreement": None}
+        mean = float(np.mean(sdr))
+        # 1 / (1 + 10^(−SDR/10)) as a tanh, which neither overflows at −1000 dB nor fails at ±inf
+        return {"sdr_vs_clean": mean, "agreement": 0.5 * (1.0 + math.tanh(mean * math.log(10) / 20))}
 
     def separate(self, mix: Audio) -> dict[str, np.ndarray]:
         """Estimates per source at the model's rate: (n, model channels) float32."""
