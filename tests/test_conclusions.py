@@ -253,3 +253,13 @@ def test_report_opens_with_answers_that_carry_their_support(tmp_path):
     assert "too few samples (n = 1) to test a difference" in music[0] and "worse" not in " ".join(music)
     assert said.filter(pl.col("dataset") == "noise")["answer"].to_list() == [
         "No conclusions: every row comes from a component whose output means nothing (tiny random classifier: accuracy means nothing)."]
+
+
+def test_a_count_of_non_finite_agreements_is_never_taken_for_a_score():
+    df = paired_frame([-0.1] * 12).with_columns(
+        agreement=pl.when((pl.col("sample_id") == "s000") & (pl.col("codec") == "b")).then(float("nan")).otherwise(pl.col("agreement")))
+    df = df.with_columns(bits=pl.lit(1000))
+    for table in (analysis.compare(df.drop("_c"), pairs=[(("a", "1"), ("b", "1"))], n_resamples=0),
+                  analysis.equal_rate(df.drop("_c").with_columns(bpp=pl.lit(0.5)), targets=[1.0], n_resamples=0),
+                  analysis.conditions(df.drop("_c"))):
+        assert "agreement_nonfinite" not in table["score_name"].to_list()

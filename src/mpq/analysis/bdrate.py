@@ -30,7 +30,7 @@ from scipy.optimize import isotonic_regression
 
 from mpq.analysis.correlation import N_RESAMPLES
 from mpq.analysis.paired import cluster_resamples
-from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load, rate_column, too_few
+from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load, rate_column, score_names, too_few
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
 
@@ -87,13 +87,13 @@ def _curves(rows: pl.DataFrame, by: list[str], rate: str) -> dict[tuple, dict[st
     settings, from the rows of one dataset and task."""
     keys = [*by, "codec", "setting"]
     agg = task_aggregates(rows, keys)
-    names = [c for c in agg.columns if c not in keys]
+    names = score_names(agg, keys)
     if not names:
         return {}
     means = rows.group_by(keys).agg(pl.col(rate).cast(pl.Float64).mean().alias("_rate"))
     long = (
         agg.with_columns(pl.col(names).cast(pl.Float64, strict=False))
-        .unpivot(index=keys, variable_name="score_name", value_name="score")
+        .unpivot(on=names, index=keys, variable_name="score_name", value_name="score")
         .drop_nulls("score")
         .join(means, on=keys)
     )

@@ -30,7 +30,7 @@ import polars as pl
 from scipy import stats
 
 from mpq.analysis.correlation import N_RESAMPLES
-from mpq.analysis.tables import COLUMN_LABEL, MIN_SAMPLES, conclusive_rows, load, ok_rows, too_few
+from mpq.analysis.tables import COLUMN_LABEL, MIN_SAMPLES, conclusive_rows, load, ok_rows, score_names, too_few
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
 
@@ -143,7 +143,7 @@ def joint_bootstrap(rows: pl.DataFrame, by: str = "_c", n_resamples: int = N_RES
     (n_resamples, ids)). Returns (point, boot): ``point[label][score_name]`` a float (NaN
     where the task gives none), ``boot[label][score_name]`` an array of n_resamples."""
     def scores(agg: pl.DataFrame, keys: list[str]) -> tuple[pl.DataFrame, list[str]]:
-        names = [c for c in agg.columns if c not in keys]
+        names = score_names(agg, keys)
         return agg.with_columns(pl.col(names).cast(pl.Float64, strict=False).fill_null(float("nan"))), names
 
     agg, names = scores(task_aggregates(rows, [by]), [by])

@@ -98,14 +98,20 @@ def _by_modality(df: pl.DataFrame) -> dict[str, list[str]]:
     return dict(sorted(out.items()))
 
 
+def score_names(agg: pl.DataFrame, keys) -> list[str]:
+    """The split-level scores of a ``task_aggregates`` frame: not its keys, nor the counts of
+    values left out (``agreement_nonfinite``)."""
+    return [c for c in agg.columns if c not in keys and not c.endswith("_nonfinite")]
+
+
 def scores(df: pl.DataFrame) -> pl.DataFrame:
     """Split-level task scores per condition, long: one row per (condition, score_name)."""
     agg = task_aggregates(df, CONDITION)
-    values = [c for c in agg.columns if c not in CONDITION]
+    values = score_names(agg, CONDITION)
     if not values:
         return pl.DataFrame(schema={**{k: pl.String for k in CONDITION}, "score_name": pl.String, "score": pl.Float64})
     agg = agg.with_columns(pl.col(values).cast(pl.Float64, strict=False))
-    return agg.unpivot(index=CONDITION, variable_name="score_name", value_name="score").drop_nulls("score")
+    return agg.unpivot(on=values, index=CONDITION, variable_name="score_name", value_name="score").drop_nulls("score")
 
 
 def conditions(results: str | pl.DataFrame) -> pl.DataFrame:
