@@ -68,7 +68,7 @@ def check_types(columns: dict[str, pa.DataType], rows: list[dict]) -> None:
 
 # --- how each component is built offline (default options when not named) --------------------
 
-SLOW = {"mbt2018", "cheng2020-anchor", "hific", "encodec_24khz", "encodec_48khz", "dac", "lpips_vgg", "cdpam", "asr", "segment", "separate"}
+SLOW = {"mbt2018", "cheng2020-anchor", "hific", "encodec_24khz", "encodec_48khz", "dac", "lpips_vgg", "cdpam", "dists", "visqol", "asr", "segment", "separate"}
 
 
 def codec_options(name, tmp_path) -> dict:
