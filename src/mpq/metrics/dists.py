@@ -78,8 +78,9 @@ def distance(model, ref: list, test: list):
 
 @register("metric", "dists")
 class DISTS(Metric):
-    """DISTS distance (0 for identical images, lower is better) on RGB scaled to [0, 1],
-    at the image's own size (the authors' ``prepare_image`` without its optional resize)."""
+    """DISTS on RGB in [0, 1] at the image's own size: 0 for identical, lower is better.
+
+    The input is the authors' ``prepare_image`` without its optional resize to 256 px."""
 
     lower_better = True
     columns = {"dists": pa.float64()}

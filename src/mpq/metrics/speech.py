@@ -67,8 +67,9 @@ class PESQ(Metric):
 
 @register("metric", "stoi")
 class STOI(Metric):
-    """STOI and extended STOI (ESTOI), intelligibility in [0, 1] (ESTOI may dip below 0),
-    higher is better; mono at the signal's rate, resampled to 10 kHz by pystoi."""
+    """STOI and ESTOI (0–1, higher is better); mono, resampled to 10 kHz by pystoi.
+
+    ESTOI may dip below 0 for very poor signals."""
 
     modality = "audio"
     columns = {"stoi": pa.float64(), "estoi": pa.float64(), "stoi_input": pa.string()}
@@ -109,8 +110,9 @@ def visqol_api():
 
 @register("metric", "visqol")
 class ViSQOL(Metric):
-    """ViSQOL v3 speech mode MOS-LQO (1–5; about 4.5 for identical speech), higher is better;
-    16 kHz mono."""
+    """ViSQOL v3 speech-mode MOS-LQO (1–5, higher is better); 16 kHz mono.
+
+    About 4.5 for identical speech (the lattice mapping's ceiling depends on the clip)."""
 
     modality = "audio"
     columns = {"visqol": pa.float64(), "visqol_input": pa.string()}
@@ -143,8 +145,7 @@ def si_sdr(reference: np.ndarray, test: np.ndarray) -> float | None:
 
 @register("metric", "si_sdr")
 class SISDR(Metric):
-    """Scale-invariant SDR (Le Roux et al. 2019) in dB, higher is better; mono at the
-    reference's rate."""
+    """SI-SDR (Le Roux et al. 2019) in dB, higher is better; mono at the reference's rate."""
 
     modality = "audio"
     columns = {"si_sdr": pa.float64(), "si_sdr_input": pa.string()}

@@ -30,9 +30,10 @@ def bmp(pixels: np.ndarray) -> io.BytesIO:
 
 @register("metric", "ssimulacra2")
 class SSIMULACRA2(Metric):
-    """SSIMULACRA 2 score on 8-bit sRGB: 100 for identical images, higher is better (about 90
-    visually lossless, 70 high quality, 50 medium, 30 low; negative for very poor). Null for
-    images under 8 pixels a side."""
+    """SSIMULACRA 2 on 8-bit sRGB: 100 for identical images, higher is better.
+
+    About 90 is visually lossless, 70 high quality, 50 medium, 30 low; very poor images score
+    below 0. Null for images under 8 pixels a side."""
 
     columns = {"ssimulacra2": pa.float64()}
 
