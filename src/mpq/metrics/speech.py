@@ -46,7 +46,7 @@ def silent(x: np.ndarray) -> bool:
 
 @register("metric", "pesq")
 class PESQ(Metric):
-    """PESQ wide band (ITU-T P.862.2) MOS-LQO, 1.04–4.64, higher is better; 16 kHz mono."""
+    """PESQ wide band (ITU-T P.862.2) MOS-LQO, about 1 to 4.64, higher is better; 16 kHz mono."""
 
     modality = "audio"
     columns = {"pesq": pa.float64(), "pesq_input": pa.string()}
