@@ -137,3 +137,37 @@ def test_bad_speech_gives_null_scores_not_errors(pairs):
     assert out["muted"]["pesq"] is None and out["muted"]["visqol"] is None and out["muted"]["si_sdr"] is None
     assert out["muted"]["stoi"] == 0.0  # nothing intelligible left: STOI's own answer
     assert all(out[k]["pesq_input"] for k in cases)
+
+
+@pytest.mark.slow
+def test_a_job_with_bad_clips_writes_null_scores_and_its_input_columns(pairs, tmp_path):
+    """Serial engine end to end, real Opus: speech at 16 kHz, the same at 11.025 kHz stereo,
+    a silent clip and a 0.2-s snippet. Every row is written without error; the undefined
+    scores are null in Parquet; each row says how its metric ran."""
+    import polars as pl
+
+    from mpq.runner import run_job
+    from mpq.spec import parse_job
+    from mpq.summary import read_results
+
+    speech = pairs[0][0].samples
+    root = tmp_path / "clips"
+    root.mkdir()
+    sf.write(root / "speech.wav", speech, 16000, subtype="FLOAT")
+    odd = soxr.resample(speech, 16000, 11025)
+    sf.write(root / "odd.wav", np.hstack([odd, 0.5 * odd]), 11025, subtype="FLOAT")
+    sf.write(root / "silent.wav", np.zeros((16000, 1), np.float32), 16000)
+    sf.write(root / "short.wav", speech[4000:7200], 16000, subtype="FLOAT")
+    job = parse_job({"name": "speech", "datasets": [{"name": "clips", "source": {"folder": str(root), "media": "audio"}}],
+                     "codecs": [{"name": "opus", "settings": [12]}], "metrics": SPEECH_METRICS})
+    run_job(job, str(tmp_path / "out"), engine="serial", progress=False)
+    rows = read_results(str(tmp_path / "out")).filter(pl.col("codec") == "opus")
+    assert rows.height == 4 and rows["error"].is_null().all()
+    by = {r["sample_id"]: r for r in rows.iter_rows(named=True)}
+    for sample in ("speech.wav", "odd.wav"):
+        assert all(by[sample][c] is not None and math.isfinite(by[sample][c]) for c in ("pesq", "stoi", "estoi", "visqol", "si_sdr"))
+    assert by["odd.wav"]["stoi_input"] == "11025 Hz → 10000 Hz (pystoi), mean of channels"
+    assert by["odd.wav"]["si_sdr_input"] == "11025 Hz, mean of channels"
+    assert [by["silent.wav"][c] for c in ("pesq", "stoi", "estoi", "visqol", "si_sdr")] == [None] * 5
+    assert by["short.wav"]["pesq"] is None and by["short.wav"]["visqol"] is None
+    assert rows["pesq_input"].is_not_null().all() and rows["visqol_input"].is_not_null().all()
