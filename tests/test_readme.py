@@ -72,3 +72,16 @@ def test_the_readme_job_is_valid():
     (job,) = blocks("yaml")
     spec = parse_job(yaml.safe_load(job))
     assert [c.name for c in spec.codecs] == ["jpeg", "webp"] and spec.datasets[0].source_type == "hf"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/components.md"])
+def test_every_registered_component_is_in_the_supported_tables(doc):
+    """Each registered name appears in backticks in a `| kind | ... |` row of the document's
+    tables (README's "Supported", docs/components.md's list)."""
+    named: dict[str, set[str]] = {}
+    for line in (ROOT / doc).read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) >= 2 and cells[0] in registry.KINDS:
+            named.setdefault(cells[0], set()).update(re.findall(r"`([^`]+)`", cells[1]))
+    missing = [f"{kind} {name}" for kind in registry.KINDS for name in registry.names(kind) if name not in named.get(kind, set())]
+    assert not missing, f"{doc} does not list: {', '.join(missing)}"

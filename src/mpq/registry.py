@@ -38,6 +38,9 @@ _BUILTIN_MODULES = (
     "mpq.metrics.fidelity",
     "mpq.metrics.lpips",
     "mpq.metrics.audio",
+    "mpq.metrics.dists",
+    "mpq.metrics.ssimulacra",
+    "mpq.metrics.speech",
 )
 
 _registry: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
