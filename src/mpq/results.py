@@ -129,7 +129,8 @@ BASE_SCHEMA = pa.schema(
 TRACKED_LIBRARIES = (
     "torch", "torchvision", "transformers", "datasets", "compressai", "lpips", "pillow", "imagecodecs",
     "pytorch-msssim", "numpy", "ray", "av", "soxr", "soundfile", "cdpam", "demucs", "museval", "jiwer",
-    "whisper-normalizer",
+    "whisper-normalizer", "dists-pytorch", "ssimulacra2", "pesq", "pystoi", "visqol-python", "faster-whisper", "ctranslate2",
+    "timm", "rapidocr-onnxruntime", "onnxruntime",
 )
 
 
