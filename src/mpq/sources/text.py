@@ -1,14 +1,14 @@
-"""Rendered text lines with known strings, for OCR offline.
+"""Rendered text with known strings, for OCR offline.
 
-Each sample is one line of English, drawn with Pillow in one of the DejaVu fonts that
+Each sample is 1 to 3 lines of English, drawn with Pillow in one of the DejaVu fonts that
 matplotlib's wheel ships (sans, sans bold, serif, serif italic, mono), dark ink on a light
-paper-like background (a tint, a slow ripple and pixel noise), in small print (9 to 16 px):
-at these sizes a clean line is read almost perfectly by a modern OCR model, while JPEG or
-WebP at low quality smears the strokes enough to cost characters. The text is one of the
-Harvard sentences (IEEE 1969, lists 1 and 2, public domain) or a pangram, whole or a run
-of 2 to 5 of its words; everything (text, font, size, colours, background) is drawn from
-a generator seeded by the sample's index, so a sample is the same in every process.
-"""
+paper-like background (a tint, a slow ripple and pixel noise), in small print (9 to 16 px)
+on a page of at least 320 × 96 px: at these sizes a clean page is read almost perfectly by
+a modern OCR model, while JPEG or WebP at low quality smears the strokes enough to cost
+characters. Each line is one of the Harvard sentences (IEEE 1969, lists 1 and 2, public
+domain) or a pangram, whole or a run of 2 to 5 of its words. Everything (text, font, size,
+spacing, position, colours, background) is drawn from a generator seeded by the sample's
+index, so a sample is the same in every process."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ SENTENCES = (
 )
 FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf")
 SIZES = (9, 10, 11, 12, 14, 16)  # font size in pixels
+MIN_SIZE = (96, 320)  # height, width
 
 
 class TextOptions(Options):
@@ -66,42 +67,52 @@ def font(name: str, size: int):
 
 
 def render(index: int) -> tuple[np.ndarray, str]:
-    """Sample ``index``: an (H, W, 3) uint8 image of one line of text, and that text."""
+    """Sample ``index``: an (H, W, 3) uint8 image of 1 to 3 lines of text, and that text
+    (its lines joined by newlines)."""
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(index)
-    words = SENTENCES[index % len(SENTENCES)].split()
-    if rng.random() < 0.5:  # a run of 2 to 5 words
-        n = int(rng.integers(2, 6))
-        start = int(rng.integers(0, len(words) - n + 1))
-        words = words[start : start + n]
-    text = " ".join(words)
+    lines = []
+    for k in range(int(rng.integers(1, 4))):
+        words = SENTENCES[(3 * index + k) % len(SENTENCES)].split()
+        if rng.random() < 0.5:  # a run of 2 to 5 words
+            n = int(rng.integers(2, 6))
+            start = int(rng.integers(0, len(words) - n + 1))
+            words = words[start : start + n]
+        lines.append(" ".join(words))
+    text = "\n".join(lines)
     face = font(FONTS[index % len(FONTS)], int(rng.choice(SIZES)))
-    left, top, right, bottom = face.getbbox(text)
+    spacing = int(rng.integers(4, 9))
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    _, _, right, bottom = draw.multiline_textbbox((0, 0), text, font=face, spacing=spacing)
     pad = int(rng.integers(6, 16))
-    h, w = bottom + 2 * pad, right + 2 * pad
+    # At least MIN_SIZE, so that JPEG's fixed headers (some 600 bytes) do not set the rate: a
+    # single line of small print alone costs JPEG over 1 bit per pixel at quality 5.
+    h, w = max(bottom + 2 * pad, MIN_SIZE[0]), max(right + 2 * pad, MIN_SIZE[1])
+    at = (int(rng.integers(pad, w - right - pad + 1)), int(rng.integers(pad, h - bottom - pad + 1)))
     y, x = np.mgrid[0:h, 0:w]
     ripple = 8 * np.sin(x / rng.uniform(20, 60) + rng.uniform(0, 2 * np.pi)) * np.cos(y / rng.uniform(15, 40))
     paper = rng.uniform(215, 245) + ripple + rng.normal(0, 6, (h, w))
     background = np.clip(paper[..., None] + rng.uniform(-6, 6, 3), 0, 255).astype(np.uint8)
     img = Image.fromarray(background)
-    ImageDraw.Draw(img).text((pad, pad), text, font=face, fill=tuple(int(v) for v in rng.integers(10, 90, 3)))
+    ink = tuple(int(v) for v in rng.integers(10, 90, 3))
+    ImageDraw.Draw(img).multiline_text(at, text, font=face, fill=ink, spacing=spacing)
     return np.asarray(img), text
 
 
 @register("source", "text")
 class RenderedText(Source):
-    """``count`` rendered lines of text (ids "line-0000", ...); target = the text."""
+    """``count`` rendered pages of text (ids "page-0000", ...); target = the text."""
 
     Options = TextOptions
 
     def ids(self) -> list[str]:
-        return [f"line-{i:04d}" for i in range(self.options.count)]
+        return [f"page-{i:04d}" for i in range(self.options.count)]
 
     def load(self, sample_id: str) -> Sample:
         i = int(sample_id.rsplit("-", 1)[1])
         if not 0 <= i < self.options.count:
-            raise ValueError(f"no rendered line {sample_id!r}: ids are line-0000..line-{self.options.count - 1:04d}")
+            raise ValueError(f"no rendered page {sample_id!r}: ids are page-0000..page-{self.options.count - 1:04d}")
         pixels, text = render(i)
         return Sample(sample_id, image_from_array(pixels), target=text)
 
