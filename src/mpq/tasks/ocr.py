@@ -1,9 +1,9 @@
 """Optical character recognition: the text of an image, scored against the known string.
 
-``builtin:ppocr-v4`` is PaddleOCR's PP-OCRv4 (Li et al., 2022, "PP-OCRv3"; Du et al., 2020,
-"PP-OCR"): a DB text detector (Liao et al., 2020) and an SVTR-LCNet recogniser with a CTC
-head over Chinese and English characters, in ONNX as the ``rapidocr-onnxruntime`` wheel
-ships them (Apache-2.0), run by onnxruntime on the CPU. The detector sees the image at its
+``builtin:ppocr-v4`` is PaddleOCR's PP-OCRv4 (the 2023 successor of PP-OCR, Du et al. 2020,
+and PP-OCRv3, Li et al. 2022): a DB text detector (Liao et al. 2020) and an SVTR-LCNet
+recogniser with a CTC head over Chinese and English characters, in ONNX as the
+``rapidocr-onnxruntime`` wheel ships them (Apache-2.0), run by onnxruntime on the CPU. The detector sees the image at its
 own size, shrunk only where the longer side passes ``max_side`` (PaddleOCR's default 960 px;
 RapidOCR's own default enlarges the shorter side to 736 px, 10 to 20 times the work on a
 line of small print). The lines found are read top to bottom, left to right, and joined
@@ -102,7 +102,8 @@ class OCR(Task):
             f.flush()
             self.engine = RapidOCR(config_path=f.name)
         self.device = "cpu"  # onnxruntime's CPU build, whatever device the job names
-        self.model_id, self.model_revision = self.options.model, f"rapidocr-onnxruntime {version('rapidocr-onnxruntime')}"
+        self.model_id = self.options.model
+        self.model_revision = f"rapidocr-onnxruntime {version('rapidocr-onnxruntime')}, onnxruntime {version('onnxruntime')}"
 
     def read(self, image: Image) -> str:
         bgr = image.pixels[..., ::-1].copy()  # RapidOCR takes arrays in OpenCV's channel order
