@@ -165,7 +165,7 @@ def test_smoke_lpips_falls_as_jpeg_quality_rises_on_every_photo(smoke):
     """From q10 up LPIPS falls at every step on every photo, and q5 is worse than q20. Not
     always from q5 to q10: on scikit-image's `cell` (a flat, low-contrast micrograph)
     LPIPS measured 0.566 at q5 and 0.601 at q10 (q20 0.352, q50 0.076, q90 0.005)."""
-    jpeg = smoke.filter((pl.col("codec") == "jpeg") & pl.col("target_bpp").is_null()).with_columns(pl.col("setting").cast(int).alias("q")).sort("q")
+    jpeg = smoke.filter((pl.col("dataset") == "photos") & (pl.col("codec") == "jpeg") & pl.col("target_bpp").is_null()).with_columns(pl.col("setting").cast(int).alias("q")).sort("q")
     for photo, rows in jpeg.group_by("sample_id"):
         lpips = dict(zip(rows["q"], rows["lpips"]))
         mild = [lpips[q] for q in (10, 20, 50, 90)]

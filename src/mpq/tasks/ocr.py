@@ -89,8 +89,8 @@ class OCR(Task):
         import yaml
         from rapidocr_onnxruntime import RapidOCR
 
-        # RapidOCR takes its threads per model only from a config file: as many as the worker
-        # was given, not onnxruntime's default of every core of the machine.
+        # Threads: as many as the worker was given, not onnxruntime's default of every core.
+        # RapidOCR's keyword arguments do not reach the recogniser's sessions; its config file does.
         package = Path(rapidocr_onnxruntime.__file__).parent
         config = yaml.safe_load((package / "config.yaml").read_text())
         config["Global"]["use_cls"] = False
