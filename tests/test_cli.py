@@ -85,16 +85,16 @@ def test_smoke_job_end_to_end_and_second_run_adds_nothing(smoke_run):
     (tests/conftest.py; tests/test_realstudy.py checks its science). Then the same command again."""
     out, first = smoke_run
     df = read_results(str(out))
-    # images: 22 photos × (baseline + 9 settings + 2 target rates); audio: (4 speech + 1 music) × (baseline + 5 settings)
-    assert df.height == 22 * 12 + 5 * 6 and df.filter(pl.col("error").is_not_null()).height == 0
+    # images: (22 photos + 16 pages) × (baseline + 9 settings + 2 target rates); audio: (4 speech + 1 music) × (baseline + 5 settings)
+    assert df.height == 38 * 12 + 5 * 6 and df.filter(pl.col("error").is_not_null()).height == 0
     at_target = df.filter(pl.col("target_bpp").is_not_null())
-    assert at_target.height == 22 * 2 and (at_target["bpp"] <= at_target["target_bpp"]).all()
+    assert at_target.height == 38 * 2 and (at_target["bpp"] <= at_target["target_bpp"]).all()
     assert "summary" in first.stdout and "agreement" in first.stdout
     # Its cluster its own, the run had a head start (engine/headstart.py): some samples were worked
-    # by mpq's own worker, the rest by Ray, each once (the 294 rows above, every key once).
+    # by mpq's own worker, the rest by Ray, each once (the 486 rows above, every key once).
     head = re.search(r"\((\d+) of them in mpq's own worker while Ray started\)", first.stdout)
     assert head and int(head[1]) >= 1, first.stdout[:500]
     assert df.select("dataset", "sample_id", "codec", "setting", "task").n_unique() == df.height
     second = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
     assert second.returncode == 0 and "0 rows written" in second.stdout
-    assert read_results(str(out)).height == 294
+    assert read_results(str(out)).height == 486

@@ -94,7 +94,7 @@ def task_case(name, request) -> tuple[dict, list, list]:
     options = {"classify": {"model": "builtin:tiny-vit"}, "asr": {"model": "builtin:tiny-whisper"},
                "separate": {"model": "builtin:tiny-htdemucs", "shifts": 0}}.get(name, {})
     if registry.get("task", name).modality == "image":
-        return options, images(), [ClassTarget("astronaut")] * 2
+        return options, images(), ["astronaut"] * 2 if name == "ocr" else [ClassTarget("astronaut")] * 2
     clip = audio(44100, 2)
     target = {s: clip for s in STEMS} if name == "separate" else "the birch canoe" if name == "asr" else None
     return options, [clip, registry.get("codec", "opus")().roundtrip(clip, 12).decoded], [target] * 2
@@ -111,6 +111,8 @@ def source_options(name, tmp_path) -> list[dict]:
         return [{"samples": "skimage", "names": ["camera", "logo"]}]  # grayscale and RGBA
     if name == "synthetic":
         return [{"synthetic": "images", "count": 3, "size": 8}]
+    if name == "text":
+        return [{"text": "rendered", "count": 3}]
     if name == "speech":
         return [{"speech": "espeak", "count": 1, "sample_rate": 16000}]
     if name == "music":

@@ -17,13 +17,14 @@ from mpq.summary import modalities, read_results
 def test_resolved_job_holds_each_datasets_components_and_pickles_as_its_spec():
     spec = load_job(ROOT / "jobs" / "smoke.yaml")
     job = resolve(spec)
-    photos, speech, music = (job.datasets[n] for n in ("photos", "speech", "music"))
-    assert (photos.modality.name, speech.modality.name, music.modality.name) == ("image", "audio", "audio")
-    assert [(c.name, c.settings) for c in photos.codecs] == [
-        ("jpeg", (5, 10, 20, 50, 90, Target("bpp", 0.7))), ("webp", (0, 20, 50, 90, Target("bpp", 0.7))),
-    ]
+    photos, text, speech, music = (job.datasets[n] for n in ("photos", "text", "speech", "music"))
+    assert [d.modality.name for d in (photos, text, speech, music)] == ["image", "image", "audio", "audio"]
+    for images in (photos, text):
+        assert [(c.name, c.settings) for c in images.codecs] == [
+            ("jpeg", (5, 10, 20, 50, 90, Target("bpp", 0.7))), ("webp", (0, 20, 50, 90, Target("bpp", 0.7))),
+        ]
     assert [c.name for c in speech.codecs] == ["mp3", "opus", "encodec_48khz"]
-    assert [[t.task_id for t in d.tasks] for d in (photos, speech, music)] == [["classify"], ["asr"], ["separate"]]
+    assert [[t.task_id for t in d.tasks] for d in (photos, text, speech, music)] == [["classify"], ["ocr"], ["asr"], ["separate"]]
     assert [m.name for m in photos.metrics] == ["psnr", "lpips"] and photos.metric_columns == {"psnr", "lpips"}
     assert job.codecs["encodec_48khz"].options.model == "builtin:tiny-encodec-48khz"
     assert {"modality", "psnr", "cdpam", "target_bpp"} <= set(job.schema.names)
