@@ -76,10 +76,11 @@ def test_aggregate_sums_errors_over_the_split():
 
 def test_agreement_is_a_character_accuracy_in_0_1():
     task = OCR(OCR.Options())
-    agree = lambda coded, clean: task.agreement({"prediction": coded}, {"prediction": clean})  # noqa: E731
+    agree = lambda coded, clean: task.agreement({"prediction": coded}, {"prediction": clean})["agreement"]  # noqa: E731
     assert agree("The birch canoe", "Thebirch canoe") == 1.0  # whitespace aside
     assert agree("The birch cane", "The birch canoe") == pytest.approx(1 - 1 / 13)
     assert agree("a much longer text than the reference", "ab") == 0.0  # CER over 1 is clipped
+    assert task.agreement({"prediction": "a much longer text"}, {"prediction": "ab"})["cer_vs_clean"] == 14 / 2  # kept raw: 1 substitution, 13 insertions
     assert agree("", "") == 1.0 and agree("", "abc") == 0.0 and agree("abc", "") == 0.0
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -78,6 +78,7 @@ class OCR(Task):
     columns = {
         "label": pa.string(), "prediction": pa.string(), "correct": pa.bool_(), "score": pa.float64(),
         "char_errors": pa.int64(), "ref_chars": pa.int64(), "char_errors_spaced": pa.int64(), "ref_chars_spaced": pa.int64(),
+        "cer_vs_clean": pa.float64(),
     }
 
     def load(self) -> None:
@@ -120,7 +121,10 @@ class OCR(Task):
         } | mean_agreement(rows)
 
     def agreement(self, output, reference):
-        return char_accuracy(*char_errors(unspaced(reference["prediction"]), unspaced(output["prediction"])))
+        """1 − min(1, CER) of this reading against the reading of the uncompressed page; the
+        raw CER in ``cer_vs_clean`` (null where that reading is empty)."""
+        errors, chars = char_errors(unspaced(reference["prediction"]), unspaced(output["prediction"]))
+        return {"agreement": char_accuracy(errors, chars), "cer_vs_clean": errors / chars if chars else None}
 
     def predict(self, media: list[Image], targets: list[Any]) -> list[dict[str, Any]]:
         rows = []
