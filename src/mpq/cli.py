@@ -89,6 +89,60 @@ def run(
 
 
 @app.command()
+def plan(
+    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/smoke.yaml")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="results folder or URI (default: the job's `output`, else out/<name>)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="at most this many samples per dataset")] = None,
+    redo: Annotated[Optional[list[str]], typer.Option(help="count the error rows of this kind as to do, as `run --redo`; repeatable")] = None,
+    calibrate: Annotated[bool, typer.Option(help="time a few samples per dataset through each stage for an estimate (--no-calibrate: counts only)")] = True,
+    samples: Annotated[int, typer.Option(help="samples per dataset the calibration runs")] = 2,
+) -> None:
+    """Print what `run` would compute: rows and samples per dataset, codec and task, rows already
+    in the output, and an estimate of the time per stage. Writes nothing into the output."""
+    _check_limit(limit)
+    if samples < 1:
+        _fail(f"--samples must be 1 or more, got {samples}")
+    from rich.console import Console
+    from rich.table import Table
+
+    from mpq.components import AssetUnavailable
+    from mpq.preview import calibrate as calibrate_on
+
+    job, found = _plan(job_file, output, limit, tuple(redo or ()), samples)
+    table = Table(title=f"plan of {job.name} into {output or job.output or f'out/{job.name}'}")
+    for col in ("dataset", "codec", "settings", "task", "samples to do", "rows to do", "rows done"):
+        table.add_column(col, justify="left" if col in ("dataset", "codec", "task") else "right")
+    for line in found.lines:
+        table.add_row(line.dataset, line.codec, str(line.settings), line.task or "(none)", str(line.samples), str(line.todo), str(line.done))
+    console = Console(width=160)
+    console.print(table)
+    typer.echo(f"{found.todo} rows to compute for {sum(found.samples.values())} samples; {found.done} rows already done")
+    if not calibrate or not found.todo:
+        return
+    from mpq.job import resolve
+    from mpq.runner import preflight
+
+    resolved = resolve(job)
+    try:
+        preflight(resolved)  # offline and not cached: one line, as `run` says it
+    except AssetUnavailable as exc:
+        _fail(f"{job_file}: {exc}")
+    estimate = calibrate_on(resolved, found)
+    typer.echo(f"estimate for the serial engine on this machine, from {estimate.samples} samples (calibration took "
+               f"{estimate.setup + sum(sum(t.values()) * len(found.first[d]) for d, t in estimate.per_sample.items()):.0f} s):")
+    typer.echo(f"  setup (models, codecs, metrics loaded once): {estimate.setup:.1f} s")
+    for dataset, times in estimate.per_sample.items():
+        typer.echo(f"  {dataset}: " + ", ".join(f"{stage} {t:.3g} s" for stage, t in times.items()) + " per sample")
+    typer.echo(f"  total: about {_duration(estimate.total)} (an estimate on this machine; the Ray engine runs stages in parallel)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+@app.command()
 def fetch(
     job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/beans.yaml")],
     cache_dir: Annotated[Optional[Path], typer.Option(help="fill caches under this folder (huggingface/, torch/) instead of the usual ones")] = None,
@@ -189,13 +243,62 @@ def _end(status: str) -> None:
 
 
 @app.command()
-def status(job_id: str, address: Annotated[Optional[str], typer.Option(help=ADDRESS_HELP)] = None) -> None:
-    """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+def status(
+    target: Annotated[str, typer.Argument(help="an output (a folder or URI holding results/) or a submitted job's id")],
+    address: Annotated[Optional[str], typer.Option(help=ADDRESS_HELP)] = None,
+    job_file: Annotated[Optional[Path], typer.Option("--job", help="an output's job YAML: also print what is still to do")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="with --job: at most this many samples per dataset, as `run --limit`")] = None,
+) -> None:
+    """An output's rows done and error rows by kind (a URI, or a folder that exists), else a
+    submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    if "://" in target or Path(target).exists():
+        _output_status(target, job_file, limit)
+        return
+    if job_file is not None:
+        _fail(f"{target}: no such output folder (--job is for an output; a job id's status needs none)")
+    job_id = target
     from mpq import cluster
 
     with _cluster(address, job_id):
         info = cluster.client(address).get_job_info(job_id)
     typer.echo(f"{job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+
+
+def _output_status(output: str, job_file: Path | None, limit: int | None) -> None:
+    from mpq.preview import output_state
+    from mpq.results import LocationError
+
+    _check_limit(limit)
+    try:
+        state = output_state(output)
+    except LocationError as exc:
+        _fail(str(exc))
+    typer.echo(f"{output}: {state.rows} rows ({state.on_disk} in the files, superseded ones included)")
+    for dataset, rows, errors in state.by_dataset:
+        typer.echo(f"  {dataset}: {rows} rows, {errors} with errors")
+    for kind, rows, sample, example in state.errors.iter_rows():
+        typer.echo(f"  errors: {kind}: {rows} row(s), e.g. {sample}: {example[:200]}")
+    typer.echo(f"written now by {state.holder}" if state.holder else "no run is writing it (no lease)")
+    if job_file is not None:
+        _, found = _plan(job_file, output, limit, ())
+        left = [line for line in found.lines if line.todo]
+        typer.echo(f"to do for {job_file}: {found.todo} rows of {sum(found.samples.values())} samples" + (":" if left else ""))
+        for line in left:
+            typer.echo(f"  {line.dataset} {line.codec} {line.task or '(no task)'}: {line.todo} rows of {line.samples} samples")
+
+
+def _plan(job_file: Path, output: str | None, limit: int | None, redo: tuple[str, ...], keep: int = 0):
+    """The plan of a job file into ``output`` (default: the job's), or one line saying why not."""
+    from mpq.preview import plan as plan_of
+    from mpq.spec import JobSpecError, load_job
+
+    try:
+        job = load_job(job_file)
+        return job, plan_of(job, output or job.output or f"out/{job.name}", limit, redo, keep)
+    except JobSpecError as exc:
+        _fail(str(exc))
+    except (OSError, ValueError) as exc:
+        _fail(f"{job_file}: {exc}")
 
 
 @app.command()
