@@ -57,9 +57,17 @@ def run(
     force: Annotated[bool, typer.Option(help="take over the output's lease from a run that is gone")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show Ray's and the models' own output (by default it stays in Ray's log folder)")] = False,
     redo: Annotated[Optional[list[str]], typer.Option(help="compute again the error rows of this kind: load, codec, task, metric (or metric NAME), worker died, or all; repeatable")] = None,
+    log_to: Annotated[Optional[str], typer.Option("--log-to", help="log the job's parameters and the summary's numbers to a tracker: mlflow (the extra mpq[mlflow])")] = None,
 ) -> None:
     """Run a job; a second run on the same output resumes, skipping rows already written."""
     _check_limit(limit)
+    if log_to is not None:
+        from mpq.tracking import check_tracker
+
+        try:
+            check_tracker(log_to)
+        except ValueError as exc:
+            _fail(str(exc))
     if verbose:
         os.environ["MPQ_VERBOSE"] = "1"  # read by the Ray engine
     from mpq.components import AssetUnavailable
@@ -86,6 +94,10 @@ def run(
         f"{stats.samples} samples in {stats.seconds:.0f} s{head}; results in {out}/results"
     )
     print_summary(read_results(out))
+    if log_to is not None:
+        from mpq.tracking import log_run
+
+        typer.echo(f"logged to {log_to}: run {log_run(log_to, job, out, stats, limit)}")
 
 
 @app.command()

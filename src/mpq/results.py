@@ -33,8 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-import mpq
 from mpq.codecs.target import COLUMNS as TARGET_COLUMNS
+from mpq.version import __version__
 
 KEY = ("dataset", "sample_id", "codec", "setting", "task")
 BASELINE = "none"  # codec name of the uncompressed baseline row (setting "")
@@ -304,4 +304,4 @@ class ResultStore:
 
 
 def run_metadata(run_id: str) -> dict[str, str]:
-    return {"mpq_version": mpq.__version__, "versions": library_versions(), "run_id": run_id}
+    return {"mpq_version": __version__, "versions": library_versions(), "run_id": run_id}
