@@ -97,7 +97,10 @@ def run(
     if log_to is not None:
         from mpq.tracking import log_run
 
-        typer.echo(f"logged to {log_to}: run {log_run(log_to, job, out, stats, limit)}")
+        try:
+            typer.echo(f"logged to {log_to}: run {log_run(log_to, job, out, stats, limit)}")
+        except Exception as exc:  # the tracker's own refusal (store, server); the results are written
+            _fail(f"--log-to {log_to}: not logged ({type(exc).__name__}: {' '.join(str(exc).split())}); results in {out}/results")
 
 
 @app.command()
