@@ -102,6 +102,8 @@ def test_status_of_an_output_counts_rows_and_error_kinds_and_what_is_left(study)
 def test_status_of_a_job_id_is_still_the_cluster_s_and_a_job_file_with_it_is_refused(tmp_path):
     res = cli("status", "mpq-x-123", "--job", "job.yaml")
     assert res.returncode == 2 and "mpq-x-123: no such output folder" in res.stderr and "Traceback" not in res.stderr
+    res = cli("status", "jobs/smoke.yaml")
+    assert res.returncode == 2 and "jobs/smoke.yaml is a file: status takes an output (folder or URI) or a job id" in res.stderr
 
 
 @SLOW

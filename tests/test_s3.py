@@ -120,6 +120,13 @@ def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_server, 
     assert sum("/cache/encoded/" in n for n in names) == 2 * 2  # one cache entry per image and setting
     assert not [n for n in names if ".tmp-" in n]
 
+    status = CliRunner().invoke(app, ["status", uri, "--job", str(tiny_job), "--limit", "2"])  # reads S3, writes nothing
+    assert status.exit_code == 0, status.output
+    assert f"{uri}: 6 rows" in status.output and "no run is writing it" in status.output and "0 rows of 0 samples" in status.output
+    planned = CliRunner().invoke(app, ["plan", str(tiny_job), "-o", uri, "--limit", "3", "--no-calibrate"])
+    assert planned.exit_code == 0 and "3 rows to compute for 1 samples; 6 rows already done" in planned.output, planned.output
+    assert objects(fs, bucket) == names
+
     with monkeypatch.context() as m:  # the job extended with a metric decodes from the cache on S3
         calls = []
         real = PillowCodec.roundtrip

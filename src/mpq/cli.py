@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -142,9 +143,9 @@ def plan(
         preflight(resolved)  # offline and not cached: one line, as `run` says it
     except AssetUnavailable as exc:
         _fail(f"{job_file}: {exc}")
+    start = time.monotonic()
     estimate = calibrate_on(resolved, found)
-    typer.echo(f"estimate for the serial engine on this machine, from {estimate.samples} samples (calibration took "
-               f"{estimate.setup + sum(sum(t.values()) * len(found.first[d]) for d, t in estimate.per_sample.items()):.0f} s):")
+    typer.echo(f"estimate for the serial engine on this machine, from {estimate.samples} samples (calibration took {time.monotonic() - start:.0f} s):")
     typer.echo(f"  setup (models, codecs, metrics loaded once): {estimate.setup:.1f} s")
     for dataset, times in estimate.per_sample.items():
         typer.echo(f"  {dataset}: " + ", ".join(f"{stage} {t:.3g} s" for stage, t in times.items()) + " per sample")
@@ -266,6 +267,8 @@ def status(
 ) -> None:
     """An output's rows done and error rows by kind (a URI, or a folder that exists), else a
     submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    if Path(target).is_file():
+        _fail(f"{target} is a file: status takes an output (folder or URI) or a job id; a job file goes with --job")
     if "://" in target or Path(target).exists():
         _output_status(target, job_file, limit)
         return

@@ -121,7 +121,8 @@ def calibrate(spec: JobSpec | Job, found: Plan) -> Estimate:
                 rows = stage(rows)
                 times[name] += time.perf_counter() - t
         runs += len(items)
-        per_sample[dataset] = {name: s / len(items) for name, s in times.items()}
+        own = {f"task {t.task_id}" for t in job.datasets[dataset].tasks}
+        per_sample[dataset] = {name: s / len(items) for name, s in times.items() if not name.startswith("task ") or name in own}
         rows_done = sum(max(1, len(tasks)) for i in items for _, _, tasks in i["units"])
         rows_left = sum(line.todo for line in found.lines if line.dataset == dataset)
         total += times["load"] / len(items) * found.samples[dataset]
