@@ -146,7 +146,7 @@ def plan(
     start = time.monotonic()
     estimate = calibrate_on(resolved, found)
     typer.echo(f"estimate for the serial engine on this machine, from {estimate.samples} samples (calibration took {time.monotonic() - start:.0f} s):")
-    typer.echo(f"  setup (models, codecs, metrics loaded once): {estimate.setup:.1f} s")
+    typer.echo(f"  setup (models, codecs, metrics loaded once): {estimate.setup:.1f} s; first calls of the stages (once): {estimate.first_use:.1f} s")
     for dataset, times in estimate.per_sample.items():
         typer.echo(f"  {dataset}: " + ", ".join(f"{stage} {t:.3g} s" for stage, t in times.items()) + " per sample")
     typer.echo(f"  total: about {_duration(estimate.total)} (an estimate on this machine; the Ray engine runs stages in parallel)")

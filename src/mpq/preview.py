@@ -86,6 +86,7 @@ def plan(spec: JobSpec | Job, output: str, limit: int | None = None, redo: tuple
 @dataclass
 class Estimate:
     setup: float  # seconds: building the stages, loading models and codecs (once per process)
+    first_use: float  # seconds: the first sample's extra time (each stage's first call), once per dataset
     per_sample: dict[str, dict[str, float]]  # dataset -> stage -> seconds per calibration sample
     total: float  # seconds for the remaining work, setup included
     samples: int  # calibration samples run
@@ -94,11 +95,12 @@ class Estimate:
 def calibrate(spec: JobSpec | Job, found: Plan) -> Estimate:
     """Time the serial engine's stages (engine/serial.py) on ``found.first``'s items here and scale
     each dataset's times to its remaining work: loading by samples left, the other stages by
-    rows left. Models, codecs and metrics are loaded first and timed apart (``setup``)."""
+    rows left. Models, codecs and metrics are loaded first and timed apart (``setup``), and so is
+    the first sample's extra time (``first_use``) where a dataset has more than one."""
     from mpq.engine.stages import Encode, Load, Measure, Predict
 
     if not any(found.first.values()):
-        return Estimate(0.0, {}, 0.0, 0)
+        return Estimate(0.0, 0.0, {}, 0.0, 0)
     job = resolve(spec)
     start = time.perf_counter()
     stages: dict[str, Any] = {"load": Load(job), "encode": Encode(job)}  # no cache: nothing written
@@ -109,25 +111,30 @@ def calibrate(spec: JobSpec | Job, found: Plan) -> Estimate:
             stage.load()
     _ = stages["encode"].codecs, stages["measure"].metrics  # cached properties: built here, not in the first sample's time
     setup = time.perf_counter() - start
-    per_sample, total, runs = {}, setup, 0
+    per_sample, first_use, total, runs = {}, 0.0, setup, 0
     for dataset, items in found.first.items():
         if not items:
             continue
-        times = dict.fromkeys(stages, 0.0)
+        timed = []  # per item: seconds per stage
         for item in items:
-            rows = [item]
+            rows, times = [item], {}
             for name, stage in stages.items():
                 t = time.perf_counter()
                 rows = stage(rows)
-                times[name] += time.perf_counter() - t
+                times[name] = time.perf_counter() - t
+            timed.append(times)
         runs += len(items)
+        if len(items) > 1:  # the first sample pays each stage's first call (lazy imports, kernels): once, not per sample
+            first, timed, items = timed[0], timed[1:], items[1:]
+            first_use += max(0.0, sum(first.values()) - sum(sum(t.values()) for t in timed) / len(timed))
+        mean = {name: sum(t[name] for t in timed) / len(timed) for name in stages}
         own = {f"task {t.task_id}" for t in job.datasets[dataset].tasks}
-        per_sample[dataset] = {name: s / len(items) for name, s in times.items() if not name.startswith("task ") or name in own}
-        rows_done = sum(max(1, len(tasks)) for i in items for _, _, tasks in i["units"])
+        per_sample[dataset] = {name: s for name, s in mean.items() if not name.startswith("task ") or name in own}
+        rows_timed = sum(max(1, len(tasks)) for i in items for _, _, tasks in i["units"]) / len(items)  # per sample
         rows_left = sum(line.todo for line in found.lines if line.dataset == dataset)
-        total += times["load"] / len(items) * found.samples[dataset]
-        total += sum(s for name, s in times.items() if name != "load") / rows_done * rows_left
-    return Estimate(setup, per_sample, total, runs)
+        total += mean["load"] * found.samples[dataset]
+        total += sum(s for name, s in mean.items() if name != "load") / rows_timed * rows_left
+    return Estimate(setup, first_use, per_sample, total + first_use, runs)
 
 
 @dataclass
