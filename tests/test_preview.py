@@ -92,7 +92,7 @@ def test_status_of_an_output_counts_rows_and_error_kinds_and_what_is_left(study)
     assert res.returncode == 0, res.stderr
     assert f"{out}: {df.height} rows" in res.stdout and f"d: {df.height} rows, {errors.height} with errors" in res.stdout
     assert f"errors: load: {errors.height} row(s), e.g. b.png: load: " in res.stdout
-    assert "no run is writing it" in res.stdout and f"to do for {job_file}: 0 rows of 0 samples" in res.stdout
+    assert "no lease: no run is writing it" in res.stdout and f"to do for {job_file}: 0 rows of 0 samples" in res.stdout
     extended = job_file.with_name("more.yaml")
     extended.write_text(job_file.read_text().replace("  - 60\n", "  - 60\n  - 90\n"))
     more = cli("status", str(out), "--job", str(extended)).stdout
@@ -141,3 +141,13 @@ def test_import_mpq_stays_light_and_run_refuses_a_bad_job_before_any_work(tmp_pa
     with pytest.raises(JobSpecError, match="unknown codec 'jpg'"):
         mpq.run({"name": "x", "datasets": [{"name": "d", "source": {"samples": "skimage"}}], "codecs": [{"name": "jpg"}]}, str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+def test_status_names_the_run_holding_the_lease(tmp_path):
+    from mpq.lease import Lease
+
+    with Lease(str(tmp_path), "20261204T000000000000-abcd"):
+        res = cli("status", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert f"{tmp_path}: 0 rows" in res.stdout and f"lease: run 20261204T000000000000-abcd (host " in res.stdout
+    assert "no lease" in cli("status", str(tmp_path)).stdout

@@ -296,7 +296,8 @@ def _output_status(output: str, job_file: Path | None, limit: int | None) -> Non
         typer.echo(f"  {dataset}: {rows} rows, {errors} with errors")
     for kind, rows, sample, example in state.errors.iter_rows():
         typer.echo(f"  errors: {kind}: {rows} row(s), e.g. {sample}: {example[:200]}")
-    typer.echo(f"written now by {state.holder}" if state.holder else "no run is writing it (no lease)")
+    typer.echo(f"lease: {state.holder} (a run writing now, or a killed one whose lease the next run takes over)"
+               if state.holder else "no lease: no run is writing it")
     if job_file is not None:
         _, found = _plan(job_file, output, limit, ())
         left = [line for line in found.lines if line.todo]
