@@ -13,6 +13,7 @@ from typing import Any
 from mpq.engine.plan import Planner, chunks, shards
 from mpq.job import Job, resolve
 from mpq.results import ResultStore, check_location, check_redo
+from mpq.runner import required_metric_columns
 from mpq.spec import JobSpec
 
 
@@ -52,8 +53,11 @@ def plan(spec: JobSpec | Job, output: str, limit: int | None = None, redo: tuple
     check_redo(redo)
     check_location(output)  # reads only: a missing output is an empty one
     job = resolve(spec)
-    store = ResultStore(output)
-    planner = Planner(job, output, {n: d.metric_columns for n, d in job.datasets.items()}, store.files(), redo)
+    todo = shards(job, limit)
+    for name, dataset in job.datasets.items():  # as `run` refuses it
+        if not any(s.dataset == name for s in todo):
+            raise ValueError(f"dataset {name!r} has no samples ({dataset.source.describe()})")
+    planner = Planner(job, output, required_metric_columns(job), ResultStore(output).files(), redo)
     lines: dict[tuple[str, str, str], Line] = {}
     for name in job.datasets:
         combos, tasks = planner.combos(name)
@@ -61,7 +65,7 @@ def plan(spec: JobSpec | Job, output: str, limit: int | None = None, redo: tuple
             for task in tasks:
                 lines[(name, codec, task)] = Line(name, codec, task, sum(c == codec for c, _ in combos))
     out = Plan(list(lines.values()), dict.fromkeys(job.datasets, 0))
-    for part in chunks(shards(job, limit)):
+    for part in chunks(todo):
         for shard, items in zip(part, planner.items(part)):
             combos, tasks = planner.combos(shard.dataset)
             n = shard.stop - shard.start
