@@ -28,7 +28,7 @@ def check_tracker(to: str) -> None:
 
 
 def params(spec: JobSpec, output: str, limit: int | None) -> dict[str, str]:
-    """The job's datasets, codecs with their settings, tasks, metrics and mpq's version."""
+    """The job's datasets, codecs with their settings, tasks, metrics, resources and mpq's version."""
     out = {"job": spec.name, "output": output, "limit": str(limit), "mpq_version": __version__,
            "metrics": ",".join(m.name for m in spec.metrics)}
     for d in spec.datasets:
@@ -37,7 +37,7 @@ def params(spec: JobSpec, output: str, limit: int | None) -> dict[str, str]:
         out[f"codec.{c.name}"] = json.dumps([str(s) for s in spec.settings(c)])
     for t in spec.tasks:
         out[f"task.{t.task_id}"] = json.dumps({"name": t.name, **t.option_values}, sort_keys=True, default=str)
-    out["settings"] = json.dumps(spec.resources.model_dump(mode="json"), sort_keys=True)
+    out["resources"] = json.dumps(spec.resources.model_dump(mode="json"), sort_keys=True)
     return out
 
 
