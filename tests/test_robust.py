@@ -71,7 +71,7 @@ def test_ray_run_is_quiet_by_default_and_verbose_shows_rays_output(smoke_run, ra
     # Verbose: one sample through a task whose tiny model is written afresh (its own cache).
     job = tmp_path / "verbose.yaml"
     job.write_text(yaml.safe_dump(VERBOSE_JOB))
-    loud = run_cli(str(job), "--limit", "1", "--no-progress", "--output", str(tmp_path / "a"), "--verbose",
+    loud = run_cli(str(job), "--limit", "1", "--no-progress", "--output", str(tmp_path / "a"), "--verbose", "--engine", "ray",
                    env_extra={"MPQ_CACHE": str(tmp_path / "c1")})
     assert loud.returncode == 0, unboxed(loud.stderr)
     assert "core_worker.cc" in loud.stderr and "Writing model shards" in loud.stderr
@@ -163,20 +163,22 @@ def assert_poison_costs_its_rows_only(out, dataset: str, images: int, rows_in_ru
 
 
 @pytest.mark.slow
-def test_serial_sample_that_kills_the_process_is_tried_once_more_then_an_error_row(tmp_path):
+def test_serial_sample_that_kills_the_process_is_tried_3_times_then_an_error_row(tmp_path):
+    from mpq.engine.inflight import TRIES
+
     site = write_poison_plugin(tmp_path / "site")
     job = write_poison_job(tmp_path, {"imgs": ["a.png", "b-poison.png", "c.png"]})
     out = tmp_path / "out"
-    first = run_poison(job, out, site, "--engine", "serial")
-    assert first.returncode == -9  # the codec killed the run itself
-    second = run_poison(job, out, site, "--engine", "serial")
-    assert second.returncode == -9  # tried once more on resume: it dies again
-    third = run_poison(job, out, site, "--engine", "serial")
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert "3 with errors" in third.stdout
+    assert TRIES == 3
+    for _ in range(TRIES):  # the codec kills the run itself, and again on each resume
+        died = run_poison(job, out, site, "--engine", "serial")
+        assert died.returncode == -9, died.stderr[-3000:]
+    last = run_poison(job, out, site, "--engine", "serial")
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert "3 with errors" in last.stdout
     assert_poison_costs_its_rows_only(out, "imgs", 3, 9)
-    fourth = run_poison(job, out, site, "--engine", "serial")
-    assert fourth.returncode == 0 and "0 rows written" in fourth.stdout  # worker-died rows count as done
+    again = run_poison(job, out, site, "--engine", "serial")
+    assert again.returncode == 0 and "0 rows written" in again.stdout  # worker-died rows count as done
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +193,7 @@ def ray_poison_run(tmp_path_factory):
     job = write_poison_job(root, {"alone": ["b-poison.png"], "several": ["a.png", "b-poison.png", "c.png"]},
                            resources={"samples_per_block": 3}, tasks=[{"name": "classify", "model": "builtin:tiny-vit"}])
     out = root / "out"
-    # Ray's own workers take the poison (a head start's worker, which would take `several`, the
-    # plan's last shard, has its own test in test_headstart.py).
-    return out, run_poison(job, out, site, MPQ_CACHE=str(root / "cache"), MPQ_HEAD_START="0"), job
+    return out, run_poison(job, out, site, "--engine", "ray", MPQ_CACHE=str(root / "cache")), job
 
 
 def blocks(job) -> dict[str, list[int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,12 +40,17 @@ def run(
         job = load_job(job_file)
     except JobSpecError as exc:
         _fail(str(exc))
-    from mpq.runner import run_job
+    from mpq.runner import run_job, stop
     from mpq.summary import print_summary, read_results
 
     out = output or job.output or f"out/{job.name}"
+    for sig in (signal.SIGINT, signal.SIGTERM):  # an orderly stop: the interrupted work's tries not counted
+        signal.signal(sig, stop)
     try:
         stats = run_job(job, out, engine=engine, limit=limit, address=address, progress=progress, force=force)
+    except KeyboardInterrupt as exc:  # runner.Interrupted once rows flow, else before any
+        typer.echo(f"interrupted: {getattr(exc, 'written', 0)} rows written; run the same command to resume", err=True)
+        raise typer.Exit(130)
     except (LeaseHeld, LeaseLost) as exc:
         _fail(str(exc))
     except (AssetUnavailable, OSError, ValueError) as exc:  # OSError: an output that cannot be written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -21,6 +22,27 @@ from mpq.spec import JobSpec
 ENGINES = ("ray", "serial")
 # A killed run loses at most this much work; MPQ_FLUSH_ROWS lets tests commit often.
 FLUSH_ROWS, FLUSH_SECONDS = int(os.environ.get("MPQ_FLUSH_ROWS", 512)), 10.0
+
+
+_stopping = threading.Event()
+
+
+def stop(signum, frame) -> None:
+    """``mpq-ray run``'s handler of SIGINT and SIGTERM (Ctrl-C, ``mpq-ray stop``, a scheduler):
+    an orderly stop. KeyboardInterrupt wherever the main thread is, and a flag the sink checks
+    after each result table: a library may swallow the exception (numpy's lazy first
+    ``import numpy.random`` did), and the run then stops once the work in hand is done."""
+    _stopping.set()
+    raise KeyboardInterrupt
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, made one by ``mpq-ray run``) ended the run in order: the work it
+    interrupted is not counted as a try (engine/inflight.py); ``written`` rows are in the results."""
+
+    def __init__(self, written: int):
+        super().__init__(written)
+        self.written = written
 
 
 @dataclass
@@ -128,13 +150,19 @@ def _sink(
 
     with bar:
         task = bar.add_task(label, total=expected)
-        for table in stream:
-            first = first or time.monotonic()
-            pending.append(table)
-            written += table.num_rows
-            errors += table.num_rows - table.column("error").null_count
-            bar.update(task, advance=table.num_rows)
-            if sum(t.num_rows for t in pending) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
-                flush()
+        try:
+            for table in stream:
+                first = first or time.monotonic()
+                pending.append(table)
+                written += table.num_rows
+                errors += table.num_rows - table.column("error").null_count
+                bar.update(task, advance=table.num_rows)
+                if sum(t.num_rows for t in pending) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
+                    flush()
+                if _stopping.is_set():
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            flush()  # the rows that arrived are whole results: kept
+            raise Interrupted(written) from None
         flush()
     return written, errors, first

@@ -4,6 +4,8 @@ A sample that kills its worker (out of memory, a crash in a codec's native libra
 retried by Ray without end, and kills every resumed serial run. So before a stage works on
 a block of samples it notes the try under OUTPUT/in-flight/ (one small file, on the storage
 the results go to, which every worker sees), and removes the note when the work is done.
+Work that an exception ends (Ctrl-C, SIGTERM, `mpq-ray stop`, a Ray worker told to exit)
+sets the note back as it was: only a process that dies without cleaning up spends a try.
 A block found noted was being worked on when its process died: its samples are then worked
 one at a time, each noting its own tries, so that the one that kills is found and its
 block-mates are not lost. A sample found with its tries used up is not worked on again: its
@@ -22,6 +24,9 @@ import pyarrow.fs as pafs
 from mpq.results import filesystem
 
 WORKER_DIED = "worker died: "
+# Both engines: a sample's work is started at most this many times (a lost Ray node costs the
+# samples in flight on it one try), then its rows become `worker died` errors.
+TRIES = 3
 
 
 def sample_key(row: dict[str, Any]) -> str:
@@ -39,7 +44,6 @@ def error_rows(item: dict[str, Any], error: str) -> list[dict[str, Any]]:
 @dataclass
 class InFlight:
     output: str
-    tries: int  # how many times a sample's work is started before its rows become errors
     stage: int = 0  # which stage group (Ray: one per actor pool), so that each counts its own tries
 
     @functools.cached_property
@@ -59,18 +63,32 @@ class InFlight:
                 before = int(f.read() or 0)
         except (FileNotFoundError, ValueError):
             before = 0
-        if before < self.tries:
-            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            with fs.open_output_stream(path) as f:
-                f.write(str(before + 1).encode())
+        if before < TRIES:
+            self._set(key, before + 1)
         return before
 
-    def _clear(self, key: str) -> None:
+    def _set(self, key: str, tries: int) -> None:
         fs, path = self._path(key)
+        if tries:
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            with fs.open_output_stream(path) as f:
+                f.write(str(tries).encode())
+            return
         try:
             fs.delete_file(path)
         except FileNotFoundError:
             pass
+
+    def _working(self, key: str, before: int, work):
+        """``work()``, then its note cleared; an exception (an orderly stop) sets it back to
+        ``before``: the process lived to say so, and the try does not count."""
+        try:
+            out = work()
+        except BaseException:
+            self._set(key, before)
+            raise
+        self._set(key, 0)
+        return out
 
     def run(self, rows: list[dict[str, Any]], work) -> list[dict[str, Any]]:
         """``work(rows)`` on the block, or, if it was being worked on when its process died, on
@@ -78,27 +96,23 @@ class InFlight:
         samples: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             samples.setdefault(sample_key(r), []).append(r)
+        def each():
+            return [r for key, some in samples.items() for r in self._one(key, some, work)]
+
+        if len(samples) <= 1:
+            return each()
         block = "block:" + "\n".join(sorted(samples))
-        if len(samples) > 1 and self._note(block) == 0:
-            out = work(rows)
-            self._clear(block)
-            return out
-        out = []
-        for key, some in samples.items():
-            out += self._one(key, some, work)
-        if len(samples) > 1:
-            self._clear(block)
-        return out
+        before = self._note(block)
+        return self._working(block, before, (lambda: work(rows)) if before == 0 else each)
 
     def _one(self, key: str, rows: list[dict[str, Any]], work) -> list[dict[str, Any]]:
-        if self._note(key) < self.tries:
-            out = work(rows)
-            self._clear(key)
-            return out
+        before = self._note(key)
+        if before < TRIES:
+            return self._working(key, before, lambda: work(rows))
         # A spent sample's note stays: its error rows may yet be lost unwritten, and must then
         # be written again, not tried.
         error = (
-            f"{WORKER_DIED}the process working on this sample ended {self.tries} times (out of memory, "
+            f"{WORKER_DIED}the process working on this sample ended {TRIES} times (out of memory, "
             "or a crash in native code); not tried again"
         )
         return [e for r in rows for e in (error_rows(r, error) if "units" in r else [{**r, "error": error}])]

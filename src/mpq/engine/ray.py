@@ -30,6 +30,7 @@ import math
 import os
 import pickle
 import re
+import signal
 import sys
 import threading
 import warnings
@@ -55,10 +56,6 @@ from mpq.spec import JobSpec
 # its index in that list. The rest of a working row is plain values (ids, settings, targets,
 # result columns) whose keys grow stage by stage: pickled, it needs no schema per stage.
 SCHEMA = pa.schema([("rows", pa.large_binary()), ("media", pa.list_(ARROW))])
-# Ray retries the work of a dead worker without end; mpq's own note of each try bounds it
-# (inflight.py): a sample's work in a stage is started at most this many times (a lost node
-# costs the samples in flight on it one try), then its rows become `worker died` errors.
-TRIES = 3
 # Shards per Ray Data execution. Ray Data keeps, in the driver, a stats record (~10 KB) of
 # every block each operator outputs until its dataset is gone, with no switch to turn it
 # off: a million-sample job grew the driver by 320 MiB in one execution. Runs of more shards
@@ -231,6 +228,7 @@ def init_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     own = starts_own_cluster(address)
     _few_malloc_arenas()  # before ray.init starts the core worker's threads
+    term = signal.getsignal(signal.SIGTERM)
     ray.init(
         address="local" if own else address,
         logging_level="ERROR",
@@ -242,6 +240,9 @@ def init_ray(address: str | None = None) -> None:
         include_dashboard=verbose() if own else None,
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
     )
+    # ray.init makes SIGTERM exit at once; one the caller set (`mpq-ray run`: an orderly stop) stays.
+    if term not in (signal.SIG_DFL, None) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, term)
 
 
 def start_ray(address: str | None = None) -> None:
@@ -379,7 +380,7 @@ def _dataset(
     codec_resources = {k: v for k, v in job.resources.codec_resources.items() if _available(k)} or None
 
     def in_flight(stage: int) -> InFlight | None:
-        return InFlight(output, TRIES, stage) if output is not None else None
+        return InFlight(output, stage) if output is not None else None
 
     # The plan streams in: read tasks plan chunks of shards on the workers, a block per shard.
     # Planning is light (ids and a read of the results' keys): it takes no CPU, which the actor
