@@ -150,6 +150,37 @@ def test_rows_record_precision_device_task_options_and_weights(tmp_path):
     assert df["model_revision"][0].startswith("HTDemucs sha256:") and df["model_revision"].n_unique() == 1
 
 
+def test_auto_runs_serially_only_on_a_small_machine_without_gpu_or_cluster(monkeypatch):
+    """`--engine auto`: Ray's own start costs more than it gives on a machine of few CPUs, no GPU,
+    where the run would start its own cluster (docs/performance.md); Ray everywhere else."""
+    from mpq.engine import RAY_FROM_CPUS, choose, cluster_address
+
+    assert choose("auto", None, 2, 0) == ("serial", "auto: 2 CPUs, no GPU, no cluster")
+    assert choose("auto", None, RAY_FROM_CPUS - 1, 0)[0] == "serial"
+    assert choose("auto", None, RAY_FROM_CPUS, 0) == ("ray", f"auto: {RAY_FROM_CPUS} CPUs, no GPU, no cluster")
+    assert choose("auto", None, 2, 1) == ("ray", "auto: 2 CPUs, 1 GPU, no cluster")
+    assert choose("auto", "10.0.0.1:6379", 2, 0) == ("ray", "auto: cluster 10.0.0.1:6379")
+    assert choose("serial", "10.0.0.1:6379", 64, 8) == ("serial", "--engine serial")
+    assert choose("ray", None, 1, 0) == ("ray", "--engine ray")
+    with pytest.raises(ValueError, match="unknown engine 'rey'; valid choices: auto, ray, serial"):
+        choose("rey", None, 2, 0)
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # a cluster `ray start` left running here
+    assert cluster_address(None) == "auto" and cluster_address("10.0.0.1:6379") == "10.0.0.1:6379"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert cluster_address(None) is None
+
+
+def test_gpus_are_counted_as_cuda_counts_them(monkeypatch):
+    from mpq.engine import gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpus() == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert gpus() == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert gpus() == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path, sig):

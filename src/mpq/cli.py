@@ -22,7 +22,7 @@ def _fail(message: str) -> None:
 def run(
     job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/smoke.yaml")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="results folder or URI (default: the job's `output`, else out/<name>)")] = None,
-    engine: Annotated[str, typer.Option(help="ray (streaming, parallel) or serial (one process)")] = "ray",
+    engine: Annotated[str, typer.Option(help="auto (serial on a machine of few CPUs, no GPU and no --address; else ray), ray (streaming, parallel) or serial (one process)")] = "auto",
     limit: Annotated[Optional[int], typer.Option(help="at most this many samples per dataset")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
@@ -55,10 +55,9 @@ def run(
         _fail(str(exc))
     except (AssetUnavailable, OSError, ValueError) as exc:  # OSError: an output that cannot be written
         _fail(f"{job_file}: {exc}")
-    head = f" ({stats.head_start} of them in mpq's own worker while Ray started)" if stats.head_start else ""
     typer.echo(
         f"{stats.written} rows written ({stats.errors} with errors), {stats.already_done} already there; "
-        f"{stats.samples} samples in {stats.seconds:.0f} s{head}; results in {out}/results"
+        f"{stats.samples} samples in {stats.seconds:.0f} s; engine: {stats.engine} ({stats.why}); results in {out}/results"
     )
     print_summary(read_results(out))
 

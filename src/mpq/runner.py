@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from mpq.components import AssetUnavailable
 from mpq.cache import EncodedCache
+from mpq.engine import choose, cluster_address, cpus, gpus
 from mpq.engine.plan import Planner, count, iter_items, shards
 from mpq.engine.stages import Finalize
 from mpq.lease import Lease
@@ -19,7 +20,6 @@ from mpq.job import Job, resolve
 from mpq.results import ResultStore, check_location
 from mpq.spec import JobSpec
 
-ENGINES = ("ray", "serial")
 # A killed run loses at most this much work; MPQ_FLUSH_ROWS lets tests commit often.
 FLUSH_ROWS, FLUSH_SECONDS = int(os.environ.get("MPQ_FLUSH_ROWS", 512)), 10.0
 
@@ -55,7 +55,8 @@ class RunStats:
     errors: int
     seconds: float = 0.0  # from the plan to the last row written
     startup_seconds: float = 0.0  # until the first result rows arrived (engine start, model loading)
-    head_start: int = 0  # samples worked in this machine's own worker while Ray started (headstart.py)
+    engine: str = ""  # the engine that ran
+    why: str = ""  # why that one: `--engine ray`, `auto: 2 CPUs, no GPU, no cluster`
 
 
 def required_metric_columns(job: Job) -> dict[str, set[str]]:
@@ -86,15 +87,15 @@ def preflight(job: Job) -> None:
 def run_job(
     spec: JobSpec,
     output: str,
-    engine: str = "ray",
+    engine: str = "auto",
     limit: int | None = None,
     address: str | None = None,
     progress: bool = True,
     force: bool = False,
 ) -> RunStats:
-    """``force`` takes over the output's lease from a run that is gone but refreshed it lately."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
+    """``engine``: auto, ray or serial (``mpq.engine.choose``). ``force`` takes over the output's
+    lease from a run that is gone but refreshed it lately."""
+    engine, why = choose(engine, cluster_address(address), cpus(), gpus())
     check_location(output)
     job = resolve(spec)
     preflight(job)
@@ -106,7 +107,6 @@ def run_job(
         work = count(planner, todo)
         finalize = Finalize(job, store.run_id)
         cache = EncodedCache(output) if spec.cache else None
-        head = None
         if not work.samples:
             stream: Iterator[pa.Table] = iter(())
         elif engine == "serial":
@@ -114,18 +114,13 @@ def run_job(
 
             stream = run_serial(job, iter_items(planner, todo), finalize, cache, output)
         else:
-            from mpq.engine import headstart
+            from mpq.engine.ray import run_ray
 
-            if headstart.wanted(address, todo):
-                stream = head = headstart.HeadStart(spec, planner, todo, finalize, cache, output)
-            else:
-                from mpq.engine.ray import run_ray
-
-                stream = run_ray(spec, planner, todo, finalize, address, cache, output)
+            stream = run_ray(spec, planner, todo, finalize, address, cache, output)
         written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{spec.name} ({engine})")
     end = time.monotonic()
     return RunStats(output, work.samples, work.done, work.rows, written, errors, end - start, (first or end) - start,
-                    head.samples if head else 0)
+                    engine, why)
 
 
 def _sink(

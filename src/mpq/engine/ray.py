@@ -42,9 +42,9 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 
 from mpq.cache import EncodedCache
-from mpq.engine import starts_own_cluster, verbose
-from mpq.engine.inflight import InFlight
-from mpq.engine.plan import CHUNK, Claims, Planner, Shard, chunks
+from mpq.engine import cluster_address, verbose
+from mpq.engine.inflight import TRIES, InFlight
+from mpq.engine.plan import CHUNK, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.job import resolve
 from mpq.media import ARROW, Media
@@ -56,6 +56,10 @@ from mpq.spec import JobSpec
 # its index in that list. The rest of a working row is plain values (ids, settings, targets,
 # result columns) whose keys grow stage by stage: pickled, it needs no schema per stage.
 SCHEMA = pa.schema([("rows", pa.large_binary()), ("media", pa.list_(ARROW))])
+# Ray retries a task whose worker died without end by default. mpq's own notes (inflight.py)
+# bound a sample's tries across runs; within one, a block's work needs at most its own try and
+# then each of its samples' TRIES before it ends in rows, error rows included.
+RETRIES = TRIES + 1
 # Shards per Ray Data execution. Ray Data keeps, in the driver, a stats record (~10 KB) of
 # every block each operator outputs until its dataset is gone, with no switch to turn it
 # off: a million-sample job grew the driver by 320 MiB in one execution. Runs of more shards
@@ -225,19 +229,18 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
-    own = starts_own_cluster(address)
+    address = cluster_address(address)
     _few_malloc_arenas()  # before ray.init starts the core worker's threads
     term = signal.getsignal(signal.SIGTERM)
     ray.init(
-        address="local" if own else address,
+        address=address or "local",  # none given: a cluster of the run's own, not one found running here
         logging_level="ERROR",
         # Workers' output (models' download and conversion bars...) stays in their log files
         # in Ray's log folder; mpq reports what went wrong with a sample in its row.
         log_to_driver=verbose(),
         # A cluster of the run's own shows no dashboard unless --verbose: mpq shows its progress,
         # and the dashboard's 9 processes took 3 s of Ray's 10 s start on 2 cores.
-        include_dashboard=verbose() if own else None,
+        include_dashboard=verbose() if address is None else None,
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
     )
     # ray.init makes SIGTERM exit at once; one the caller set (`mpq-ray run`: an orderly stop) stays.
@@ -300,11 +303,11 @@ def _without_native_log_lines() -> Iterator[None]:
 class PlanDatasource(Datasource):
     """The plan as a Ray Data source: each read task plans a part of the shards (``Planner.items``;
     the results' keys read once per worker process), and its block of plan items is split a
-    shard a block. With ``claims``, a part's shards that a head start took are left out."""
+    shard a block."""
 
-    def __init__(self, planner: Planner, plan: list[Shard], readers: int, claims: Claims | None = None):
+    def __init__(self, planner: Planner, plan: list[Shard], readers: int):
         super().__init__()
-        self.planner, self.claims = planner, claims
+        self.planner = planner
         # Parts of `size` shards of one dataset (at most CHUNK, and enough parts to keep the
         # readers busy), the datasets taking turns as they do in the plan.
         self.size = max(1, min(CHUNK, math.ceil(len(plan) / readers)))
@@ -320,11 +323,9 @@ class PlanDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
         from ray.data.block import BlockMetadata
 
-        planner, claims = self.planner, self.claims
+        planner = self.planner
 
         def read(part: list[Shard]) -> Iterator[pa.Table]:
-            if claims is not None:  # a head start may have taken some (headstart.py)
-                part = [shard for shard in part if claims.take(shard)]
             items = [item for shard in planner.items(part) for item in shard]
             if items:
                 yield _pack(items)
@@ -335,11 +336,11 @@ class PlanDatasource(Datasource):
         ]
 
 
-def plan_dataset(planner: Planner, plan: list[Shard], readers: int, claims: Claims | None = None):
+def plan_dataset(planner: Planner, plan: list[Shard], readers: int):
     """The plan's blocks, read by at most ``readers`` read tasks at a time."""
     import ray.data
 
-    source = PlanDatasource(planner, plan, readers, claims)
+    source = PlanDatasource(planner, plan, readers)
     # A read task's output is one block (Ray Data joins what it yields), which Ray Data splits
     # into equal parts to make the number of blocks asked for: a block per shard.
     return ray.data.read_datasource(
@@ -349,13 +350,12 @@ def plan_dataset(planner: Planner, plan: list[Shard], readers: int, claims: Clai
 
 def run_ray(
     job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, address: str | None = None,
-    cache: EncodedCache | None = None, output: str | None = None, claims: Claims | None = None,
+    cache: EncodedCache | None = None, output: str | None = None,
 ) -> Iterator[pa.Table]:
-    """``claims``: shards are worked only where taken (a head start works some of them)."""
     start_ray(address)
     with _without_native_log_lines():
         for window in chunks(plan, WINDOW):
-            ds = _dataset(job, planner, window, finalize, cache, output, claims)
+            ds = _dataset(job, planner, window, finalize, cache, output)
             yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
             # Its stats with it before the next window starts: the execution's objects hold
             # reference cycles, which only a full collection (rare by itself) frees.
@@ -365,7 +365,6 @@ def run_ray(
 
 def _dataset(
     job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, cache: EncodedCache | None, output: str | None,
-    claims: Claims | None = None,
 ):
     """The stage graph as a Ray Data dataset, placed on what the cluster has."""
     import ray
@@ -387,11 +386,12 @@ def _dataset(
     # pools may all hold. Taking none, every read task would run at once, each in a worker
     # process of its own that imports Ray Data and mpq (the smoke job: 28 processes on 2 CPUs,
     # beside the actors loading their models); a few at a time plan fast enough.
-    ds = plan_dataset(planner, plan, readers=max(1, int(cluster.get("CPU", 0)) // 8), claims=claims)
+    ds = plan_dataset(planner, plan, readers=max(1, int(cluster.get("CPU", 0)) // 8))
     ds = ds.map_batches(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache, cpu_codecs, "cpu")], "finalize": None if groups else finalize,
                          "in_flight": in_flight(0)},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,
+        max_retries=RETRIES,
     )
     for i, group in enumerate(groups):
         # Does it share its resource? GPU pools with each other; CPU actors next to GPUs with coding.
@@ -402,5 +402,6 @@ def _dataset(
             # On CPUs a call takes whatever block arrives (a shard's rows); GPUs get full batches.
             batch_size=group.batch_size if group.gpus else None, batch_format="pyarrow",
             compute=_pool(group, cluster, shared), num_cpus=group.cpus, num_gpus=group.gpus,
+            max_task_retries=RETRIES,  # actors restart without bound (Ray Data's default): each serves many blocks
         )
     return ds
