@@ -43,7 +43,7 @@ from ray.data import Datasource, ReadTask
 
 from mpq.cache import EncodedCache
 from mpq.engine import cluster_address, verbose
-from mpq.engine.inflight import TRIES, InFlight
+from mpq.engine.inflight import InFlight
 from mpq.engine.plan import CHUNK, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.job import resolve
@@ -56,10 +56,12 @@ from mpq.spec import JobSpec
 # its index in that list. The rest of a working row is plain values (ids, settings, targets,
 # result columns) whose keys grow stage by stage: pickled, it needs no schema per stage.
 SCHEMA = pa.schema([("rows", pa.large_binary()), ("media", pa.list_(ARROW))])
-# Ray retries a task whose worker died without end by default. mpq's own notes (inflight.py)
-# bound a sample's tries across runs; within one, a block's work needs at most its own try and
-# then each of its samples' TRIES before it ends in rows, error rows included.
-RETRIES = TRIES + 1
+# Ray Data retries the work of a dead worker without end (max_retries, max_restarts and
+# max_task_retries all -1), and it stays so: a remote argument that one stage sets and the
+# next does not stops Ray Data fusing loading and coding into the actors, and on a cluster
+# without GPUs those tasks then wait for CPUs the actors hold (the poison job of
+# tests/test_robust.py started no block in 7 minutes). mpq's own notes (inflight.py) bound
+# the tries instead, across runs too: TRIES per sample.
 # Shards per Ray Data execution. Ray Data keeps, in the driver, a stats record (~10 KB) of
 # every block each operator outputs until its dataset is gone, with no switch to turn it
 # off: a million-sample job grew the driver by 320 MiB in one execution. Runs of more shards
@@ -391,7 +393,6 @@ def _dataset(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache, cpu_codecs, "cpu")], "finalize": None if groups else finalize,
                          "in_flight": in_flight(0)},
         batch_size=None, batch_format="pyarrow", num_cpus=job.resources.codec_cpus, resources=codec_resources,
-        max_retries=RETRIES,
     )
     for i, group in enumerate(groups):
         # Does it share its resource? GPU pools with each other; CPU actors next to GPUs with coding.
@@ -402,6 +403,5 @@ def _dataset(
             # On CPUs a call takes whatever block arrives (a shard's rows); GPUs get full batches.
             batch_size=group.batch_size if group.gpus else None, batch_format="pyarrow",
             compute=_pool(group, cluster, shared), num_cpus=group.cpus, num_gpus=group.gpus,
-            max_task_retries=RETRIES,  # actors restart without bound (Ray Data's default): each serves many blocks
         )
     return ds
