@@ -221,3 +221,32 @@ def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path, sig
     df = read_results(str(tmp_path / "out"))
     assert df.height == 4 and df["error"].is_null().all(), df["error"].to_list()
     assert df["score"].is_not_null().all(), df["score"].to_list()  # the separation's own score, on every row
+
+
+@pytest.mark.slow
+def test_a_stopped_ray_run_leaves_no_try_counted(tmp_path):
+    """Ray kills the workers of a stopped run without letting them clean up; the run's tries in
+    their hands are set back all the same (inflight.forget)."""
+    import yaml
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({
+        "name": "stop", "output": str(tmp_path / "out"),
+        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 1, "seconds": 3}}],
+        "codecs": [{"name": "mp3", "settings": [64]}],
+        "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs", "batch_size": 1}],
+        "metrics": ["audio_psnr"],
+    }))
+    cmd = [sys.executable, "-m", "mpq.cli", "run", str(job_file), "--engine", "ray", "--no-progress"]
+    notes = tmp_path / "out" / "in-flight"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (notes.exists() and any(notes.iterdir())):
+        time.sleep(0.05)
+    assert any(notes.iterdir()), "the stop must land while a sample is being worked for this test to mean anything"
+    time.sleep(2)  # into the model stage's actor too, where the try is noted again
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (stdout + stderr)[-3000:]
+    assert "run the same command to resume" in stderr
+    assert not any(notes.iterdir()), [(n.name, n.read_text()) for n in notes.iterdir()]

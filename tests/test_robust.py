@@ -228,6 +228,46 @@ def test_ray_sample_that_kills_its_worker_in_a_block_of_several_costs_only_its_o
     assert res.returncode == 0, res.stderr[-3000:]
     assert_poison_costs_its_rows_only(out, "several", 3, 12)
 
+KILLED_TRY = """
+import os, signal, sys
+from mpq.engine.inflight import InFlight
+
+InFlight(sys.argv[1], run_id=sys.argv[2]).run([{"dataset": "d", "sample_id": "s"}], lambda rows: os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_an_orderly_stop_sets_back_only_the_tries_its_run_has_in_hand(tmp_path):
+    """Ray kills a stopped run's workers without letting them clean up: the runner then sets back
+    the tries noted by that run (inflight.forget), not earlier runs' nor a spent sample's."""
+    import subprocess
+    import sys
+
+    from mpq.engine.inflight import InFlight, forget
+
+    def killed_try(run_id):
+        assert subprocess.run([sys.executable, "-c", KILLED_TRY, str(tmp_path), run_id]).returncode == -9
+
+    killed_try("earlier")  # a worker that died: a try spent
+    killed_try("this")  # work in hand when this run was stopped
+    note, = (tmp_path / "in-flight").iterdir()
+    assert note.read_text() == "2 this"
+    forget(str(tmp_path), "other")
+    assert note.read_text() == "2 this"
+    forget(str(tmp_path), "this")
+    assert note.read_text() == "1"
+    # Work that an exception ends (a stop the process lived to see) sets its note back as it was.
+    with pytest.raises(KeyboardInterrupt):
+        InFlight(str(tmp_path), run_id="next").run([{"dataset": "d", "sample_id": "s"}], lambda rows: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert note.read_text() == "1"
+    killed_try("a")
+    killed_try("b")
+    rows = InFlight(str(tmp_path), run_id="last").run([{"dataset": "d", "sample_id": "s"}], lambda rows: rows)
+    assert rows[0]["error"].startswith("worker died: ")  # spent after 3 tries
+    forget(str(tmp_path), "b")
+    forget(str(tmp_path), "last")
+    assert note.read_text() == "3 spent"
+
+
 # --- bounded memory per sample --------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 from mpq.components import AssetUnavailable
 from mpq.cache import EncodedCache
 from mpq.engine import choose, cluster_address, cpus, gpus
+from mpq.engine.inflight import forget
 from mpq.engine.plan import Planner, count, iter_items, shards
 from mpq.engine.stages import Finalize
 from mpq.lease import Lease
@@ -117,7 +118,12 @@ def run_job(
             from mpq.engine.ray import run_ray
 
             stream = run_ray(spec, planner, todo, finalize, address, cache, output)
-        written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{spec.name} ({engine})")
+        try:
+            written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{spec.name} ({engine})")
+        except Interrupted:
+            getattr(stream, "close", lambda: None)()  # the engine stops its workers
+            forget(output, store.run_id)  # the tries they had in hand do not count
+            raise
     end = time.monotonic()
     return RunStats(output, work.samples, work.done, work.rows, written, errors, end - start, (first or end) - start,
                     engine, why)

@@ -6,6 +6,8 @@ a block of samples it notes the try under OUTPUT/in-flight/ (one small file, on 
 the results go to, which every worker sees), and removes the note when the work is done.
 Work that an exception ends (Ctrl-C, SIGTERM, `mpq-ray stop`, a Ray worker told to exit)
 sets the note back as it was: only a process that dies without cleaning up spends a try.
+Ray kills the workers of a stopped run without a word, so a note also names the run whose
+try it counts, and an orderly stop sets back the tries its run still has noted (``forget``).
 A block found noted was being worked on when its process died: its samples are then worked
 one at a time, each noting its own tries, so that the one that kills is found and its
 block-mates are not lost. A sample found with its tries used up is not worked on again: its
@@ -41,10 +43,43 @@ def error_rows(item: dict[str, Any], error: str) -> list[dict[str, Any]]:
     ]
 
 
+SPENT = "spent"  # a spent sample's note names no run: no stop sets it back
+
+
+def _tries(note: bytes | None) -> int:
+    """A note is ``TRIES RUN``, or a bare count (older notes)."""
+    try:
+        return int(note.split()[0]) if note else 0
+    except ValueError:
+        return 0
+
+
+def forget(output: str, run: str) -> None:
+    """After an orderly stop, once its workers are gone: each try that the run ``run`` still has
+    noted was work in hand (or, rarely, work whose worker died and was not retried yet), and
+    does not count."""
+    fs, root = filesystem(output)
+    try:
+        notes = fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/in-flight"))
+    except FileNotFoundError:
+        return
+    for info in notes:
+        with fs.open_input_stream(info.path) as f:
+            note = f.read()
+        if note.split()[1:] == [run.encode()]:
+            tries = _tries(note) - 1
+            if tries > 0:
+                with fs.open_output_stream(info.path) as f:
+                    f.write(str(tries).encode())  # earlier runs' tries, in no run's hand
+            else:
+                fs.delete_file(info.path)
+
+
 @dataclass
 class InFlight:
     output: str
     stage: int = 0  # which stage group (Ray: one per actor pool), so that each counts its own tries
+    run_id: str = ""  # the run whose tries this counts (``forget``)
 
     @functools.cached_property
     def _fs(self) -> tuple[pafs.FileSystem, str]:
@@ -55,39 +90,41 @@ class InFlight:
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return fs, f"{root.rstrip('/')}/in-flight/{self.stage}-{digest}"
 
-    def _note(self, key: str) -> int:
-        """Tries noted before this one; notes this one unless they are used up."""
+    def _note(self, key: str) -> tuple[int, bytes | None]:
+        """Tries noted before this one, and the note as it was; notes this one unless they are
+        used up."""
         fs, path = self._path(key)
         try:
             with fs.open_input_stream(path) as f:
-                before = int(f.read() or 0)
-        except (FileNotFoundError, ValueError):
-            before = 0
+                old = f.read()
+        except FileNotFoundError:
+            old = None
+        before = _tries(old)
         if before < TRIES:
-            self._set(key, before + 1)
-        return before
+            self._write(key, f"{before + 1} {self.run_id}".encode())
+        return before, old
 
-    def _set(self, key: str, tries: int) -> None:
+    def _write(self, key: str, note: bytes | None) -> None:
         fs, path = self._path(key)
-        if tries:
+        if note:
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             with fs.open_output_stream(path) as f:
-                f.write(str(tries).encode())
+                f.write(note)
             return
         try:
             fs.delete_file(path)
         except FileNotFoundError:
             pass
 
-    def _working(self, key: str, before: int, work):
-        """``work()``, then its note cleared; an exception (an orderly stop) sets it back to
-        ``before``: the process lived to say so, and the try does not count."""
+    def _working(self, key: str, old: bytes | None, work):
+        """``work()``, then its note cleared; an exception (an orderly stop) sets it back as it
+        was (``old``): the process lived to say so, and the try does not count."""
         try:
             out = work()
         except BaseException:
-            self._set(key, before)
+            self._write(key, old)
             raise
-        self._set(key, 0)
+        self._write(key, None)
         return out
 
     def run(self, rows: list[dict[str, Any]], work) -> list[dict[str, Any]]:
@@ -96,21 +133,23 @@ class InFlight:
         samples: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             samples.setdefault(sample_key(r), []).append(r)
+
         def each():
             return [r for key, some in samples.items() for r in self._one(key, some, work)]
 
         if len(samples) <= 1:
             return each()
         block = "block:" + "\n".join(sorted(samples))
-        before = self._note(block)
-        return self._working(block, before, (lambda: work(rows)) if before == 0 else each)
+        before, old = self._note(block)
+        return self._working(block, old, (lambda: work(rows)) if before == 0 else each)
 
     def _one(self, key: str, rows: list[dict[str, Any]], work) -> list[dict[str, Any]]:
-        before = self._note(key)
+        before, old = self._note(key)
         if before < TRIES:
-            return self._working(key, before, lambda: work(rows))
+            return self._working(key, old, lambda: work(rows))
         # A spent sample's note stays: its error rows may yet be lost unwritten, and must then
         # be written again, not tried.
+        self._write(key, f"{TRIES} {SPENT}".encode())
         error = (
             f"{WORKER_DIED}the process working on this sample ended {TRIES} times (out of memory, "
             "or a crash in native code); not tried again"

@@ -354,15 +354,26 @@ def run_ray(
     job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, address: str | None = None,
     cache: EncodedCache | None = None, output: str | None = None,
 ) -> Iterator[pa.Table]:
+    import ray
+
+    own = cluster_address(address) is None and not ray.is_initialized()
     start_ray(address)
-    with _without_native_log_lines():
-        for window in chunks(plan, WINDOW):
-            ds = _dataset(job, planner, window, finalize, cache, output)
-            yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
-            # Its stats with it before the next window starts: the execution's objects hold
-            # reference cycles, which only a full collection (rare by itself) frees.
-            del ds
-            gc.collect()
+    try:
+        with _without_native_log_lines():
+            for window in chunks(plan, WINDOW):
+                ds = _dataset(job, planner, window, finalize, cache, output)
+                yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+                # Its stats with it before the next window starts: the execution's objects hold
+                # reference cycles, which only a full collection (rare by itself) frees.
+                del ds
+                gc.collect()
+    except (KeyboardInterrupt, GeneratorExit):
+        # An orderly stop. Ray kills workers without letting them clean up: those of a cluster
+        # of the run's own go now, before the runner sets back the tries they had in hand
+        # (inflight.forget); a given cluster's go when the driver does.
+        if own:
+            ray.shutdown()
+        raise
 
 
 def _dataset(
@@ -381,7 +392,7 @@ def _dataset(
     codec_resources = {k: v for k, v in job.resources.codec_resources.items() if _available(k)} or None
 
     def in_flight(stage: int) -> InFlight | None:
-        return InFlight(output, stage) if output is not None else None
+        return InFlight(output, stage, finalize.run_id) if output is not None else None
 
     # The plan streams in: read tasks plan chunks of shards on the workers, a block per shard.
     # Planning is light (ids and a read of the results' keys): it takes no CPU, which the actor

@@ -25,7 +25,7 @@ class SerialWork:
         job = resolve(job)
         self.stages: list[Callable] = [Load(job), Encode(job, cache), *(Predict(job, t) for t in job.tasks), Measure(job)]
         self.finalize = finalize
-        self.in_flight = InFlight(output) if output is not None else None
+        self.in_flight = InFlight(output, run_id=finalize.run_id) if output is not None else None
 
     def work(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for stage in self.stages:
