@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,7 +51,7 @@ def main(
 def run(
     job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/smoke.yaml")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="results folder or URI (default: the job's `output`, else out/<name>)")] = None,
-    engine: Annotated[str, typer.Option(help="ray (streaming, parallel) or serial (one process)")] = "ray",
+    engine: Annotated[str, typer.Option(help="auto (serial on a machine of few CPUs, no GPU and no --address; else ray), ray (streaming, parallel) or serial (one process)")] = "auto",
     limit: Annotated[Optional[int], typer.Option(help="at most this many samples per dataset")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
@@ -70,20 +71,24 @@ def run(
         job = load_job(job_file)
     except JobSpecError as exc:
         _fail(str(exc))
-    from mpq.runner import run_job
+    from mpq.runner import run_job, stop
     from mpq.summary import print_summary, read_results
 
     out = output or job.output or f"out/{job.name}"
+    for sig in (signal.SIGINT, signal.SIGTERM):  # an orderly stop: the interrupted work's tries not counted
+        signal.signal(sig, stop)
     try:
         stats = run_job(job, out, engine=engine, limit=limit, address=address, progress=progress, force=force, redo=tuple(redo or ()))
+    except KeyboardInterrupt as exc:  # runner.Interrupted once rows flow, else before any
+        typer.echo(f"interrupted: {getattr(exc, 'written', 0)} rows written; run the same command to resume", err=True)
+        raise typer.Exit(130)
     except (LeaseHeld, LeaseLost) as exc:
         _fail(str(exc))
     except (AssetUnavailable, OSError, ValueError) as exc:  # OSError: an output that cannot be written
         _fail(f"{job_file}: {exc}")
-    head = f" ({stats.head_start} of them in mpq's own worker while Ray started)" if stats.head_start else ""
     typer.echo(
         f"{stats.written} rows written ({stats.errors} with errors), {stats.already_done} already there; "
-        f"{stats.samples} samples in {stats.seconds:.0f} s{head}; results in {out}/results"
+        f"{stats.samples} samples in {stats.seconds:.0f} s; engine: {stats.engine} ({stats.why}); results in {out}/results"
     )
     print_summary(read_results(out))
 
