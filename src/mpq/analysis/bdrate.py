@@ -30,6 +30,7 @@ from scipy.optimize import isotonic_regression
 
 from mpq.analysis.correlation import N_RESAMPLES
 from mpq.analysis.paired import cluster_resamples
+from mpq.analysis.sums import resampled_scores
 from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load, rate_column, too_few
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
@@ -103,6 +104,35 @@ def _curves(rows: pl.DataFrame, by: list[str], rate: str) -> dict[tuple, dict[st
     return out
 
 
+def _resampled_curves(rows: pl.DataFrame, rate: str, n_resamples: int, seed: int):
+    """(resample, its curves keyed (resample, score_name) as ``_curves`` gives them) for each
+    cluster-bootstrap resample: from per-sample sums (``sums``) where the task allows, else
+    by recomputing ``Task.aggregate`` on each resample's rows."""
+    if n_resamples <= 0:
+        return
+    keyed = rows.with_columns(_k=pl.concat_str("codec", "setting", separator="\x1f"))
+    fast = resampled_scores(keyed, "_k", n_resamples, seed, means=(rate,))
+    if fast is None:
+        for labels, frame in cluster_resamples(rows, n_resamples, seed):
+            resampled = _curves(frame, ["_b"], rate)
+            yield from ((b, resampled) for b in labels)
+        return
+    _, boot = fast
+    conds = [(label, *label.split("\x1f", 1)) for label in sorted(boot)]
+    names = sorted({n for label in boot for n in boot[label] if n != rate})
+    for b in range(n_resamples):
+        curves: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        for name in names:
+            per_codec: dict[str, tuple[list, list]] = {}
+            for label, codec, _ in conds:
+                if name in boot[label]:
+                    per_codec.setdefault(codec, ([], []))
+                    per_codec[codec][0].append(boot[label][rate][b])
+                    per_codec[codec][1].append(boot[label][name][b])
+            curves[(b, name)] = {c: (np.array(r), np.array(v)) for c, (r, v) in per_codec.items()}
+        yield b, curves
+
+
 def _pairs(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], min_overlap: float, min_points: int) -> dict[tuple, tuple[float | None, str | None]]:
     """BD-rate of every pair of the named codecs, with a note: why there is no value, or
     which curve the monotone fit moved."""
@@ -168,13 +198,11 @@ def bd_rates(
         codecs = {name: codecs[name] for name in sorted(codecs) if len(codecs[name]) > 1}
         values = {name: _pairs(point[(name,)], codecs[name], min_overlap, min_points) for name in codecs}
         boot: dict[tuple, list[float]] = {(name, *pair): [] for name in codecs for pair in values[name]}
-        for labels, frame in cluster_resamples(group, n_resamples if codecs and n >= min_samples else 0, seed):
-            resampled = _curves(frame, ["_b"], rate)
-            for b in labels:
-                for name in codecs:
-                    for pair, (value, _) in _pairs(resampled.get((b, name), {}), codecs[name], min_overlap, min_points).items():
-                        if value is not None:
-                            boot[name, *pair].append(value)
+        for b, resampled in _resampled_curves(group, rate, n_resamples if codecs and n >= min_samples else 0, seed):
+            for name in codecs:
+                for pair, (value, _) in _pairs(resampled.get((b, name), {}), codecs[name], min_overlap, min_points).items():
+                    if value is not None:
+                        boot[name, *pair].append(value)
         for name in codecs:
             for (anchor, test), (value, note) in values[name].items():
                 row = {"dataset": dataset, "task": task, "score_name": name, "rate": rate, "anchor": anchor, "test": test, "n": n,

@@ -30,6 +30,7 @@ import polars as pl
 from scipy import stats
 
 from mpq.analysis.correlation import N_RESAMPLES
+from mpq.analysis.sums import fast_task, resample_counts, resampled_scores, row_sums
 from mpq.analysis.tables import COLUMN_LABEL, MIN_SAMPLES, conclusive_rows, load, ok_rows, too_few
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
@@ -82,6 +83,17 @@ def permutation_p(rows: pl.DataFrame, a: str, b: str, score_name: str, by: str =
     if n == 1:  # the two relabellings give d and −d (scipy wants two samples)
         return 1.0
 
+    cls = fast_task(rows)
+    parts = row_sums(cls, rows) if cls is not None else None
+
+    def summed(x, y, axis=-1):  # the same statistic from the rows' sums (``sums``)
+        single = np.ndim(x) == 1
+        x, y = np.atleast_2d(x).astype(np.int64), np.atleast_2d(y).astype(np.int64)
+        a = cls.from_sums({k: v[x].sum(1) for k, v in parts.items()}).get(score_name)
+        b = cls.from_sums({k: v[y].sum(1) for k, v in parts.items()}).get(score_name)
+        diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float) if a is not None else np.full(len(x), np.nan)
+        return diff[0] if single else diff
+
     def statistic(x, y, axis=-1):  # x, y: row positions, (n,) or (batch, n)
         single = np.ndim(x) == 1
         x, y = np.atleast_2d(x).astype(np.int64), np.atleast_2d(y).astype(np.int64)
@@ -96,8 +108,9 @@ def permutation_p(rows: pl.DataFrame, a: str, b: str, score_name: str, by: str =
         diff = score[1] - score[0]
         return diff[0] if single else diff
 
-    batch = max(1, _CHUNK_ROWS // (2 * n))
-    result = stats.permutation_test((first, second), statistic, permutation_type="samples", vectorized=True,
+    width = sum(int(np.prod(v.shape[1:])) for v in parts.values()) if parts is not None else 1
+    batch = max(1, _CHUNK_ROWS // (2 * n * (1 if parts is None else max(1, width // 8))))
+    result = stats.permutation_test((first, second), statistic if parts is None else summed, permutation_type="samples", vectorized=True,
                                     n_resamples=relabellings(n, n_resamples), batch=batch, rng=np.random.default_rng(seed))
     return float(result.pvalue)
 
@@ -127,10 +140,10 @@ def cluster_resamples(rows: pl.DataFrame, n_resamples: int, seed: int):
     ids, member = np.unique(rows["sample_id"].to_numpy(), return_inverse=True)
     if n_resamples <= 0 or not len(ids):
         return
-    draws = np.random.default_rng(seed).integers(0, len(ids), size=(n_resamples, len(ids)))
+    counts = resample_counts(len(ids), n_resamples, seed).astype(np.int64)
     step = max(1, _CHUNK_ROWS // rows.height)
     for start in range(0, n_resamples, step):
-        times = [np.bincount(d, minlength=len(ids))[member] for d in draws[start : start + step]]
+        times = [c[member] for c in counts[start : start + step]]
         take = np.concatenate([np.repeat(np.arange(rows.height), t) for t in times])
         labels = range(start, start + len(times))
         yield labels, rows[take].with_columns(_b=pl.Series(np.repeat(labels, [t.sum() for t in times])))
@@ -142,6 +155,10 @@ def joint_bootstrap(rows: pl.DataFrame, by: str = "_c", n_resamples: int = N_RES
     rows of a drawn sample under every condition go together; ids sorted, one draw of shape
     (n_resamples, ids)). Returns (point, boot): ``point[label][score_name]`` a float (NaN
     where the task gives none), ``boot[label][score_name]`` an array of n_resamples."""
+    fast = resampled_scores(rows, by, n_resamples, seed)
+    if fast is not None:
+        return fast
+
     def scores(agg: pl.DataFrame, keys: list[str]) -> tuple[pl.DataFrame, list[str]]:
         names = [c for c in agg.columns if c not in keys]
         return agg.with_columns(pl.col(names).cast(pl.Float64, strict=False).fill_null(float("nan"))), names
