@@ -319,7 +319,7 @@ def test_permutation_test_and_bd_rate_from_sums_equal_the_aggregate_path(monkeyp
     from mpq.analysis.tables import COLUMN_LABEL
 
     seg = segment_frame().with_columns(COLUMN_LABEL.alias("_c"))
-    bd_frame = results_frame(samples=14)
+    bd_frame = results_frame(samples=40, seed=2)
     fast_p = paired.permutation_p(seg, "baseline", "jpeg 10", "mIoU", n_resamples=300, seed=1)
     fast_bd = analysis.bd_rates(bd_frame, n_resamples=60, seed=4)
     monkeypatch.setattr(paired, "row_sums", lambda cls, rows: None)  # the fallback: Task.aggregate per relabelling
