@@ -57,7 +57,12 @@ def _log_rate_curve(rate, score) -> tuple[PchipInterpolator, int]:
 
 
 def _bd_rate(rate_anchor, score_anchor, rate_test, score_test, min_overlap: float, min_points: int = MIN_POINTS) -> tuple[float, dict[str, int]]:
-    (anchor, moved_anchor), (test, moved_test) = _log_rate_curve(rate_anchor, score_anchor), _log_rate_curve(rate_test, score_test)
+    return _between(_log_rate_curve(rate_anchor, score_anchor), _log_rate_curve(rate_test, score_test), min_overlap, min_points)
+
+
+def _between(anchor_curve, test_curve, min_overlap: float, min_points: int) -> tuple[float, dict[str, int]]:
+    """``_bd_rate`` of two fitted curves (``_log_rate_curve``: each codec's is fitted once for all its pairs)."""
+    (anchor, moved_anchor), (test, moved_test) = anchor_curve, test_curve
     low, high = max(anchor.x[0], test.x[0]), min(anchor.x[-1], test.x[-1])
     if not low < high:
         raise ValueError(f"the task-score ranges do not overlap ({anchor.x[0]:.4g}–{anchor.x[-1]:.4g} vs {test.x[0]:.4g}–{test.x[-1]:.4g})")
@@ -137,12 +142,22 @@ def _pairs(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], m
     """BD-rate of every pair of the named codecs, with a note: why there is no value, or
     which curve the monotone fit moved."""
     out = {}
+    fitted: dict[str, tuple | str] = {}
+    for name in names:
+        if name in curves:
+            try:
+                fitted[name] = _log_rate_curve(*curves[name])
+            except ValueError as exc:
+                fitted[name] = str(exc)
     for anchor, test in combinations(names, 2):
         if anchor not in curves or test not in curves:  # a resample without one of them
             out[anchor, test] = None, None
             continue
         try:
-            value, moved = _bd_rate(*curves[anchor], *curves[test], min_overlap, min_points)
+            for codec in (anchor, test):
+                if isinstance(fitted[codec], str):
+                    raise ValueError(fitted[codec])
+            value, moved = _between(fitted[anchor], fitted[test], min_overlap, min_points)
         except ValueError as exc:
             out[anchor, test] = None, str(exc)
             continue
