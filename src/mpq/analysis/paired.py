@@ -31,7 +31,7 @@ from scipy import stats
 
 from mpq.analysis.correlation import N_RESAMPLES
 from mpq.analysis.sums import fast_task, resample_counts, resampled_scores, row_sums
-from mpq.analysis.tables import COLUMN_LABEL, MIN_SAMPLES, conclusive_rows, load, ok_rows, too_few
+from mpq.analysis.tables import COLUMN_LABEL, MIN_SAMPLES, conclusive_rows, load, metric_columns, ok_rows, rate_columns, too_few
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
 
@@ -258,3 +258,41 @@ def compare(
     out = pl.DataFrame(rows_out, schema=schema).with_columns(pl.col("p", "difference_low", "difference_high").fill_nan(None))
     return out.with_columns(p_holm=pl.Series(holm(out["p"].to_numpy()), dtype=pl.Float64, nan_to_null=True))
 
+
+
+def condition_intervals(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95,
+                        min_samples: int = MIN_SAMPLES, include_flagged: bool = False) -> pl.DataFrame:
+    """Percentile bootstrap intervals of what a plot draws per condition: each split-level
+    score (``score_low``/``score_high``) and each mean rate and metric (``<column>_low``/
+    ``<column>_high``), per (dataset, task, codec, setting, score_name), from the tables'
+    cluster bootstrap over sample ids (one draw for all conditions of a dataset and task;
+    means over finite values). ``n``: the samples of the dataset and task; under
+    ``min_samples`` no interval. Rows a pipeline check flagged are left out unless asked for."""
+    df = conclusive_rows(load(results), include_flagged).with_columns(COLUMN_LABEL.alias("_c"))
+    means = [c for c in [*rate_columns(df), *metric_columns(df)] if c in df.columns]
+    out = []
+    for (dataset, task), rows in df.sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
+        ids, member = np.unique(rows["sample_id"].to_numpy(), return_inverse=True)
+        n = len(ids)
+        drawn = n_resamples if n >= min_samples else 0
+        point, boot = joint_bootstrap(rows, n_resamples=drawn, seed=seed)
+        counts = resample_counts(n, drawn, seed)
+        labels = rows["_c"].to_numpy()
+        for (codec, setting, label), _ in rows.group_by(["codec", "setting", "_c"], maintain_order=True):
+            here = labels == label
+            bounds = {}
+            for column in means:
+                values = rows[column].cast(pl.Float64).to_numpy()
+                keep = here & np.isfinite(values)
+                total, count = np.zeros(n), np.zeros(n)
+                np.add.at(total, member[keep], values[keep])
+                np.add.at(count, member[keep], 1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    bounds[f"{column}_low"], bounds[f"{column}_high"] = percentile_interval(counts @ total / (counts @ count), level) if drawn else (None, None)
+            for score_name, values in boot.get(label, {}).items():
+                low, high = percentile_interval(values, level) if drawn else (None, None)
+                out.append({"dataset": dataset, "task": task, "codec": codec, "setting": setting, "score_name": score_name, "n": n,
+                            "score_low": low, "score_high": high, **bounds})
+    schema = {"dataset": pl.String, "task": pl.String, "codec": pl.String, "setting": pl.String, "score_name": pl.String, "n": pl.Int64,
+              "score_low": pl.Float64, "score_high": pl.Float64, **{f"{c}_{s}": pl.Float64 for c in means for s in ("low", "high")}}
+    return pl.DataFrame(out, schema=schema).with_columns(pl.col(pl.Float64).fill_nan(None))
