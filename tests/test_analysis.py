@@ -198,7 +198,8 @@ def pipeline_results(tmp_path_factory):
 @pytest.mark.slow
 def test_report_command_writes_tables_plots_and_one_portable_html(pipeline_results, tmp_path):
     to = tmp_path / "report"
-    result = CliRunner().invoke(app, ["report", str(pipeline_results), "--to", str(to), "--resamples", "200"])
+    # The tiny classifier has random weights (a pipeline check): kept, to check the wiring end to end.
+    result = CliRunner().invoke(app, ["report", str(pipeline_results), "--to", str(to), "--resamples", "200", "--include-flagged"])
     assert result.exit_code == 0, result.output
     assert (to / "report.html").is_file()
     for name in ("summary_image.md", "summary_image.csv", "conditions.csv", "correlations.csv", "correlations.md", "bd_rate.csv", "bd_rate.md",
@@ -224,8 +225,9 @@ def test_report_command_writes_tables_plots_and_one_portable_html(pipeline_resul
     assert bpp == pytest.approx((webp90["bits"] / (webp90["width"] * webp90["height"])).mean())
 
     corr = pl.read_csv(to / "correlations.csv")
-    assert corr.group_by("level").len().sort("level").rows() == [("conditions", 6), ("samples", 3)]  # × accuracy, agreement
-    assert corr.filter(pl.col("level") == "samples")["n"].to_list() == [24, 24, 24]
+    # bpp, psnr, lpips × (accuracy, agreement) across conditions, × (score, agreement) across samples
+    assert corr.group_by("level").len().sort("level").rows() == [("conditions", 6), ("samples", 6)]
+    assert corr.filter(pl.col("level") == "samples")["n"].to_list() == [24] * 6
     bd = pl.read_csv(to / "bd_rate.csv")
     assert bd.select("anchor", "test").rows() == [("jpeg", "webp")] * 2  # accuracy and agreement
     assert bd["bd_rate"][0] is not None or bd["note"][0]
@@ -517,15 +519,23 @@ def test_plotted_means_carry_the_tables_bootstrap_interval_and_targets_stand_apa
     assert any("bootstrap 95 % intervals" in t.get_text() for t in fig.texts)
 
 
-def test_plots_say_when_there_are_too_few_samples_and_leave_flagged_rows_out():
+def test_plots_say_when_there_are_too_few_samples_and_mark_flagged_rows():
     df = results_frame(samples=6).with_columns(
         pipeline_check=pl.when(pl.col("codec") == "b").then(pl.lit("random weights")).otherwise(None))
     conds = analysis.plot_conditions(df, n_resamples=50)
-    assert set(conds["codec"]) == {"none", "a"} and conds["score_low"].null_count() == conds.height
+    assert conds.filter(pl.col("flagged"))["codec"].unique().to_list() == ["b"] and conds["score_low"].null_count() == conds.height
     fig = analysis.rate_performance(conds, "d", "t", "accuracy", "bpp")
     assert any(t.get_text() == "no intervals: too few samples (n = 6)" for t in fig.texts)
-    assert [c.get_label() for c in fig.axes[0].containers] == ["a, settings 2–60"]
-    assert "b" in set(analysis.plot_conditions(df, n_resamples=0, include_flagged=True)["codec"])
+    drawn = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}
+    assert set(drawn) == {"a, settings 2–60", "b, settings 1–40 (pipeline check: means nothing)"}
+    assert drawn["b, settings 1–40 (pipeline check: means nothing)"].get_markerfacecolor() == "none"
+    assert drawn["a, settings 2–60"].get_markerfacecolor() != "none"
+    assert not analysis.plot_conditions(df, n_resamples=0, include_flagged=True)["flagged"].any()
+
+    many = results_frame(samples=12).with_columns(pipeline_check=pl.when(pl.col("codec") == "b").then(pl.lit("random")).otherwise(None))
+    conds = analysis.plot_conditions(many, n_resamples=50)
+    assert conds.filter(pl.col("flagged"))["score_low"].null_count() == conds.filter(pl.col("flagged")).height  # no interval
+    assert conds.filter(~pl.col("flagged") & (pl.col("codec") == "a"))["score_low"].null_count() == 0
 
 
 def write_output(frame: pl.DataFrame, folder, version: str):
@@ -551,3 +561,20 @@ def test_report_of_several_outputs_keeps_each_runs_provenance_and_datasets_apart
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "Figures: d (out_a)" in page and "Figures: d (out_b)" in page
     assert CliRunner().invoke(app, ["report", str(a), str(b)]).exit_code != 0  # several outputs need --to
+
+
+@pytest.mark.parametrize("points", [2, 3, 4, 6, 9])
+def test_bd_rate_pchip_integrates_as_scipys(points):
+    from scipy.interpolate import PchipInterpolator
+
+    from mpq.analysis.bdrate import Pchip
+
+    rng = np.random.default_rng(points)
+    for _ in range(200):
+        x = np.sort(rng.choice(np.linspace(0, 1, 50), size=points, replace=False))
+        y = rng.normal(size=points) if rng.random() < 0.5 else np.cumsum(rng.random(points))  # wiggly or monotone
+        y[rng.random(points) < 0.2] = y[0]  # flat stretches: zero slopes
+        a, b = np.sort(rng.uniform(x[0], x[-1], size=2))
+        ref = PchipInterpolator(x, y)
+        assert Pchip(x, y).integrate(a, b) == pytest.approx(ref.integrate(a, b), rel=1e-10, abs=1e-12)
+        assert Pchip(x, y).integrate(x[0], x[-1]) == pytest.approx(ref.integrate(x[0], x[-1]), rel=1e-10, abs=1e-12)

@@ -25,7 +25,6 @@ from itertools import combinations
 
 import numpy as np
 import polars as pl
-from scipy.interpolate import PchipInterpolator
 from scipy.optimize import isotonic_regression
 
 from mpq.analysis.correlation import N_RESAMPLES
@@ -41,7 +40,7 @@ MIN_POINTS = 4  # points of the two curves inside the common score range: the in
 TARGETS = ("target_bpp", "target_kbps")  # columns of rows coded at a requested rate, not a setting
 
 
-def _log_rate_curve(rate, score) -> tuple[PchipInterpolator, int]:
+def _log_rate_curve(rate, score) -> tuple[Pchip, int]:
     """Log-rate over the monotone fit of the score, and how many settings the fit moved."""
     rate, score = np.asarray(rate, dtype=float), np.asarray(score, dtype=float)
     keep = np.isfinite(rate) & np.isfinite(score) & (rate > 0)
@@ -53,7 +52,51 @@ def _log_rate_curve(rate, score) -> tuple[PchipInterpolator, int]:
     if len(levels) < 2:
         raise ValueError("fewer than two distinct task scores after the monotone fit: no curve to integrate")
     log_rate = np.bincount(inverse, weights=np.log(rate)) / np.bincount(inverse)
-    return PchipInterpolator(levels, log_rate), moved
+    return Pchip(levels, log_rate), moved
+
+
+def _edge(h0, h1, m0, m1):
+    """scipy's one-sided three-point end derivative, kept shape-preserving."""
+    d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+    if np.sign(d) != np.sign(m0):
+        return 0.0
+    if np.sign(m0) != np.sign(m1) and abs(d) > 3 * abs(m0):
+        return 3 * m0
+    return d
+
+
+class Pchip:
+    """``scipy.interpolate.PchipInterpolator`` of 1-d data, only its ``x`` and ``integrate``
+    inside the data's range, as scipy computes them (its derivatives, Hermite cubics): the
+    BD-rate bootstrap fits and integrates hundreds of thousands of curves, and scipy's
+    object costs most of that in input checks (tests compare the two)."""
+
+    def __init__(self, x, y):
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        h, m = np.diff(x), np.diff(y) / np.diff(x)
+        if len(x) == 2:
+            d = np.array([m[0], m[0]])
+        else:
+            d = np.zeros_like(y)
+            flat = (np.sign(m[1:]) != np.sign(m[:-1])) | (m[1:] == 0) | (m[:-1] == 0)
+            w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d[1:-1] = np.where(flat, 0.0, (w1 + w2) / (w1 / m[:-1] + w2 / m[1:]))
+            d[0], d[-1] = _edge(h[0], h[1], m[0], m[1]), _edge(h[-1], h[-2], m[-1], m[-2])
+        self.x, self.y, self.d, self.h = x, y, d, h
+        whole = h * (y[:-1] + y[1:]) / 2 + h**2 * (d[:-1] - d[1:]) / 12  # each segment's integral
+        self._cumulative = np.concatenate([[0.0], np.cumsum(whole)])
+
+    def _antiderivative(self, t: float) -> float:
+        i = int(np.clip(np.searchsorted(self.x, t, side="right") - 1, 0, len(self.h) - 1))
+        h, s = self.h[i], (t - self.x[i]) / self.h[i]
+        y0, y1, d0, d1 = self.y[i], self.y[i + 1], self.d[i], self.d[i + 1]
+        part = (y0 * (s - s**3 + s**4 / 2) + h * d0 * (s**2 / 2 - 2 * s**3 / 3 + s**4 / 4)
+                + y1 * (s**3 - s**4 / 2) + h * d1 * (s**4 / 4 - s**3 / 3))
+        return self._cumulative[i] + h * part
+
+    def integrate(self, a: float, b: float) -> float:
+        return self._antiderivative(b) - self._antiderivative(a)
 
 
 def _bd_rate(rate_anchor, score_anchor, rate_test, score_test, min_overlap: float, min_points: int = MIN_POINTS) -> tuple[float, dict[str, int]]:

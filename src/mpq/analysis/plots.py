@@ -4,7 +4,8 @@ joined to ``conditions``: ``score_low``/``score_high``, ``<column>_low``/``<colu
 
 A codec's sweep of settings is one line; a point coded at a requested rate (a condition
 whose rows carry ``target_bpp`` or ``target_kbps``: ``at_target``) is a condition of
-another kind, drawn apart with its own marker and not joined to the sweep.
+another kind, drawn apart with its own marker and not joined to the sweep. Conditions a
+pipeline check flagged (random weights) are drawn hollow and dotted, labelled so.
 
 Figures are built with matplotlib's object API (``Figure``, rendered by Agg), so nothing
 touches pyplot's global state or needs a display; in a notebook, a returned figure shows
@@ -22,8 +23,9 @@ from matplotlib.figure import Figure
 
 from mpq.analysis.bdrate import TARGETS
 from mpq.analysis.paired import condition_intervals
-from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, conditions, load, lower_better, too_few
+from mpq.analysis.tables import MIN_SAMPLES, conditions, flagged, load, lower_better, too_few
 from mpq.results import BASELINE
+from mpq.summary import CONDITION
 
 RATE_LABELS = {"bpp": "rate (bits per pixel, bpp)", "bps": "rate (bits per sample, bps)", "kbps": "rate (kbit/s)",
                "bits": "size (bits per sample)"}
@@ -69,6 +71,8 @@ def _interval_note(fig: Figure, sel: pl.DataFrame) -> None:
     """Says what the bars are, or why there are none."""
     if _has_intervals(sel):
         text = "bars: bootstrap 95 % intervals over sample ids"
+    elif sel["flagged"].all():
+        text = "no intervals: every row is from a pipeline check (random weights)"
     elif "samples" in sel.columns and sel["samples"].max() is not None and sel["samples"].max() < MIN_SAMPLES:
         text = f"no intervals: {too_few(int(sel['samples'].max()))}"
     else:
@@ -80,7 +84,8 @@ def _baseline(ax, sel: pl.DataFrame) -> None:
     base = sel.filter(pl.col("codec") == BASELINE).drop_nulls("score")
     if base.height:
         y = base["score"][0]
-        ax.axhline(y, color="black", linestyle="--", linewidth=1, label="baseline (uncompressed)")
+        check = " (pipeline check: means nothing)" if base["flagged"][0] else ""
+        ax.axhline(y, color="black", linestyle="--", linewidth=1, label=f"baseline (uncompressed){check}")
         if "score_low" in base.columns and base["score_low"][0] is not None:
             ax.axhspan(base["score_low"][0], base["score_high"][0], color="black", alpha=0.08, linewidth=0)
 
@@ -89,9 +94,7 @@ def _select(conds: pl.DataFrame, dataset: str, task: str, score_name: str) -> pl
     sel = conds.filter((pl.col("dataset") == dataset) & (pl.col("task") == task) & (pl.col("score_name") == score_name))
     if sel.is_empty():
         raise ValueError(f"no conditions for dataset {dataset!r}, task {task!r}, score {score_name!r}")
-    if "at_target" not in sel.columns:
-        sel = sel.with_columns(at_target=pl.lit(False))
-    return sel
+    return sel.with_columns(*(pl.lit(False).alias(c) for c in ("at_target", "flagged") if c not in sel.columns))
 
 
 def _codecs(sel: pl.DataFrame):
@@ -114,11 +117,12 @@ def _draw(ax, conds: pl.DataFrame, x: str, annotate: bool) -> None:
     for i, (codec, g) in enumerate(_codecs(conds)):
         colour = f"C{i % 10}"
         order = next((c for c in ("bpp", "bps", "bits") if c in g.columns), x)  # joined in rate order
-        sweep = g.filter(~pl.col("at_target")).drop_nulls([x, "score"]).sort(order)
-        if sweep.height:
+        for marked, sweep in g.filter(~pl.col("at_target")).drop_nulls([x, "score"]).sort(order).group_by("flagged", maintain_order=True):
+            # A pipeline check's rows (random weights) mean nothing: hollow and dotted, and said.
+            check = {"markerfacecolor": "none", "linestyle": ":"} if marked[0] else {}
             ax.errorbar(sweep[x].to_numpy(), sweep["score"].to_numpy(), yerr=_err(sweep, "score", "score"), xerr=_err(sweep, x, x),
-                        marker="o", markersize=4, capsize=2, elinewidth=0.8, color=colour,
-                        label=f"{codec}, settings {_settings(sweep['setting'].to_list())}")
+                        marker="o", markersize=4, capsize=2, elinewidth=0.8, color=colour, **check,
+                        label=f"{codec}, settings {_settings(sweep['setting'].to_list())}" + (" (pipeline check: means nothing)" if marked[0] else ""))
             if annotate:
                 for px, py, s in zip(sweep[x], sweep["score"], sweep["setting"]):
                     ax.annotate(s, (px, py), textcoords="offset points", xytext=(3, 3), fontsize=6)
@@ -165,19 +169,27 @@ def metric_performance(conds: pl.DataFrame, dataset: str, task: str, score_name:
 
 
 def plot_conditions(results: str | pl.DataFrame, n_resamples: int = 1000, seed: int = 0, include_flagged: bool = False) -> pl.DataFrame:
-    """What the plots draw: ``conditions`` of the rows conclusions are drawn from (rows a
-    pipeline check flagged left out unless ``include_flagged``), with each mean's interval
-    (``paired.condition_intervals``; ``samples``: the dataset and task's sample count) and
-    ``at_target``: the condition's rows were coded at a requested rate."""
-    df = conclusive_rows(load(results), include_flagged)
+    """What the plots draw: ``conditions`` with each mean's interval
+    (``paired.condition_intervals``; ``samples``: the dataset and task's sample count),
+    ``at_target`` (the condition's rows were coded at a requested rate) and ``flagged``
+    (a pipeline check marked its rows: drawn hollow and dotted, without intervals, unless
+    ``include_flagged``)."""
+    df = load(results)
     conds = conditions(df).filter(pl.col("score_name").is_not_null())
     keys = ["dataset", "task", "codec", "setting", "score_name"]
-    intervals = condition_intervals(df, n_resamples=n_resamples, seed=seed, include_flagged=True).rename({"n": "samples"})
+    intervals = condition_intervals(df, n_resamples=n_resamples, seed=seed, include_flagged=include_flagged).rename({"n": "samples"})
     conds = conds.join(intervals, on=keys, how="left", nulls_equal=True)
-    targeted = [c for c in TARGETS if c in df.columns]
-    marked = df.filter(pl.any_horizontal(pl.col(c).is_not_null() for c in targeted)) if targeted else df.clear()
-    marked = marked.select("dataset", "task", "codec", "setting").unique().with_columns(at_target=pl.lit(True))
-    return conds.join(marked, on=["dataset", "task", "codec", "setting"], how="left", nulls_equal=True).with_columns(pl.col("at_target").fill_null(False))
+    targeted = [pl.col(c).is_not_null() for c in TARGETS if c in df.columns]
+    conds = conds.join(_marked(df, pl.any_horizontal(targeted) if targeted else pl.lit(False), "at_target"),
+                       on=CONDITION, how="left", nulls_equal=True)
+    flagged_rows = pl.lit(False) if include_flagged else flagged(df)
+    conds = conds.join(_marked(df, flagged_rows, "flagged"), on=CONDITION, how="left", nulls_equal=True)
+    return conds.with_columns(pl.col("at_target", "flagged").fill_null(False))
+
+
+def _marked(df: pl.DataFrame, where: pl.Expr, name: str) -> pl.DataFrame:
+    """The conditions with a row where ``where`` holds, marked True in column ``name``."""
+    return df.filter(where).select(CONDITION).unique().with_columns(pl.lit(True).alias(name))
 
 
 def png(fig: Figure, dpi: int = 110) -> bytes:

@@ -246,7 +246,7 @@ def write_report(
 
     left_out = flagged_summary(df)
     kept = "kept in the conclusions and figures as asked (--include-flagged)" if include_flagged else (
-        "left out of the ranking, correlations, equal-rate and BD-rate tables and the figures (the summary tables still show them)")
+        "left out of the ranking, correlations, equal-rate and BD-rate tables (the summary tables show them; the figures draw them hollow)")
     html_left_out = write_table(left_out, out, "left_out")
     if left_out.height:
         section("Rows with a pipeline check",
@@ -354,8 +354,8 @@ def write_report(
         "Per dataset: each task score against the mean rate (one line per codec over its settings; stars: rows coded at a "
         "requested rate, a condition of their own), then against each quality metric's mean. Bars: the tables' "
         f"{n_resamples}-resample bootstrap 95 % intervals over sample ids (none under {MIN_SAMPLES} samples: the figure says so). "
-        "The dashed line and band: the uncompressed baseline. Rows a pipeline check flagged are "
-        f"{'drawn, as asked (--include-flagged)' if include_flagged else 'not drawn'}. "
+        "The dashed line and band: the uncompressed baseline. Conditions a pipeline check flagged (random weights) are "
+        f"{'drawn as results, as asked (--include-flagged)' if include_flagged else 'drawn hollow and dotted, labelled so, without intervals'}. "
         "Each figure is also in plots/ as SVG and PDF."))
     for (dataset,), by_dataset in plotted.group_by(["dataset"], maintain_order=True):
         figures = []
