@@ -448,7 +448,7 @@ def assert_figures(plots):
         for fmt, magic in MAGIC.items():
             data = (plots / f"{stem}.{fmt}").read_bytes()
             assert data.startswith(magic), (stem, fmt)
-        assert b"<svg" in (plots / f"{stem}.svg").read_bytes()
+        assert b"<svg" in (plots / f"{stem}.svg").read_bytes() and b"<text" in (plots / f"{stem}.svg").read_bytes()  # text kept as text
 
 
 def booktabs(tex: str) -> tuple[int, list[list[str]]]:
