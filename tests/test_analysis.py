@@ -578,3 +578,19 @@ def test_bd_rate_pchip_integrates_as_scipys(points):
         ref = PchipInterpolator(x, y)
         assert Pchip(x, y).integrate(a, b) == pytest.approx(ref.integrate(a, b), rel=1e-10, abs=1e-12)
         assert Pchip(x, y).integrate(x[0], x[-1]) == pytest.approx(ref.integrate(x[0], x[-1]), rel=1e-10, abs=1e-12)
+
+
+def test_report_page_has_contents_and_folds_long_tables(tmp_path):
+    from mpq.analysis.report import FOLD_ROWS, write_table
+
+    long = pl.DataFrame({"codec": [f"c{i}" for i in range(FOLD_ROWS + 1)], "score": np.linspace(0, 1, FOLD_ROWS + 1)})
+    folded, short = str(write_table(long, tmp_path, "long")), str(write_table(long.head(FOLD_ROWS), tmp_path, "short"))
+    assert folded.startswith("<details>") and f"{FOLD_ROWS + 1} rows (long.csv)" in folded and "c25" in folded
+    assert "<details" not in short and "c24" in short
+    assert pl.read_csv(tmp_path / "long.csv").equals(long)
+    two = pl.concat([results_frame(samples=10), results_frame(samples=10, seed=1).with_columns(dataset=pl.lit("e"))])
+    page = analysis.write_report(two, tmp_path / "rep", n_resamples=0).read_text()
+    nav = page[page.index("<nav>") : page.index("</nav>")]
+    for heading in ("Answers", "At equal rate", "Run", "Figures: d", "Figures: e"):
+        assert f">{heading}</a>" in nav, heading
+    assert 'href="#s_figures-e"' in nav and 'id="s_figures-e"' in page
