@@ -3,7 +3,7 @@ set, and the bootstrap of split-level scores from per-sample sums against recomp
 ``Task.aggregate`` on every resample's rows (the baseline), measured in the same run.
 
     uv run python bench/report.py                  # 100,000 rows, 1,000 resamples
-    uv run python bench/report.py --rows 20000 --resamples 200
+    uv run python bench/report.py --rows 20000 --resamples 200 --stages   # and each part's time
 
 The results: 5 datasets (4 classified, 1 segmented with 150 classes, like ADE20k) × 10
 codecs × 8 settings and the baseline, PSNR and LPIPS, one task each; the samples per
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--baseline-resamples", type=int, default=10)
+    parser.add_argument("--stages", action="store_true", help="also time each part of the report on its own")
     args = parser.parse_args()
     df = results(args.rows)
     print(f"{df.height:,} rows, {df['sample_id'].n_unique()} samples a dataset, 5 datasets × {len(CODECS)} codecs × {len(SETTINGS)} settings")
@@ -97,6 +98,13 @@ def main() -> None:
           f"per-sample sums {fast:.1f} s ({slow / fast:.0f}x)")
     print(f"  at {args.resamples} resamples: sums {fast_full:.1f} s; the aggregate path extrapolated {per * args.resamples / 60:.1f} min")
 
+    if args.stages:  # where the time goes: each part of the report on its own
+        from mpq import analysis
+
+        for name, fn in (("correlations", analysis.correlations), ("metric ranking", analysis.metric_ranking),
+                         ("equal rate", analysis.equal_rate), ("BD-rate", analysis.bd_rates), ("plot intervals", analysis.plot_conditions)):
+            _, took = timed(lambda fn=fn: fn(df, n_resamples=args.resamples, seed=0))
+            print(f"  {name}: {took:.1f} s")
     with tempfile.TemporaryDirectory() as out:
         path, wall = timed(lambda: write_report(df, out, n_resamples=args.resamples, seed=0))
         size = path.stat().st_size
