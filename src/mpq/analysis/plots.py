@@ -21,6 +21,7 @@ import matplotlib
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from mpq.analysis.bdrate import TARGETS
 from mpq.analysis.paired import condition_intervals
@@ -142,6 +143,8 @@ def rate_performance(conds: pl.DataFrame, dataset: str, task: str, score_name: s
     _draw(ax, sel, rate, annotate=sel.height <= _ANNOTATE_UP_TO)
     _baseline(ax, sel)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.3, not 3×10⁻¹
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))  # 0.2, 0.5: no crowding
     ax.set_xlabel(RATE_LABELS.get(rate, rate))
     ax.set_ylabel(score_label(score_name))
     ax.set_title(f"{dataset} · {task}: {score_name} vs rate", fontsize=10)
