@@ -259,7 +259,6 @@ def compare(
     return out.with_columns(p_holm=pl.Series(holm(out["p"].to_numpy()), dtype=pl.Float64, nan_to_null=True))
 
 
-
 def condition_intervals(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95,
                         min_samples: int = MIN_SAMPLES, include_flagged: bool = False) -> pl.DataFrame:
     """Percentile bootstrap intervals of what a plot draws per condition: each split-level

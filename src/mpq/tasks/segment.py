@@ -199,7 +199,8 @@ class Segment(Task):
     @classmethod
     def sums(cls, rows):
         counted = rows["intersection"].is_not_null().to_numpy() if "intersection" in rows.columns else np.zeros(rows.height, bool)
-        def counts(column):
+
+        def counts(column):  # per-class counts, a row of zeros where a row has none
             if not counted.any():
                 return np.zeros((rows.height, 1))
             filled = rows[column].to_list()
