@@ -41,13 +41,14 @@ best = (
 best
 
 # %% [markdown]
-# Task score against each metric, one point per codec setting.
+# Task score against each metric, one line per codec over its settings, with bootstrap intervals.
 
 # %%
-conds = analysis.conditions(df).filter(pl.col("score_name").is_not_null())
+conds = analysis.plot_conditions(df, n_resamples=resamples, seed=0)
 metrics = analysis.metric_columns(df)
 figures = {
-    key: analysis.metric_performance(conds, *key, metrics)
+    (*key, metric): analysis.metric_performance(conds, *key, metric)
     for key in conds.select("dataset", "task", "score_name").unique(maintain_order=True).iter_rows()
+    for metric in metrics
 }
 print(f"{len(figures)} metric–performance figure(s)")

@@ -26,7 +26,7 @@ figures = Path(os.environ.get("MPQ_FIGURES", "out/figures"))
 resamples = int(os.environ.get("MPQ_RESAMPLES", "1000"))
 figures.mkdir(parents=True, exist_ok=True)
 df = analysis.load(results)
-conds = analysis.conditions(df).filter(pl.col("score_name").is_not_null())
+conds = analysis.plot_conditions(df, n_resamples=resamples, seed=0)  # with bootstrap intervals
 
 # %%
 for dataset, task, score_name in conds.select("dataset", "task", "score_name").unique(maintain_order=True).iter_rows():

@@ -235,23 +235,26 @@ def stop(job_id: str, address: Annotated[Optional[str], typer.Option(help=ADDRES
 
 @app.command()
 def report(
-    output: Annotated[str, typer.Argument(help="a job's output folder or URI (the one holding results/)")],
-    to: Annotated[Optional[Path], typer.Option("--to", help="where to write the report (default: OUTPUT/report)")] = None,
+    outputs: Annotated[list[str], typer.Argument(help="a job's output folder or URI (the one holding results/); several: one report comparing them")],
+    to: Annotated[Optional[Path], typer.Option("--to", help="where to write the report (default: OUTPUT/report for one output; needed for several)")] = None,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the intervals and Monte Carlo permutations for the tests (0: none)")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     min_settings: Annotated[int, typer.Option(help="settings a codec needs for BD-rate")] = 4,
     target: Annotated[Optional[list[float]], typer.Option(help="a rate for the equal-rate section, in bpp (images) or kbps (audio); repeat it (default: three per dataset)")] = None,
-    include_flagged: Annotated[bool, typer.Option(help="keep rows a pipeline check flagged (random weights) in the conclusions")] = False,
+    include_flagged: Annotated[bool, typer.Option(help="keep rows a pipeline check flagged (random weights) in the conclusions and figures")] = False,
 ) -> None:
     """The metric ranking, codecs at equal rate, summary tables, metric↔task correlations,
-    machine BD-rate and plots, as Markdown, CSV, PNG and one self-contained HTML file."""
+    machine BD-rate and figures, as CSV, Markdown, LaTeX, PNG/SVG/PDF and one self-contained
+    HTML file. Several outputs make one report, each row marked with its output."""
     from mpq.analysis import write_report
 
-    if to is None and "://" in output:
-        _fail(f"{output} is remote: name a local folder for the report with --to")
+    if to is None and len(outputs) > 1:
+        _fail("several outputs: name a folder for the report with --to")
+    if to is None and "://" in outputs[0]:
+        _fail(f"{outputs[0]} is remote: name a local folder for the report with --to")
     try:
-        path = write_report(output, to or Path(output) / "report", n_resamples=resamples, seed=seed, min_settings=min_settings, targets=target or None,
-                            include_flagged=include_flagged)
+        path = write_report(outputs[0] if len(outputs) == 1 else outputs, to or Path(outputs[0]) / "report", n_resamples=resamples, seed=seed,
+                            min_settings=min_settings, targets=target or None, include_flagged=include_flagged)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"report: {path}")
