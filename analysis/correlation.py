@@ -21,10 +21,12 @@ from mpq import analysis
 
 results = os.environ.get("MPQ_RESULTS", "out/smoke")
 resamples = int(os.environ.get("MPQ_RESAMPLES", "1000"))
+# rows of components with random weights (pipeline checks) stay out of conclusions unless asked for
+flagged = os.environ.get("MPQ_INCLUDE_FLAGGED") == "1"
 df = analysis.load(results)
 
 # %%
-corr = analysis.correlations(df, n_resamples=resamples, seed=0)
+corr = analysis.correlations(df, n_resamples=resamples, seed=0, include_flagged=flagged)
 print(analysis.to_markdown(analysis.correlation_display(corr)))
 
 # %% [markdown]
@@ -44,7 +46,7 @@ best
 # Task score against each metric, one line per codec over its settings, with bootstrap intervals.
 
 # %%
-conds = analysis.plot_conditions(df, n_resamples=resamples, seed=0)
+conds = analysis.plot_conditions(df, n_resamples=resamples, seed=0, include_flagged=flagged)
 metrics = analysis.metric_columns(df)
 figures = {
     (*key, metric): analysis.metric_performance(conds, *key, metric)
