@@ -21,10 +21,12 @@ from mpq import analysis
 
 results = os.environ.get("MPQ_RESULTS", "out/smoke")
 resamples = int(os.environ.get("MPQ_RESAMPLES", "1000"))
+# rows of components with random weights (pipeline checks) stay out of conclusions unless asked for
+flagged = os.environ.get("MPQ_INCLUDE_FLAGGED") == "1"
 df = analysis.load(results)
 
 # %%
-corr = analysis.correlations(df, n_resamples=resamples, seed=0)
+corr = analysis.correlations(df, n_resamples=resamples, seed=0, include_flagged=flagged)
 print(analysis.to_markdown(analysis.correlation_display(corr)))
 
 # %% [markdown]
@@ -41,13 +43,14 @@ best = (
 best
 
 # %% [markdown]
-# Task score against each metric, one point per codec setting.
+# Task score against each metric, one line per codec over its settings, with bootstrap intervals.
 
 # %%
-conds = analysis.conditions(df).filter(pl.col("score_name").is_not_null())
+conds = analysis.plot_conditions(df, n_resamples=resamples, seed=0, include_flagged=flagged)
 metrics = analysis.metric_columns(df)
 figures = {
-    key: analysis.metric_performance(conds, *key, metrics)
+    (*key, metric): analysis.metric_performance(conds, *key, metric)
     for key in conds.select("dataset", "task", "score_name").unique(maintain_order=True).iter_rows()
+    for metric in metrics
 }
 print(f"{len(figures)} metric–performance figure(s)")

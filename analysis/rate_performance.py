@@ -24,9 +24,11 @@ from mpq import analysis
 results = os.environ.get("MPQ_RESULTS", "out/smoke")
 figures = Path(os.environ.get("MPQ_FIGURES", "out/figures"))
 resamples = int(os.environ.get("MPQ_RESAMPLES", "1000"))
+# rows of components with random weights (pipeline checks) stay out of conclusions unless asked for
+flagged = os.environ.get("MPQ_INCLUDE_FLAGGED") == "1"
 figures.mkdir(parents=True, exist_ok=True)
 df = analysis.load(results)
-conds = analysis.conditions(df).filter(pl.col("score_name").is_not_null())
+conds = analysis.plot_conditions(df, n_resamples=resamples, seed=0, include_flagged=flagged)  # with bootstrap intervals
 
 # %%
 for dataset, task, score_name in conds.select("dataset", "task", "score_name").unique(maintain_order=True).iter_rows():
@@ -41,7 +43,7 @@ print(sorted(p.name for p in figures.glob("rate_*.png")))
 # ranges overlap over less than half the narrower range has no value, and `note` says why.
 
 # %%
-bd = analysis.bd_rates(df, min_settings=4, n_resamples=resamples, seed=0)
+bd = analysis.bd_rates(df, min_settings=4, n_resamples=resamples, seed=0, include_flagged=flagged)
 print(analysis.to_markdown(bd))
 
 # %% [markdown]

@@ -24,6 +24,8 @@ from mpq import analysis
 
 results = os.environ.get("MPQ_RESULTS", "out/smoke")
 resamples = int(os.environ.get("MPQ_RESAMPLES", "1000"))
+# rows of components with random weights (pipeline checks) stay out of conclusions unless asked for
+flagged = os.environ.get("MPQ_INCLUDE_FLAGGED") == "1"
 targets = [float(t) for t in os.environ["MPQ_TARGETS"].split(",")] if os.environ.get("MPQ_TARGETS") else None
 df = analysis.load(results)
 
@@ -34,7 +36,7 @@ df = analysis.load(results)
 # best is tested against the second (paired bootstrap of the |rho| difference).
 
 # %%
-ranking = analysis.metric_ranking(df, n_resamples=resamples, seed=0)
+ranking = analysis.metric_ranking(df, n_resamples=resamples, seed=0, include_flagged=flagged)
 print(analysis.to_markdown(analysis.ranking_display(ranking)))
 
 # %% [markdown]
@@ -44,7 +46,7 @@ print(analysis.to_markdown(analysis.ranking_display(ranking)))
 # or the rows' own target), its task score, and its difference from the best codec there.
 
 # %%
-at_rate = analysis.equal_rate(df, targets=targets, n_resamples=resamples, seed=0)
+at_rate = analysis.equal_rate(df, targets=targets, n_resamples=resamples, seed=0, include_flagged=flagged)
 print(analysis.to_markdown(analysis.equal_rate_display(at_rate)))
 
 # %% [markdown]
@@ -60,5 +62,5 @@ worse
 # Does a setting change the task score, on the same samples?
 
 # %%
-vs_baseline = analysis.compare(df, n_resamples=resamples, seed=0)
+vs_baseline = analysis.compare(df, n_resamples=resamples, seed=0, include_flagged=flagged)
 vs_baseline.select("dataset", "task", "score_name", "b", "n", "difference", "difference_low", "difference_high", "test", "p_holm")

@@ -32,14 +32,16 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The README's first command, `mpq-ray run jobs/smoke.yaml` (the Ray engine), all of it,
-    run once for the session on a machine that has written no model yet (its own empty mpq
-    cache): test_realstudy checks its science, test_cli its report and a second run. The
-    smoke job is the suite's most expensive run; one run serves them all."""
+    """The README's first command, `mpq-ray run jobs/smoke.yaml`, on the Ray engine (the suite's
+    one Ray run of the whole job; `auto` picks serial on a small machine), all of it, run once
+    for the session on a machine that has written no model yet (its own empty mpq cache):
+    test_realstudy checks its science, test_cli its report and a second run. The smoke job is
+    the suite's most expensive run; one run serves them all."""
     tmp = tmp_path_factory.mktemp("smoke")
     out = tmp / "out"
     env = {**os.environ, "MPQ_CACHE": str(tmp / "cache")}
-    res = subprocess.run([sys.executable, "-m", "mpq.cli", "run", "jobs/smoke.yaml", "--output", str(out), "--no-progress"],
+    res = subprocess.run([sys.executable, "-m", "mpq.cli", "run", "jobs/smoke.yaml", "--output", str(out), "--no-progress",
+                          "--engine", "ray"],
                          cwd=ROOT, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res

@@ -198,18 +198,20 @@ def pipeline_results(tmp_path_factory):
 @pytest.mark.slow
 def test_report_command_writes_tables_plots_and_one_portable_html(pipeline_results, tmp_path):
     to = tmp_path / "report"
-    result = CliRunner().invoke(app, ["report", str(pipeline_results), "--to", str(to), "--resamples", "200"])
+    # The tiny classifier has random weights (a pipeline check): kept, to check the wiring end to end.
+    result = CliRunner().invoke(app, ["report", str(pipeline_results), "--to", str(to), "--resamples", "200", "--include-flagged"])
     assert result.exit_code == 0, result.output
     assert (to / "report.html").is_file()
     for name in ("summary_image.md", "summary_image.csv", "conditions.csv", "correlations.csv", "correlations.md", "bd_rate.csv", "bd_rate.md",
                  "metric_ranking.csv", "metric_ranking.md", "equal_rate.csv", "equal_rate.md"):
         assert (to / name).is_file(), name
     pngs = sorted((to / "plots").glob("*.png"))
-    assert [p.name for p in pngs] == [  # accuracy and the label-free agreement
-        "metrics_synthetic_classify_accuracy.png", "metrics_synthetic_classify_agreement.png",
+    assert [p.name for p in pngs] == [  # accuracy and the label-free agreement, against rate and each metric
+        "metric_lpips_synthetic_classify_accuracy.png", "metric_lpips_synthetic_classify_agreement.png",
+        "metric_psnr_synthetic_classify_accuracy.png", "metric_psnr_synthetic_classify_agreement.png",
         "rate_synthetic_classify_accuracy.png", "rate_synthetic_classify_agreement.png",
     ]
-    assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+    assert_figures(to / "plots")
 
     rows = read_results(str(pipeline_results))
     table = pl.read_csv(to / "summary_image.csv")
@@ -223,8 +225,9 @@ def test_report_command_writes_tables_plots_and_one_portable_html(pipeline_resul
     assert bpp == pytest.approx((webp90["bits"] / (webp90["width"] * webp90["height"])).mean())
 
     corr = pl.read_csv(to / "correlations.csv")
-    assert corr.group_by("level").len().sort("level").rows() == [("conditions", 6), ("samples", 3)]  # × accuracy, agreement
-    assert corr.filter(pl.col("level") == "samples")["n"].to_list() == [24, 24, 24]
+    # bpp, psnr, lpips × (accuracy, agreement) across conditions, × (score, agreement) across samples
+    assert corr.group_by("level").len().sort("level").rows() == [("conditions", 6), ("samples", 6)]
+    assert corr.filter(pl.col("level") == "samples")["n"].to_list() == [24] * 6
     bd = pl.read_csv(to / "bd_rate.csv")
     assert bd.select("anchor", "test").rows() == [("jpeg", "webp")] * 2  # accuracy and agreement
     assert bd["bd_rate"][0] is not None or bd["note"][0]
@@ -234,7 +237,7 @@ def test_report_command_writes_tables_plots_and_one_portable_html(pipeline_resul
     assert 'src="http' not in page and "<link" not in page  # nothing outside the file
     eq = pl.read_csv(to / "equal_rate.csv")
     assert set(eq["codec"]) == {"jpeg", "webp"} and eq.filter(pl.col("best")).height == eq.select("target", "score_name").n_unique()
-    for text in ("<th>jpeg 5</th>", "<th>baseline</th>", "across conditions", "across samples", "Machine BD-rate", "At equal rate",
+    for text in (">jpeg 5</th>", ">baseline</th>", "across conditions", "across samples", "Machine BD-rate", "At equal rate",
                  "Which quality metric predicts the task best",
                  f"{psnr:.4g}", "tiny random classifier: accuracy means nothing"):
         assert text in page, text
@@ -246,20 +249,23 @@ def test_notebooks_run_top_to_bottom(notebook, pipeline_results, tmp_path, monke
     monkeypatch.setenv("MPQ_RESULTS", str(pipeline_results))
     monkeypatch.setenv("MPQ_RESAMPLES", "100")
     monkeypatch.setenv("MPQ_FIGURES", str(tmp_path))
+    monkeypatch.setenv("MPQ_INCLUDE_FLAGGED", "1")  # the pipeline's tiny classifier has random weights
     ns = runpy.run_path(str(ROOT / "analysis" / notebook), run_name="__main__")
     if notebook == "summary.py":
         # 9 conditions' accuracy and 8 coded ones' agreement (none on the baseline)
         assert list(ns["tables"]) == ["image"] and ns["conds"].height == 9 + 8
     elif notebook == "correlation.py":
-        assert ns["corr"].height == 6 + 3 and len(ns["figures"]) == 2  # conditions and figures: × accuracy, agreement
+        # 6 across conditions, 6 across samples (score and agreement × bpp, psnr, lpips); figures: (accuracy, agreement) × (psnr, lpips)
+        assert ns["corr"].height == 6 + 6 and len(ns["figures"]) == 4
     elif notebook == "rate_performance.py":
         assert (tmp_path / "rate_synthetic_classify_accuracy.png").is_file()
         assert ns["bd"].height == 2  # accuracy and agreement
     else:
-        # The tiny random classifier is wrong on every image: no metric predicts a constant score.
-        assert set(ns["ranking"]["metric"]) == {"psnr", "lpips"} and ns["ranking"]["rank"].null_count() == 2
+        # The tiny random classifier is wrong on every image (no metric predicts a constant score), and
+        # its agreement is ranked on too few samples.
+        assert set(ns["ranking"]["metric"]) == {"psnr", "lpips"} and ns["ranking"]["rank"].null_count() == ns["ranking"].height == 4
         assert set(ns["at_rate"]["codec"]) == {"jpeg", "webp"} and ns["at_rate"]["target"].n_unique() == 3
-        assert ns["vs_baseline"].height == 8 and set(ns["vs_baseline"]["test"]) == {"McNemar exact"}
+        assert ns["vs_baseline"].height == 8 and set(ns["vs_baseline"]["test"]) == {"too few samples (n = 3)"}  # 3 images
 
 
 def test_report_on_a_folder_without_results_fails_with_a_clear_message(tmp_path):
@@ -430,3 +436,164 @@ def test_report_says_how_many_non_finite_values_were_left_out(tmp_path):
     two_tasks = pl.concat([inf_frame(), inf_frame().with_columns(pl.lit("t2").alias("task"))])  # a metric's value repeats per task
     assert "psnr: 2 non-finite values" in analysis.write_report(two_tasks, tmp_path / "two", n_resamples=0).read_text()
     assert "resamples sample ids" in page
+
+
+# --- the report for a paper: intervals, formats, several outputs -------------------------
+
+MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-", "svg": b"<?xml"}
+
+
+def assert_figures(plots):
+    """Every figure as PNG, SVG and PDF, each a file of its format."""
+    stems = {p.stem for p in plots.iterdir()}
+    assert stems
+    for stem in stems:
+        for fmt, magic in MAGIC.items():
+            data = (plots / f"{stem}.{fmt}").read_bytes()
+            assert data.startswith(magic), (stem, fmt)
+        assert b"<svg" in (plots / f"{stem}.svg").read_bytes() and b"<text" in (plots / f"{stem}.svg").read_bytes()  # text kept as text
+
+
+def booktabs(tex: str) -> tuple[int, list[list[str]]]:
+    """Columns declared and cell rows of a booktabs tabular: header, then body rows."""
+    import re
+
+    assert tex.count("\\toprule") == 1 and tex.count("\\midrule") == 1 and tex.count("\\bottomrule") == 1
+    spec = re.search(r"\\begin\{tabular\*?\}(?:\{\\linewidth\})?\{(?:@\{[^}]*\{[^}]*\}\})?([lcr]+)\}", tex).group(1)
+    head = tex[tex.index("\\toprule") + 8 : tex.index("\\midrule")]
+    body = tex[tex.index("\\midrule") : tex.index("\\bottomrule")].split("\n", 1)[1]
+    rows = [r for r in (head, *body.split("\\\\")) if r.strip()]
+    return len(spec), [[c.strip() for c in re.split(r"(?<!\\)&", r)] for r in rows]
+
+
+def test_report_figures_in_three_formats_and_tables_as_booktabs_latex(tmp_path):
+    import shutil
+    import subprocess
+
+    analysis.write_report(results_frame(samples=14), tmp_path, n_resamples=50)
+    assert_figures(tmp_path / "plots")
+    assert {p.name for p in (tmp_path / "plots").glob("*.pdf")} == {
+        "rate_d_t_accuracy.pdf", "metric_psnr_d_t_accuracy.pdf", "metric_lpips_d_t_accuracy.pdf"}
+    for name in ("summary_other", "metric_ranking", "equal_rate", "bd_rate", "runs", "correlations_samples"):
+        md = (tmp_path / f"{name}.md").read_text().splitlines()
+        columns, rows = booktabs((tmp_path / f"{name}.tex").read_text())
+        assert columns == md[1].count("|") - 1 and all(len(r) == columns for r in rows), name  # the rule: one |---| a column
+        assert len(rows) == len(md) - 1, name  # the header and every row of the Markdown table
+    summary = pl.read_csv(tmp_path / "summary_other.csv")
+    _, rows = booktabs((tmp_path / "summary_other.tex").read_text())
+    psnr = next(r for r in rows if r[0] == "psnr")
+    assert psnr[2] == ""  # the baseline has no PSNR: an empty cell
+    assert float(psnr[3]) == pytest.approx(summary.filter(pl.col("measure") == "psnr")["a 2"][0], rel=1e-3)
+    if shutil.which("pdflatex"):  # where a TeX engine exists, the table compiles
+        doc = tmp_path / "t.tex"
+        doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\\input{bd_rate.tex}\\end{document}")
+        subprocess.run(["pdflatex", "-interaction=nonstopmode", doc.name], cwd=tmp_path, check=True, capture_output=True)
+
+
+def targeted_frame(samples=14):
+    """Two codecs' sweeps, and codec a also coded at a target rate (its own rows)."""
+    df = results_frame(samples=samples)
+    at = df.filter((pl.col("codec") == "a") & (pl.col("setting") == "10")).with_columns(setting=pl.lit("bpp<=0.7"), target_bpp=pl.lit(0.7))
+    return pl.concat([df, at], how="diagonal_relaxed")
+
+
+def test_plotted_means_carry_the_tables_bootstrap_interval_and_targets_stand_apart():
+    from mpq.analysis.paired import joint_bootstrap, percentile_interval
+    from mpq.analysis.tables import COLUMN_LABEL
+
+    df = targeted_frame()
+    conds = analysis.plot_conditions(df, n_resamples=80, seed=3)
+    row = conds.filter((pl.col("codec") == "b") & (pl.col("setting") == "5")).row(0, named=True)
+    _, boot = joint_bootstrap(df.with_columns(COLUMN_LABEL.alias("_c")), n_resamples=80, seed=3)
+    assert (row["score_low"], row["score_high"]) == pytest.approx(percentile_interval(boot["b 5"]["accuracy"]))
+    ids, draws = sorted(df["sample_id"].unique()), np.random.default_rng(3).integers(0, 14, size=(80, 14))
+    psnr = df.filter((pl.col("codec") == "b") & (pl.col("setting") == "5")).sort("sample_id")["psnr"].to_numpy()
+    assert len(ids) == 14 and (row["psnr_low"], row["psnr_high"]) == pytest.approx(percentile_interval(psnr[draws].mean(1)))
+    assert conds.filter(pl.col("at_target"))["setting"].unique().to_list() == ["bpp<=0.7"]
+
+    fig = analysis.rate_performance(conds, "d", "t", "accuracy", "bpp")
+    (ax,) = fig.axes
+    drawn = {c.get_label(): c.lines[0] for c in ax.containers}  # each errorbar's data line, by legend label
+    assert set(drawn) == {"a, settings 2–60", "b, settings 1–40", "a at bpp<=0.7"}
+    star = drawn["a at bpp<=0.7"]
+    assert star.get_marker() == "*" and star.get_linestyle() == "None"  # not joined to a curve
+    assert len(drawn["a, settings 2–60"].get_xdata()) == 4  # the four settings only
+    assert ax.get_xlabel() == "rate (bits per pixel, bpp)" and ax.get_ylabel() == "accuracy (fraction, 0–1)"
+    assert any("bootstrap 95 % intervals" in t.get_text() for t in fig.texts)
+
+
+def test_plots_say_when_there_are_too_few_samples_and_mark_flagged_rows():
+    df = results_frame(samples=6).with_columns(
+        pipeline_check=pl.when(pl.col("codec") == "b").then(pl.lit("random weights")).otherwise(None))
+    conds = analysis.plot_conditions(df, n_resamples=50)
+    assert conds.filter(pl.col("flagged"))["codec"].unique().to_list() == ["b"] and conds["score_low"].null_count() == conds.height
+    fig = analysis.rate_performance(conds, "d", "t", "accuracy", "bpp")
+    assert any(t.get_text() == "no intervals: too few samples (n = 6)" for t in fig.texts)
+    drawn = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}
+    assert set(drawn) == {"a, settings 2–60", "b, settings 1–40 (pipeline check: means nothing)"}
+    assert drawn["b, settings 1–40 (pipeline check: means nothing)"].get_markerfacecolor() == "none"
+    assert drawn["a, settings 2–60"].get_markerfacecolor() != "none"
+    assert not analysis.plot_conditions(df, n_resamples=0, include_flagged=True)["flagged"].any()
+
+    many = results_frame(samples=12).with_columns(pipeline_check=pl.when(pl.col("codec") == "b").then(pl.lit("random")).otherwise(None))
+    conds = analysis.plot_conditions(many, n_resamples=50)
+    assert conds.filter(pl.col("flagged"))["score_low"].null_count() == conds.filter(pl.col("flagged")).height  # no interval
+    assert conds.filter(~pl.col("flagged") & (pl.col("codec") == "a"))["score_low"].null_count() == 0
+
+
+def write_output(frame: pl.DataFrame, folder, version: str):
+    from mpq.results import ResultStore
+
+    ResultStore(str(folder)).write(frame.with_columns(mpq_version=pl.lit(version), run_id=pl.lit(f"run-{version}")).to_arrow())
+    return folder
+
+
+def test_report_of_several_outputs_keeps_each_runs_provenance_and_datasets_apart(tmp_path):
+    a = write_output(results_frame(samples=12, seed=1).with_columns(model=pl.lit("m1")), tmp_path / "out_a", "0.2.0")
+    b = write_output(results_frame(samples=12, seed=2).with_columns(model=pl.lit("m2")), tmp_path / "out_b", "0.2.1")
+    result = CliRunner().invoke(app, ["report", str(a), str(b), "--to", str(tmp_path / "rep"), "--resamples", "30"])
+    assert result.exit_code == 0, result.output
+    runs = pl.read_csv(tmp_path / "rep" / "runs.csv")
+    assert runs.select("output", "rows", "mpq versions", "models", "datasets").rows() == [
+        ("out_a", 12 * 9, "0.2.0", "m1", "d (out_a)"), ("out_b", 12 * 9, "0.2.1", "m2", "d (out_b)")]
+    summary = pl.read_csv(tmp_path / "rep" / "summary_other.csv")
+    assert set(summary["dataset"]) == {"d (out_a)", "d (out_b)"}  # the same dataset name: not pooled
+    one = results_frame(samples=12, seed=1)
+    acc = summary.filter((pl.col("measure") == "accuracy") & (pl.col("dataset") == "d (out_a)"))["a 2"][0]
+    assert acc == pytest.approx(one.filter((pl.col("codec") == "a") & (pl.col("setting") == "2"))["correct"].mean())
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "Figures: d (out_a)" in page and "Figures: d (out_b)" in page
+    assert CliRunner().invoke(app, ["report", str(a), str(b)]).exit_code != 0  # several outputs need --to
+
+
+@pytest.mark.parametrize("points", [2, 3, 4, 6, 9])
+def test_bd_rate_pchip_integrates_as_scipys(points):
+    from scipy.interpolate import PchipInterpolator
+
+    from mpq.analysis.bdrate import Pchip
+
+    rng = np.random.default_rng(points)
+    for _ in range(200):
+        x = np.sort(rng.choice(np.linspace(0, 1, 50), size=points, replace=False))
+        y = rng.normal(size=points) if rng.random() < 0.5 else np.cumsum(rng.random(points))  # wiggly or monotone
+        y[rng.random(points) < 0.2] = y[0]  # flat stretches: zero slopes
+        a, b = np.sort(rng.uniform(x[0], x[-1], size=2))
+        ref = PchipInterpolator(x, y)
+        assert Pchip(x, y).integrate(a, b) == pytest.approx(ref.integrate(a, b), rel=1e-10, abs=1e-12)
+        assert Pchip(x, y).integrate(x[0], x[-1]) == pytest.approx(ref.integrate(x[0], x[-1]), rel=1e-10, abs=1e-12)
+
+
+def test_report_page_has_contents_and_folds_long_tables(tmp_path):
+    from mpq.analysis.report import FOLD_ROWS, write_table
+
+    long = pl.DataFrame({"codec": [f"c{i}" for i in range(FOLD_ROWS + 1)], "score": np.linspace(0, 1, FOLD_ROWS + 1)})
+    folded, short = str(write_table(long, tmp_path, "long")), str(write_table(long.head(FOLD_ROWS), tmp_path, "short"))
+    assert folded.startswith("<details>") and f"{FOLD_ROWS + 1} rows (long.csv)" in folded and "c25" in folded
+    assert "<details" not in short and "c24" in short
+    assert pl.read_csv(tmp_path / "long.csv").equals(long)
+    two = pl.concat([results_frame(samples=10), results_frame(samples=10, seed=1).with_columns(dataset=pl.lit("e"))])
+    page = analysis.write_report(two, tmp_path / "rep", n_resamples=0).read_text()
+    nav = page[page.index("<nav>") : page.index("</nav>")]
+    for heading in ("Answers", "At equal rate", "Run", "Figures: d", "Figures: e"):
+        assert f">{heading}</a>" in nav, heading
+    assert 'href="#s_figures-e"' in nav and 'id="s_figures-e"' in page

@@ -4,7 +4,7 @@ import sys
 
 import polars as pl
 import pytest
-from conftest import ROOT
+from conftest import ROOT, rows_on_disk
 
 from mpq.summary import read_results
 
@@ -82,7 +82,8 @@ def test_offline_hub_model_fails_naming_the_model(tmp_path):
 @pytest.mark.slow
 def test_smoke_job_end_to_end_and_second_run_adds_nothing(smoke_run):
     """The default job through the CLI and the Ray engine, all of it: the session's one run
-    (tests/conftest.py; tests/test_realstudy.py checks its science). Then the same command again."""
+    (tests/conftest.py; tests/test_realstudy.py checks its science). Then the same command again,
+    the engine left to `auto`."""
     out, first = smoke_run
     df = read_results(str(out))
     # images: (22 photos + 16 pages) × (baseline + 9 settings + 2 target rates); audio: (4 speech + 1 music) × (baseline + 5 settings)
@@ -90,11 +91,9 @@ def test_smoke_job_end_to_end_and_second_run_adds_nothing(smoke_run):
     at_target = df.filter(pl.col("target_bpp").is_not_null())
     assert at_target.height == 38 * 2 and (at_target["bpp"] <= at_target["target_bpp"]).all()
     assert "summary" in first.stdout and "agreement" in first.stdout
-    # Its cluster its own, the run had a head start (engine/headstart.py): some samples were worked
-    # by mpq's own worker, the rest by Ray, each once (the 486 rows above, every key once).
-    head = re.search(r"\((\d+) of them in mpq's own worker while Ray started\)", first.stdout)
-    assert head and int(head[1]) >= 1, first.stdout[:500]
-    assert df.select("dataset", "sample_id", "codec", "setting", "task").n_unique() == df.height
+    assert "engine: ray (--engine ray)" in first.stdout
+    assert rows_on_disk(out) == df.height == 486  # every key written once: read_results, which keeps one row a key, would hide a duplicate
     second = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
     assert second.returncode == 0 and "0 rows written" in second.stdout
-    assert read_results(str(out)).height == 486
+    assert re.search(r"engine: (serial|ray) \(auto: \d+ CPUs?, (no GPU|\d+ GPUs?), no cluster\)", second.stdout), second.stdout[:500]
+    assert rows_on_disk(out) == 486  # the resume wrote nothing

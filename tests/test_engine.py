@@ -148,3 +148,105 @@ def test_rows_record_precision_device_task_options_and_weights(tmp_path):
     options = json.loads(df["task_options"][0])
     assert options["model"] == "builtin:tiny-htdemucs" and "shifts" in options
     assert df["model_revision"][0].startswith("HTDemucs sha256:") and df["model_revision"].n_unique() == 1
+
+
+def test_auto_runs_serially_only_on_a_small_machine_without_gpu_or_cluster(monkeypatch):
+    """`--engine auto`: Ray's own start costs more than it gives on a machine of few CPUs, no GPU,
+    where the run would start its own cluster (docs/performance.md); Ray everywhere else."""
+    from mpq.engine import RAY_FROM_CPUS, choose, cluster_address
+
+    assert choose("auto", None, 2, 0) == ("serial", "auto: 2 CPUs, no GPU, no cluster")
+    assert choose("auto", None, RAY_FROM_CPUS - 1, 0)[0] == "serial"
+    assert choose("auto", None, RAY_FROM_CPUS, 0) == ("ray", f"auto: {RAY_FROM_CPUS} CPUs, no GPU, no cluster")
+    assert choose("auto", None, 2, 1) == ("ray", "auto: 2 CPUs, 1 GPU, no cluster")
+    assert choose("auto", "10.0.0.1:6379", 2, 0) == ("ray", "auto: cluster 10.0.0.1:6379")
+    assert choose("serial", "10.0.0.1:6379", 64, 8) == ("serial", "--engine serial")
+    assert choose("ray", None, 1, 0) == ("ray", "--engine ray")
+    with pytest.raises(ValueError, match="unknown engine 'rey'; valid choices: auto, ray, serial"):
+        choose("rey", None, 2, 0)
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # a cluster `ray start` left running here
+    assert cluster_address(None) == "auto" and cluster_address("10.0.0.1:6379") == "10.0.0.1:6379"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert cluster_address(None) is None
+
+
+def test_gpus_are_counted_as_cuda_counts_them(monkeypatch):
+    from mpq.engine import gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpus() == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert gpus() == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert gpus() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path, sig):
+    """Stopped twice while a sample is being worked (its in-flight note written), a run ends
+    with one line and exit code 130 each time, leaving no note; the third run computes the
+    samples (only a process that dies without cleaning up spends a try: engine/inflight.py).
+    Tries are 3, so two spent ones would not show; the notes left would."""
+    import re
+
+    import yaml
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({
+        "name": "stop", "output": str(tmp_path / "out"),
+        # Two tracks: a stop that a library swallows lands once the sample in hand is done
+        # (runner.stop), and the second run then stops on the other track.
+        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 2, "seconds": 3}}],
+        "codecs": [{"name": "mp3", "settings": [64]}],
+        "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs", "batch_size": 1}],
+        "metrics": ["audio_psnr"],
+    }))
+    cmd = [sys.executable, "-m", "mpq.cli", "run", str(job_file), "--engine", "serial", "--no-progress"]
+    notes = tmp_path / "out" / "in-flight"
+    for _ in range(2):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (notes.exists() and any(notes.iterdir())):
+            time.sleep(0.02)
+        assert any(notes.iterdir()), "the stop must land while a sample is being worked for this test to mean anything"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 130, (stdout + stderr)[-3000:]
+        assert re.search(r"^interrupted: [02] rows written; run the same command to resume$", stderr, re.M), stderr[-3000:]
+        assert "Traceback" not in stderr, stderr[-3000:]
+        assert not any(notes.iterdir())  # the try it interrupted is not counted
+    third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr[-3000:]
+    df = read_results(str(tmp_path / "out"))
+    assert df.height == 4 and df["error"].is_null().all(), df["error"].to_list()
+    assert df["score"].is_not_null().all(), df["score"].to_list()  # the separation's own score, on every row
+
+
+@pytest.mark.slow
+def test_a_stopped_ray_run_leaves_no_try_counted(tmp_path):
+    """Ray kills the workers of a stopped run without letting them clean up; the run's tries in
+    their hands are set back all the same (inflight.forget)."""
+    import yaml
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({
+        "name": "stop", "output": str(tmp_path / "out"),
+        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 1, "seconds": 3}}],
+        "codecs": [{"name": "mp3", "settings": [64]}],
+        "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs", "batch_size": 1}],
+        "metrics": ["audio_psnr"],
+    }))
+    cmd = [sys.executable, "-m", "mpq.cli", "run", str(job_file), "--engine", "ray", "--no-progress"]
+    notes = tmp_path / "out" / "in-flight"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (notes.exists() and any(notes.iterdir())):
+        time.sleep(0.05)
+    assert any(notes.iterdir()), "the stop must land while a sample is being worked for this test to mean anything"
+    time.sleep(2)  # into the model stage's actor too, where the try is noted again
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (stdout + stderr)[-3000:]
+    assert "run the same command to resume" in stderr
+    assert not any(notes.iterdir()), [(n.name, n.read_text()) for n in notes.iterdir()]

@@ -131,8 +131,8 @@ def test_agreement_after_resume_runs_the_original_once(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke(smoke_run):
-    """The default job as the README runs it first (`mpq-ray run jobs/smoke.yaml`: the Ray
-    engine), the session's one run of it (tests/conftest.py)."""
+    """The default job as the README runs it first (`mpq-ray run jobs/smoke.yaml`, here on the
+    Ray engine), the session's one run of it (tests/conftest.py)."""
     return read_results(str(smoke_run[0]))
 
 

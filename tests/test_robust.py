@@ -71,7 +71,7 @@ def test_ray_run_is_quiet_by_default_and_verbose_shows_rays_output(smoke_run, ra
     # Verbose: one sample through a task whose tiny model is written afresh (its own cache).
     job = tmp_path / "verbose.yaml"
     job.write_text(yaml.safe_dump(VERBOSE_JOB))
-    loud = run_cli(str(job), "--limit", "1", "--no-progress", "--output", str(tmp_path / "a"), "--verbose",
+    loud = run_cli(str(job), "--limit", "1", "--no-progress", "--output", str(tmp_path / "a"), "--verbose", "--engine", "ray",
                    env_extra={"MPQ_CACHE": str(tmp_path / "c1")})
     assert loud.returncode == 0, unboxed(loud.stderr)
     assert "core_worker.cc" in loud.stderr and "Writing model shards" in loud.stderr
@@ -163,20 +163,22 @@ def assert_poison_costs_its_rows_only(out, dataset: str, images: int, rows_in_ru
 
 
 @pytest.mark.slow
-def test_serial_sample_that_kills_the_process_is_tried_once_more_then_an_error_row(tmp_path):
+def test_serial_sample_that_kills_the_process_is_tried_3_times_then_an_error_row(tmp_path):
+    from mpq.engine.inflight import TRIES
+
     site = write_poison_plugin(tmp_path / "site")
     job = write_poison_job(tmp_path, {"imgs": ["a.png", "b-poison.png", "c.png"]})
     out = tmp_path / "out"
-    first = run_poison(job, out, site, "--engine", "serial")
-    assert first.returncode == -9  # the codec killed the run itself
-    second = run_poison(job, out, site, "--engine", "serial")
-    assert second.returncode == -9  # tried once more on resume: it dies again
-    third = run_poison(job, out, site, "--engine", "serial")
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert "3 with errors" in third.stdout
+    assert TRIES == 3
+    for _ in range(TRIES):  # the codec kills the run itself, and again on each resume
+        died = run_poison(job, out, site, "--engine", "serial")
+        assert died.returncode == -9, died.stderr[-3000:]
+    last = run_poison(job, out, site, "--engine", "serial")
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert "3 with errors" in last.stdout
     assert_poison_costs_its_rows_only(out, "imgs", 3, 9)
-    fourth = run_poison(job, out, site, "--engine", "serial")
-    assert fourth.returncode == 0 and "0 rows written" in fourth.stdout  # worker-died rows count as done
+    again = run_poison(job, out, site, "--engine", "serial")
+    assert again.returncode == 0 and "0 rows written" in again.stdout  # worker-died rows count as done
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +193,7 @@ def ray_poison_run(tmp_path_factory):
     job = write_poison_job(root, {"alone": ["b-poison.png"], "several": ["a.png", "b-poison.png", "c.png"]},
                            resources={"samples_per_block": 3}, tasks=[{"name": "classify", "model": "builtin:tiny-vit"}])
     out = root / "out"
-    # Ray's own workers take the poison (a head start's worker, which would take `several`, the
-    # plan's last shard, has its own test in test_headstart.py).
-    return out, run_poison(job, out, site, MPQ_CACHE=str(root / "cache"), MPQ_HEAD_START="0"), job
+    return out, run_poison(job, out, site, "--engine", "ray", MPQ_CACHE=str(root / "cache")), job
 
 
 def blocks(job) -> dict[str, list[int]]:
@@ -227,6 +227,46 @@ def test_ray_sample_that_kills_its_worker_in_a_block_of_several_costs_only_its_o
     assert blocks(job)["several"] == [3]
     assert res.returncode == 0, res.stderr[-3000:]
     assert_poison_costs_its_rows_only(out, "several", 3, 12)
+
+KILLED_TRY = """
+import os, signal, sys
+from mpq.engine.inflight import InFlight
+
+InFlight(sys.argv[1], run_id=sys.argv[2]).run([{"dataset": "d", "sample_id": "s"}], lambda rows: os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_an_orderly_stop_sets_back_only_the_tries_its_run_has_in_hand(tmp_path):
+    """Ray kills a stopped run's workers without letting them clean up: the runner then sets back
+    the tries noted by that run (inflight.forget), not earlier runs' nor a spent sample's."""
+    import subprocess
+    import sys
+
+    from mpq.engine.inflight import InFlight, forget
+
+    def killed_try(run_id):
+        assert subprocess.run([sys.executable, "-c", KILLED_TRY, str(tmp_path), run_id]).returncode == -9
+
+    killed_try("earlier")  # a worker that died: a try spent
+    killed_try("this")  # work in hand when this run was stopped
+    note, = (tmp_path / "in-flight").iterdir()
+    assert note.read_text() == "2 this"
+    forget(str(tmp_path), "other")
+    assert note.read_text() == "2 this"
+    forget(str(tmp_path), "this")
+    assert note.read_text() == "1"
+    # Work that an exception ends (a stop the process lived to see) sets its note back as it was.
+    with pytest.raises(KeyboardInterrupt):
+        InFlight(str(tmp_path), run_id="next").run([{"dataset": "d", "sample_id": "s"}], lambda rows: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert note.read_text() == "1"
+    killed_try("a")
+    killed_try("b")
+    rows = InFlight(str(tmp_path), run_id="last").run([{"dataset": "d", "sample_id": "s"}], lambda rows: rows)
+    assert rows[0]["error"].startswith("worker died: ")  # spent after 3 tries
+    forget(str(tmp_path), "b")
+    forget(str(tmp_path), "last")
+    assert note.read_text() == "3 spent"
+
 
 # --- bounded memory per sample --------------------------------------------------------------
 

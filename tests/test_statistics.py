@@ -256,10 +256,77 @@ def test_report_leads_with_the_ranking_then_equal_rate(tmp_path):
     df = pl.concat([rate_frame().with_columns(psnr=pl.col("bpp") * 100, lpips=1 - pl.col("bpp")), ranking_frame().with_columns(dataset=pl.lit("e"))],
                    how="diagonal_relaxed")
     page = analysis.write_report(df, tmp_path, n_resamples=50).read_text()
-    heads = [page.index(h) for h in ("Which quality metric predicts the task best", "At equal rate", "<h2>Run</h2>", "Machine BD-rate")]
+    page = page[page.index("</nav>"):]  # after the table of contents
+    heads = [page.index(h) for h in ("Which quality metric predicts the task best", "At equal rate", ">Run</h2>", "Machine BD-rate")]
     assert heads == sorted(heads)
     ranking = pl.read_csv(tmp_path / "metric_ranking.csv")
     assert ranking.filter(pl.col("dataset") == "e")["metric"].to_list() == ["psnr", "lpips"]
     eq = pl.read_csv(tmp_path / "equal_rate.csv")
     assert set(eq["dataset"]) == {"d"} and (tmp_path / "equal_rate.md").is_file()
     assert "McNemar exact" in page and "Holm" in page
+
+
+# --- the fast path: every resample's score from per-sample sums ----------------------------
+
+def asr_frame(samples=15, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(samples):
+        for codec, setting in (("none", ""), ("opus", "6"), ("opus", "12")):
+            words = int(rng.integers(3, 30))
+            errors = int(rng.integers(0, words + 1)) if codec != "none" else 0
+            rows.append({"dataset": "speech", "sample_id": f"u{i}", "task": "asr", "task_type": "asr", "error": None, "codec": codec,
+                         "setting": setting, "word_errors": errors, "ref_words": words, "word_errors_norm": max(0, errors - 1),
+                         "ref_words_norm": words, "agreement": None if codec == "none" else float(rng.random()), "bps": float(rng.random())})
+    return pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("error").cast(pl.String))
+
+
+def _slow_bootstrap(rows, n_resamples, seed):
+    """The definition: each resample's rows concatenated, scored by Task.aggregate."""
+    from mpq.analysis.paired import cluster_resamples
+    from mpq.summary import task_aggregates
+
+    agg = task_aggregates(rows, ["_c"])
+    names = [c for c in agg.columns if c != "_c"]
+    boot = {label: {n: np.full(n_resamples, np.nan) for n in names} for label in agg["_c"]}
+    for _, frame in cluster_resamples(rows, n_resamples, seed):
+        for r in task_aggregates(frame, ["_b", "_c"]).iter_rows(named=True):
+            for n in names:
+                boot[r["_c"]][n][r["_b"]] = np.nan if r[n] is None else r[n]
+    return {r["_c"]: {n: (np.nan if r[n] is None else r[n]) for n in names} for r in agg.iter_rows(named=True)}, boot
+
+
+@pytest.mark.parametrize("frame", ["classify", "segment", "asr"])
+def test_bootstrap_from_per_sample_sums_equals_aggregating_each_resample(frame):
+    from mpq.analysis.paired import joint_bootstrap
+    from mpq.analysis.sums import resampled_scores
+    from mpq.analysis.tables import COLUMN_LABEL
+
+    df = {"classify": lambda: results_frame(samples=12), "segment": segment_frame, "asr": asr_frame}[frame]()
+    rows = df.with_columns(COLUMN_LABEL.alias("_c"))
+    assert resampled_scores(rows, "_c", 50, 3) is not None  # the fast path applies to this task
+    point, boot = joint_bootstrap(rows, n_resamples=50, seed=3)
+    ref_point, ref_boot = _slow_bootstrap(rows, 50, 3)
+    assert point.keys() == ref_point.keys()
+    for label in ref_point:
+        assert point[label].keys() == ref_point[label].keys()
+        for name in ref_point[label]:
+            np.testing.assert_allclose(point[label][name], ref_point[label][name], rtol=1e-12)
+            np.testing.assert_allclose(boot[label][name], ref_boot[label][name], rtol=1e-12)
+
+
+def test_permutation_test_and_bd_rate_from_sums_equal_the_aggregate_path(monkeypatch):
+    from mpq.analysis import bdrate, paired
+    from mpq.analysis.tables import COLUMN_LABEL
+
+    seg = segment_frame().with_columns(COLUMN_LABEL.alias("_c"))
+    bd_frame = results_frame(samples=40, seed=2)
+    fast_p = paired.permutation_p(seg, "baseline", "jpeg 10", "mIoU", n_resamples=300, seed=1)
+    fast_bd = analysis.bd_rates(bd_frame, n_resamples=60, seed=4)
+    monkeypatch.setattr(paired, "row_sums", lambda cls, rows: None)  # the fallback: Task.aggregate per relabelling
+    monkeypatch.setattr(bdrate, "resampled_scores", lambda *a, **k: None)  # and per resample
+    assert paired.permutation_p(seg, "baseline", "jpeg 10", "mIoU", n_resamples=300, seed=1) == fast_p
+    slow_bd = analysis.bd_rates(bd_frame, n_resamples=60, seed=4)
+    assert slow_bd["bd_rate_low"].null_count() < slow_bd.height and fast_bd.drop("bd_rate_low", "bd_rate_high").equals(slow_bd.drop("bd_rate_low", "bd_rate_high"))
+    np.testing.assert_allclose(fast_bd["bd_rate_low"].to_numpy().astype(float), slow_bd["bd_rate_low"].to_numpy().astype(float), rtol=1e-9)
+    np.testing.assert_allclose(fast_bd["bd_rate_high"].to_numpy().astype(float), slow_bd["bd_rate_high"].to_numpy().astype(float), rtol=1e-9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -51,7 +52,7 @@ def main(
 def run(
     job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/smoke.yaml")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="results folder or URI (default: the job's `output`, else out/<name>)")] = None,
-    engine: Annotated[str, typer.Option(help="ray (streaming, parallel) or serial (one process)")] = "ray",
+    engine: Annotated[str, typer.Option(help="auto (serial on a machine of few CPUs, no GPU and no --address; else ray), ray (streaming, parallel) or serial (one process)")] = "auto",
     limit: Annotated[Optional[int], typer.Option(help="at most this many samples per dataset")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
@@ -79,20 +80,24 @@ def run(
         job = load_job(job_file)
     except JobSpecError as exc:
         _fail(str(exc))
-    from mpq.runner import run_job
+    from mpq.runner import run_job, stop
     from mpq.summary import print_summary, read_results
 
     out = output or job.output or f"out/{job.name}"
+    for sig in (signal.SIGINT, signal.SIGTERM):  # an orderly stop: the interrupted work's tries not counted
+        signal.signal(sig, stop)
     try:
         stats = run_job(job, out, engine=engine, limit=limit, address=address, progress=progress, force=force, redo=tuple(redo or ()))
+    except KeyboardInterrupt as exc:  # runner.Interrupted once rows flow, else before any
+        typer.echo(f"interrupted: {getattr(exc, 'written', 0)} rows written; run the same command to resume", err=True)
+        raise typer.Exit(130)
     except (LeaseHeld, LeaseLost) as exc:
         _fail(str(exc))
     except (AssetUnavailable, OSError, ValueError) as exc:  # OSError: an output that cannot be written
         _fail(f"{job_file}: {exc}")
-    head = f" ({stats.head_start} of them in mpq's own worker while Ray started)" if stats.head_start else ""
     typer.echo(
         f"{stats.written} rows written ({stats.errors} with errors), {stats.already_done} already there; "
-        f"{stats.samples} samples in {stats.seconds:.0f} s{head}; results in {out}/results"
+        f"{stats.samples} samples in {stats.seconds:.0f} s; engine: {stats.engine} ({stats.why}); results in {out}/results"
     )
     print_summary(read_results(out))
     if log_to is not None:
@@ -352,23 +357,26 @@ def stop(job_id: str, address: Annotated[Optional[str], typer.Option(help=ADDRES
 
 @app.command()
 def report(
-    output: Annotated[str, typer.Argument(help="a job's output folder or URI (the one holding results/)")],
-    to: Annotated[Optional[Path], typer.Option("--to", help="where to write the report (default: OUTPUT/report)")] = None,
+    outputs: Annotated[list[str], typer.Argument(help="a job's output folder or URI (the one holding results/); several: one report comparing them")],
+    to: Annotated[Optional[Path], typer.Option("--to", help="where to write the report (default: OUTPUT/report for one output; needed for several)")] = None,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the intervals and Monte Carlo permutations for the tests (0: none)")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     min_settings: Annotated[int, typer.Option(help="settings a codec needs for BD-rate")] = 4,
     target: Annotated[Optional[list[float]], typer.Option(help="a rate for the equal-rate section, in bpp (images) or kbps (audio); repeat it (default: three per dataset)")] = None,
-    include_flagged: Annotated[bool, typer.Option(help="keep rows a pipeline check flagged (random weights) in the conclusions")] = False,
+    include_flagged: Annotated[bool, typer.Option(help="keep rows a pipeline check flagged (random weights) in the conclusions and figures")] = False,
 ) -> None:
     """The metric ranking, codecs at equal rate, summary tables, metric↔task correlations,
-    machine BD-rate and plots, as Markdown, CSV, PNG and one self-contained HTML file."""
+    machine BD-rate and figures, as CSV, Markdown, LaTeX, PNG/SVG/PDF and one self-contained
+    HTML file. Several outputs make one report, each row marked with its output."""
     from mpq.analysis import write_report
 
-    if to is None and "://" in output:
-        _fail(f"{output} is remote: name a local folder for the report with --to")
+    if to is None and len(outputs) > 1:
+        _fail("several outputs: name a folder for the report with --to")
+    if to is None and "://" in outputs[0]:
+        _fail(f"{outputs[0]} is remote: name a local folder for the report with --to")
     try:
-        path = write_report(output, to or Path(output) / "report", n_resamples=resamples, seed=seed, min_settings=min_settings, targets=target or None,
-                            include_flagged=include_flagged)
+        path = write_report(outputs[0] if len(outputs) == 1 else outputs, to or Path(outputs[0]) / "report", n_resamples=resamples, seed=seed,
+                            min_settings=min_settings, targets=target or None, include_flagged=include_flagged)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"report: {path}")

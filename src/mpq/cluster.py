@@ -154,7 +154,8 @@ def submit(
     staging = Path(tempfile.mkdtemp(prefix="mpq-submit-"))
     try:
         shutil.copy(job_file, staging / "job.yaml")
-        args = ["python", "-m", "mpq.cli", "run", "job.yaml", "--output", output, "--no-progress"]
+        # The cluster the job runs on ("auto": the one on the node its driver runs on), whatever its size.
+        args = ["python", "-m", "mpq.cli", "run", "job.yaml", "--output", output, "--no-progress", "--engine", "ray", "--address", "auto"]
         if limit is not None:
             args += ["--limit", str(limit)]
         if force:

@@ -16,6 +16,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    import numpy as np
     import polars as pl
 
     from mpq.media import Media
@@ -247,6 +248,20 @@ class Task(Component):
         dataset-level mIoU or WER. Used by the run summary and by ``mpq.analysis``."""
         return mean_agreement(rows)
 
+    @classmethod
+    def sums(cls, rows: "pl.DataFrame") -> "dict[str, np.ndarray] | None":
+        """``aggregate`` as sums: per row, the parts (arrays with one row per row) whose sums
+        over any weighting of the rows ``from_sums`` turns into the same scores; None where the
+        aggregate is not a function of sums (a median). Lets ``mpq.analysis`` score thousands
+        of bootstrap resamples at once."""
+        return agreement_sums(rows)
+
+    @classmethod
+    def from_sums(cls, sums: "dict[str, np.ndarray]") -> "dict[str, np.ndarray]":
+        """Scores (arrays, NaN where ``aggregate`` gives None) from ``sums``' parts summed
+        over rows (leading axes kept: one score per resample)."""
+        return agreement_from_sums(sums)
+
 
 def mean_agreement(rows: "pl.DataFrame") -> dict[str, float | int | None]:
     """The split-level label-free score: the mean of the rows' finite ``agreement``; where
@@ -259,6 +274,34 @@ def mean_agreement(rows: "pl.DataFrame") -> dict[str, float | int | None]:
     if finite.len() < col.len():
         out["agreement_nonfinite"] = col.len() - finite.len()
     return out
+
+
+def column_sums(rows: "pl.DataFrame", column: str, where: "np.ndarray | None" = None) -> tuple["np.ndarray", "np.ndarray"]:
+    """A column's values (0 where null, NaN or not ``where``) and 1 where counted."""
+    import numpy as np
+
+    if column not in rows.columns:
+        return np.zeros(rows.height), np.zeros(rows.height)
+    values = rows[column].cast(float).fill_null(float("nan")).to_numpy().astype(float)
+    counted = ~np.isnan(values) & (True if where is None else where)
+    return np.where(counted, values, 0.0), counted.astype(float)
+
+
+def ratio(num: "np.ndarray", den: "np.ndarray") -> "np.ndarray":
+    """num / den, NaN where den is 0."""
+    import numpy as np
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den != 0, num / np.where(den != 0, den, 1), np.nan)
+
+
+def agreement_sums(rows: "pl.DataFrame") -> "dict[str, np.ndarray]":
+    total, count = column_sums(rows, "agreement")
+    return {"agreement": total, "agreement_n": count}
+
+
+def agreement_from_sums(sums: "dict[str, np.ndarray]") -> "dict[str, np.ndarray]":
+    return {"agreement": ratio(sums["agreement"], sums["agreement_n"])}
 
 
 class Metric(Component):

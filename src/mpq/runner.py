@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -11,6 +12,8 @@ import pyarrow as pa
 
 from mpq.components import AssetUnavailable
 from mpq.cache import EncodedCache
+from mpq.engine import choose, cluster_address, cpus, gpus
+from mpq.engine.inflight import forget
 from mpq.engine.plan import Planner, count, iter_items, shards
 from mpq.engine.stages import Finalize
 from mpq.lease import Lease
@@ -18,9 +21,29 @@ from mpq.job import Job, resolve
 from mpq.results import ResultStore, check_location, check_redo
 from mpq.spec import JobSpec
 
-ENGINES = ("ray", "serial")
 # A killed run loses at most this much work; MPQ_FLUSH_ROWS lets tests commit often.
 FLUSH_ROWS, FLUSH_SECONDS = int(os.environ.get("MPQ_FLUSH_ROWS", 512)), 10.0
+
+
+_stopping = threading.Event()
+
+
+def stop(signum, frame) -> None:
+    """``mpq-ray run``'s handler of SIGINT and SIGTERM (Ctrl-C, ``mpq-ray stop``, a scheduler):
+    an orderly stop. KeyboardInterrupt wherever the main thread is, and a flag the sink checks
+    after each result table: a library may swallow the exception (numpy's lazy first
+    ``import numpy.random`` did), and the run then stops once the work in hand is done."""
+    _stopping.set()
+    raise KeyboardInterrupt
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, made one by ``mpq-ray run``) ended the run in order: the work it
+    interrupted is not counted as a try (engine/inflight.py); ``written`` rows are in the results."""
+
+    def __init__(self, written: int):
+        super().__init__(written)
+        self.written = written
 
 
 @dataclass
@@ -33,7 +56,8 @@ class RunStats:
     errors: int
     seconds: float = 0.0  # from the plan to the last row written
     startup_seconds: float = 0.0  # until the first result rows arrived (engine start, model loading)
-    head_start: int = 0  # samples worked in this machine's own worker while Ray started (headstart.py)
+    engine: str = ""  # the engine that ran
+    why: str = ""  # why that one: `--engine ray`, `auto: 2 CPUs, no GPU, no cluster`
 
 
 def required_metric_columns(job: Job) -> dict[str, set[str]]:
@@ -64,21 +88,21 @@ def preflight(job: Job) -> None:
 def run_job(
     spec: JobSpec,
     output: str,
-    engine: str = "ray",
+    engine: str = "auto",
     limit: int | None = None,
     address: str | None = None,
     progress: bool = True,
     force: bool = False,
     redo: tuple[str, ...] = (),
 ) -> RunStats:
-    """``force`` takes over the output's lease from a run that is gone but refreshed it lately;
-    ``redo``: error kinds whose rows are computed again (``results.retryable``).
+    """``engine``: auto, ray or serial (``mpq.engine.choose``). ``force`` takes over the output's
+    lease from a run that is gone but refreshed it lately; ``redo``: error kinds whose rows are
+    computed again (``results.retryable``).
 
     What can be answered without the models is answered first, without loading them (or
-    importing torch or Ray): a bad limit, an output that cannot be written, an empty dataset,
-    and a resume with nothing left to do."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
+    importing torch or Ray): a bad engine or limit, an output that cannot be written, an
+    empty dataset, and a resume with nothing left to do."""
+    engine, why = choose(engine, cluster_address(address), cpus(), gpus())
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be 1 or more, got {limit}")
     check_redo(redo)
@@ -101,7 +125,6 @@ def run_job(
             work = count(planner, todo)
         finalize = Finalize(job, store.run_id)
         cache = EncodedCache(output) if spec.cache else None
-        head = None
         if not work.samples:
             stream: Iterator[pa.Table] = iter(())
         elif engine == "serial":
@@ -109,18 +132,18 @@ def run_job(
 
             stream = run_serial(job, iter_items(planner, todo), finalize, cache, output)
         else:
-            from mpq.engine import headstart
+            from mpq.engine.ray import run_ray
 
-            if headstart.wanted(address, todo):
-                stream = head = headstart.HeadStart(spec, planner, todo, finalize, cache, output)
-            else:
-                from mpq.engine.ray import run_ray
-
-                stream = run_ray(spec, planner, todo, finalize, address, cache, output)
-        written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{spec.name} ({engine})")
+            stream = run_ray(spec, planner, todo, finalize, address, cache, output)
+        try:
+            written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{spec.name} ({engine})")
+        except Interrupted:
+            getattr(stream, "close", lambda: None)()  # the engine stops its workers
+            forget(output, store.run_id)  # the tries they had in hand do not count
+            raise
     end = time.monotonic()
     return RunStats(output, work.samples, work.done, work.rows, written, errors, end - start, (first or end) - start,
-                    head.samples if head else 0)
+                    engine, why)
 
 
 def _sink(
@@ -145,13 +168,19 @@ def _sink(
 
     with bar:
         task = bar.add_task(label, total=expected)
-        for table in stream:
-            first = first or time.monotonic()
-            pending.append(table)
-            written += table.num_rows
-            errors += table.num_rows - table.column("error").null_count
-            bar.update(task, advance=table.num_rows)
-            if sum(t.num_rows for t in pending) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
-                flush()
+        try:
+            for table in stream:
+                first = first or time.monotonic()
+                pending.append(table)
+                written += table.num_rows
+                errors += table.num_rows - table.column("error").null_count
+                bar.update(task, advance=table.num_rows)
+                if sum(t.num_rows for t in pending) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
+                    flush()
+                if _stopping.is_set():
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            flush()  # the rows that arrived are whole results: kept
+            raise Interrupted(written) from None
         flush()
     return written, errors, first

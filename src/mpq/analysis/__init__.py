@@ -15,9 +15,9 @@ from mpq.analysis.bdrate import bd_rate, bd_rates
 from mpq.analysis.correlation import correlate, correlations
 from mpq.analysis.equal_rate import default_targets, equal_rate
 from mpq.analysis.paired import compare, holm, mcnemar, permutation_p
-from mpq.analysis.plots import metric_performance, png, rate_performance
+from mpq.analysis.plots import metric_performance, plot_conditions, png, rate_performance, save
 from mpq.analysis.ranking import metric_ranking, spearman_difference
-from mpq.analysis.report import correlation_display, equal_rate_display, ranking_display, write_report
+from mpq.analysis.report import correlation_display, equal_rate_display, latex, load_runs, ranking_display, write_report
 from mpq.analysis.tables import (
     conditions,
     load,
@@ -30,5 +30,5 @@ from mpq.analysis.tables import (
 __all__ = [
     "bd_rate", "bd_rates", "compare", "conditions", "correlate", "correlation_display", "correlations",
     "default_targets", "equal_rate", "equal_rate_display", "holm", "load", "mcnemar", "metric_columns", "metric_performance", "metric_ranking",
-    "permutation_p", "png", "ranking_display", "rate_column", "rate_performance", "spearman_difference", "summary_tables", "to_markdown", "write_report",
+    "latex", "load_runs", "permutation_p", "plot_conditions", "png", "ranking_display", "rate_column", "rate_performance", "spearman_difference", "save", "summary_tables", "to_markdown", "write_report",
 ]

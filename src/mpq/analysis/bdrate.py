@@ -25,11 +25,11 @@ from itertools import combinations
 
 import numpy as np
 import polars as pl
-from scipy.interpolate import PchipInterpolator
 from scipy.optimize import isotonic_regression
 
 from mpq.analysis.correlation import N_RESAMPLES
 from mpq.analysis.paired import cluster_resamples
+from mpq.analysis.sums import resampled_scores
 from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load, rate_column, score_names, too_few
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
@@ -40,7 +40,7 @@ MIN_POINTS = 4  # points of the two curves inside the common score range: the in
 TARGETS = ("target_bpp", "target_kbps")  # columns of rows coded at a requested rate, not a setting
 
 
-def _log_rate_curve(rate, score) -> tuple[PchipInterpolator, int]:
+def _log_rate_curve(rate, score) -> tuple[Pchip, int]:
     """Log-rate over the monotone fit of the score, and how many settings the fit moved."""
     rate, score = np.asarray(rate, dtype=float), np.asarray(score, dtype=float)
     keep = np.isfinite(rate) & np.isfinite(score) & (rate > 0)
@@ -52,11 +52,60 @@ def _log_rate_curve(rate, score) -> tuple[PchipInterpolator, int]:
     if len(levels) < 2:
         raise ValueError("fewer than two distinct task scores after the monotone fit: no curve to integrate")
     log_rate = np.bincount(inverse, weights=np.log(rate)) / np.bincount(inverse)
-    return PchipInterpolator(levels, log_rate), moved
+    return Pchip(levels, log_rate), moved
+
+
+def _edge(h0, h1, m0, m1):
+    """scipy's one-sided three-point end derivative, kept shape-preserving."""
+    d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+    if np.sign(d) != np.sign(m0):
+        return 0.0
+    if np.sign(m0) != np.sign(m1) and abs(d) > 3 * abs(m0):
+        return 3 * m0
+    return d
+
+
+class Pchip:
+    """``scipy.interpolate.PchipInterpolator`` of 1-d data, only its ``x`` and ``integrate``
+    inside the data's range, as scipy computes them (its derivatives, Hermite cubics): the
+    BD-rate bootstrap fits and integrates hundreds of thousands of curves, and scipy's
+    object costs most of that in input checks (tests compare the two)."""
+
+    def __init__(self, x, y):
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        h, m = np.diff(x), np.diff(y) / np.diff(x)
+        if len(x) == 2:
+            d = np.array([m[0], m[0]])
+        else:
+            d = np.zeros_like(y)
+            flat = (np.sign(m[1:]) != np.sign(m[:-1])) | (m[1:] == 0) | (m[:-1] == 0)
+            w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d[1:-1] = np.where(flat, 0.0, (w1 + w2) / (w1 / m[:-1] + w2 / m[1:]))
+            d[0], d[-1] = _edge(h[0], h[1], m[0], m[1]), _edge(h[-1], h[-2], m[-1], m[-2])
+        self.x, self.y, self.d, self.h = x, y, d, h
+        whole = h * (y[:-1] + y[1:]) / 2 + h**2 * (d[:-1] - d[1:]) / 12  # each segment's integral
+        self._cumulative = np.concatenate([[0.0], np.cumsum(whole)])
+
+    def _antiderivative(self, t: float) -> float:
+        i = int(np.clip(np.searchsorted(self.x, t, side="right") - 1, 0, len(self.h) - 1))
+        h, s = self.h[i], (t - self.x[i]) / self.h[i]
+        y0, y1, d0, d1 = self.y[i], self.y[i + 1], self.d[i], self.d[i + 1]
+        part = (y0 * (s - s**3 + s**4 / 2) + h * d0 * (s**2 / 2 - 2 * s**3 / 3 + s**4 / 4)
+                + y1 * (s**3 - s**4 / 2) + h * d1 * (s**4 / 4 - s**3 / 3))
+        return self._cumulative[i] + h * part
+
+    def integrate(self, a: float, b: float) -> float:
+        return self._antiderivative(b) - self._antiderivative(a)
 
 
 def _bd_rate(rate_anchor, score_anchor, rate_test, score_test, min_overlap: float, min_points: int = MIN_POINTS) -> tuple[float, dict[str, int]]:
-    (anchor, moved_anchor), (test, moved_test) = _log_rate_curve(rate_anchor, score_anchor), _log_rate_curve(rate_test, score_test)
+    return _between(_log_rate_curve(rate_anchor, score_anchor), _log_rate_curve(rate_test, score_test), min_overlap, min_points)
+
+
+def _between(anchor_curve, test_curve, min_overlap: float, min_points: int) -> tuple[float, dict[str, int]]:
+    """``_bd_rate`` of two fitted curves (``_log_rate_curve``: each codec's is fitted once for all its pairs)."""
+    (anchor, moved_anchor), (test, moved_test) = anchor_curve, test_curve
     low, high = max(anchor.x[0], test.x[0]), min(anchor.x[-1], test.x[-1])
     if not low < high:
         raise ValueError(f"the task-score ranges do not overlap ({anchor.x[0]:.4g}–{anchor.x[-1]:.4g} vs {test.x[0]:.4g}–{test.x[-1]:.4g})")
@@ -103,16 +152,55 @@ def _curves(rows: pl.DataFrame, by: list[str], rate: str) -> dict[tuple, dict[st
     return out
 
 
+def _resampled_curves(rows: pl.DataFrame, rate: str, n_resamples: int, seed: int):
+    """(resample, its curves keyed (resample, score_name) as ``_curves`` gives them) for each
+    cluster-bootstrap resample: from per-sample sums (``sums``) where the task allows, else
+    by recomputing ``Task.aggregate`` on each resample's rows."""
+    if n_resamples <= 0:
+        return
+    keyed = rows.with_columns(_k=pl.concat_str("codec", "setting", separator="\x1f"))
+    fast = resampled_scores(keyed, "_k", n_resamples, seed, means=(rate,))
+    if fast is None:
+        for labels, frame in cluster_resamples(rows, n_resamples, seed):
+            resampled = _curves(frame, ["_b"], rate)
+            yield from ((b, resampled) for b in labels)
+        return
+    _, boot = fast
+    conds = [(label, *label.split("\x1f", 1)) for label in sorted(boot)]
+    names = sorted({n for label in boot for n in boot[label] if n != rate})
+    for b in range(n_resamples):
+        curves: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        for name in names:
+            per_codec: dict[str, tuple[list, list]] = {}
+            for label, codec, _ in conds:
+                if name in boot[label]:
+                    per_codec.setdefault(codec, ([], []))
+                    per_codec[codec][0].append(boot[label][rate][b])
+                    per_codec[codec][1].append(boot[label][name][b])
+            curves[(b, name)] = {c: (np.array(r), np.array(v)) for c, (r, v) in per_codec.items()}
+        yield b, curves
+
+
 def _pairs(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], min_overlap: float, min_points: int) -> dict[tuple, tuple[float | None, str | None]]:
     """BD-rate of every pair of the named codecs, with a note: why there is no value, or
     which curve the monotone fit moved."""
     out = {}
+    fitted: dict[str, tuple | str] = {}
+    for name in names:
+        if name in curves:
+            try:
+                fitted[name] = _log_rate_curve(*curves[name])
+            except ValueError as exc:
+                fitted[name] = str(exc)
     for anchor, test in combinations(names, 2):
         if anchor not in curves or test not in curves:  # a resample without one of them
             out[anchor, test] = None, None
             continue
         try:
-            value, moved = _bd_rate(*curves[anchor], *curves[test], min_overlap, min_points)
+            for codec in (anchor, test):
+                if isinstance(fitted[codec], str):
+                    raise ValueError(fitted[codec])
+            value, moved = _between(fitted[anchor], fitted[test], min_overlap, min_points)
         except ValueError as exc:
             out[anchor, test] = None, str(exc)
             continue
@@ -168,13 +256,11 @@ def bd_rates(
         codecs = {name: codecs[name] for name in sorted(codecs) if len(codecs[name]) > 1}
         values = {name: _pairs(point[(name,)], codecs[name], min_overlap, min_points) for name in codecs}
         boot: dict[tuple, list[float]] = {(name, *pair): [] for name in codecs for pair in values[name]}
-        for labels, frame in cluster_resamples(group, n_resamples if codecs and n >= min_samples else 0, seed):
-            resampled = _curves(frame, ["_b"], rate)
-            for b in labels:
-                for name in codecs:
-                    for pair, (value, _) in _pairs(resampled.get((b, name), {}), codecs[name], min_overlap, min_points).items():
-                        if value is not None:
-                            boot[name, *pair].append(value)
+        for b, resampled in _resampled_curves(group, rate, n_resamples if codecs and n >= min_samples else 0, seed):
+            for name in codecs:
+                for pair, (value, _) in _pairs(resampled.get((b, name), {}), codecs[name], min_overlap, min_points).items():
+                    if value is not None:
+                        boot[name, *pair].append(value)
         for name in codecs:
             for (anchor, test), (value, note) in values[name].items():
                 row = {"dataset": dataset, "task": task, "score_name": name, "rate": rate, "anchor": anchor, "test": test, "n": n,

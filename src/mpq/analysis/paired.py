@@ -30,7 +30,8 @@ import polars as pl
 from scipy import stats
 
 from mpq.analysis.correlation import N_RESAMPLES
-from mpq.analysis.tables import COLUMN_LABEL, MIN_SAMPLES, conclusive_rows, load, ok_rows, score_names, too_few
+from mpq.analysis.sums import fast_task, resample_counts, resampled_scores, row_sums
+from mpq.analysis.tables import COLUMN_LABEL, MIN_SAMPLES, conclusive_rows, load, metric_columns, ok_rows, rate_columns, score_names, too_few
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
 
@@ -82,6 +83,17 @@ def permutation_p(rows: pl.DataFrame, a: str, b: str, score_name: str, by: str =
     if n == 1:  # the two relabellings give d and −d (scipy wants two samples)
         return 1.0
 
+    cls = fast_task(rows)
+    parts = row_sums(cls, rows) if cls is not None else None
+
+    def summed(x, y, axis=-1):  # the same statistic from the rows' sums (``sums``)
+        single = np.ndim(x) == 1
+        x, y = np.atleast_2d(x).astype(np.int64), np.atleast_2d(y).astype(np.int64)
+        a = cls.from_sums({k: v[x].sum(1) for k, v in parts.items()}).get(score_name)
+        b = cls.from_sums({k: v[y].sum(1) for k, v in parts.items()}).get(score_name)
+        diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float) if a is not None else np.full(len(x), np.nan)
+        return diff[0] if single else diff
+
     def statistic(x, y, axis=-1):  # x, y: row positions, (n,) or (batch, n)
         single = np.ndim(x) == 1
         x, y = np.atleast_2d(x).astype(np.int64), np.atleast_2d(y).astype(np.int64)
@@ -96,8 +108,9 @@ def permutation_p(rows: pl.DataFrame, a: str, b: str, score_name: str, by: str =
         diff = score[1] - score[0]
         return diff[0] if single else diff
 
-    batch = max(1, _CHUNK_ROWS // (2 * n))
-    result = stats.permutation_test((first, second), statistic, permutation_type="samples", vectorized=True,
+    width = sum(int(np.prod(v.shape[1:])) for v in parts.values()) if parts is not None else 1
+    batch = max(1, _CHUNK_ROWS // (2 * n * (1 if parts is None else max(1, width // 8))))
+    result = stats.permutation_test((first, second), statistic if parts is None else summed, permutation_type="samples", vectorized=True,
                                     n_resamples=relabellings(n, n_resamples), batch=batch, rng=np.random.default_rng(seed))
     return float(result.pvalue)
 
@@ -127,10 +140,10 @@ def cluster_resamples(rows: pl.DataFrame, n_resamples: int, seed: int):
     ids, member = np.unique(rows["sample_id"].to_numpy(), return_inverse=True)
     if n_resamples <= 0 or not len(ids):
         return
-    draws = np.random.default_rng(seed).integers(0, len(ids), size=(n_resamples, len(ids)))
+    counts = resample_counts(len(ids), n_resamples, seed).astype(np.int64)
     step = max(1, _CHUNK_ROWS // rows.height)
     for start in range(0, n_resamples, step):
-        times = [np.bincount(d, minlength=len(ids))[member] for d in draws[start : start + step]]
+        times = [c[member] for c in counts[start : start + step]]
         take = np.concatenate([np.repeat(np.arange(rows.height), t) for t in times])
         labels = range(start, start + len(times))
         yield labels, rows[take].with_columns(_b=pl.Series(np.repeat(labels, [t.sum() for t in times])))
@@ -142,6 +155,10 @@ def joint_bootstrap(rows: pl.DataFrame, by: str = "_c", n_resamples: int = N_RES
     rows of a drawn sample under every condition go together; ids sorted, one draw of shape
     (n_resamples, ids)). Returns (point, boot): ``point[label][score_name]`` a float (NaN
     where the task gives none), ``boot[label][score_name]`` an array of n_resamples."""
+    fast = resampled_scores(rows, by, n_resamples, seed)
+    if fast is not None:
+        return fast
+
     def scores(agg: pl.DataFrame, keys: list[str]) -> tuple[pl.DataFrame, list[str]]:
         names = score_names(agg, keys)
         return agg.with_columns(pl.col(names).cast(pl.Float64, strict=False).fill_null(float("nan"))), names
@@ -241,3 +258,40 @@ def compare(
     out = pl.DataFrame(rows_out, schema=schema).with_columns(pl.col("p", "difference_low", "difference_high").fill_nan(None))
     return out.with_columns(p_holm=pl.Series(holm(out["p"].to_numpy()), dtype=pl.Float64, nan_to_null=True))
 
+
+def condition_intervals(results: str | pl.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95,
+                        min_samples: int = MIN_SAMPLES, include_flagged: bool = False) -> pl.DataFrame:
+    """Percentile bootstrap intervals of what a plot draws per condition: each split-level
+    score (``score_low``/``score_high``) and each mean rate and metric (``<column>_low``/
+    ``<column>_high``), per (dataset, task, codec, setting, score_name), from the tables'
+    cluster bootstrap over sample ids (one draw for all conditions of a dataset and task;
+    means over finite values). ``n``: the samples of the dataset and task; under
+    ``min_samples`` no interval. Rows a pipeline check flagged are left out unless asked for."""
+    df = conclusive_rows(load(results), include_flagged).with_columns(COLUMN_LABEL.alias("_c"))
+    means = [c for c in [*rate_columns(df), *metric_columns(df)] if c in df.columns]
+    out = []
+    for (dataset, task), rows in df.sort("dataset", "task").group_by(["dataset", "task"], maintain_order=True):
+        ids, member = np.unique(rows["sample_id"].to_numpy(), return_inverse=True)
+        n = len(ids)
+        drawn = n_resamples if n >= min_samples else 0
+        point, boot = joint_bootstrap(rows, n_resamples=drawn, seed=seed)
+        counts = resample_counts(n, drawn, seed)
+        labels = rows["_c"].to_numpy()
+        for (codec, setting, label), _ in rows.group_by(["codec", "setting", "_c"], maintain_order=True):
+            here = labels == label
+            bounds = {}
+            for column in means:
+                values = rows[column].cast(pl.Float64).to_numpy()
+                keep = here & np.isfinite(values)
+                total, count = np.zeros(n), np.zeros(n)
+                np.add.at(total, member[keep], values[keep])
+                np.add.at(count, member[keep], 1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    bounds[f"{column}_low"], bounds[f"{column}_high"] = percentile_interval(counts @ total / (counts @ count), level) if drawn else (None, None)
+            for score_name, values in boot.get(label, {}).items():
+                low, high = percentile_interval(values, level) if drawn else (None, None)
+                out.append({"dataset": dataset, "task": task, "codec": codec, "setting": setting, "score_name": score_name, "n": n,
+                            "score_low": low, "score_high": high, **bounds})
+    schema = {"dataset": pl.String, "task": pl.String, "codec": pl.String, "setting": pl.String, "score_name": pl.String, "n": pl.Int64,
+              "score_low": pl.Float64, "score_high": pl.Float64, **{f"{c}_{s}": pl.Float64 for c in means for s in ("low", "high")}}
+    return pl.DataFrame(out, schema=schema).with_columns(pl.col(pl.Float64).fill_nan(None))

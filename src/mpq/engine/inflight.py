@@ -4,6 +4,10 @@ A sample that kills its worker (out of memory, a crash in a codec's native libra
 retried by Ray without end, and kills every resumed serial run. So before a stage works on
 a block of samples it notes the try under OUTPUT/in-flight/ (one small file, on the storage
 the results go to, which every worker sees), and removes the note when the work is done.
+Work that an exception ends (Ctrl-C, SIGTERM, `mpq-ray stop`, a Ray worker told to exit)
+sets the note back as it was: only a process that dies without cleaning up spends a try.
+Ray kills the workers of a stopped run without a word, so a note also names the run whose
+try it counts, and an orderly stop sets back the tries its run still has noted (``forget``).
 A block found noted was being worked on when its process died: its samples are then worked
 one at a time, each noting its own tries, so that the one that kills is found and its
 block-mates are not lost. A sample found with its tries used up is not worked on again: its
@@ -22,6 +26,9 @@ import pyarrow.fs as pafs
 from mpq.results import filesystem
 
 WORKER_DIED = "worker died: "
+# Both engines: a sample's work is started at most this many times (a lost Ray node costs the
+# samples in flight on it one try), then its rows become `worker died` errors.
+TRIES = 3
 
 
 def sample_key(row: dict[str, Any]) -> str:
@@ -36,11 +43,43 @@ def error_rows(item: dict[str, Any], error: str) -> list[dict[str, Any]]:
     ]
 
 
+SPENT = "spent"  # a spent sample's note names no run: no stop sets it back
+
+
+def _tries(note: bytes | None) -> int:
+    """A note is ``TRIES RUN``, or a bare count (older notes)."""
+    try:
+        return int(note.split()[0]) if note else 0
+    except ValueError:
+        return 0
+
+
+def forget(output: str, run: str) -> None:
+    """After an orderly stop, once its workers are gone: each try that the run ``run`` still has
+    noted was work in hand (or, rarely, work whose worker died and was not retried yet), and
+    does not count."""
+    fs, root = filesystem(output)
+    try:
+        notes = fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/in-flight"))
+    except FileNotFoundError:
+        return
+    for info in notes:
+        with fs.open_input_stream(info.path) as f:
+            note = f.read()
+        if note.split()[1:] == [run.encode()]:
+            tries = _tries(note) - 1
+            if tries > 0:
+                with fs.open_output_stream(info.path) as f:
+                    f.write(str(tries).encode())  # earlier runs' tries, in no run's hand
+            else:
+                fs.delete_file(info.path)
+
+
 @dataclass
 class InFlight:
     output: str
-    tries: int  # how many times a sample's work is started before its rows become errors
     stage: int = 0  # which stage group (Ray: one per actor pool), so that each counts its own tries
+    run_id: str = ""  # the run whose tries this counts (``forget``)
 
     @functools.cached_property
     def _fs(self) -> tuple[pafs.FileSystem, str]:
@@ -51,26 +90,42 @@ class InFlight:
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return fs, f"{root.rstrip('/')}/in-flight/{self.stage}-{digest}"
 
-    def _note(self, key: str) -> int:
-        """Tries noted before this one; notes this one unless they are used up."""
+    def _note(self, key: str) -> tuple[int, bytes | None]:
+        """Tries noted before this one, and the note as it was; notes this one unless they are
+        used up."""
         fs, path = self._path(key)
         try:
             with fs.open_input_stream(path) as f:
-                before = int(f.read() or 0)
-        except (FileNotFoundError, ValueError):
-            before = 0
-        if before < self.tries:
+                old = f.read()
+        except FileNotFoundError:
+            old = None
+        before = _tries(old)
+        if before < TRIES:
+            self._write(key, f"{before + 1} {self.run_id}".encode())
+        return before, old
+
+    def _write(self, key: str, note: bytes | None) -> None:
+        fs, path = self._path(key)
+        if note:
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             with fs.open_output_stream(path) as f:
-                f.write(str(before + 1).encode())
-        return before
-
-    def _clear(self, key: str) -> None:
-        fs, path = self._path(key)
+                f.write(note)
+            return
         try:
             fs.delete_file(path)
         except FileNotFoundError:
             pass
+
+    def _working(self, key: str, old: bytes | None, work):
+        """``work()``, then its note cleared; an exception (an orderly stop) sets it back as it
+        was (``old``): the process lived to say so, and the try does not count."""
+        try:
+            out = work()
+        except BaseException:
+            self._write(key, old)
+            raise
+        self._write(key, None)
+        return out
 
     def run(self, rows: list[dict[str, Any]], work) -> list[dict[str, Any]]:
         """``work(rows)`` on the block, or, if it was being worked on when its process died, on
@@ -78,27 +133,25 @@ class InFlight:
         samples: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             samples.setdefault(sample_key(r), []).append(r)
+
+        def each():
+            return [r for key, some in samples.items() for r in self._one(key, some, work)]
+
+        if len(samples) <= 1:
+            return each()
         block = "block:" + "\n".join(sorted(samples))
-        if len(samples) > 1 and self._note(block) == 0:
-            out = work(rows)
-            self._clear(block)
-            return out
-        out = []
-        for key, some in samples.items():
-            out += self._one(key, some, work)
-        if len(samples) > 1:
-            self._clear(block)
-        return out
+        before, old = self._note(block)
+        return self._working(block, old, (lambda: work(rows)) if before == 0 else each)
 
     def _one(self, key: str, rows: list[dict[str, Any]], work) -> list[dict[str, Any]]:
-        if self._note(key) < self.tries:
-            out = work(rows)
-            self._clear(key)
-            return out
+        before, old = self._note(key)
+        if before < TRIES:
+            return self._working(key, old, lambda: work(rows))
         # A spent sample's note stays: its error rows may yet be lost unwritten, and must then
         # be written again, not tried.
+        self._write(key, f"{TRIES} {SPENT}".encode())
         error = (
-            f"{WORKER_DIED}the process working on this sample ended {self.tries} times (out of memory, "
+            f"{WORKER_DIED}the process working on this sample ended {TRIES} times (out of memory, "
             "or a crash in native code); not tried again"
         )
         return [e for r in rows for e in (error_rows(r, error) if "units" in r else [{**r, "error": error}])]

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator
-from urllib.parse import quote
 
 from mpq.job import Dataset, Job, resolve
 from mpq.results import BASELINE, DoneKeys, ResultStore, setting_str
@@ -126,23 +124,6 @@ class Planner:
 def rows_of(item: dict[str, Any]) -> int:
     """Result rows an item produces: one per unit and task (or one for a unit without tasks)."""
     return sum(max(1, len(tasks)) for _, _, tasks in item["units"])
-
-
-class Claims:
-    """Who works a shard, where a head start (headstart.py) and Ray's read tasks share the plan:
-    whoever creates its file first (``O_EXCL``: atomic on a local disk, which every worker of a
-    cluster on this machine sees)."""
-
-    def __init__(self, folder: str):
-        self.folder = folder
-
-    def take(self, shard: Shard) -> bool:
-        path = os.path.join(self.folder, f"{quote(shard.dataset, safe='')}.{shard.start}")
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return False
-        return True
 
 
 CHUNK = 64  # shards planned together

@@ -30,6 +30,7 @@ import math
 import os
 import pickle
 import re
+import signal
 import sys
 import threading
 import warnings
@@ -41,9 +42,9 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 
 from mpq.cache import EncodedCache
-from mpq.engine import starts_own_cluster, verbose
+from mpq.engine import cluster_address, verbose
 from mpq.engine.inflight import InFlight
-from mpq.engine.plan import CHUNK, Claims, Planner, Shard, chunks
+from mpq.engine.plan import CHUNK, Planner, Shard, chunks
 from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.job import resolve
 from mpq.media import ARROW, Media
@@ -55,10 +56,12 @@ from mpq.spec import JobSpec
 # its index in that list. The rest of a working row is plain values (ids, settings, targets,
 # result columns) whose keys grow stage by stage: pickled, it needs no schema per stage.
 SCHEMA = pa.schema([("rows", pa.large_binary()), ("media", pa.list_(ARROW))])
-# Ray retries the work of a dead worker without end; mpq's own note of each try bounds it
-# (inflight.py): a sample's work in a stage is started at most this many times (a lost node
-# costs the samples in flight on it one try), then its rows become `worker died` errors.
-TRIES = 3
+# Ray Data retries the work of a dead worker without end (max_retries, max_restarts and
+# max_task_retries all -1), and it stays so: a remote argument that one stage sets and the
+# next does not stops Ray Data fusing loading and coding into the actors, and on a cluster
+# without GPUs those tasks then wait for CPUs the actors hold (the poison job of
+# tests/test_robust.py started no block in 7 minutes). mpq's own notes (inflight.py) bound
+# the tries instead, across runs too: TRIES per sample.
 # Shards per Ray Data execution. Ray Data keeps, in the driver, a stats record (~10 KB) of
 # every block each operator outputs until its dataset is gone, with no switch to turn it
 # off: a million-sample job grew the driver by 320 MiB in one execution. Runs of more shards
@@ -228,20 +231,23 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
-    own = starts_own_cluster(address)
+    address = cluster_address(address)
     _few_malloc_arenas()  # before ray.init starts the core worker's threads
+    term = signal.getsignal(signal.SIGTERM)
     ray.init(
-        address="local" if own else address,
+        address=address or "local",  # none given: a cluster of the run's own, not one found running here
         logging_level="ERROR",
         # Workers' output (models' download and conversion bars...) stays in their log files
         # in Ray's log folder; mpq reports what went wrong with a sample in its row.
         log_to_driver=verbose(),
         # A cluster of the run's own shows no dashboard unless --verbose: mpq shows its progress,
         # and the dashboard's 9 processes took 3 s of Ray's 10 s start on 2 cores.
-        include_dashboard=verbose() if own else None,
+        include_dashboard=verbose() if address is None else None,
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
     )
+    # ray.init makes SIGTERM exit at once; one the caller set (`mpq-ray run`: an orderly stop) stays.
+    if term not in (signal.SIG_DFL, None) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, term)
 
 
 def start_ray(address: str | None = None) -> None:
@@ -299,11 +305,11 @@ def _without_native_log_lines() -> Iterator[None]:
 class PlanDatasource(Datasource):
     """The plan as a Ray Data source: each read task plans a part of the shards (``Planner.items``;
     the results' keys read once per worker process), and its block of plan items is split a
-    shard a block. With ``claims``, a part's shards that a head start took are left out."""
+    shard a block."""
 
-    def __init__(self, planner: Planner, plan: list[Shard], readers: int, claims: Claims | None = None):
+    def __init__(self, planner: Planner, plan: list[Shard], readers: int):
         super().__init__()
-        self.planner, self.claims = planner, claims
+        self.planner = planner
         # Parts of `size` shards of one dataset (at most CHUNK, and enough parts to keep the
         # readers busy), the datasets taking turns as they do in the plan.
         self.size = max(1, min(CHUNK, math.ceil(len(plan) / readers)))
@@ -319,11 +325,9 @@ class PlanDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
         from ray.data.block import BlockMetadata
 
-        planner, claims = self.planner, self.claims
+        planner = self.planner
 
         def read(part: list[Shard]) -> Iterator[pa.Table]:
-            if claims is not None:  # a head start may have taken some (headstart.py)
-                part = [shard for shard in part if claims.take(shard)]
             items = [item for shard in planner.items(part) for item in shard]
             if items:
                 yield _pack(items)
@@ -334,11 +338,11 @@ class PlanDatasource(Datasource):
         ]
 
 
-def plan_dataset(planner: Planner, plan: list[Shard], readers: int, claims: Claims | None = None):
+def plan_dataset(planner: Planner, plan: list[Shard], readers: int):
     """The plan's blocks, read by at most ``readers`` read tasks at a time."""
     import ray.data
 
-    source = PlanDatasource(planner, plan, readers, claims)
+    source = PlanDatasource(planner, plan, readers)
     # A read task's output is one block (Ray Data joins what it yields), which Ray Data splits
     # into equal parts to make the number of blocks asked for: a block per shard.
     return ray.data.read_datasource(
@@ -348,23 +352,32 @@ def plan_dataset(planner: Planner, plan: list[Shard], readers: int, claims: Clai
 
 def run_ray(
     job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, address: str | None = None,
-    cache: EncodedCache | None = None, output: str | None = None, claims: Claims | None = None,
+    cache: EncodedCache | None = None, output: str | None = None,
 ) -> Iterator[pa.Table]:
-    """``claims``: shards are worked only where taken (a head start works some of them)."""
+    import ray
+
+    own = cluster_address(address) is None and not ray.is_initialized()
     start_ray(address)
-    with _without_native_log_lines():
-        for window in chunks(plan, WINDOW):
-            ds = _dataset(job, planner, window, finalize, cache, output, claims)
-            yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
-            # Its stats with it before the next window starts: the execution's objects hold
-            # reference cycles, which only a full collection (rare by itself) frees.
-            del ds
-            gc.collect()
+    try:
+        with _without_native_log_lines():
+            for window in chunks(plan, WINDOW):
+                ds = _dataset(job, planner, window, finalize, cache, output)
+                yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+                # Its stats with it before the next window starts: the execution's objects hold
+                # reference cycles, which only a full collection (rare by itself) frees.
+                del ds
+                gc.collect()
+    except (KeyboardInterrupt, GeneratorExit):
+        # An orderly stop. Ray kills workers without letting them clean up: those of a cluster
+        # of the run's own go now, before the runner sets back the tries they had in hand
+        # (inflight.forget); a given cluster's go when the driver does.
+        if own:
+            ray.shutdown()
+        raise
 
 
 def _dataset(
     job: JobSpec, planner: Planner, plan: list[Shard], finalize: Finalize, cache: EncodedCache | None, output: str | None,
-    claims: Claims | None = None,
 ):
     """The stage graph as a Ray Data dataset, placed on what the cluster has."""
     import ray
@@ -379,14 +392,14 @@ def _dataset(
     codec_resources = {k: v for k, v in job.resources.codec_resources.items() if _available(k)} or None
 
     def in_flight(stage: int) -> InFlight | None:
-        return InFlight(output, TRIES, stage) if output is not None else None
+        return InFlight(output, stage, finalize.run_id) if output is not None else None
 
     # The plan streams in: read tasks plan chunks of shards on the workers, a block per shard.
     # Planning is light (ids and a read of the results' keys): it takes no CPU, which the actor
     # pools may all hold. Taking none, every read task would run at once, each in a worker
     # process of its own that imports Ray Data and mpq (the smoke job: 28 processes on 2 CPUs,
     # beside the actors loading their models); a few at a time plan fast enough.
-    ds = plan_dataset(planner, plan, readers=max(1, int(cluster.get("CPU", 0)) // 8), claims=claims)
+    ds = plan_dataset(planner, plan, readers=max(1, int(cluster.get("CPU", 0)) // 8))
     ds = ds.map_batches(
         _run, fn_kwargs={"stages": [Load(job), Encode(job, cache, cpu_codecs, "cpu")], "finalize": None if groups else finalize,
                          "in_flight": in_flight(0)},

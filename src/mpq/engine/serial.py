@@ -1,7 +1,8 @@
 """The serial engine: the same stages, one sample after another, in this process.
 
 For debugging, for tests and as the baseline every benchmark compares against. A sample
-whose process died is tried once more on resume, then written as error rows (inflight.py).
+whose process died is tried again on resume, up to ``inflight.TRIES`` times, then written as
+error rows (inflight.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from mpq.engine.stages import Encode, Finalize, Load, Measure, Predict
 from mpq.job import Job, resolve
 from mpq.spec import JobSpec
 
-TRIES = 2  # the first try, and once more on resume
-
 
 class SerialWork:
     """The stages, built once (models load at their first use), run on one plan item at a time."""
@@ -26,7 +25,7 @@ class SerialWork:
         job = resolve(job)
         self.stages: list[Callable] = [Load(job), Encode(job, cache), *(Predict(job, t) for t in job.tasks), Measure(job)]
         self.finalize = finalize
-        self.in_flight = InFlight(output, TRIES) if output is not None else None
+        self.in_flight = InFlight(output, run_id=finalize.run_id) if output is not None else None
 
     def work(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for stage in self.stages:

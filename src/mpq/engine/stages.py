@@ -334,6 +334,7 @@ class Finalize(_JobStage):
 
     def __init__(self, job: JobSpec | Job, run_id: str):
         super().__init__(job)
+        self.run_id = run_id
         self.schema, self.meta = self.job.schema, run_metadata(run_id)
         self.describe = {}
         self.task_types = {task_id: t.name for task_id, t in self.job.tasks.items()}

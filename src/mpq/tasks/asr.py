@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import field_validator
 
-from mpq.components import Options, Task, mean_agreement
+from mpq.components import Options, Task, agreement_from_sums, agreement_sums, column_sums, mean_agreement, ratio
 from mpq.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, atomic_write, known_builtin, load_processor_and_model, mpq_cache
 from mpq.media import Audio, resample, with_channels
 from mpq.registry import register
@@ -205,6 +205,18 @@ class ASR(Task):
             "wra": _wra(rows["word_errors"], rows["ref_words"]),
             "wra_norm": _wra(rows["word_errors_norm"], rows["ref_words_norm"]),
         } | mean_agreement(rows)
+
+    @classmethod
+    def sums(cls, rows):
+        parts = {c: column_sums(rows, c)[0] for c in ("word_errors", "ref_words", "word_errors_norm", "ref_words_norm")}
+        return parts | agreement_sums(rows)
+
+    @classmethod
+    def from_sums(cls, sums):
+        def wra(errors, words):
+            return 1.0 - ratio(sums[errors], sums[words])
+
+        return {"wra": wra("word_errors", "ref_words"), "wra_norm": wra("word_errors_norm", "ref_words_norm")} | agreement_from_sums(sums)
 
     def agreement(self, output, reference):
         return wer_vs_clean(reference["prediction"], output["prediction"])

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import field_validator
 
-from mpq.components import ClassTarget, Options, Task, mean_agreement
+from mpq.components import ClassTarget, Options, Task, agreement_from_sums, agreement_sums, column_sums, mean_agreement, ratio
 from mpq.hub import BUILTIN_PREFIX, HubModel, atomic_write, from_pretrained, known_builtin, load_processor_and_model, mpq_cache, processor_images, torch_dtype
 from mpq.media import SKIMAGE_PHOTOS, Image
 from mpq.registry import register
@@ -253,6 +253,15 @@ class Classify(Task):
     def aggregate(cls, rows):
         correct = rows["correct"].drop_nulls()
         return {"accuracy": correct.cast(float).mean() if correct.len() else None} | mean_agreement(rows)
+
+    @classmethod
+    def sums(cls, rows):
+        correct, counted = column_sums(rows, "correct")
+        return {"correct": correct, "correct_n": counted} | agreement_sums(rows)
+
+    @classmethod
+    def from_sums(cls, sums):
+        return {"accuracy": ratio(sums["correct"], sums["correct_n"])} | agreement_from_sums(sums)
 
     def agreement(self, output, reference):
         return {"agreement": float(output["_class"] == reference["_class"])}

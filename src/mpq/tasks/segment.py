@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mpq.components import Options, Task, mean_agreement
+from mpq.components import Options, Task, agreement_from_sums, agreement_sums, column_sums, mean_agreement, ratio
 from mpq.hub import PROCESSOR_FILES, HubModel, load_processor_and_model, processor_images, to_device
 from mpq.media import Image
 from mpq.registry import register
@@ -196,6 +196,32 @@ class Segment(Task):
         if rows_.is_empty():
             return {"mIoU": None, "pixel_accuracy": None} | mean_agreement(rows)
         return cls.label_scores(rows_) | mean_agreement(rows)
+
+    @classmethod
+    def sums(cls, rows):
+        counted = rows["intersection"].is_not_null().to_numpy() if "intersection" in rows.columns else np.zeros(rows.height, bool)
+
+        def counts(column):  # per-class counts, a row of zeros where a row has none
+            if not counted.any():
+                return np.zeros((rows.height, 1))
+            filled = rows[column].to_list()
+            width = len(next(c for c in filled if c is not None))
+            return np.array([c if c is not None else [0] * width for c in filled], dtype=float)
+
+        return {"intersection": counts("intersection"), "union": counts("union"), "counted": counted.astype(float),
+                "pixels_correct": column_sums(rows, "pixels_correct", counted)[0],
+                "pixels_valid": column_sums(rows, "pixels_valid", counted)[0]} | agreement_sums(rows)
+
+    @classmethod
+    def from_sums(cls, sums):
+        union = sums["union"]
+        present = union > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class = np.where(present, sums["intersection"] / np.where(present, union, 1), 0.0)
+            miou = np.where(present.any(-1), per_class.sum(-1) / present.sum(-1), np.nan)
+        has = sums["counted"] > 0
+        return {"mIoU": np.where(has, miou, np.nan),
+                "pixel_accuracy": np.where(has, ratio(sums["pixels_correct"], sums["pixels_valid"]), np.nan)} | agreement_from_sums(sums)
 
     @staticmethod
     def label_scores(rows):

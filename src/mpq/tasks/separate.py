@@ -240,6 +240,10 @@ class Separate(Task):
                "sdr_mean": float(np.mean(list(means.values()))) if means else None}
         return out | {f"sdr_{s}": medians.get(s) for s in STEMS} | mean_agreement(rows)
 
+    @classmethod
+    def sums(cls, rows):
+        return None  # medians: not a function of sums
+
     def agreement(self, output, reference):
         """``sdr_vs_clean``: the SDR of this separation against the separation of the
         uncompressed input, mean over sources: 10·log10(Σ ref² / Σ (ref − est)²) over the whole
