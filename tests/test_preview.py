@@ -125,6 +125,12 @@ def test_mlflow_logs_params_summary_metrics_and_the_results_folder(study, tmp_pa
     assert run.data.metrics["d/classify/jpeg/30/psnr"] == pytest.approx(df["psnr"].drop_nulls().mean())
     assert run.data.metrics["d/classify/jpeg/30/n"] == df.height and run.data.metrics["rows_written"] == 0
 
+    for name, value in {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "mpq-api"}.items():
+        monkeypatch.setenv(name, value)
+    mpq.run(job_file, str(out), engine="serial", log_to="mlflow")  # the same from Python
+    (api,) = client.search_runs([client.get_experiment_by_name("mpq-api").experiment_id])
+    assert api.data.metrics == run.data.metrics | {"seconds": api.data.metrics["seconds"]} and api.data.params == run.data.params
+
 
 def test_log_to_an_unknown_tracker_is_refused_before_any_work(tmp_path):
     res = cli("run", "jobs/smoke.yaml", "-o", str(tmp_path / "o"), "--log-to", "wandb")
