@@ -81,6 +81,9 @@ def test_plan_on_a_resumed_output_matches_what_the_run_then_does(study):
     assert (rest.written, rest.already_done, rest.samples) == (found.todo, found.done, sum(found.samples.values())) == (3, 6, 1)
     jpeg = next(line for line in found.lines if line.codec == "jpeg")
     assert (jpeg.settings, jpeg.task, jpeg.samples, jpeg.todo, jpeg.done) == (2, "classify", 1, 2, 4)
+    job_file, out, _ = study
+    redo = cli("plan", str(job_file), "-o", str(out), "--no-calibrate", "--redo", "load")  # the truncated photo's rows, as run --redo counts them
+    assert redo.returncode == 0 and "3 rows to compute for 1 samples; 6 rows already done" in redo.stdout, redo.stdout
 
 
 @SLOW
