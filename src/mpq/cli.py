@@ -308,7 +308,7 @@ def _output_status(output: str, job_file: Path | None, limit: int | None) -> Non
         left = [line for line in found.lines if line.todo]
         typer.echo(f"to do for {job_file}: {found.todo} rows of {sum(found.samples.values())} samples" + (":" if left else ""))
         for line in left:
-            typer.echo(f"  {line.dataset} {line.codec} {line.task or '(no task)'}: {line.todo} rows of {line.samples} samples")
+            typer.echo(f"  {line.dataset} {line.codec} {line.task or '(none)'}: {line.todo} rows of {line.samples} samples")
 
 
 def _plan(job_file: Path, output: str | None, limit: int | None, redo: tuple[str, ...], keep: int = 0):
