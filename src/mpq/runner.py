@@ -10,14 +10,14 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from mpq.components import AssetUnavailable, offline
 from mpq.cache import EncodedCache
+from mpq.components import AssetUnavailable, offline
 from mpq.engine import choose, cluster_address, cpus, gpus
 from mpq.engine.inflight import forget
 from mpq.engine.plan import Planner, count, iter_items, shards
 from mpq.engine.stages import Finalize
-from mpq.lease import Lease
 from mpq.job import Job, resolve
+from mpq.lease import Lease
 from mpq.results import ResultStore, check_location, check_redo
 from mpq.spec import JobSpec
 
