@@ -213,8 +213,7 @@ def build_whisper(path: Path, size: str, device: str) -> str:
     """A Whisper of the released dimensions and vocabulary size with random weights, and a
     byte-level tokenizer padded to that vocabulary (mpq's tiny_whisper, at full size)."""
     import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-    from transformers import WhisperProcessor, WhisperTokenizer
+    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
@@ -453,8 +452,8 @@ class Bench:
         from lpips.lpips import spatial_average
 
         from mpq.engine.stages import Measure
-        from mpq.media import Image
         from mpq.hub import to_device
+        from mpq.media import Image
         from mpq.metrics.lpips import features, load_lpips, scaled
 
         versions, refs = 5, self.n(16, 2)

@@ -21,9 +21,9 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    from mpq.engine.ray import init_ray  # first: it configures Ray before Ray reads its settings
-
     import ray
+
+    from mpq.engine.ray import init_ray  # first: it configures Ray before Ray reads its settings
 
     init_ray()
     yield

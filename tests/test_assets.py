@@ -166,7 +166,8 @@ def test_fetch_without_network_says_the_download_failed_not_that_hf_hub_offline_
         "name": "fetch", "datasets": [{"name": "s", "source": {"samples": "skimage", "names": ["astronaut"]}}],
         "tasks": [{"name": "classify", "model": "mpq-test/absent"}],
     }))
-    res = mpq("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), env={"HF_HUB_OFFLINE": ""})  # no such model online, no network here: either way
+    # no such model online, no network here: either way (the hub's timeouts short, so it gives up soon)
+    res = mpq("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), env={"HF_HUB_OFFLINE": "", "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
     assert res.returncode == 2 and res.stdout.startswith("  missing  model mpq-test/absent (")
     (closing,) = res.stderr.splitlines()
     assert closing.startswith("1 of 1 assets missing: they could not be downloaded from here") and "HF_HUB_OFFLINE" not in closing

@@ -417,8 +417,8 @@ def test_commonvoice_release_folder_in_tsv_order(tmp_path):
 
 @pytest.mark.slow
 def test_offline_hub_codec_and_demucs_fail_before_work_naming_them(tmp_path):
-    from mpq.runner import run_job
     from mpq.components import AssetUnavailable
+    from mpq.runner import run_job
     from mpq.spec import parse_job
 
     base = {"name": "x", "datasets": [{"name": "m", "source": {"music": "synthetic", "tracks": 1, "seconds": 1}}]}

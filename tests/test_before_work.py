@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 
-import mpq
 import pytest
 from conftest import ROOT, photo
 from PIL import Image
+
+import mpq
 
 HEAVY = ("torch", "ray", "transformers", "timm")
 # The CLI in a process of its own; then which of the heavy libraries it imported.

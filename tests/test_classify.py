@@ -3,7 +3,6 @@ that name no class or several before any work."""
 
 import io
 
-import numpy as np
 import polars as pl
 import pytest
 from conftest import photo

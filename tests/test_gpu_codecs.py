@@ -138,11 +138,10 @@ def test_groups_put_neural_codecs_in_a_gpu_pool_only_where_there_are_gpus(folder
 @pytest.fixture
 def ray_with_a_declared_gpu():
     """A local cluster that declares one GPU this machine does not have (torch sees none)."""
+    import ray
     import torch
 
     import mpq.engine.ray  # noqa: F401  first: it configures Ray before Ray reads its settings
-
-    import ray
 
     assert not torch.cuda.is_available()
     ray.shutdown()

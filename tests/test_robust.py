@@ -117,9 +117,8 @@ def write_poison_job(root, datasets: dict[str, list[str]], **spec):
     """A job of folders of photos (names from ``a.png``, ``b-poison.png``, ``c.png``); the
     poison one is 7 pixels high."""
     import yaml
-    from PIL import Image
-
     from conftest import photo
+    from PIL import Image
 
     for name, files in datasets.items():
         (root / name).mkdir()
@@ -272,9 +271,9 @@ def test_an_orderly_stop_sets_back_only_the_tries_its_run_has_in_hand(tmp_path):
 
 
 def test_inputs_over_the_jobs_size_limits_become_error_rows_before_any_work(tmp_path):
+    from conftest import photo
     from PIL import Image
 
-    from conftest import photo
     from mpq.runner import run_job
     from mpq.spec import parse_job
     from mpq.summary import read_results

@@ -176,12 +176,12 @@ def test_a_config_with_only_the_old_reduce_labels_key_is_honoured(ade_like, tmp_
     import json
     from pathlib import Path
 
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
     from mpq.runner import run_job
     from mpq.spec import parse_job
     from mpq.summary import read_results
-
-    import torch
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
     torch.manual_seed(0)  # three classes: ADE-style labels 1..3 fit only once reduced to 0..2
     tiny_segformer = str(tmp_path / "three")

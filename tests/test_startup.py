@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 MODEL_LIBRARIES = ("torch", "transformers", "timm", "torchvision")
@@ -22,7 +21,7 @@ def imported_by(code: str) -> set[str]:
 
 
 def test_planning_and_cpu_coding_import_no_model_library():
-    """The smoke job's photos and speech through its CPU codecs, as a read task and a codec task
+    """The smoke job's photos, pages and speech through its CPU codecs, as a read task and a codec task
     run them: preflight, plan, load, encode."""
     code = """
 import yaml
@@ -34,7 +33,7 @@ from mpq.job import resolve
 from mpq.spec import parse_job
 
 data = yaml.safe_load(open("jobs/smoke.yaml"))
-data["datasets"] = [{**d, "limit": 2} for d in data["datasets"] if d["name"] in ("photos", "speech")]
+data["datasets"] = [{**d, "limit": 2} for d in data["datasets"] if d["name"] in ("photos", "text", "speech")]
 data["codecs"] = [c for c in data["codecs"] if c["name"] in ("jpeg", "webp", "mp3", "opus")]
 data["tasks"] = [t for t in data["tasks"] if t["name"] != "separate"]
 job = resolve(parse_job(data))

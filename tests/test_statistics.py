@@ -15,7 +15,6 @@ from test_analysis import results_frame
 
 from mpq import analysis
 
-
 # --- McNemar, Holm, bootstrap p -----------------------------------------------------------
 
 @pytest.mark.parametrize("seed", range(6))

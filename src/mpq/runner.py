@@ -10,14 +10,14 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from mpq.components import AssetUnavailable
 from mpq.cache import EncodedCache
+from mpq.components import AssetUnavailable, offline
 from mpq.engine import choose, cluster_address, cpus, gpus
 from mpq.engine.inflight import forget
 from mpq.engine.plan import Planner, count, iter_items, shards
 from mpq.engine.stages import Finalize
-from mpq.lease import Lease
 from mpq.job import Job, resolve
+from mpq.lease import Lease
 from mpq.results import ResultStore, check_location, check_redo
 from mpq.spec import JobSpec
 
@@ -65,16 +65,24 @@ def required_metric_columns(job: Job) -> dict[str, set[str]]:
     return {name: d.metric_columns for name, d in job.datasets.items()}
 
 
-def preflight(job: Job) -> None:
-    """Fail before any work when an asset the job names cannot be had (offline and not cached, typo)."""
+def check_assets(job: Job) -> None:
+    """Fail when an asset the job names cannot be had (offline and not cached, typo): all of
+    them at once, not one per attempt."""
     missing = []
     for asset in job.assets():
         try:
             asset.check()
         except AssetUnavailable as exc:
             missing.append(str(exc))
-    if missing:  # all of them at once, not one per attempt
+    if missing:
         raise AssetUnavailable("\n".join(missing))
+
+
+def preflight(job: Job, assets: bool = True) -> None:
+    """Fail before any work when an asset the job names cannot be had (``assets``), or a
+    model or codec refuses the job's datasets or settings."""
+    if assets:
+        check_assets(job)
     for task_id, entry in job.tasks.items():
         task = entry.build()
         task.preflight()
@@ -108,6 +116,8 @@ def run_job(
     check_redo(redo)
     check_location(output, write=True)
     job = resolve(spec)
+    if offline():  # cache lookups only: every missing model and dataset named before any is listed
+        check_assets(job)
     todo = shards(job, limit)
     for name, dataset in job.datasets.items():
         if not any(s.dataset == name for s in todo):
@@ -117,7 +127,7 @@ def run_job(
     planner = Planner(job, output, required, files, redo)
     work = count(planner, todo)
     if work.samples:
-        preflight(job)  # the models' checks: only where there is work for them
+        preflight(job, assets=not offline())  # the models' checks: only where there is work for them
     with Lease(output, store.run_id, force) as lease:  # one writer per output, from the plan to the last row
         start = time.monotonic()
         if store.files() != files:  # another run wrote since the count: plan against its rows too

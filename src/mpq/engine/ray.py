@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pyarrow as pa
-
 from ray.data import Datasource, ReadTask
 
 from mpq.cache import EncodedCache

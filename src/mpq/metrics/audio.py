@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from pydantic import Field
 
 from mpq.components import Metric, Options

@@ -17,7 +17,14 @@ from pydantic import Field, model_validator
 
 from mpq.components import Asset, ClassTarget, Options, Sample, Source, offline_hint
 from mpq.media import (
-    MediaError, audio_from_array, audio_from_bytes, image_from_array, image_from_bytes, label_map_from_bytes, oriented, to_rgb,
+    MediaError,
+    audio_from_array,
+    audio_from_bytes,
+    image_from_array,
+    image_from_bytes,
+    label_map_from_bytes,
+    oriented,
+    to_rgb,
 )
 from mpq.registry import register
 

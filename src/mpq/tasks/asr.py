@@ -76,8 +76,7 @@ def tiny_whisper() -> str:
         return str(path)
     import torch
     import transformers
-    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-    from transformers import WhisperProcessor, WhisperTokenizer
+    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     transformers.utils.logging.disable_progress_bar()

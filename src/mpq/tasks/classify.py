@@ -62,7 +62,7 @@ def tiny_vit() -> str:
         config = ViTConfig(
             image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, num_labels=len(labels),
-            id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+            id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
         )
         def write(tmp):
             ViTForImageClassification(config).save_pretrained(tmp)
