@@ -158,5 +158,5 @@ def test_status_names_the_run_holding_the_lease(tmp_path):
     with Lease(str(tmp_path), "20261204T000000000000-abcd"):
         res = cli("status", str(tmp_path))
     assert res.returncode == 0, res.stderr
-    assert f"{tmp_path}: 0 rows" in res.stdout and f"lease: run 20261204T000000000000-abcd (host " in res.stdout
+    assert f"{tmp_path}: 0 rows" in res.stdout and "lease: run 20261204T000000000000-abcd (host " in res.stdout
     assert "no lease" in cli("status", str(tmp_path)).stdout
