@@ -1,0 +1,1 @@
+"""Task models: classification, segmentation, OCR, speech recognition and separation, each a registered ``Task``."""
