@@ -15,6 +15,7 @@ import urllib.request
 import uuid
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -139,8 +140,9 @@ def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_server, 
 
     report = CliRunner().invoke(app, ["report", uri, "--to", str(tmp_path / "report"), "--resamples", "0"])
     assert report.exit_code == 0, report.output
-    html = (tmp_path / "report" / "report.html").read_text()
-    assert "<th>jpeg 20</th>" in html and "ssim" in html
+    summary = pl.read_csv(tmp_path / "report" / "summary_image.csv")
+    assert "jpeg 20" in summary.columns and "ssim" in summary["measure"].to_list()
+    assert "ssim" in (tmp_path / "report" / "report.html").read_text()
 
     monkeypatch.setenv("MPQ_RESULTS", uri)  # the notebooks read through analysis.load
     ns = runpy.run_path(str(ROOT / "analysis" / "summary.py"), run_name="__main__")
