@@ -184,6 +184,9 @@ def fetch(
 
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
+    unreachable = None if os.environ.get("HF_HUB_OFFLINE", "").strip() else _hub_unreachable()
+    if unreachable:  # the hub's client would retry every download for minutes: check the caches instead
+        os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported, which reads it once
     from mpq.components import AssetUnavailable, cache_home, offline
     from mpq.job import resolve
     from mpq.spec import JobSpecError, load_job
@@ -198,17 +201,34 @@ def fetch(
             asset.check() if offline() else asset.fetch()
         except AssetUnavailable as exc:
             missing += 1
-            typer.secho(f"  missing  {asset}" + (f" ({exc.reason})" if exc.reason and not offline() else ""), fg=typer.colors.RED)
+            reason = unreachable or (exc.reason if not offline() else None)
+            typer.secho(f"  missing  {asset}" + (f" ({reason})" if reason else ""), fg=typer.colors.RED)
         else:
             typer.echo(f"  cached   {asset}")
     caches = f"HF_HOME={cache_home('model')} TORCH_HOME={cache_home('checkpoint')}"
     if missing:
-        why = ("HF_HUB_OFFLINE is set, so nothing was downloaded; unset it and run this again" if offline()
+        why = ("HF_HUB_OFFLINE is set, so nothing was downloaded; unset it and run this again" if offline() and not unreachable
                else "they could not be downloaded from here; run this again")
         _fail(f"{missing} of {len(assets)} assets missing: {why} where the hub is reachable, or copy a cache filled there to {caches}")
     typer.echo(f"{len(assets)} assets cached" + ("" if assets else " (the job downloads nothing)"))
     if cache_dir is not None:
         typer.echo(f"to run from this cache: {caches} HF_HUB_OFFLINE=1")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``) cannot be reached from here, after one request
+    of at most 5 s, or None when it answers."""
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=5).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except OSError as exc:
+        return f"the hub at {endpoint} is not reachable: {getattr(exc, 'reason', exc)}"
+    return None
 
 
 ADDRESS_HELP = "Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)"
