@@ -136,6 +136,10 @@ def test_predict_equals_the_model_post_processed_directly(tiny_detr):
 
 @pytest.fixture
 def coco_like(tmp_path):
+    return hf_boxes(tmp_path / "coco")
+
+
+def hf_boxes(root) -> str:
     """A split in the hub's layout of detection-datasets/coco: objects with bbox and a ClassLabel category."""
     import datasets
 
@@ -144,7 +148,6 @@ def coco_like(tmp_path):
         "category": datasets.Sequence(datasets.ClassLabel(names=["cat", "dog"]))}})
     objects = [{"bbox": [[1, 2, 30, 20], [5, 5, 10, 10]], "category": [1, 0]}, {"bbox": [], "category": []}]
     ds = datasets.Dataset.from_dict({"image": [png(photo(40, 56, seed=i)) for i in range(2)], "objects": objects}, features=feats)
-    root = tmp_path / "coco"
     (root / "data").mkdir(parents=True)
     ds.to_parquet(root / "data" / "validation-00000-of-00001.parquet")
     return str(root)
