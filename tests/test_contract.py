@@ -24,7 +24,7 @@ import pyarrow as pa
 import pytest
 from conftest import photo
 from test_audio import tone, wav_bytes
-from test_detect import hf_boxes, tiny_detr  # noqa: F401  (a fixture)
+from test_detect import hf_boxes
 from test_hific import write_checkpoint
 from test_segment import png, tiny_segformer  # noqa: F401  (a fixture)
 
@@ -94,7 +94,7 @@ def task_case(name, request) -> tuple[dict, list, list]:
         return {"model": request.getfixturevalue("tiny_segformer")}, images(), [label, label]
     if name == "detect":
         boxes = {"boxes": [[2.0, 3.0, 30.0, 20.0], [10.0, 15.0, 50.0, 38.0]], "labels": ["cat", "dog"]}
-        return {"model": request.getfixturevalue("tiny_detr"), "agreement_threshold": 0.0}, images(), [boxes, boxes]
+        return {"model": "builtin:tiny-detr", "agreement_threshold": 0.0}, images(), [boxes, boxes]
     options = {"classify": {"model": "builtin:tiny-vit"}, "asr": {"model": "builtin:tiny-whisper"},
                "separate": {"model": "builtin:tiny-htdemucs", "shifts": 0}}.get(name, {})
     if registry.get("task", name).modality == "image":

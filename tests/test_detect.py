@@ -96,21 +96,11 @@ def test_matched_f1_counts_same_class_boxes_at_iou_half_greedily_by_score():
 
 
 @pytest.fixture
-def tiny_detr(tmp_path):
-    import torch
-    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+def tiny_detr():
+    """mpq's own tiny random DETR (its ResNet backbone built, nothing downloaded), written by ``save_pretrained``."""
+    from mpq.tasks.detect import tiny_detr
 
-    torch.manual_seed(0)
-    config = DetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False,  # nothing downloads
-        backbone_config=ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]),
-        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=8, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1},
-    )
-    path = tmp_path / "tiny-detr"
-    DetrForObjectDetection(config).save_pretrained(path)
-    DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(path)
-    return str(path)
+    return tiny_detr()
 
 
 def test_predict_equals_the_model_post_processed_directly(tiny_detr):
@@ -166,6 +156,7 @@ def test_hf_source_reads_boxes_with_class_names(coco_like):
 
 @pytest.mark.slow
 def test_tiny_detr_through_the_pipeline(coco_like, tiny_detr, tmp_path):
+    """The builtin model: its rows carry a pipeline_check; the split's mAP is COCOeval's on the baseline rows."""
     from mpq.runner import run_job
     from mpq.spec import parse_job
     from mpq.summary import read_results, summarize
@@ -173,12 +164,13 @@ def test_tiny_detr_through_the_pipeline(coco_like, tiny_detr, tmp_path):
     job = parse_job({
         "name": "det", "datasets": [{"name": "coco", "source": {"hf": coco_like, "boxes": "objects"}}],
         "codecs": [{"name": "jpeg", "settings": [5]}],
-        "tasks": [{"name": "detect", "model": tiny_detr, "threshold": 0.0}],
+        "tasks": [{"name": "detect", "model": "builtin:tiny-detr", "threshold": 0.0}],
     })
     out = str(tmp_path / "out")
     run_job(job, out, engine="serial", progress=False)
     df = read_results(out)
     assert df.height == 4 and df["error"].is_null().all()
+    assert df["pipeline_check"].str.contains("tiny random DETR").all()
     assert df["det_boxes"].list.len().eq(8).all()
     base = df.filter(pl.col("codec") == "none").sort("sample_id")
     assert base["gt_labels"].to_list() == [["dog", "cat"], []]

@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import field_validator
 
 from mpq.components import Options, Task, mean_agreement
-from mpq.hub import PROCESSOR_FILES, HubModel, load_processor_and_model
+from mpq.hub import PROCESSOR_FILES, HubModel, atomic_write, known_builtin, load_processor_and_model, mpq_cache
 from mpq.media import Image
 from mpq.registry import register
 
+TINY_DETR = "builtin:tiny-detr"
 BOXES = pa.list_(pa.list_(pa.float64()))  # per box: x0, y0, x1, y1 in the image's pixels
 
 
@@ -33,6 +35,39 @@ class DetectOptions(Options):
     threshold: float = 0.05
     # Detections that count for `agreement`: the confident ones a user of the detector would act on.
     agreement_threshold: float = 0.5
+
+    @field_validator("model")
+    @classmethod
+    def _known_builtin(cls, model: str) -> str:
+        return known_builtin(model, (TINY_DETR,))
+
+
+def tiny_detr() -> str:
+    """A tiny randomly initialised DETR (ResNet backbone of its own, nothing downloaded), written
+    once in HF format to mpq's cache, so a pipeline check runs offline through the real
+    ``from_pretrained`` path; its detections are random and its mAP means nothing."""
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+
+    path = mpq_cache() / "models" / "tiny-detr-random"
+    if not (path / "config.json").exists():
+        import torch
+
+        torch.manual_seed(0)
+        labels = ["cat", "dog"]
+        config = DetrConfig(
+            use_timm_backbone=False, use_pretrained_backbone=False,
+            backbone_config=ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]),
+            d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=8,
+            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        )
+
+        def write(tmp):
+            DetrForObjectDetection(config).save_pretrained(tmp)
+            DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(tmp)
+
+        atomic_write(path, write)
+    return str(path)
 
 
 def coco_eval(samples: list[dict[str, Any]]) -> tuple[float | None, float | None]:
@@ -115,13 +150,19 @@ class Detect(Task):
     }
 
     def assets(self):
+        if self.options.model == TINY_DETR:
+            return []  # written by mpq itself, offline
         return [HubModel(self.options.model, self.options.revision, ("AutoImageProcessor", "AutoModelForObjectDetection"),
                          files=(PROCESSOR_FILES,))]
 
     def load(self) -> None:
         from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-        load_processor_and_model(self, AutoImageProcessor, AutoModelForObjectDetection, self.options.model)
+        model_id = self.options.model
+        if model_id == TINY_DETR:
+            model_id = tiny_detr()
+            self.pipeline_check = "tiny random DETR: detections and mAP mean nothing"
+        load_processor_and_model(self, AutoImageProcessor, AutoModelForObjectDetection, model_id)
         self.names = self.model.config.id2label
 
     def predict(self, media: list[Image], targets: list[Any]) -> list[dict[str, Any]]:
