@@ -25,6 +25,7 @@ from mpq.media import Image
 from mpq.registry import register
 
 TINY_DETR = "builtin:tiny-detr"
+SAMPLE = ["gt_boxes", "gt_labels", "det_boxes", "det_scores", "det_labels"]  # what COCO evaluation reads of a row
 BOXES = pa.list_(pa.list_(pa.float64()))  # per box: x0, y0, x1, y1 in the image's pixels
 
 
@@ -168,7 +169,7 @@ class Detect(Task):
     def predict(self, media: list[Image], targets: list[Any]) -> list[dict[str, Any]]:
         import torch
 
-        inputs = self.processor(images=[m.pixels for m in media], return_tensors="pt")
+        inputs = self.processor(images=[m.pixels for m in media], return_tensors="pt", input_data_format="channels_last")
         inputs = {k: v.to(self.device, dtype=self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in inputs.items()}
         with torch.inference_mode():
             outputs = self.model(**inputs)
@@ -199,13 +200,11 @@ class Detect(Task):
 
     @classmethod
     def aggregate(cls, rows):
-        """COCO mAP@[.5:.95] and mAP@.5 of the split's rows evaluated together; the mean agreement."""
+        """COCO mAP@[.5:.95] and mAP@.5 of the split's rows evaluated together; the mean agreement.
+        AP ranks detections over the whole split, so it is no sum of per-row parts (no ``sums``):
+        resamples are scored by this method itself."""
         import polars as pl
 
         scored = rows.filter(pl.col("gt_boxes").is_not_null()) if "gt_boxes" in rows.columns else rows.clear()
-        ap, ap50 = coco_eval(scored.select(list(cls.columns)[1:]).to_dicts()) if scored.height else (None, None)
+        ap, ap50 = coco_eval(scored.select(SAMPLE).to_dicts()) if scored.height else (None, None)
         return {"mAP": ap, "mAP50": ap50} | mean_agreement(rows)
-
-    @classmethod
-    def sums(cls, rows):
-        return None  # COCO's AP ranks detections over the whole split: not a sum of per-row parts
