@@ -2,6 +2,7 @@
 the hf source's boxes, and a tiny random DETR through mpq's loader."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -150,6 +151,15 @@ def test_hf_source_reads_boxes_with_class_names(coco_like):
     s = hf(hf.Options(hf=coco_like, boxes="objects", box_format="xywh")).load("0")
     assert s.target["boxes"] == [[1, 2, 31, 22], [5, 5, 15, 15]]
     assert hf(hf.Options(hf=coco_like, boxes="objects")).load("1").target == {"boxes": [], "labels": []}
+    import datasets  # objects as a list of structs, not a dict of lists
+
+    feats = datasets.Features({"image": datasets.Image(), "objects": datasets.List({
+        "bbox": datasets.List(datasets.Value("float32"), length=4), "category": datasets.ClassLabel(names=["cat", "dog"])})})
+    root = Path(coco_like).parent / "listed"
+    (root / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict({"image": [png(photo(40, 56))], "objects": [[{"bbox": [1, 2, 30, 20], "category": 1}]]},
+                               features=feats).to_parquet(root / "data" / "validation-00000-of-00001.parquet")
+    assert hf(hf.Options(hf=str(root), boxes="objects")).load("0").target == {"boxes": [[1, 2, 30, 20]], "labels": ["dog"]}
     with pytest.raises(ValueError, match="not label and boxes"):
         hf.Options(hf=coco_like, label="x", boxes="objects")
 

@@ -128,6 +128,8 @@ class HFSource(Source):
         category = feature.get("category") if isinstance(feature, dict) else getattr(feature, "feature", {}).get("category")
         if hasattr(category, "feature"):  # a Sequence / List of ClassLabel
             category = category.feature
+        if isinstance(objects, list):  # a list of objects rather than a dict of lists
+            objects = {"bbox": [o["bbox"] for o in objects], "category": [o["category"] for o in objects]}
         boxes = [list(map(float, b)) for b in objects["bbox"]]
         if self.options.box_format == "xywh":
             boxes = [[x, y, x + w, y + h] for x, y, w, h in boxes]
