@@ -189,3 +189,24 @@ def test_tiny_detr_through_the_pipeline(coco_like, tiny_detr, tmp_path):
     assert got["mAP"] == pytest.approx(coco_eval(base.select("gt_boxes", "gt_labels", "det_boxes", "det_scores", "det_labels").to_dicts())[0])
     coded = df.filter(pl.col("codec") == "jpeg")["agreement"]
     assert coded.is_not_null().all() and coded.is_between(0, 1).all()
+
+
+def test_boxes_of_an_exif_rotated_image_are_refused(tmp_path):
+    """Boxes are drawn on the stored pixels, and mpq makes the image upright: they would not match."""
+    import io
+
+    import datasets
+    import PIL.Image
+
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    PIL.Image.fromarray(photo(40, 56)).save(buf, format="PNG", exif=exif)
+    feats = datasets.Features({"image": datasets.Image(), "objects": {
+        "bbox": datasets.List(datasets.List(datasets.Value("float32"), length=4)), "category": datasets.List(datasets.Value("string"))}})
+    (tmp_path / "rot" / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict({"image": [{"bytes": buf.getvalue(), "path": None}], "objects": [{"bbox": [[1, 2, 3, 4]], "category": ["cat"]}]},
+                               features=feats).to_parquet(tmp_path / "rot" / "data" / "validation-00000-of-00001.parquet")
+    hf = registry.get("source", "hf")
+    with pytest.raises(Exception, match="EXIF orientation 6: its boxes"):
+        hf(hf.Options(hf=str(tmp_path / "rot"), boxes="objects")).load("0")
