@@ -210,3 +210,18 @@ def test_boxes_of_an_exif_rotated_image_are_refused(tmp_path):
     hf = registry.get("source", "hf")
     with pytest.raises(Exception, match="EXIF orientation 6: its boxes"):
         hf(hf.Options(hf=str(tmp_path / "rot"), boxes="objects")).load("0")
+
+
+def test_the_bootstrap_scores_resamples_by_coco_evaluation():
+    """mAP is no sum of row parts: each resample (drawn samples repeated as separate images) is evaluated by ``aggregate``."""
+    from mpq.analysis.paired import joint_bootstrap
+    from mpq.analysis.sums import resample_counts
+
+    samples = random_samples(2)
+    rows = pl.DataFrame([s | {"sample_id": str(i), "_c": c, "task_type": "detect", "error": None, "agreement": 1.0}
+                         for c in ("a", "b") for i, s in enumerate(samples if c == "a" else samples[::-1])])
+    point, boot = joint_bootstrap(rows, n_resamples=4)
+    assert point["a"]["mAP"] == pytest.approx(coco_eval(samples)[0])
+    counts = resample_counts(len(samples), 4, 0)  # the same draw, over ids "0".."5" in order
+    drawn = [s for s, k in zip(samples, counts[0]) for _ in range(int(k))]
+    assert boot["a"]["mAP"][0] == pytest.approx(coco_eval(drawn)[0])
