@@ -11,6 +11,7 @@ from conftest import photo
 from test_segment import png
 
 from mpq import registry
+from mpq.components import ClassTarget
 from mpq.media import Image
 from mpq.tasks.detect import coco_eval, matched_f1
 
@@ -123,6 +124,8 @@ def test_predict_equals_the_model_post_processed_directly(tiny_detr):
         assert row["det_labels"] == [["cat", "dog"][int(k)] for k in det["labels"]]
     assert rows[0]["gt_labels"] == ["cat", "dog"] and rows[0]["score"] == coco_eval([rows[0]])[0]
     assert "gt_boxes" not in rows[1] and rows[1]["score"] is None
+    with pytest.raises(ValueError, match="boxes, not a ClassTarget target: give the hf source `boxes: COLUMN`"):
+        task.predict([Image(pixels[0])], [ClassTarget("cat")])
 
 
 @pytest.fixture

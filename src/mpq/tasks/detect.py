@@ -169,6 +169,9 @@ class Detect(Task):
     def predict(self, media: list[Image], targets: list[Any]) -> list[dict[str, Any]]:
         import torch
 
+        for target in targets:
+            if target is not None and not (isinstance(target, dict) and "boxes" in target):
+                raise ValueError(f"detect scores boxes, not a {type(target).__name__} target: give the hf source `boxes: COLUMN`")
         inputs = self.processor(images=[m.pixels for m in media], return_tensors="pt", input_data_format="channels_last")
         inputs = {k: v.to(self.device, dtype=self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in inputs.items()}
         with torch.inference_mode():
