@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from mpq.components import Options, Task, mean_agreement
 from mpq.hub import PROCESSOR_FILES, HubModel, atomic_write, known_builtin, load_processor_and_model, mpq_cache
@@ -33,9 +33,9 @@ class DetectOptions(Options):
     model: str = "facebook/detr-resnet-50"
     revision: str | None = None
     # Detections kept for mAP: COCO evaluation wants low-scoring ones too (precision over all recalls).
-    threshold: float = 0.05
+    threshold: float = Field(default=0.05, ge=0, le=1)
     # Detections that count for `agreement`: the confident ones a user of the detector would act on.
-    agreement_threshold: float = 0.5
+    agreement_threshold: float = Field(default=0.5, ge=0, le=1)
 
     @field_validator("model")
     @classmethod
