@@ -49,7 +49,7 @@ class HFOptions(Options):
         if isinstance(data, dict) and (data.get("label_map") or data.get("boxes")):
             given = [k for k in ("label", "label_map", "boxes") if data.get(k)]
             if len(given) > 1:
-                raise ValueError("give one of `label` (a class column), `label_map` (a column of label images) or `boxes` (a column of objects), "
+                raise ValueError("give either `label` (a class column), `label_map` (a column of label images) or `boxes` (a column of objects), "
                                  f"not {' and '.join(given)}")
             data = {**data, "label": None}
         return data
