@@ -195,6 +195,7 @@ def assets_of(kind, name, **options):
     ("codec", "dac", "model descript/dac_44khz"),
     ("task", "asr", "model openai/whisper-medium"),
     ("task", "segment", "model nvidia/segformer-b0-finetuned-ade-512-512"),
+    ("task", "detect", "model facebook/detr-resnet-50"),
     ("task", "separate", "checkpoint demucs htdemucs"),
 ])
 def test_hub_models_of_audio_codecs_and_tasks_are_assets_named_when_missing_offline(empty_caches, kind, name, expected):
@@ -207,7 +208,7 @@ def test_hub_models_of_audio_codecs_and_tasks_are_assets_named_when_missing_offl
 @pytest.mark.parametrize("kind, name, model", [
     ("codec", "encodec_24khz", "builtin:tiny-encodec-24khz"), ("codec", "encodec_48khz", "builtin:tiny-encodec-48khz"),
     ("codec", "dac", "builtin:tiny-dac-44khz"), ("task", "asr", "builtin:tiny-whisper"),
-    ("task", "separate", "builtin:tiny-hdemucs"), ("task", "separate", "builtin:tiny-htdemucs"),
+    ("task", "separate", "builtin:tiny-hdemucs"), ("task", "separate", "builtin:tiny-htdemucs"), ("task", "detect", "builtin:tiny-detr"),
 ])
 def test_builtin_tiny_models_need_no_assets(kind, name, model):
     assert assets_of(kind, name, model=model) == []

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pytest
 from conftest import photo
 from test_audio import tone, wav_bytes
+from test_detect import hf_boxes
 from test_hific import write_checkpoint
 from test_segment import png, tiny_segformer  # noqa: F401  (a fixture)
 
@@ -68,7 +69,7 @@ def check_types(columns: dict[str, pa.DataType], rows: list[dict]) -> None:
 
 # --- how each component is built offline (default options when not named) --------------------
 
-SLOW = {"mbt2018", "cheng2020-anchor", "hific", "encodec_24khz", "encodec_48khz", "dac", "lpips_vgg", "cdpam", "dists", "visqol", "asr", "segment", "separate"}
+SLOW = {"mbt2018", "cheng2020-anchor", "hific", "encodec_24khz", "encodec_48khz", "dac", "lpips_vgg", "cdpam", "dists", "visqol", "asr", "segment", "detect", "separate"}
 
 
 def codec_options(name, tmp_path) -> dict:
@@ -91,6 +92,9 @@ def task_case(name, request) -> tuple[dict, list, list]:
         label = np.zeros((40, 56), np.uint8)
         label[:20], label[20:, :28] = 1, 2
         return {"model": request.getfixturevalue("tiny_segformer")}, images(), [label, label]
+    if name == "detect":
+        boxes = {"boxes": [[2.0, 3.0, 30.0, 20.0], [10.0, 15.0, 50.0, 38.0]], "labels": ["cat", "dog"]}
+        return {"model": "builtin:tiny-detr", "agreement_threshold": 0.0}, images(), [boxes, boxes]
     options = {"classify": {"model": "builtin:tiny-vit"}, "asr": {"model": "builtin:tiny-whisper"},
                "separate": {"model": "builtin:tiny-htdemucs", "shifts": 0}}.get(name, {})
     if registry.get("task", name).modality == "image":
@@ -128,7 +132,8 @@ def source_options(name, tmp_path) -> list[dict]:
                 {"folder": str(tmp_path / "snd"), "media": "audio", "labels": "text"}]
     if name == "hf":
         return [{"hf": hf_images(tmp_path / "hf-img"), "label": "label"},
-                {"hf": hf_audio(tmp_path / "hf-snd"), "audio": "audio", "label": "sentence"}]
+                {"hf": hf_audio(tmp_path / "hf-snd"), "audio": "audio", "label": "sentence"},
+                {"hf": hf_boxes(tmp_path / "hf-box"), "boxes": "objects"}]
     if name == "musdb":
         track = tmp_path / "musdb" / "test" / "a track"
         track.mkdir(parents=True)

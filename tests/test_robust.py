@@ -32,6 +32,13 @@ def test_segmenter_takes_images_of_one_pixel_and_other_tiny_shapes(tiny_segforme
     assert [r["pixels_valid"] for r in rows] == [s[0] * s[1] for s in TINY_SHAPES]
 
 
+def test_detector_takes_images_of_one_pixel_and_other_tiny_shapes():
+    t = task("detect", model="builtin:tiny-detr", threshold=0.0)
+    images = [Image(np.full(shape, 100, np.uint8)) for shape in TINY_SHAPES]
+    rows = t.predict(images, [{"boxes": [[0.0, 0.0, s[1], s[0]]], "labels": ["cat"]} for s in TINY_SHAPES])
+    assert len(rows) == len(images) and all(len(r["det_boxes"]) == 8 and r["score"] is not None for r in rows)
+
+
 def run_cli(*args, env_extra: dict):
     import os
     import subprocess

@@ -34,6 +34,7 @@ _BUILTIN_MODULES = (
     "mpq.codecs.neural_audio",
     "mpq.tasks.classify",
     "mpq.tasks.segment",
+    "mpq.tasks.detect",
     "mpq.tasks.asr",
     "mpq.tasks.separate",
     "mpq.tasks.ocr",

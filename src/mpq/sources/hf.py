@@ -5,13 +5,15 @@ cached and any sample can be loaded on any worker. Images and audio are read as 
 (``decode=False``) and decoded by mpq (Pillow; libsndfile or FFmpeg), so a corrupt file
 becomes an ``error`` row instead of killing the run, and no torchcodec is needed. A
 dataset with an ``audio`` column is an audio dataset; its ``label`` column is the target
-(e.g. the transcript).
+(e.g. the transcript). A ``boxes`` column (objects: lists of ``bbox`` and ``category``, as
+the hub's object-detection datasets hold them) makes the target a dict of boxes (x0, y0, x1, y1)
+and class names, for detection.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -38,13 +40,17 @@ class HFOptions(Options):
     audio: str | None = Field(default=None, description="an audio column: makes this an audio dataset (image is then unused)")
     label: str | None = Field(default="label", description="the target column: class labels, or transcripts for audio")
     label_map: str | None = Field(default=None, description="a column of annotation images (a class index per pixel): the target instead of label, for segmentation")
+    boxes: str | None = Field(default=None, description="a column of objects, each with `bbox` and `category` lists: the target instead of label, for detection")
+    box_format: Literal["xyxy", "xywh"] = Field(default="xyxy", description="the boxes' layout: corners (x0, y0, x1, y1) or COCO's (x, y, width, height)")
 
     @model_validator(mode="before")
     @classmethod
     def _label_map_replaces_label(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("label_map"):
-            if data.get("label"):
-                raise ValueError("give either `label` (a class column) or `label_map` (a column of label images), not both")
+        if isinstance(data, dict) and (data.get("label_map") or data.get("boxes")):
+            given = [k for k in ("label", "label_map", "boxes") if data.get(k)]
+            if len(given) > 1:
+                raise ValueError("give either `label` (a class column), `label_map` (a column of label images) or `boxes` (a column of objects), "
+                                 f"not {' and '.join(given)}")
             data = {**data, "label": None}
         return data
 
@@ -89,7 +95,7 @@ class HFSource(Source):
     def count(self) -> int:
         ds = self._split()
         o = self.options
-        missing = [c for c in (self.column, o.label, o.label_map) if c and c not in ds.column_names]
+        missing = [c for c in (self.column, o.label, o.label_map, o.boxes) if c and c not in ds.column_names]
         if missing:
             raise ValueError(f"dataset {self.options.hf!r} has no column(s) {missing}; columns: {ds.column_names}")
         return len(ds)
@@ -108,9 +114,27 @@ class HFSource(Source):
             target = oriented(_label_map(row[self.options.label_map]), img.orientation)
             if target.shape != (img.height, img.width):
                 raise MediaError(f"label map is {target.shape[1]}×{target.shape[0]}, image {img.width}×{img.height}")
+        elif self.options.boxes:
+            if img.orientation not in (None, 1):  # boxes are drawn on the stored pixels; mpq makes images upright
+                raise MediaError(f"image has EXIF orientation {img.orientation}: its boxes would not match the upright image")
+            target = self._boxes(ds, row[self.options.boxes])
         else:
             target = self._label(ds, row)
         return Sample(sample_id, img, target=target)
+
+    def _boxes(self, ds, objects: dict[str, list]) -> dict[str, list]:
+        """Boxes as x0, y0, x1, y1 and their class names (from the dataset's ClassLabel, else as given)."""
+        feature = ds.features[self.options.boxes]
+        category = feature.get("category") if isinstance(feature, dict) else getattr(feature, "feature", {}).get("category")
+        if hasattr(category, "feature"):  # a Sequence / List of ClassLabel
+            category = category.feature
+        if isinstance(objects, list):  # a list of objects rather than a dict of lists
+            objects = {"bbox": [o["bbox"] for o in objects], "category": [o["category"] for o in objects]}
+        boxes = [list(map(float, b)) for b in objects["bbox"]]
+        if self.options.box_format == "xywh":
+            boxes = [[x, y, x + w, y + h] for x, y, w, h in boxes]
+        names = [category.int2str(int(c)) if hasattr(category, "int2str") else str(c) for c in objects["category"]]
+        return {"boxes": boxes, "labels": names}
 
     def _label(self, ds, row: dict[str, Any]) -> Any:
         name = self.options.label

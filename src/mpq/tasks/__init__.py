@@ -1,1 +1,1 @@
-"""Task models: classification, segmentation, OCR, speech recognition and separation, each a registered ``Task``."""
+"""Task models: classification, segmentation, object detection, OCR, speech recognition and separation, each a registered ``Task``."""
