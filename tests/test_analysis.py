@@ -292,6 +292,22 @@ def clustered_frame(samples=60, settings=8, seed=0):
     return pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("error").cast(pl.String))
 
 
+def test_kendall_of_each_cluster_resample_matches_scipy_on_the_repeated_points_at_large_n_with_ties():
+    from mpq.analysis.correlation import _GRID, _Points, cluster_weights
+
+    rng = np.random.default_rng(7)
+    member = rng.permutation(np.repeat(np.arange(250), 24))  # 6,000 points in 250 clusters, unsorted
+    x = np.round(rng.normal(size=member.size), 3)
+    y = np.round(x + rng.normal(size=member.size), 2)
+    x[::9] = 0.25  # a large tie on x
+    points = _Points(x, y, member)
+    assert 8 * x.size + len(points.ux) * len(points.uy) > _GRID  # not the level grid
+    weights = next(cluster_weights(member, 40, seed=3))
+    got = points.coefficients(weights)["kendall"]
+    for w, tau in zip(weights.astype(int), got, strict=True):
+        assert tau == pytest.approx(stats.kendalltau(np.repeat(x, w), np.repeat(y, w)).statistic, abs=1e-12)
+
+
 def test_sample_level_intervals_resample_sample_ids_not_rows():
     df = clustered_frame()
     resamples = 1000

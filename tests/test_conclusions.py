@@ -91,6 +91,16 @@ def test_swap_test_matches_a_brute_force_enumeration():
     assert got == pytest.approx(by_hand)
 
 
+def test_swap_test_ranks_each_mix_of_two_rank_vectors_exactly_as_rankdata():
+    from mpq.analysis.ranking import _rerank_rows
+
+    rng = np.random.default_rng(5)
+    first = stats.rankdata(np.round(rng.normal(size=3000), 1))  # many ties
+    second = stats.rankdata(rng.normal(size=3000))
+    mixed = np.where(rng.random((20, 3000)) < 0.5, first, second)
+    assert np.array_equal(_rerank_rows(mixed), stats.rankdata(mixed, axis=-1))
+
+
 def test_correlation_intervals_need_the_minimum_of_clusters():
     x = np.arange(12.0)
     y = x + np.random.default_rng(0).normal(size=12)

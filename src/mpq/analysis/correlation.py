@@ -35,6 +35,9 @@ _CHUNK = 2_000_000  # resampled points held in memory at once
 # Kendall by the level-count grid costs ~ points + x levels × y levels per resample, scipy's
 # kendalltau ~ a fixed call overhead + n log n: the grid wins while 8 n + cells stays under this.
 _GRID = 30_000
+# Kendall by cluster pair counts costs ~ clusters × points once and clusters² per resample:
+# it is used up to this many clusters (beyond, scipy per resample).
+_CLUSTERS = 3_000
 
 
 def _pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -76,38 +79,87 @@ def _kendall_grid(gx: np.ndarray, gy: np.ndarray, kx: int, ky: int, w: np.ndarra
     return s / np.sqrt((pairs - ties_x) * (pairs - ties_y))
 
 
+def _cluster_pairs(gx: np.ndarray, gy: np.ndarray, kx: int, ky: int, member: np.ndarray, k: int) -> np.ndarray:
+    """(k, k) matrix K: K[c, d] sums sign(x_i − x_j)·sign(y_i − y_j) over points i of cluster
+    c and j of cluster d (gx, gy: the points' value levels, kx and ky of them). A resample
+    holding cluster c t_c times has concordant minus discordant pairs tᵀKt / 2, as the
+    copies of one point tie on both sides.
+
+    Column d from one 2-d count of cluster d's points: each level is coded by its position
+    among d's levels, odd where it is one of them, even where it falls between two; the
+    points of d strictly before or after a point on each side are prefix sums of that count."""
+    out = np.zeros((k, k))
+    order = np.argsort(member, kind="stable")
+    bounds = np.searchsorted(member[order], np.arange(k + 1))
+
+    def code(levels, mine, size):  # every point's position code, and the size of the code grid
+        own = np.zeros(size, dtype=np.int64)
+        own[levels[mine]] = 1
+        position = 2 * (np.cumsum(own) - own) + own
+        return position[levels], 2 * int(own.sum()) + 1
+
+    for d in range(k):
+        mine = order[bounds[d] : bounds[d + 1]]
+        (a, nx), (b, ny) = code(gx, mine, kx), code(gy, mine, ky)
+        p = np.zeros((nx + 1, ny + 1))  # p[i, j]: d's points with x code < i and y code < j
+        np.add.at(p, (a[mine] + 1, b[mine] + 1), 1)
+        p = p.cumsum(0).cumsum(1)
+        x_low_y_low, x_low = p[a, b], p[a, -1]
+        x_low_y_high = x_low - p[a, b + 1]
+        x_high_y_low = p[-1, b] - p[a + 1, b]
+        x_high_y_high = p[-1, -1] - p[a + 1, -1] - p[-1, b + 1] + p[a + 1, b + 1]
+        out[:, d] = np.bincount(member, weights=x_low_y_low + x_high_y_high - x_low_y_high - x_high_y_low, minlength=k)
+    return out
+
+
 class _Points:
     """Paired points, coded by value level once, so each resample's ranks and Kendall
     counts come from level counts (vectorised over resamples). A resample is a row of
-    weights: how many times it holds each point."""
+    weights: how many times it holds each point, the same for all points of one cluster
+    (``member``: each point's cluster index; by default each point is its own)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
+    def __init__(self, x: np.ndarray, y: np.ndarray, member: np.ndarray | None = None):
         self.x, self.y = x, y
         self.ux, self.gx = np.unique(x, return_inverse=True)
         self.uy, self.gy = np.unique(y, return_inverse=True)
+        self.member = np.arange(len(x)) if member is None else member
+        self.k = int(self.member.max()) + 1 if len(x) else 0
+        self.first = np.unique(self.member, return_index=True)[1]  # one point of each cluster
+        self.pairs = None  # _cluster_pairs, computed on first use
 
-    def coefficients(self, w: np.ndarray) -> dict[str, np.ndarray]:
-        """Each method's coefficient for each resample (row of w); NaN where a side is constant."""
-        kx, ky, n = len(self.ux), len(self.uy), len(self.x)
-        cx, cy = _level_counts(self.gx, kx, w), _level_counts(self.gy, ky, w)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = {
-                "pearson": _pearson(self.x, self.y, w),
-                "spearman": _pearson(_ranks(self.gx, cx), _ranks(self.gy, cy), w),
-            }
-            if 8 * n + kx * ky <= _GRID:
-                step = max(1, _CHUNK // (kx * ky))
-                out["kendall"] = np.concatenate([_kendall_grid(self.gx, self.gy, kx, ky, w[i : i + step]) for i in range(0, len(w), step)])
-            else:  # many distinct values on both sides: scipy's O(n log n), one resample at a time
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    times = w.astype(np.int64)
-                    out["kendall"] = np.array([stats.kendalltau(np.repeat(self.x, t), np.repeat(self.y, t)).statistic for t in times])
+    def coefficients(self, w: np.ndarray, methods: tuple[str, ...] = METHODS) -> dict[str, np.ndarray]:
+        """Each of ``methods``' coefficient for each resample (row of w); NaN where a side is constant."""
+        cx, cy = _level_counts(self.gx, len(self.ux), w), _level_counts(self.gy, len(self.uy), w)
         total = w.sum(1)
+        out = {}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if "pearson" in methods:
+                out["pearson"] = _pearson(self.x, self.y, w)
+            if "spearman" in methods:
+                out["spearman"] = _pearson(_ranks(self.gx, cx), _ranks(self.gy, cy), w)
+            if "kendall" in methods:
+                out["kendall"] = self._kendall(w, cx, cy, total)
         constant = (cx.max(1) == total) | (cy.max(1) == total)
         for r in out.values():
             r[constant] = np.nan
         return out
+
+    def _kendall(self, w, cx, cy, total):
+        """Tau-b of each resample by the cheapest exact route (cx, cy: level counts, total: points)."""
+        kx, ky, n = len(self.ux), len(self.uy), len(self.x)
+        if 8 * n + kx * ky <= _GRID:
+            step = max(1, _CHUNK // (kx * ky))
+            return np.concatenate([_kendall_grid(self.gx, self.gy, kx, ky, w[i : i + step]) for i in range(0, len(w), step)])
+        if self.k <= _CLUSTERS:  # many distinct values on both sides: pair counts between clusters
+            if self.pairs is None:
+                self.pairs = _cluster_pairs(self.gx, self.gy, kx, ky, self.member, self.k)
+            t = w[:, self.first]
+            pairs = total * (total - 1) / 2
+            ties_x, ties_y = (cx * (cx - 1) / 2).sum(1), (cy * (cy - 1) / 2).sum(1)
+            return ((t @ self.pairs) * t).sum(1) / 2 / np.sqrt((pairs - ties_x) * (pairs - ties_y))
+        with warnings.catch_warnings():  # and too many clusters for their pair counts: scipy's O(n log n), one resample at a time
+            warnings.simplefilter("ignore")
+            return np.array([stats.kendalltau(np.repeat(self.x, t), np.repeat(self.y, t)).statistic for t in w.astype(np.int64)])
 
 
 def cluster_weights(member: np.ndarray, n_resamples: int, seed: int):
@@ -147,7 +199,7 @@ def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float 
     clusters = int(member.max()) + 1 if n else 0
     out: dict[str, float] = {"n": n, "clusters": clusters}
     enough = n >= 3
-    points = _Points(x, y)
+    points = _Points(x, y, member)
     point = points.coefficients(np.ones((1, n))) if enough else {}
     boot: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     if enough and clusters >= min_samples:

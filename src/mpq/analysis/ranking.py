@@ -40,6 +40,16 @@ def _rank_rows(values: np.ndarray) -> np.ndarray:
     return stats.rankdata(values, axis=-1)
 
 
+def _rerank_rows(ranks: np.ndarray) -> np.ndarray:
+    """``_rank_rows`` of rows (B, n) whose values are already ranks of n points (multiples of
+    1/2 in 1..n): from each row's count at each of the 2n + 1 half steps, no sort."""
+    rows, n = ranks.shape
+    codes = (2 * ranks).astype(np.int64) + (2 * n + 1) * np.arange(rows)[:, None]
+    counts = np.bincount(codes.ravel(), minlength=rows * (2 * n + 1)).reshape(rows, -1).astype(float)
+    below = counts.cumsum(1) - counts
+    return (below + (counts + 1) / 2).ravel()[codes]
+
+
 def _spearman_rows(ranked_x: np.ndarray, ranked_y: np.ndarray) -> np.ndarray:
     """Row-wise Pearson of ranks (Spearman), x (B, n) against one y (n,)."""
     xc = ranked_x - ranked_x.mean(-1, keepdims=True)
@@ -71,7 +81,7 @@ def swap_test(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0) 
         single = np.ndim(a) == 1
         swapped = (np.atleast_2d(a) >= k)[:, member]
         one, two = np.where(swapped, second, first), np.where(swapped, first, second)
-        diff = np.abs(_spearman_rows(_rank_rows(one), ry)) - np.abs(_spearman_rows(_rank_rows(two), ry))
+        diff = np.abs(_spearman_rows(_rerank_rows(one), ry)) - np.abs(_spearman_rows(_rerank_rows(two), ry))
         return diff[0] if single else diff
 
     batch = max(1, _CHUNK // len(y))
@@ -89,13 +99,17 @@ def spearman_difference(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed:
     x1, x2, y = (np.asarray(v, dtype=float) for v in (x1, x2, y))
     member = np.unique(np.asarray(groups), return_inverse=True)[1]
     k = int(member.max()) + 1 if len(member) else 0
-    first, second = _Points(x1, y), _Points(x2, y)
+    first, second = _Points(x1, y, member), _Points(x2, y, member)
     ones = np.ones((1, len(y)))
-    diff = float(abs(first.coefficients(ones)["spearman"][0]) - abs(second.coefficients(ones)["spearman"][0]))
+
+    def rho(points, w):
+        return np.abs(points.coefficients(w, ("spearman",))["spearman"])
+
+    diff = float(rho(first, ones)[0] - rho(second, ones)[0])
     out = {"difference": diff, "difference_low": float("nan"), "difference_high": float("nan"), "test": too_few(k), "p": float("nan")}
     if k < min_samples:
         return out
-    boot = [np.abs(first.coefficients(w)["spearman"]) - np.abs(second.coefficients(w)["spearman"]) for w in cluster_weights(member, n_resamples, seed)]
+    boot = [rho(first, w) - rho(second, w) for w in cluster_weights(member, n_resamples, seed)]
     out["difference_low"], out["difference_high"] = percentile_interval(np.concatenate(boot) if boot else [], level)
     return out | {"test": "paired permutation", "p": swap_test(x1, x2, y, groups, n_resamples, seed)}
 
