@@ -60,7 +60,7 @@ def _spearman_rows(ranked_x: np.ndarray, ranked_y: np.ndarray) -> np.ndarray:
 
 def swap_test(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0) -> float:
     """Two-sided p-value of the paired permutation test that x1 and x2 predict y equally
-    well (|Spearman|), swapping the two (signed ranks) for all points of a group (module
+    well (|Spearman|), swapping the two (as ranks on one scale) for all points of a group (module
     docstring). NaN without resamples; 1 with one group."""
     x1, x2, y = (np.asarray(v, dtype=float) for v in (x1, x2, y))
     member = np.unique(np.asarray(groups), return_inverse=True)[1]

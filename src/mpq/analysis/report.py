@@ -264,7 +264,7 @@ def write_report(
             f"well as one that rises). Brackets: {n_resamples}-resample percentile bootstrap 95 % interval over sample ids "
             "(<i>clusters</i>; a sample's rows at every codec setting go together). <i>|rho| over next</i>: how much the best "
             "metric's |Spearman| exceeds the second's, on the points where both are finite; <i>p</i>: two-sided paired "
-            "permutation test over sample ids (the two metrics, as signed ranks, swapped within samples) that they predict "
+            "permutation test over sample ids (the two metrics, as ranks on one scale, swapped within samples) that they predict "
             f"equally well, Holm-adjusted over the table. Under {MIN_SAMPLES} samples nothing is ranked or tested.")),
         table if shown.height else note("no task has per-sample scores and a quality metric"),
     )
