@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 
 from mpq import registry
-from mpq.codecs.target import COLUMNS as TARGET_COLUMNS
+from mpq.targets import COLUMNS as TARGET_COLUMNS
 from mpq.results import BASE_SCHEMA
 
 PAGES = sorted([ROOT / "README.md", *ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md")])

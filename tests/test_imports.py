@@ -6,6 +6,10 @@ those inside functions included.
   (``mpq.hub``) and modules of their own package: never another component package, the
   engine or the results.
 - The core and the shared helpers import only each other.
+- Outside the component packages no module imports a component module: the rest of mpq
+  reaches components through ``mpq.registry``.
+- The floor (``mpq.targets``: rate targets and their columns; ``mpq.version``) imports no
+  other mpq module, so every layer may import it.
 - No import cycle among mpq's modules.
 """
 
@@ -16,6 +20,7 @@ from conftest import ROOT
 
 COMPONENT_PACKAGES = ("mpq.codecs", "mpq.tasks", "mpq.metrics", "mpq.sources")
 SHARED = ("mpq.components", "mpq.media", "mpq.registry", "mpq.hub")
+FLOOR = ("mpq.targets", "mpq.version")
 
 
 def modules(src: Path) -> dict[str, Path]:
@@ -63,6 +68,10 @@ def rule_breaches(src: Path) -> list[str]:
             )
         elif importer in SHARED and target not in SHARED:
             breaches.append(f"{importer} (line {line}) imports {target}: the core and shared helpers import only {', '.join(SHARED)}")
+        elif own is None and package_of(target) is not None:
+            breaches.append(f"{importer} (line {line}) imports {target}: outside the component packages, components are reached through mpq.registry")
+        if importer in FLOOR and target != importer:
+            breaches.append(f"{importer} (line {line}) imports {target}: {', '.join(FLOOR)} are the floor and import no mpq module")
     return breaches
 
 
@@ -111,7 +120,7 @@ def path_within(graph: dict[str, set[str]], component: set[str]) -> list[str]:
         path.append(nxt)
 
 
-def test_components_import_only_the_core_and_the_shared_helpers():
+def test_the_import_rules_hold():
     src = ROOT / "src"
     assert edges(src), "no imports found: the checker reads nothing"
     breaches = rule_breaches(src)
@@ -133,12 +142,17 @@ def test_the_checker_finds_a_breach_and_a_cycle(tmp_path):
         "mpq/sources/__init__.py": "",
         "mpq/sources/s.py": "from . import r\n",
         "mpq/sources/r.py": "from mpq.sources import s\n",
+        "mpq/spec.py": "from mpq.targets import Target\nfrom mpq.sources.s import X\n",
+        "mpq/targets.py": "from mpq import registry\n",
+        "mpq/registry.py": "",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert rule_breaches(tmp_path) == [
         "mpq.tasks.t (line 4) imports mpq.sources.s: a component module may import only "
-        f"{', '.join(SHARED)} and its own package mpq.tasks"
+        f"{', '.join(SHARED)} and its own package mpq.tasks",
+        "mpq.spec (line 2) imports mpq.sources.s: outside the component packages, components are reached through mpq.registry",
+        "mpq.targets (line 1) imports mpq.registry: mpq.targets, mpq.version are the floor and import no mpq module",
     ]
     assert cycles(tmp_path) == [["mpq.sources.r", "mpq.sources.s", "mpq.sources.r"]]

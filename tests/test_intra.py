@@ -177,7 +177,7 @@ def _stream(encoder, pix_fmt, options, rgb) -> bytes:
 
 @pytest.mark.parametrize("name", ["hevc", "av1"])
 def test_a_target_bpp_finds_the_lowest_qp_that_fits(name):
-    from mpq.codecs.target import knob, search
+    from mpq.targets import knob, search
 
     img = media.Image(photo(64, 96, seed=1))
     c = codec(name, {})

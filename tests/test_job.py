@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 
 from mpq import registry
-from mpq.codecs.target import Target
+from mpq.targets import Target
 from mpq.job import resolve
 from mpq.runner import run_job
 from mpq.spec import load_job, parse_job

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mpq import analysis, registry
 from mpq.cache import EncodedCache
-from mpq.codecs.target import knob, search
+from mpq.targets import knob, search
 from mpq.media import Image as RGB
 from mpq.runner import run_job
 from mpq.spec import JobSpecError, parse_job

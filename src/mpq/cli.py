@@ -428,7 +428,7 @@ def _component_help(kind: str, name: str, cls: type) -> list[str]:
     """A component's description, the keys of its job-file entry (type, range, default) and,
     for a codec, its settings: the default sweep and the valid range."""
     from mpq import registry
-    from mpq.codecs import target
+    from mpq import targets
     from mpq.spec import TaskSpec
 
     lines = [f"{kind} {name} ({cls.modality}): {registry.description(cls)}"]
@@ -442,8 +442,8 @@ def _component_help(kind: str, name: str, cls: type) -> list[str]:
         except ValueError as exc:
             valid = f" ({exc})"
         lines.append(f"  settings: default sweep {cls.default_settings}{valid}")
-        keys = [k for k, (_, modality) in target.TARGET_KEYS.items() if modality == cls.modality]
-        if target.knob(cls) is not None:
+        keys = [k for k, (_, modality) in targets.TARGET_KEYS.items() if modality == cls.modality]
+        if targets.knob(cls) is not None:
             lines.append(f"  {keys[0]}: target rates instead of settings, e.g. [0.1, 0.2]")
     lines.append("  options:" if fields else "  options: none")
     for key, field in fields.items():

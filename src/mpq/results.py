@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mpq.codecs.target import COLUMNS as TARGET_COLUMNS
+from mpq.targets import COLUMNS as TARGET_COLUMNS
 from mpq.version import __version__
 
 KEY = ("dataset", "sample_id", "codec", "setting", "task")

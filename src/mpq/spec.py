@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mpq import registry
-from mpq.codecs.target import TARGET_KEYS, Target
-from mpq.codecs.target import check as target_check
+from mpq.targets import TARGET_KEYS, Target
+from mpq.targets import check as target_check
 
 Setting = int | float | str
 
@@ -56,7 +56,7 @@ class DatasetSpec(_Strict):
 class CodecSpec(_WithOptions):
     name: str
     settings: list[Setting] | None = None  # None: the codec's default sweep
-    # Target rates instead of settings (mpq.codecs.target): the setting is searched per sample.
+    # Target rates instead of settings (mpq.targets): the setting is searched per sample.
     target_bpp: list[Any] | None = None
     target_kbps: list[Any] | None = None
 

@@ -33,11 +33,11 @@ from mpq.analysis.sums import resampled_scores
 from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load, rate_column, score_names, too_few
 from mpq.results import BASELINE
 from mpq.summary import task_aggregates
+from mpq.targets import TARGET_KEYS
 
 MIN_SETTINGS = 4
 MIN_OVERLAP = 0.5
 MIN_POINTS = 4  # points of the two curves inside the common score range: the integral rests on data
-TARGETS = ("target_bpp", "target_kbps")  # columns of rows coded at a requested rate, not a setting
 
 
 def _log_rate_curve(rate, score) -> tuple[Pchip, int]:
@@ -212,7 +212,7 @@ def _pairs(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], m
 
 def sweep_rows(df: pl.DataFrame) -> pl.DataFrame:
     """Rows of codec settings: those coded at a requested rate (a ``target_*`` column) left out."""
-    for column in TARGETS:
+    for column in TARGET_KEYS:
         if column in df.columns:
             df = df.filter(pl.col(column).is_null())
     return df

@@ -28,6 +28,8 @@ from mpq.analysis.paired import common_samples, holm, joint_bootstrap, pair_diff
 from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load
 from mpq.results import BASELINE
 from mpq.summary import filled_numeric
+from mpq.targets import SETTING as TARGET_SETTING
+from mpq.targets import TARGET_KEYS
 
 UNITS = ("bpp", "kbps", "bps")  # the rate a target is given in, by preference
 N_TARGETS = 3
@@ -39,7 +41,7 @@ def rate_unit(rows: pl.DataFrame) -> str:
 
 def target_column(rows: pl.DataFrame) -> str | None:
     """The column of rows coded at a requested rate, if any: ``target_bpp`` or ``target_kbps``."""
-    return next((f"target_{u}" for u in UNITS if filled_numeric(rows, f"target_{u}")), None)
+    return next((c for c in TARGET_KEYS if filled_numeric(rows, c)), None)
 
 
 def _ceil2(x: float) -> float:
@@ -73,7 +75,7 @@ def _at_targets(group: pl.DataFrame, unit: str, targets: list[float] | None):
         targets = sorted(at_target[column].unique())
     elif targets is None:
         targets = default_targets(means, unit)
-    chosen_setting = pl.col("target_setting") if "target_setting" in group.columns else pl.col("setting")
+    chosen_setting = pl.col(TARGET_SETTING) if TARGET_SETTING in group.columns else pl.col("setting")
     for target in targets:
         searched = at_target.filter(pl.col(column) == target).with_columns(_s=chosen_setting) if column else at_target
         others = means.filter(~pl.col("codec").is_in(searched["codec"].unique().to_list()) & (pl.col(unit) <= target))

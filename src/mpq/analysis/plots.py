@@ -23,11 +23,11 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from mpq.analysis.bdrate import TARGETS
 from mpq.analysis.paired import condition_intervals
 from mpq.analysis.tables import MIN_SAMPLES, conditions, flagged, load, lower_better, too_few
 from mpq.results import BASELINE
 from mpq.summary import CONDITION
+from mpq.targets import TARGET_KEYS
 
 RATE_LABELS = {"bpp": "rate (bits per pixel, bpp)", "bps": "rate (bits per sample, bps)", "kbps": "rate (kbit/s)",
                "bits": "size (bits per sample)"}
@@ -183,7 +183,7 @@ def plot_conditions(results: str | pl.DataFrame, n_resamples: int = 1000, seed: 
     keys = ["dataset", "task", "codec", "setting", "score_name"]
     intervals = condition_intervals(df, n_resamples=n_resamples, seed=seed, include_flagged=include_flagged).rename({"n": "samples"})
     conds = conds.join(intervals, on=keys, how="left", nulls_equal=True)
-    targeted = [pl.col(c).is_not_null() for c in TARGETS if c in df.columns]
+    targeted = [pl.col(c).is_not_null() for c in TARGET_KEYS if c in df.columns]
     conds = conds.join(_marked(df, pl.any_horizontal(targeted) if targeted else pl.lit(False), "at_target"),
                        on=CONDITION, how="left", nulls_equal=True)
     flagged_rows = pl.lit(False) if include_flagged else flagged(df)

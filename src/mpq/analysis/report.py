@@ -31,6 +31,7 @@ from mpq.analysis.tables import (
     to_markdown,
     too_few,
 )
+from mpq.targets import TARGET_KEYS
 
 
 def _slug(*parts: str) -> str:
@@ -275,7 +276,7 @@ def write_report(
         "At equal rate",
         tags.p(HTML(
             "Codecs compared at target rates, on the samples every codec at the target coded. Where the rows carry a target "
-            "(a codec entry with target_bpp or target_kbps: per sample, the highest setting whose bitstream fits) it is the "
+            f"(a codec entry with {' or '.join(TARGET_KEYS)}: per sample, the highest setting whose bitstream fits) it is the "
             "condition and <i>setting</i> lists the settings chosen; otherwise each codec stands at its setting of highest mean rate not above "
             "the target (<i>achieved</i>), and a codec with none that low is absent. <i>value</i>: the split-level task score "
             f"(the task's aggregate) with its {n_resamples}-resample bootstrap 95 % interval over sample ids; <i>− best</i>: the "

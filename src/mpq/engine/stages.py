@@ -17,12 +17,13 @@ from typing import Any, Collection
 import pyarrow as pa
 
 from mpq.cache import EncodedCache
-from mpq.codecs.target import Target, knob
-from mpq.codecs.target import search as target_search
 from mpq.components import Coded
 from mpq.job import Job, resolve
 from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
 from mpq.spec import JobSpec
+from mpq.targets import SETTING as TARGET_SETTING
+from mpq.targets import Target, knob
+from mpq.targets import search as target_search
 
 Row = dict[str, Any]
 
@@ -159,7 +160,7 @@ class Encode(_JobStage):
             lambda c: row["original"].rate(c.bits)[target.unit],
             knob(type(codec)), target.value, row["codec"],
         )
-        return coded, {f"target_{target.unit}": target.value, "target_setting": str(chosen)}
+        return coded, {target.column: target.value, TARGET_SETTING: str(chosen)}
 
     def __call__(self, rows: list[Row]) -> list[Row]:
         mine = [r for r in rows if r["error"] is None and (self.only is None or r["codec"] in self.only)]

@@ -1,5 +1,7 @@
-"""Equal-rate settings: a codec entry that asks for target rates instead of its settings,
-``{name: jpeg, target_bpp: [0.1, 0.2, 0.4]}`` (images) or ``target_kbps`` (audio).
+"""Rate targets: a codec entry that asks for target rates instead of its settings,
+``{name: jpeg, target_bpp: [0.1, 0.2, 0.4]}`` (images) or ``target_kbps`` (audio), the result
+columns that record them, and the search. The job's parser, the results' schema, the engine
+and the analysis import this module; it imports no other mpq module.
 
 Per sample, the codec's quality knob is searched by bisection for the highest value whose
 real bitstream's rate does not exceed the target; each step is a full round trip (through
@@ -21,11 +23,12 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-# Job key → (rate column it targets, modality of the codecs that may use it).
+# Job key, also the result column of the rows coded at it → (rate column it targets, modality
+# of the codecs that may use it).
 TARGET_KEYS = {"target_bpp": ("bpp", "image"), "target_kbps": ("kbps", "audio")}
+SETTING = "target_setting"  # result column: the setting the search chose
+COLUMNS = {**{key: pa.float64() for key in TARGET_KEYS}, SETTING: pa.string()}  # of rows coded at a target
 KNOBS = ("quality_range", "kbps_range", "qp_range")
-# Result columns of rows coded at a target: the target, and the setting the search chose.
-COLUMNS = {"target_bpp": pa.float64(), "target_kbps": pa.float64(), "target_setting": pa.string()}
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class Target:
 
     def __str__(self) -> str:
         return f"{self.unit}<={self.value:g}"
+
+    @property
+    def column(self) -> str:
+        """The result column that records the target: ``target_bpp`` or ``target_kbps``."""
+        return next(key for key, (unit, _) in TARGET_KEYS.items() if unit == self.unit)
 
 
 def knob(codec_cls) -> list[int] | None:
