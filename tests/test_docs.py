@@ -11,8 +11,8 @@ import pytest
 from conftest import ROOT
 
 from mpq import registry
-from mpq.targets import COLUMNS as TARGET_COLUMNS
 from mpq.results import BASE_SCHEMA
+from mpq.targets import COLUMNS as TARGET_COLUMNS
 
 PAGES = sorted([ROOT / "README.md", *ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md")])
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

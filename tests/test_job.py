@@ -7,11 +7,11 @@ import pytest
 from conftest import ROOT
 
 from mpq import registry
-from mpq.targets import Target
 from mpq.job import resolve
 from mpq.runner import run_job
 from mpq.spec import load_job, parse_job
 from mpq.summary import modalities, read_results
+from mpq.targets import Target
 
 
 def test_resolved_job_holds_each_datasets_components_and_pickles_as_its_spec():

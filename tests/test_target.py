@@ -10,11 +10,11 @@ from PIL import Image
 
 from mpq import analysis, registry
 from mpq.cache import EncodedCache
-from mpq.targets import knob, search
 from mpq.media import Image as RGB
 from mpq.runner import run_job
 from mpq.spec import JobSpecError, parse_job
 from mpq.summary import read_results
+from mpq.targets import knob, search
 
 H, W = 48, 64
 

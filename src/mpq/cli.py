@@ -427,8 +427,7 @@ def list_components(
 def _component_help(kind: str, name: str, cls: type) -> list[str]:
     """A component's description, the keys of its job-file entry (type, range, default) and,
     for a codec, its settings: the default sweep and the valid range."""
-    from mpq import registry
-    from mpq import targets
+    from mpq import registry, targets
     from mpq.spec import TaskSpec
 
     lines = [f"{kind} {name} ({cls.modality}): {registry.description(cls)}"]
