@@ -13,8 +13,8 @@ import sys
 
 import polars as pl
 
+from mpq.reading import read_results
 from mpq.results import KEY
-from mpq.summary import read_results
 
 PER_RUN = {"run_id"}  # differs between any two runs
 

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from mpq import analysis
 from mpq.cli import app
+from mpq.reading import read_results
 from mpq.runner import run_job
 from mpq.spec import parse_job
-from mpq.summary import read_results
 
 TWO_CODECS = (("a", ("2", "10", "30", "60")), ("b", ("1", "5", "20", "40")))
 
@@ -425,7 +425,7 @@ def inf_frame():
 
 
 def test_non_finite_values_left_out_of_means_are_counted():
-    from mpq.summary import summarize
+    from mpq.means import summarize
 
     df = inf_frame()
     kept = df.filter((pl.col("codec") == "a") & (pl.col("setting") == "2") & (pl.col("sample_id") == "s2"))["psnr"][0]

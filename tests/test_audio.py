@@ -194,7 +194,7 @@ def test_word_errors_and_wra_hand_worked():
 def test_nonfinite_agreement_is_counted_not_averaged():
     """0.2.0's separation agreement was +inf for identical separations, and its mean let it in:
     every task's mean agreement, and the run's summary, average the finite ones and count the rest."""
-    from mpq.summary import summarize, task_aggregates
+    from mpq.means import summarize, task_aggregates
 
     agreement = [0.5, math.inf, float("nan"), None, 0.7]
     for name in ("asr", "separate", "classify", "segment"):
@@ -274,9 +274,9 @@ def test_whisper_through_transformers_samples_the_same_every_run_and_rows_record
     two runs write the same ones; every row records the temperature in `task_options`."""
     import json
 
+    from mpq.reading import read_results
     from mpq.runner import run_job
     from mpq.spec import parse_job
-    from mpq.summary import read_results
 
     def run(out, temperature):
         run_job(parse_job({
@@ -336,9 +336,9 @@ def test_tiny_demucs_loads_through_get_model_and_separates_to_the_stems_shape(mo
 
 @pytest.mark.slow
 def test_bad_audio_files_become_error_rows_and_good_ones_get_rates_and_metrics(tmp_path):
+    from mpq.reading import read_results
     from mpq.runner import run_job
     from mpq.spec import parse_job
-    from mpq.summary import read_results
 
     root = tmp_path / "clips"
     root.mkdir()

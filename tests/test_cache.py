@@ -12,9 +12,9 @@ from mpq.cache import EncodedCache
 from mpq.codecs.image import PillowCodec
 from mpq.components import Coded
 from mpq.media import Image as RGB
+from mpq.reading import read_results
 from mpq.runner import run_job
 from mpq.spec import parse_job
-from mpq.summary import read_results
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 from conftest import photo
 from PIL import Image
 
+from mpq.reading import read_results
 from mpq.runner import run_job
 from mpq.spec import parse_job
-from mpq.summary import read_results
 
 NAMES = ["kite", "crane", "goose", "crane", *(f"c{i}" for i in range(4, 10))]  # as ImageNet: "crane" is 134 and 517
 

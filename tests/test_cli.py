@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from conftest import ROOT, rows_on_disk
 
-from mpq.summary import read_results
+from mpq.reading import read_results
 
 
 def mpq(*args, **kw):

@@ -27,8 +27,8 @@ from test_plugins import JOB as PLUGIN_JOB
 from test_plugins import write_plugin
 
 from mpq.engine.plan import Planner, count, shards
+from mpq.reading import read_results
 from mpq.spec import load_job
-from mpq.summary import read_results
 
 VENV_BIN = os.path.dirname(sys.executable)
 # The fault tests' job: the smoke job's stages with many small batches and enough work that

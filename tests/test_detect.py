@@ -170,9 +170,10 @@ def test_hf_source_reads_boxes_with_class_names(coco_like):
 @pytest.mark.slow
 def test_tiny_detr_through_the_pipeline(coco_like, tiny_detr, tmp_path):
     """The builtin model: its rows carry a pipeline_check; the split's mAP is COCOeval's on the baseline rows."""
+    from mpq.means import summarize
+    from mpq.reading import read_results
     from mpq.runner import run_job
     from mpq.spec import parse_job
-    from mpq.summary import read_results, summarize
 
     job = parse_job({
         "name": "det", "datasets": [{"name": "coco", "source": {"hf": coco_like, "boxes": "objects"}}],

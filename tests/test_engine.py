@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 from conftest import ROOT, rows_on_disk
 
+from mpq.reading import read_results
 from mpq.results import KEY
 from mpq.runner import run_job
 from mpq.spec import parse_job
-from mpq.summary import read_results
 
 VOLATILE = ["run_id"]  # differs between any two runs by design
 

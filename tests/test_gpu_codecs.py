@@ -166,8 +166,8 @@ def test_ray_codes_neural_codecs_in_a_gpu_actor_pool_and_classic_ones_in_cpu_tas
     from mpq.engine.plan import Planner, shards
     from mpq.engine.ray import _Actor, _dataset
     from mpq.engine.stages import Finalize
+    from mpq.reading import read_results
     from mpq.runner import run_job
-    from mpq.summary import read_results
 
     job = image_job(folder, tasks=[{"name": "classify", "model": "builtin:tiny-vit", "batch_size": 4}], metrics=["psnr"])
     out = str(tmp_path / "out")

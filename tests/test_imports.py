@@ -150,9 +150,9 @@ def test_the_checker_finds_a_breach_and_a_cycle(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert rule_breaches(tmp_path) == [
-        "mpq.tasks.t (line 4) imports mpq.sources.s: a component module may import only "
-        f"{', '.join(SHARED)} and its own package mpq.tasks",
         "mpq.spec (line 2) imports mpq.sources.s: outside the component packages, components are reached through mpq.registry",
         "mpq.targets (line 1) imports mpq.registry: mpq.targets, mpq.version are the floor and import no mpq module",
+        "mpq.tasks.t (line 4) imports mpq.sources.s: a component module may import only "
+        f"{', '.join(SHARED)} and its own package mpq.tasks",
     ]
     assert cycles(tmp_path) == [["mpq.sources.r", "mpq.sources.s", "mpq.sources.r"]]

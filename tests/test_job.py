@@ -7,10 +7,11 @@ import pytest
 from conftest import ROOT
 
 from mpq import registry
+from mpq.analysis.tables import modalities
 from mpq.job import resolve
+from mpq.reading import read_results
 from mpq.runner import run_job
 from mpq.spec import load_job, parse_job
-from mpq.summary import modalities, read_results
 from mpq.targets import Target
 
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 import mpq
 from mpq.preview import plan
+from mpq.reading import read_results
 from mpq.spec import load_job
-from mpq.summary import read_results
 
 SLOW = pytest.mark.slow  # the study's runs load a model (torch) in the serial engine
 

@@ -11,10 +11,11 @@ import polars as pl
 import pytest
 from scipy import stats
 
+from mpq.means import task_aggregates
+from mpq.reading import read_results
 from mpq.results import BASELINE
 from mpq.runner import run_job
 from mpq.spec import parse_job
-from mpq.summary import read_results, task_aggregates
 
 
 def test_speech_comes_from_the_wheel_not_an_espeak_binary(tmp_path):

@@ -9,10 +9,10 @@ import pytest
 from conftest import ROOT, encode, photo, rows_on_disk
 from PIL import Image
 
+from mpq.reading import error_kinds, read_results
 from mpq.results import check_redo, error_kind, retryable
 from mpq.runner import run_job
 from mpq.spec import parse_job
-from mpq.summary import error_kinds, read_results
 
 
 @pytest.fixture

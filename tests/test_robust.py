@@ -143,7 +143,7 @@ def write_poison_job(root, datasets: dict[str, list[str]], **spec):
 
 
 def read_rows(out):
-    from mpq.summary import read_results
+    from mpq.reading import read_results
 
     return {(r["dataset"], r["sample_id"], r["codec"], r["setting"]): r["error"] for r in read_results(str(out)).iter_rows(named=True)}
 
@@ -281,9 +281,9 @@ def test_inputs_over_the_jobs_size_limits_become_error_rows_before_any_work(tmp_
     from conftest import photo
     from PIL import Image
 
+    from mpq.reading import read_results
     from mpq.runner import run_job
     from mpq.spec import parse_job
-    from mpq.summary import read_results
 
     folder = tmp_path / "imgs"
     folder.mkdir()

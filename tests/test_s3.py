@@ -32,8 +32,8 @@ from mpq.cli import app
 from mpq.codecs.image import PillowCodec
 from mpq.components import Coded
 from mpq.media import Image
+from mpq.reading import read_results
 from mpq.results import KEY, ResultStore
-from mpq.summary import read_results
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "mpq-test", "AWS_SECRET_ACCESS_KEY": "mpq-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 

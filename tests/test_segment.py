@@ -120,9 +120,10 @@ def test_tiny_segformer_through_the_pipeline(ade_like, tiny_segformer, tmp_path)
     import torch.nn.functional as F
     from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
 
+    from mpq.means import summarize
+    from mpq.reading import read_results
     from mpq.runner import run_job
     from mpq.spec import parse_job
-    from mpq.summary import read_results, summarize
 
     job = parse_job({
         "name": "seg",
@@ -179,9 +180,9 @@ def test_a_config_with_only_the_old_reduce_labels_key_is_honoured(ade_like, tmp_
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
+    from mpq.reading import read_results
     from mpq.runner import run_job
     from mpq.spec import parse_job
-    from mpq.summary import read_results
 
     torch.manual_seed(0)  # three classes: ADE-style labels 1..3 fit only once reduced to 0..2
     tiny_segformer = str(tmp_path / "three")

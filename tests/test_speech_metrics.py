@@ -146,9 +146,9 @@ def test_a_job_with_bad_clips_writes_null_scores_and_its_input_columns(pairs, tm
     scores are null in Parquet; each row says how its metric ran."""
     import polars as pl
 
+    from mpq.reading import read_results
     from mpq.runner import run_job
     from mpq.spec import parse_job
-    from mpq.summary import read_results
 
     speech = pairs[0][0].samples
     root = tmp_path / "clips"

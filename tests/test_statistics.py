@@ -283,7 +283,7 @@ def asr_frame(samples=15, seed=0):
 def _slow_bootstrap(rows, n_resamples, seed):
     """The definition: each resample's rows concatenated, scored by Task.aggregate."""
     from mpq.analysis.paired import cluster_resamples
-    from mpq.summary import task_aggregates
+    from mpq.means import task_aggregates
 
     agg = task_aggregates(rows, ["_c"])
     names = [c for c in agg.columns if c != "_c"]

@@ -11,9 +11,9 @@ from PIL import Image
 from mpq import analysis, registry
 from mpq.cache import EncodedCache
 from mpq.media import Image as RGB
+from mpq.reading import read_results
 from mpq.runner import run_job
 from mpq.spec import JobSpecError, parse_job
-from mpq.summary import read_results
 from mpq.targets import knob, search
 
 H, W = 48, 64

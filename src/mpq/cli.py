@@ -80,8 +80,9 @@ def run(
         job = load_job(job_file)
     except JobSpecError as exc:
         _fail(str(exc))
+    from mpq.printing import print_summary
+    from mpq.reading import read_results
     from mpq.runner import run_job, stop
-    from mpq.summary import print_summary, read_results
 
     out = output or job.output or f"out/{job.name}"
     for sig in (signal.SIGINT, signal.SIGTERM):  # an orderly stop: the interrupted work's tries not counted

@@ -146,7 +146,7 @@ class OutputState:
     rows: int  # one per key: the last row written of each
     on_disk: int  # every row in the files, superseded ones included
     by_dataset: list[tuple[str, int, int]]  # dataset, rows, error rows
-    errors: Any  # summary.error_kinds: kind, rows, one example (sample_id, error)
+    errors: Any  # reading.error_kinds: kind, rows, one example (sample_id, error)
     holder: str | None  # the run holding the output's lease, if one does
 
 
@@ -156,8 +156,8 @@ def output_state(output: str) -> OutputState:
     import pyarrow.parquet as pq
 
     from mpq.lease import LEASE, Holder
+    from mpq.reading import error_kinds, read_results
     from mpq.results import filesystem
-    from mpq.summary import error_kinds, read_results
 
     check_location(output)
     store = ResultStore(output)

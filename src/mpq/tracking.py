@@ -16,7 +16,6 @@ from mpq.spec import JobSpec
 from mpq.version import __version__
 
 TRACKERS = ("mlflow",)
-CONDITION = ("dataset", "task", "codec", "setting")
 
 
 def check_tracker(to: str) -> None:
@@ -43,7 +42,8 @@ def params(spec: JobSpec, output: str, limit: int | None) -> dict[str, str]:
 
 def summary_metrics(output: str) -> dict[str, float]:
     """Every finite number of the run's summary table, keyed ``dataset/task/codec/setting/column``."""
-    from mpq.summary import read_results, summarize
+    from mpq.means import CONDITION, summarize
+    from mpq.reading import read_results
 
     table = summarize(read_results(output))
     out = {}

@@ -31,8 +31,8 @@ from mpq.analysis.correlation import N_RESAMPLES
 from mpq.analysis.paired import cluster_resamples
 from mpq.analysis.sums import resampled_scores
 from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load, rate_column, score_names, too_few
+from mpq.means import task_aggregates
 from mpq.results import BASELINE
-from mpq.summary import task_aggregates
 from mpq.targets import TARGET_KEYS
 
 MIN_SETTINGS = 4

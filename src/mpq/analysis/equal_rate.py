@@ -26,8 +26,8 @@ import polars as pl
 from mpq.analysis.correlation import N_RESAMPLES
 from mpq.analysis.paired import common_samples, holm, joint_bootstrap, pair_difference, percentile_interval
 from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load
+from mpq.means import filled_numeric
 from mpq.results import BASELINE
-from mpq.summary import filled_numeric
 from mpq.targets import SETTING as TARGET_SETTING
 from mpq.targets import TARGET_KEYS
 

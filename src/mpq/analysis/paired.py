@@ -32,8 +32,8 @@ from scipy import stats
 from mpq.analysis.correlation import N_RESAMPLES
 from mpq.analysis.sums import fast_task, resample_counts, resampled_scores, row_sums
 from mpq.analysis.tables import COLUMN_LABEL, MIN_SAMPLES, conclusive_rows, load, metric_columns, ok_rows, rate_columns, score_names, too_few
+from mpq.means import task_aggregates
 from mpq.results import BASELINE
-from mpq.summary import task_aggregates
 
 # Split-level scores that are the mean of a per-sample boolean: McNemar applies.
 BINARY = {"accuracy": "correct"}

@@ -25,8 +25,8 @@ from matplotlib.ticker import FuncFormatter
 
 from mpq.analysis.paired import condition_intervals
 from mpq.analysis.tables import MIN_SAMPLES, conditions, flagged, load, lower_better, too_few
+from mpq.means import CONDITION
 from mpq.results import BASELINE
-from mpq.summary import CONDITION
 from mpq.targets import TARGET_KEYS
 
 RATE_LABELS = {"bpp": "rate (bits per pixel, bpp)", "bps": "rate (bits per sample, bps)", "kbps": "rate (kbit/s)",

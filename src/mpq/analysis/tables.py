@@ -12,17 +12,12 @@ from pathlib import Path
 import polars as pl
 
 from mpq import registry
+from mpq.means import CONDITION, baseline_first, filled_numeric, finite_means, metric_columns, task_aggregates
+from mpq.media import MEDIA
+from mpq.reading import read_results
 from mpq.results import BASELINE, ResultStore, check_location
-from mpq.summary import (
-    CONDITION,
-    baseline_first,
-    finite_means,
-    metric_columns,
-    modalities,
-    rate_columns,
-    read_results,
-    task_aggregates,
-)
+
+RATES = tuple(m.rates[0] for m in MEDIA.values())  # each modality's own rate: bpp, bps
 
 
 def load(results: str | Path | pl.DataFrame) -> pl.DataFrame:
@@ -46,6 +41,11 @@ def lower_better(column: str) -> bool:
     ``Metric.lower_better`` describes the column named like the metric; its other columns
     (e.g. ``cdpam_db`` = −10·log10(cdpam)) may point the other way, so they are not marked."""
     return any(name == column and cls.lower_better for name, cls in registry.items("metric"))
+
+
+def rate_columns(df: pl.DataFrame) -> list[str]:
+    """The modalities' own rate columns these rows fill (bpp for images, bps for audio)."""
+    return [c for c in RATES if filled_numeric(df, c)]
 
 
 def rate_column(df: pl.DataFrame) -> str:
@@ -89,6 +89,26 @@ def flagged_summary(df: pl.DataFrame) -> pl.DataFrame:
     if rows.is_empty():
         return pl.DataFrame(schema={**{k: pl.String for k in keys}, "rows": pl.UInt32})
     return baseline_first(rows.group_by(keys).agg(pl.len().alias("rows")), by=["dataset", "task"])
+
+
+def modalities(df: pl.DataFrame) -> dict[str, str]:
+    """Dataset → modality, as its rows record it; rows of an older mpq, which did not, get it from
+    the registered codecs that coded them ("other" if unknown or mixed)."""
+    out: dict[str, str] = {}
+    if "modality" in df.columns:
+        out.update(df.filter(pl.col("modality").is_not_null()).group_by("dataset").agg(pl.col("modality").first()).iter_rows())
+    older = df.filter(~pl.col("dataset").is_in(list(out)))
+    for dataset, codecs in older.filter(pl.col("codec") != BASELINE).group_by("dataset").agg(pl.col("codec").unique()).iter_rows():
+        kinds = set()
+        for name in codecs:
+            try:
+                kinds.add(registry.get("codec", name).modality)
+            except KeyError:
+                kinds.add("other")
+        out[dataset] = kinds.pop() if len(kinds) == 1 else "other"
+    for dataset in df["dataset"].unique():
+        out.setdefault(dataset, "other")
+    return out
 
 
 def _by_modality(df: pl.DataFrame) -> dict[str, list[str]]:
