@@ -26,8 +26,8 @@ import pyarrow as pa
 # Job key, also the result column of the rows coded at it → (rate column it targets, modality
 # of the codecs that may use it).
 TARGET_KEYS = {"target_bpp": ("bpp", "image"), "target_kbps": ("kbps", "audio")}
-SETTING = "target_setting"  # result column: the setting the search chose
-COLUMNS = {**{key: pa.float64() for key in TARGET_KEYS}, SETTING: pa.string()}  # of rows coded at a target
+TARGET_SETTING = "target_setting"  # result column: the setting the search chose
+COLUMNS = {**{key: pa.float64() for key in TARGET_KEYS}, TARGET_SETTING: pa.string()}  # of rows coded at a target
 KNOBS = ("quality_range", "kbps_range", "qp_range")
 
 

@@ -28,8 +28,7 @@ from mpq.analysis.paired import common_samples, holm, joint_bootstrap, pair_diff
 from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load
 from mpq.means import filled_numeric
 from mpq.results import BASELINE
-from mpq.targets import SETTING as TARGET_SETTING
-from mpq.targets import TARGET_KEYS
+from mpq.targets import TARGET_KEYS, TARGET_SETTING
 
 UNITS = ("bpp", "kbps", "bps")  # the rate a target is given in, by preference
 N_TARGETS = 3

@@ -21,8 +21,7 @@ from mpq.components import Coded
 from mpq.job import Job, resolve
 from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
 from mpq.spec import JobSpec
-from mpq.targets import SETTING as TARGET_SETTING
-from mpq.targets import Target, knob
+from mpq.targets import TARGET_SETTING, Target, knob
 from mpq.targets import search as target_search
 
 Row = dict[str, Any]
