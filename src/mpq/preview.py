@@ -156,7 +156,7 @@ def output_state(output: str) -> OutputState:
     import pyarrow.parquet as pq
 
     from mpq.lease import LEASE, Holder
-    from mpq.results import filesystem
+    from mpq.storage import filesystem
     from mpq.summary import error_kinds, read_results
 
     check_location(output)
