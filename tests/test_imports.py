@@ -3,7 +3,7 @@ those inside functions included.
 
 - Components (``mpq.codecs``, ``mpq.tasks``, ``mpq.metrics``, ``mpq.sources``) import only
   the core (``mpq.components``, ``mpq.media``, ``mpq.registry``), the shared helpers
-  (``mpq.hub``) and modules of their own package: never another component package, the
+  (``mpq.hub``, ``mpq.storage``) and modules of their own package: never another component package, the
   engine or the results.
 - The core and the shared helpers import only each other.
 - Outside the component packages no module imports a component module: the rest of mpq
@@ -19,7 +19,7 @@ from pathlib import Path
 from conftest import ROOT
 
 COMPONENT_PACKAGES = ("mpq.codecs", "mpq.tasks", "mpq.metrics", "mpq.sources")
-SHARED = ("mpq.components", "mpq.media", "mpq.registry", "mpq.hub")
+SHARED = ("mpq.components", "mpq.media", "mpq.registry", "mpq.hub", "mpq.storage")
 FLOOR = ("mpq.targets", "mpq.version")
 
 

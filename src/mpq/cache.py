@@ -7,25 +7,23 @@ with a task or a metric, or resumed after a crash, decodes from the cache instea
 encoding again, and a new codec library version encodes afresh.
 
 Each entry is one zstd-compressed Arrow IPC file holding the media in their own Arrow form
-(``media.ARROW``, images and audio alike), written through pyarrow's filesystems (local paths,
-``s3://``, ``gs://``...), under a temporary name first and then renamed (on object storage a
-server-side copy of the whole object), so a run killed or cut off mid-write leaves no partial
-entry under the name that is read; an unreadable entry counts as a miss and
-is rewritten.
+(``media.ARROW``, images and audio alike), written whole or not at all (``storage.write``: local
+paths, ``s3://``, ``gs://``...), so a run killed or cut off mid-write leaves no partial entry; an
+unreadable entry counts as a miss and is rewritten.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from typing import Any
 
 import pyarrow as pa
 
 from mpq.components import Coded
 from mpq.media import ARROW, Media, MediaError
-from mpq.results import filesystem, setting_str
+from mpq.results import setting_str
+from mpq.storage import filesystem, write
 
 SCHEMA = pa.schema([("bits", pa.int64()), ("extra", pa.string()), ("device", pa.string()), ("media", ARROW)])
 # In every key: entries of an older layout are never read (format 1 stored audio as an object
@@ -60,7 +58,9 @@ class EncodedCache:
         record = {"bits": int(coded.bits), "extra": json.dumps(coded.extra), "device": coded.device, "media": coded.decoded.to_arrow()}
         table = pa.Table.from_pylist([record], schema=SCHEMA)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(tmp) as f, pa.ipc.new_file(f, SCHEMA, options=WRITE_OPTIONS) as writer:
-            writer.write_table(table)
-        self.fs.move(tmp, path)
+
+        def entry(f):
+            with pa.ipc.new_file(f, SCHEMA, options=WRITE_OPTIONS) as writer:
+                writer.write_table(table)
+
+        write(self.fs, path, entry)

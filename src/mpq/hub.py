@@ -1,7 +1,8 @@
 """Shared helpers for the components (codecs, tasks, metrics) that load pretrained weights:
 transformers models from the Hugging Face hub (``HubModel``, ``from_pretrained``),
 checkpoints in torch.hub's cache (``TorchHubCheckpoint``), and mpq's own cache, where
-built-in tiny models are written once (``mpq_cache``, ``atomic_write``)."""
+built-in tiny models are written once (``mpq_cache``; written whole by ``storage.write_local``,
+so that concurrent actors never see half a model)."""
 
 from __future__ import annotations
 
@@ -27,18 +28,6 @@ def mpq_cache() -> Path:
     """mpq's own cache (built-in pipeline-check models, encoded outputs)."""
     root = os.environ.get("MPQ_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "mpq")
     return Path(root).expanduser()
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` then rename to ``path``: concurrent actors never see half a model."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    try:
-        tmp.rename(path)
-    except OSError:  # another process finished first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def from_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:

@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs
 
-from mpq.results import filesystem
+from mpq.storage import filesystem, write, write_local
 
 LEASE = "lease.json"
 READ_BACK_SECONDS = 1.0  # stores without create-if-absent: how long a rival write may take to land
@@ -131,21 +131,11 @@ class _Local:
         self.root = root
         os.makedirs(root, exist_ok=True)
 
-    def _tmp(self, name: str, data: bytes) -> str:
-        tmp = f"{self.root}/.{name}.{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        return tmp
+    def _write(self, name: str, data: bytes, exclusive: bool = False) -> bool:
+        return write_local(f"{self.root}/{name}", lambda tmp: Path(tmp).write_bytes(data), exclusive)
 
     def create(self, name: str, data: bytes) -> bool:
-        tmp = self._tmp(name, data)
-        try:
-            os.link(tmp, f"{self.root}/{name}")  # fails if the name exists; the content is whole
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        return self._write(name, data, exclusive=True)  # a hard link: fails if the name exists; the content is whole
 
     def read(self, name: str) -> Version | None:
         try:
@@ -163,8 +153,7 @@ class _Local:
             current = self.read(name)
             if current is None or current.tag != tag:
                 return False
-            os.replace(self._tmp(name, data), f"{self.root}/{name}")
-            return True
+            return self._write(name, data)
 
     def now(self) -> float:
         return time.time()  # the clock that stamps this folder's files
@@ -237,8 +226,7 @@ class _ReadBack:
         fs.create_dir(self.root, recursive=True)
 
     def _write(self, name: str, data: bytes) -> bool:
-        with self.fs.open_output_stream(f"{self.root}/{name}") as f:
-            f.write(data)
+        write(self.fs, f"{self.root}/{name}", lambda f: f.write(data))
         time.sleep(READ_BACK_SECONDS)
         landed = self.read(name)
         return landed is not None and landed.data == data  # a rival's later write wins; the earlier writer backs off
@@ -263,8 +251,7 @@ class _ReadBack:
 
     def now(self) -> float:
         probe = f"{LEASE}.clock-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(f"{self.root}/{probe}") as f:
-            f.write(b"")
+        write(self.fs, f"{self.root}/{probe}", lambda f: f.write(b""))
         try:
             mtime = self.fs.get_file_info(f"{self.root}/{probe}").mtime
             return mtime.timestamp() if mtime else time.time()

@@ -157,7 +157,7 @@ def output_state(output: str) -> OutputState:
 
     from mpq.lease import LEASE, Holder
     from mpq.reading import error_kinds, read_results
-    from mpq.results import filesystem
+    from mpq.storage import filesystem
 
     check_location(output)
     store = ResultStore(output)

@@ -1,12 +1,9 @@
 """The results table: schema, resume keys, run metadata and the atomic Parquet sink.
 
 Results are a Parquet dataset under ``OUTPUT/results/``, one row per
-(dataset, sample_id, codec, setting, task). Each file is written under a temporary name
-and renamed when complete, so a run killed at any moment leaves only whole files; the
-next run reads the keys already present and skips that work. On object storage the rename
-is a server-side copy, which makes the final object appear whole or not at all; a
-temporary object left by a failed write is never read (pyarrow's output streams commit
-what was written when closed after an error).
+(dataset, sample_id, codec, setting, task). Each file is written whole or not at all
+(``storage.write``), so a run killed at any moment leaves only whole files; the next run
+reads the keys already present and skips that work.
 
 A key is done when a file holds it with every metric column its dataset now asks for; a
 job extended with a metric redoes its old rows (decoding from the encoded cache) and the
@@ -33,6 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mpq import storage
+from mpq.storage import filesystem  # a name here too: the resume test and bench count ResultStore's reads through it
 from mpq.targets import COLUMNS as TARGET_COLUMNS
 from mpq.version import __version__
 
@@ -157,14 +156,6 @@ def schema_for(components: list[tuple[str, dict[str, pa.DataType]]], targets: bo
     if targets:
         fields.update({col: pa.field(col, typ) for col, typ in TARGET_COLUMNS.items()})
     return pa.schema(list(fields.values()))
-
-
-def filesystem(output: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and path of a local folder or an fsspec/Arrow URI (s3://, gs://).
-
-    Every reader and writer of an output goes through here, so all use the same settings: for
-    s3:// the standard AWS variables, AWS_ENDPOINT_URL included (honoured by ``from_uri``)."""
-    return pafs.FileSystem.from_uri(output) if "://" in output else (pafs.LocalFileSystem(), output)
 
 
 class LocationError(ValueError):
@@ -297,10 +288,7 @@ class ResultStore:
             self.fs.create_dir(self.root, recursive=True)
         self._seq += 1
         final = f"{self.root}/part-{self.run_id}-{self._seq:06d}.parquet"
-        tmp = f"{self.root}/.tmp-{self.run_id}-{self._seq:06d}"
-        with self.fs.open_output_stream(tmp) as f:
-            pq.write_table(table, f)
-        self.fs.move(tmp, final)
+        storage.write(self.fs, final, lambda f: pq.write_table(table, f))
 
 
 def run_metadata(run_id: str) -> dict[str, str]:

@@ -27,9 +27,10 @@ import pyarrow as pa
 
 from mpq.codecs.audio import AUDIO_CODEC_COLUMNS, rate_note
 from mpq.components import Codec, Coded, Options
-from mpq.hub import BUILTIN_PREFIX, HubModel, atomic_write, from_pretrained, mpq_cache
+from mpq.hub import BUILTIN_PREFIX, HubModel, from_pretrained, mpq_cache
 from mpq.media import Audio, fit_length, resample, with_channels
 from mpq.registry import register
+from mpq.storage import write_local
 
 
 def pack_codes(codes: np.ndarray, nbits: int) -> bytes:
@@ -72,7 +73,7 @@ def tiny_codec(name: str) -> str:
             model = EncodecModel(EncodecConfig(hidden_size=16, num_filters=4, num_lstm_layers=1, codebook_size=1024, **kw))
         else:
             model = DacModel(DacConfig(encoder_hidden_size=4, decoder_hidden_size=16, n_codebooks=9, codebook_dim=4, hop_length=512, **kw))
-        atomic_write(path, model.save_pretrained)
+        write_local(path, model.save_pretrained)
     return str(path)
 
 

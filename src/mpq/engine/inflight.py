@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from mpq.results import filesystem
+from mpq.storage import filesystem, write
 
 WORKER_DIED = "worker died: "
 # Both engines: a sample's work is started at most this many times (a lost Ray node costs the
@@ -69,8 +69,7 @@ def forget(output: str, run: str) -> None:
         if note.split()[1:] == [run.encode()]:
             tries = _tries(note) - 1
             if tries > 0:
-                with fs.open_output_stream(info.path) as f:
-                    f.write(str(tries).encode())  # earlier runs' tries, in no run's hand
+                write(fs, info.path, lambda f: f.write(str(tries).encode()))  # earlier runs' tries, in no run's hand
             else:
                 fs.delete_file(info.path)
 
@@ -108,8 +107,7 @@ class InFlight:
         fs, path = self._path(key)
         if note:
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            with fs.open_output_stream(path) as f:
-                f.write(note)
+            write(fs, path, lambda f: f.write(note))
             return
         try:
             fs.delete_file(path)

@@ -35,9 +35,10 @@ import pyarrow as pa
 from pydantic import field_validator
 
 from mpq.components import Options, Task, agreement_from_sums, agreement_sums, column_sums, mean_agreement, ratio
-from mpq.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, atomic_write, known_builtin, load_processor_and_model, mpq_cache
+from mpq.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, known_builtin, load_processor_and_model, mpq_cache
 from mpq.media import Audio, resample, with_channels
 from mpq.registry import register
+from mpq.storage import write_local
 
 TINY_WHISPER = "builtin:tiny-whisper"
 WHISPER_TINY_EN = "builtin:whisper-tiny.en"
@@ -109,7 +110,7 @@ def tiny_whisper() -> str:
         model.save_pretrained(tmp)
         WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(tmp)
 
-    atomic_write(path, write)
+    write_local(path, write)
     return str(path)
 
 

@@ -23,9 +23,10 @@ import pyarrow as pa
 from pydantic import field_validator
 
 from mpq.components import ClassTarget, Options, Task, agreement_from_sums, agreement_sums, column_sums, mean_agreement, ratio
-from mpq.hub import BUILTIN_PREFIX, HubModel, atomic_write, from_pretrained, known_builtin, load_processor_and_model, mpq_cache, processor_images, torch_dtype
+from mpq.hub import BUILTIN_PREFIX, HubModel, from_pretrained, known_builtin, load_processor_and_model, mpq_cache, processor_images, torch_dtype
 from mpq.media import SKIMAGE_PHOTOS, Image
 from mpq.registry import register
+from mpq.storage import write_local
 
 TINY_VIT = "builtin:tiny-vit"
 SAME_IDS = 0.9  # share of a numbered dataset's class names the model must give the same ids
@@ -68,7 +69,7 @@ def tiny_vit() -> str:
             ViTForImageClassification(config).save_pretrained(tmp)
             ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp)
 
-        atomic_write(path, write)
+        write_local(path, write)
     return str(path)
 
 
@@ -109,7 +110,7 @@ def efficientnet_lite0() -> str:
     names = info.label_names()
     config = {"label_names": names, "label_descriptions": {n: info.label_name_to_description(n) for n in names}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: timm.models.save_for_hf(model, tmp, model_config=config, safe_serialization=True))
+    write_local(path, lambda tmp: timm.models.save_for_hf(model, tmp, model_config=config, safe_serialization=True))
     return str(path)
 
 

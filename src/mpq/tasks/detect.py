@@ -20,9 +20,10 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from mpq.components import Options, Task, mean_agreement
-from mpq.hub import PROCESSOR_FILES, HubModel, atomic_write, known_builtin, load_processor_and_model, mpq_cache
+from mpq.hub import PROCESSOR_FILES, HubModel, known_builtin, load_processor_and_model, mpq_cache
 from mpq.media import Image
 from mpq.registry import register
+from mpq.storage import write_local
 
 TINY_DETR = "builtin:tiny-detr"
 SAMPLE = ["gt_boxes", "gt_labels", "det_boxes", "det_scores", "det_labels"]  # what COCO evaluation reads of a row
@@ -67,7 +68,7 @@ def tiny_detr() -> str:
             DetrForObjectDetection(config).save_pretrained(tmp)
             DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(tmp)
 
-        atomic_write(path, write)
+        write_local(path, write)
     return str(path)
 
 

@@ -32,6 +32,7 @@ from mpq.components import Asset, AssetUnavailable, Options, Task, mean_agreemen
 from mpq.hub import BUILTIN_PREFIX, TorchHubCheckpoint, known_builtin, mpq_cache, weights_digest
 from mpq.media import STEMS, Audio, fit_length, resample, with_channels
 from mpq.registry import register
+from mpq.storage import write_local
 
 TINY = ("builtin:tiny-hdemucs", "builtin:tiny-htdemucs")
 
@@ -72,9 +73,7 @@ def tiny_demucs(name: str) -> Path:
         args, kwargs = model._init_args_kwargs
         package = {"klass": type(model), "args": args, "kwargs": kwargs, "state": model.state_dict(), "training_args": {}}
         repo.mkdir(parents=True, exist_ok=True)
-        tmp = repo / f".{sig}.tmp"
-        torch.save(package, tmp)
-        tmp.rename(path)
+        write_local(path, lambda tmp: torch.save(package, tmp))
     return repo
 
 
