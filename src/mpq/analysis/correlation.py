@@ -153,7 +153,7 @@ class _Points:
     def _kendall(self, w, t, cx, cy, total):
         """Tau-b of each resample by the cheapest exact route (t: cluster counts, cx, cy: level counts, total: points)."""
         kx, ky, n = len(self.ux), len(self.uy), len(self.x)
-        if 8 * n + kx * ky <= _GRID:
+        if 8 * n + kx * ky <= _GRID and kx * ky <= self.k**2:  # the level grid, unless the cluster pairs are fewer
             joint = _cluster_counts(self.gx * ky + self.gy, kx * ky, self.member, self.k)
             step = max(1, _CHUNK // (kx * ky))
             return np.concatenate([_kendall_grid(_spread(t[i : i + step], joint).reshape(-1, kx, ky)) for i in range(0, len(t), step)])

@@ -40,15 +40,27 @@ def _rank_rows(values: np.ndarray) -> np.ndarray:
     return stats.rankdata(values, axis=-1)
 
 
-def _spearman_of_ranks(codes: np.ndarray, ry: np.ndarray) -> np.ndarray:
-    """Row-wise Spearman against ry (n,) of rows of (B, n) values that are already ranks of n
-    points, given as ``codes``: twice each rank (whole half steps 2..2n). Each row is ranked
-    again from its count at each half step, no sort; the sums of ranks and of their
-    products are whole quarters, exact in float64."""
+def _half_steps(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (B, n) of values that are ranks of n points, as ``codes``: twice each rank (whole
+    half steps 2..2n), ranked again from each row's count at each of the 2n + 1 half steps,
+    no sort: (counts, the average rank at each half step, each value's flat index into both)."""
     rows, n = codes.shape
     flat = codes + (2 * n + 1) * np.arange(rows)[:, None]
     counts = np.bincount(flat.ravel(), minlength=rows * (2 * n + 1)).reshape(rows, -1).astype(float)
-    rank = np.cumsum(counts, 1) - (counts - 1) / 2
+    return counts, np.cumsum(counts, 1) - (counts - 1) / 2, flat
+
+
+def _rerank_rows(ranks: np.ndarray) -> np.ndarray:
+    """``_rank_rows`` of rows (B, n) whose values are already ranks of n points (multiples of 1/2 in 1..n)."""
+    _, rank, flat = _half_steps((2 * ranks).astype(np.int64))
+    return np.take(rank, flat)
+
+
+def _spearman_of_ranks(codes: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Row-wise Spearman against ry (n,) of rows given as ``_half_steps`` codes; the sums of
+    ranks and of their products are whole quarters, exact in float64."""
+    counts, rank, flat = _half_steps(codes)
+    n = codes.shape[1]
     shift = n * ((n + 1) / 2) ** 2  # n × the mean rank squared
     with np.errstate(invalid="ignore", divide="ignore"):
         return (np.take(rank, flat) @ ry - shift) / np.sqrt(((counts * rank * rank).sum(1) - shift) * (ry @ ry - shift))
