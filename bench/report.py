@@ -9,12 +9,14 @@ The results: 5 datasets (4 classified, 1 segmented with 150 classes, like ADE20k
 codecs × 8 settings and the baseline, PSNR and LPIPS, one task each; the samples per
 dataset follow from ``--rows``. The baseline comparison runs BD-rate (every setting's score
 and rate per resample) on the segmented dataset with ``--baseline-resamples`` resamples
-both ways and extrapolates the slow one to ``--resamples``.
+both ways and extrapolates the slow one to ``--resamples``. CPU seconds are printed beside
+wall seconds: on a shared machine they are what the report itself used.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -68,9 +70,12 @@ def results(rows: int, seed: int = 0) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def timed(fn):
-    start = time.perf_counter()
+def timed(fn, cpu: list | None = None):
+    """fn()'s result and wall seconds; appends its CPU seconds (this process's, every thread) to ``cpu``."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = fn()
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return out, time.perf_counter() - start
 
 
@@ -103,12 +108,15 @@ def main() -> None:
 
         for name, fn in (("correlations", analysis.correlations), ("metric ranking", analysis.metric_ranking),
                          ("equal rate", analysis.equal_rate), ("BD-rate", analysis.bd_rates), ("plot intervals", analysis.plot_conditions)):
-            _, took = timed(lambda fn=fn: fn(df, n_resamples=args.resamples, seed=0))
-            print(f"  {name}: {took:.1f} s")
+            cpu = []
+            _, took = timed(lambda fn=fn: fn(df, n_resamples=args.resamples, seed=0), cpu)
+            print(f"  {name}: {took:.1f} s (CPU {cpu[0]:.1f} s)")
+    cpu = []
     with tempfile.TemporaryDirectory() as out:
-        path, wall = timed(lambda: write_report(df, out, n_resamples=args.resamples, seed=0))
+        path, wall = timed(lambda: write_report(df, out, n_resamples=args.resamples, seed=0), cpu)
         size = path.stat().st_size
-    print(f"whole report, {args.resamples} resamples: {wall:.1f} s; report.html {size / 1e6:.1f} MB")
+    print(f"whole report, {args.resamples} resamples: {wall:.1f} s (CPU {cpu[0]:.1f} s; load average {os.getloadavg()[0]:.1f}); "
+          f"report.html {size / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -599,6 +599,30 @@ def test_bd_rate_pchip_integrates_as_scipys(points):
         assert Pchip(x, y).integrate(x[0], x[-1]) == pytest.approx(ref.integrate(x[0], x[-1]), rel=1e-10, abs=1e-12)
 
 
+def test_bd_rate_of_every_resample_at_once_equals_one_resample_at_a_time():
+    from mpq.analysis.bdrate import _pairs, _pairs_rows
+
+    rng = np.random.default_rng(11)
+    resamples, settings, codecs = 400, 6, ["a", "b", "c"]
+    curves = {}
+    for i, codec in enumerate(codecs):
+        rates = np.sort(rng.uniform(0.1, 2, size=(resamples, settings)), 1) * (1 + 0.2 * i)
+        scores = np.round(0.3 + 0.4 * rates / rates.max() + rng.normal(0, 0.04, size=rates.shape), 2)  # ties and dips
+        curves[codec] = (rates, scores)
+    curves["a"][1][0] = 0.5  # one level only: no curve
+    curves["b"][1][1, 2] = np.nan  # a score missing: that resample fitted on its own
+    curves["c"][0][2, 0] = curves["c"][0][2, 1]  # equal rates
+    batched = _pairs_rows(curves, codecs, 0.5, 4)
+    for b in range(resamples):
+        one = _pairs({c: (r[b], s[b]) for c, (r, s) in curves.items()}, codecs, 0.5, 4)
+        for pair, (value, _) in one.items():
+            if value is None:
+                assert np.isnan(batched[pair][b]), (b, pair)
+            else:
+                assert batched[pair][b] == pytest.approx(value, rel=1e-12, abs=1e-12), (b, pair)
+    assert sum(np.isfinite(v).sum() for v in batched.values()) > resamples  # most pairs have a value
+
+
 def test_report_page_has_contents_and_folds_long_tables(tmp_path):
     from mpq.analysis.report import FOLD_ROWS, write_table
 

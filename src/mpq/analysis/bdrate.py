@@ -152,33 +152,130 @@ def _curves(rows: pl.DataFrame, by: list[str], rate: str) -> dict[tuple, dict[st
     return out
 
 
-def _resampled_curves(rows: pl.DataFrame, rate: str, n_resamples: int, seed: int):
-    """(resample, its curves keyed (resample, score_name) as ``_curves`` gives them) for each
-    cluster-bootstrap resample: from per-sample sums (``sums``) where the task allows, else
-    by recomputing ``Task.aggregate`` on each resample's rows."""
-    if n_resamples <= 0:
-        return
+def _resampled_values(rows: pl.DataFrame, rate: str, n_resamples: int, seed: int, codecs: dict[str, list[str]],
+                      min_overlap: float, min_points: int) -> dict[tuple, np.ndarray]:
+    """The BD-rate of every pair of ``codecs`` (per score name) on each cluster-bootstrap
+    resample with a value, keyed (score_name, anchor, test): from per-sample sums
+    (``resampled_scores``) with every resample's curves fitted and integrated at once where
+    the task allows, else by recomputing ``Task.aggregate`` on each resample's rows."""
+    out: dict[tuple, list] = {(name, *pair): [] for name in codecs for pair in combinations(codecs[name], 2)}
+    if n_resamples <= 0 or not codecs:
+        return {key: np.array(v) for key, v in out.items()}
     keyed = rows.with_columns(_k=pl.concat_str("codec", "setting", separator="\x1f"))
     fast = resampled_scores(keyed, "_k", n_resamples, seed, means=(rate,))
     if fast is None:
         for labels, frame in cluster_resamples(rows, n_resamples, seed):
             resampled = _curves(frame, ["_b"], rate)
-            yield from ((b, resampled) for b in labels)
-        return
+            for b in labels:
+                for name in codecs:
+                    for pair, (value, _) in _pairs(resampled.get((b, name), {}), codecs[name], min_overlap, min_points).items():
+                        if value is not None:
+                            out[name, *pair].append(value)
+        return {key: np.array(v) for key, v in out.items()}
     _, boot = fast
-    conds = [(label, *label.split("\x1f", 1)) for label in sorted(boot)]
-    names = sorted({n for label in boot for n in boot[label] if n != rate})
-    for b in range(n_resamples):
-        curves: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-        for name in names:
-            per_codec: dict[str, tuple[list, list]] = {}
-            for label, codec, _ in conds:
-                if name in boot[label]:
-                    per_codec.setdefault(codec, ([], []))
-                    per_codec[codec][0].append(boot[label][rate][b])
-                    per_codec[codec][1].append(boot[label][name][b])
-            curves[(b, name)] = {c: (np.array(r), np.array(v)) for c, (r, v) in per_codec.items()}
-        yield b, curves
+    conds = [label.split("\x1f", 1) for label in sorted(boot)]
+    for name in codecs:
+        curves = {}
+        for codec in codecs[name]:
+            mine = [label for label, (c, _) in zip(sorted(boot), conds) if c == codec and name in boot[label]]
+            curves[codec] = (np.stack([boot[label][rate] for label in mine], 1), np.stack([boot[label][name] for label in mine], 1))
+        for pair, values in _pairs_rows(curves, codecs[name], min_overlap, min_points).items():
+            out[name, *pair] = values[np.isfinite(values)]
+    return out
+
+
+class _Rows:
+    """``_log_rate_curve`` of one codec on every resample at once (row b: resample b's
+    settings), each row's levels padded with +inf to the most settings. The arithmetic is
+    ``Pchip``'s, element for element; rows whose scores are not strictly increasing in rate
+    take scipy's isotonic regression one by one (its pooled means, to the last bit).
+    ``regular``: rows with every rate positive and finite and every score finite (others
+    are left to ``_pairs``); ``ok``: rows with a curve (at least two levels)."""
+
+    def __init__(self, rate: np.ndarray, score: np.ndarray):
+        self.regular = (np.isfinite(rate) & np.isfinite(score) & (rate > 0)).all(1)
+        rate, score = np.where(self.regular[:, None], rate, 1.0), np.where(self.regular[:, None], score, 0.0)
+        order = np.lexsort((score, rate), axis=-1)  # by rate, equal rates by score
+        rate, fitted = np.take_along_axis(rate, order, 1), np.take_along_axis(score, order, 1)
+        for b in np.flatnonzero((fitted[:, 1:] <= fitted[:, :-1]).any(1)):  # strictly increasing rows are their own fit
+            fitted[b] = isotonic_regression(fitted[b]).x
+        rows, size = fitted.shape
+        level = np.concatenate([np.zeros((rows, 1), dtype=np.int64), np.cumsum(fitted[:, 1:] != fitted[:, :-1], 1)], 1)
+        self.n = level[:, -1] + 1
+        self.ok = self.regular & (self.n >= 2)
+        flat = (level + size * np.arange(rows)[:, None]).ravel()
+        total = np.bincount(flat, weights=np.log(rate).ravel(), minlength=rows * size).reshape(rows, size)
+        count = np.bincount(flat, minlength=rows * size).reshape(rows, size)
+        self.x = np.full((rows, size), np.inf)
+        self.x[np.arange(rows)[:, None], level] = fitted
+        self.y = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        self.h, self.d = np.ones((rows, max(size - 1, 1))), np.zeros((rows, size))
+        self.cumulative = np.zeros((rows, size))
+        for n in np.unique(self.n[self.ok]):
+            self._fit(np.flatnonzero(self.ok & (self.n == n)), int(n))
+        self.first, self.last = self.x[:, 0], np.take_along_axis(self.x, (self.n - 1)[:, None], 1)[:, 0]
+
+    def _fit(self, rows: np.ndarray, n: int) -> None:
+        """``Pchip``'s derivatives and segment integrals of the rows with n levels."""
+        x, y = self.x[rows, :n], self.y[rows, :n]
+        h, m = np.diff(x), np.diff(y) / np.diff(x)
+        if n == 2:
+            d = np.concatenate([m, m], 1)
+        else:
+            d = np.zeros_like(y)
+            flat = (np.sign(m[:, 1:]) != np.sign(m[:, :-1])) | (m[:, 1:] == 0) | (m[:, :-1] == 0)
+            w1, w2 = 2 * h[:, 1:] + h[:, :-1], h[:, 1:] + 2 * h[:, :-1]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d[:, 1:-1] = np.where(flat, 0.0, (w1 + w2) / (w1 / m[:, :-1] + w2 / m[:, 1:]))
+            d[:, 0], d[:, -1] = _edges(h[:, 0], h[:, 1], m[:, 0], m[:, 1]), _edges(h[:, -1], h[:, -2], m[:, -1], m[:, -2])
+        whole = h * (y[:, :-1] + y[:, 1:]) / 2 + h**2 * (d[:, :-1] - d[:, 1:]) / 12
+        self.h[rows, : n - 1], self.d[rows, :n] = h, d
+        self.cumulative[rows, 1:n] = np.cumsum(whole, 1)
+
+    def integrate(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._antiderivative(b) - self._antiderivative(a)
+
+    def _antiderivative(self, t: np.ndarray) -> np.ndarray:
+        i = np.clip((self.x <= t[:, None]).sum(1) - 1, 0, np.maximum(self.n - 2, 0))[:, None]
+
+        def at(a, shift=0):
+            return np.take_along_axis(a, i + shift, 1)[:, 0]
+
+        h = at(self.h)
+        s = (t - at(self.x)) / h
+        y0, y1, d0, d1 = at(self.y), at(self.y, 1), at(self.d), at(self.d, 1)
+        part = (y0 * (s - s**3 + s**4 / 2) + h * d0 * (s**2 / 2 - 2 * s**3 / 3 + s**4 / 4)
+                + y1 * (s**3 - s**4 / 2) + h * d1 * (s**4 / 4 - s**3 / 3))
+        return at(self.cumulative) + h * part
+
+
+def _edges(h0, h1, m0, m1):
+    """``_edge`` of arrays."""
+    d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+    capped = np.where((np.sign(m0) != np.sign(m1)) & (np.abs(d) > 3 * np.abs(m0)), 3 * m0, d)
+    return np.where(np.sign(d) != np.sign(m0), 0.0, capped)
+
+
+def _pairs_rows(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], min_overlap: float,
+                min_points: int) -> dict[tuple, np.ndarray]:
+    """``_pairs``' values on every resample at once: ``curves[codec]`` holds (rates, scores),
+    each (resamples, settings); NaN where a resample has no value."""
+    fitted = {name: _Rows(*curves[name]) for name in names}
+    out = {}
+    for anchor, test in combinations(names, 2):
+        a, t = fitted[anchor], fitted[test]
+        low, high = np.maximum(a.first, t.first), np.minimum(a.last, t.last)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            inside = sum((c.x <= high[:, None]).sum(1) - (c.x < low[:, None]).sum(1) for c in (a, t))
+            good = a.ok & t.ok & (low < high) & ~(high - low < min_overlap * np.minimum(a.last - a.first, t.last - t.first))
+            good &= inside >= min_points
+            values = np.where(good, np.expm1((t.integrate(low, high) - a.integrate(low, high)) / (high - low)) * 100, np.nan)
+        out[anchor, test] = values
+    for b in np.flatnonzero(~np.logical_and.reduce([fitted[name].regular for name in names])):  # a non-finite score or rate
+        one = _pairs({name: (rates[b], scores[b]) for name, (rates, scores) in curves.items()}, names, min_overlap, min_points)
+        for pair, (value, _) in one.items():
+            out[pair][b] = np.nan if value is None else value
+    return out
 
 
 def _pairs(curves: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], min_overlap: float, min_points: int) -> dict[tuple, tuple[float | None, str | None]]:
@@ -255,12 +352,7 @@ def bd_rates(
         codecs = {key[0]: sorted(c for c, (rates, _) in curves.items() if len(rates) >= min_settings) for key, curves in point.items()}
         codecs = {name: codecs[name] for name in sorted(codecs) if len(codecs[name]) > 1}
         values = {name: _pairs(point[(name,)], codecs[name], min_overlap, min_points) for name in codecs}
-        boot: dict[tuple, list[float]] = {(name, *pair): [] for name in codecs for pair in values[name]}
-        for b, resampled in _resampled_curves(group, rate, n_resamples if codecs and n >= min_samples else 0, seed):
-            for name in codecs:
-                for pair, (value, _) in _pairs(resampled.get((b, name), {}), codecs[name], min_overlap, min_points).items():
-                    if value is not None:
-                        boot[name, *pair].append(value)
+        boot = _resampled_values(group, rate, n_resamples if n >= min_samples else 0, seed, codecs, min_overlap, min_points)
         for name in codecs:
             for (anchor, test), (value, note) in values[name].items():
                 row = {"dataset": dataset, "task": task, "score_name": name, "rate": rate, "anchor": anchor, "test": test, "n": n,
@@ -268,7 +360,7 @@ def bd_rates(
                 got = boot[name, anchor, test]
                 if value is not None and n < min_samples:
                     row["note"] = "; ".join(filter(None, [note, f"no interval: {too_few(n)}"]))
-                elif value is not None and got:
+                elif value is not None and got.size:
                     row["bd_rate_low"], row["bd_rate_high"] = (float(v) for v in np.percentile(got, [tail, 100 - tail]))
                     if len(got) < n_resamples:
                         missing = f"{n_resamples - len(got)} of {n_resamples} resamples had no value; interval from the rest"

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 import polars as pl
-from scipy import stats
+from scipy import sparse, stats
 
 from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, conditions, load, metric_columns, rate_columns
 from mpq.results import BASELINE
@@ -40,39 +40,32 @@ _GRID = 30_000
 _CLUSTERS = 3_000
 
 
-def _pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Pearson r of points x, y weighted by each row of w (B, n): row b is the resample
-    that holds point i w[b, i] times."""
-    total = w.sum(-1, keepdims=True)
-    xc = x - (w * x).sum(-1, keepdims=True) / total
-    yc = y - (w * y).sum(-1, keepdims=True) / total
-    return (w * xc * yc).sum(-1) / np.sqrt((w * xc**2).sum(-1) * (w * yc**2).sum(-1))
+def _spread(t: np.ndarray, counts) -> np.ndarray:
+    """(B, levels): each resample's count of points at each level, from t (B, clusters): how
+    often each resample holds each cluster, and ``counts`` (clusters × levels, sparse): each
+    cluster's points at each level."""
+    return np.ascontiguousarray((counts.T @ t.T).T)  # rows contiguous: the ranks' cumsum and gathers run along them
 
 
-def _level_counts(codes: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
-    """(B, k) weight of each of k levels in each row of w (B, n); codes (n,) are the points' levels."""
-    rows = w.shape[0]
-    flat = (codes[None, :] + k * np.arange(rows)[:, None]).ravel()
-    return np.bincount(flat, weights=w.ravel(), minlength=rows * k).reshape(rows, k)
+def _cluster_counts(codes: np.ndarray, size: int, member: np.ndarray, k: int):
+    return sparse.csr_matrix((np.ones(len(codes)), (member, codes)), shape=(k, size))
 
 
-def _ranks(codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """(B, n) average ranks (ties share their mean rank) from level counts: no sort."""
-    below = np.cumsum(counts, axis=1) - counts
-    return (below + (counts + 1) / 2)[:, codes]
+def _level_ranks(counts: np.ndarray) -> np.ndarray:
+    """(B, levels) average rank of each level (ties share their mean rank) from level counts: no sort."""
+    return np.cumsum(counts, axis=1) - (counts - 1) / 2
 
 
-def _kendall_grid(gx: np.ndarray, gy: np.ndarray, kx: int, ky: int, w: np.ndarray) -> np.ndarray:
-    """Row-wise tau-b from the (x level, y level) count grid: each cell's points against
+def _kendall_grid(m: np.ndarray) -> np.ndarray:
+    """Row-wise tau-b from (B, x levels, y levels) count grids: each cell's points against
     the points strictly above it in x, concordant if also above in y, discordant if below."""
-    m = _level_counts(gx * ky + gy, kx * ky, w).reshape(len(w), kx, ky)
     at_or_left = m.cumsum(1)
     right = at_or_left[:, -1:] - at_or_left  # points with a greater x level, per y level
     right_below_or_at = right.cumsum(2)
     up = right_below_or_at[:, :, -1:] - right_below_or_at  # ... and a greater y level
     down = right_below_or_at - right  # ... and a smaller y level
     s = (m * (up - down)).sum((1, 2))
-    n = w.sum(1)
+    n = m.sum((1, 2))
     pairs = n * (n - 1) / 2
     nx, ny = m.sum(2), m.sum(1)
     ties_x, ties_y = (nx * (nx - 1) / 2).sum(1), (ny * (ny - 1) / 2).sum(1)
@@ -116,7 +109,9 @@ class _Points:
     """Paired points, coded by value level once, so each resample's ranks and Kendall
     counts come from level counts (vectorised over resamples). A resample is a row of
     weights: how many times it holds each point, the same for all points of one cluster
-    (``member``: each point's cluster index; by default each point is its own)."""
+    (``member``: each point's cluster index; by default each point is its own). What a
+    resample needs is summed per cluster once (Pearson's moments, each cluster's points per
+    value level), so most of its work is a product with the clusters' counts."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, member: np.ndarray | None = None):
         self.x, self.y = x, y
@@ -126,34 +121,45 @@ class _Points:
         self.k = int(self.member.max()) + 1 if len(x) else 0
         self.first = np.unique(self.member, return_index=True)[1]  # one point of each cluster
         self.pairs = None  # _cluster_pairs, computed on first use
+        self.cx = _cluster_counts(self.gx, len(self.ux), self.member, self.k)
+        self.cy = _cluster_counts(self.gy, len(self.uy), self.member, self.k)
+        # Pearson's sums per cluster, about the means of all points (no cancellation in a resample's)
+        dx, dy = (x - x.mean(), y - y.mean()) if len(x) else (x, y)
+        self.moments = np.stack([np.bincount(self.member, weights=v, minlength=self.k)
+                                 for v in (np.ones(len(x)), dx, dy, dx * dx, dy * dy, dx * dy)], 1)
 
     def coefficients(self, w: np.ndarray, methods: tuple[str, ...] = METHODS) -> dict[str, np.ndarray]:
         """Each of ``methods``' coefficient for each resample (row of w); NaN where a side is constant."""
-        cx, cy = _level_counts(self.gx, len(self.ux), w), _level_counts(self.gy, len(self.uy), w)
-        total = w.sum(1)
+        t = w[:, self.first]
+        cx, cy = _spread(t, self.cx), _spread(t, self.cy)
         out = {}
         with np.errstate(invalid="ignore", divide="ignore"):
             if "pearson" in methods:
-                out["pearson"] = _pearson(self.x, self.y, w)
-            if "spearman" in methods:
-                out["spearman"] = _pearson(_ranks(self.gx, cx), _ranks(self.gy, cy), w)
+                n, sx, sy, sxx, syy, sxy = (t @ self.moments).T
+                out["pearson"] = (sxy - sx * sy / n) / np.sqrt((sxx - sx * sx / n) * (syy - sy * sy / n))
+            total = cx.sum(1)
+            if "spearman" in methods:  # sums of ranks and their products: whole quarters, exact in float64
+                rx, ry = _level_ranks(cx), _level_ranks(cy)
+                sxy = np.einsum("bi,bi,bi->b", w, np.take(rx, self.gx, 1), np.take(ry, self.gy, 1))
+                shift = total * ((total + 1) / 2) ** 2  # total × the mean rank squared
+                out["spearman"] = (sxy - shift) / np.sqrt(((cx * rx * rx).sum(1) - shift) * ((cy * ry * ry).sum(1) - shift))
             if "kendall" in methods:
-                out["kendall"] = self._kendall(w, cx, cy, total)
+                out["kendall"] = self._kendall(w, t, cx, cy, total)
         constant = (cx.max(1) == total) | (cy.max(1) == total)
         for r in out.values():
             r[constant] = np.nan
         return out
 
-    def _kendall(self, w, cx, cy, total):
-        """Tau-b of each resample by the cheapest exact route (cx, cy: level counts, total: points)."""
+    def _kendall(self, w, t, cx, cy, total):
+        """Tau-b of each resample by the cheapest exact route (t: cluster counts, cx, cy: level counts, total: points)."""
         kx, ky, n = len(self.ux), len(self.uy), len(self.x)
-        if 8 * n + kx * ky <= _GRID:
+        if 8 * n + kx * ky <= _GRID and kx * ky <= self.k**2:  # the level grid, unless the cluster pairs are fewer
+            joint = _cluster_counts(self.gx * ky + self.gy, kx * ky, self.member, self.k)
             step = max(1, _CHUNK // (kx * ky))
-            return np.concatenate([_kendall_grid(self.gx, self.gy, kx, ky, w[i : i + step]) for i in range(0, len(w), step)])
+            return np.concatenate([_kendall_grid(_spread(t[i : i + step], joint).reshape(-1, kx, ky)) for i in range(0, len(t), step)])
         if self.k <= _CLUSTERS:  # many distinct values on both sides: pair counts between clusters
             if self.pairs is None:
                 self.pairs = _cluster_pairs(self.gx, self.gy, kx, ky, self.member, self.k)
-            t = w[:, self.first]
             pairs = total * (total - 1) / 2
             ties_x, ties_y = (cx * (cx - 1) / 2).sum(1), (cy * (cy - 1) / 2).sum(1)
             return ((t @ self.pairs) * t).sum(1) / 2 / np.sqrt((pairs - ties_x) * (pairs - ties_y))

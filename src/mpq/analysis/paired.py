@@ -86,12 +86,17 @@ def permutation_p(rows: pl.DataFrame, a: str, b: str, score_name: str, by: str =
     cls = fast_task(rows)
     parts = row_sums(cls, rows) if cls is not None else None
 
+    if parts is not None:  # each side's sums: all of its own rows, plus the swapped samples' change, one product
+        totals = {k: (v[first].sum(0), v[second].sum(0)) for k, v in parts.items()}
+        change = {k: (v[second] - v[first]).reshape(n, -1) for k, v in parts.items()}
+
     def summed(x, y, axis=-1):  # the same statistic from the rows' sums (``sums``)
         single = np.ndim(x) == 1
-        x, y = np.atleast_2d(x).astype(np.int64), np.atleast_2d(y).astype(np.int64)
-        a = cls.from_sums({k: v[x].sum(1) for k, v in parts.items()}).get(score_name)
-        b = cls.from_sums({k: v[y].sum(1) for k, v in parts.items()}).get(score_name)
-        diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float) if a is not None else np.full(len(x), np.nan)
+        swapped = (np.atleast_2d(x) != first).astype(float)
+        moved = {k: (swapped @ d).reshape(len(swapped), *parts[k].shape[1:]) for k, d in change.items()}
+        a = cls.from_sums({k: totals[k][0] + moved[k] for k in parts}).get(score_name)
+        b = cls.from_sums({k: totals[k][1] - moved[k] for k in parts}).get(score_name)
+        diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float) if a is not None else np.full(len(swapped), np.nan)
         return diff[0] if single else diff
 
     def statistic(x, y, axis=-1):  # x, y: row positions, (n,) or (batch, n)
@@ -108,8 +113,10 @@ def permutation_p(rows: pl.DataFrame, a: str, b: str, score_name: str, by: str =
         diff = score[1] - score[0]
         return diff[0] if single else diff
 
-    width = sum(int(np.prod(v.shape[1:])) for v in parts.values()) if parts is not None else 1
-    batch = max(1, _CHUNK_ROWS // (2 * n * (1 if parts is None else max(1, width // 8))))
+    if parts is None:
+        batch = max(1, _CHUNK_ROWS // (2 * n))
+    else:  # the relabellings do not depend on the batch (scipy draws each in turn)
+        batch = max(1, 10 * _CHUNK_ROWS // (n + sum(int(np.prod(v.shape[1:])) for v in parts.values())))
     result = stats.permutation_test((first, second), statistic if parts is None else summed, permutation_type="samples", vectorized=True,
                                     n_resamples=relabellings(n, n_resamples), batch=batch, rng=np.random.default_rng(seed))
     return float(result.pvalue)

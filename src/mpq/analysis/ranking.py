@@ -40,14 +40,30 @@ def _rank_rows(values: np.ndarray) -> np.ndarray:
     return stats.rankdata(values, axis=-1)
 
 
+def _half_steps(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (B, n) of values that are ranks of n points, as ``codes``: twice each rank (whole
+    half steps 2..2n), ranked again from each row's count at each of the 2n + 1 half steps,
+    no sort: (counts, the average rank at each half step, each value's flat index into both)."""
+    rows, n = codes.shape
+    flat = codes + (2 * n + 1) * np.arange(rows)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=rows * (2 * n + 1)).reshape(rows, -1).astype(float)
+    return counts, np.cumsum(counts, 1) - (counts - 1) / 2, flat
+
+
 def _rerank_rows(ranks: np.ndarray) -> np.ndarray:
-    """``_rank_rows`` of rows (B, n) whose values are already ranks of n points (multiples of
-    1/2 in 1..n): from each row's count at each of the 2n + 1 half steps, no sort."""
-    rows, n = ranks.shape
-    codes = (2 * ranks).astype(np.int64) + (2 * n + 1) * np.arange(rows)[:, None]
-    counts = np.bincount(codes.ravel(), minlength=rows * (2 * n + 1)).reshape(rows, -1).astype(float)
-    below = counts.cumsum(1) - counts
-    return (below + (counts + 1) / 2).ravel()[codes]
+    """``_rank_rows`` of rows (B, n) whose values are already ranks of n points (multiples of 1/2 in 1..n)."""
+    _, rank, flat = _half_steps((2 * ranks).astype(np.int64))
+    return np.take(rank, flat)
+
+
+def _spearman_of_ranks(codes: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Row-wise Spearman against ry (n,) of rows given as ``_half_steps`` codes; the sums of
+    ranks and of their products are whole quarters, exact in float64."""
+    counts, rank, flat = _half_steps(codes)
+    n = codes.shape[1]
+    shift = n * ((n + 1) / 2) ** 2  # n × the mean rank squared
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.take(rank, flat) @ ry - shift) / np.sqrt(((counts * rank * rank).sum(1) - shift) * (ry @ ry - shift))
 
 
 def _spearman_rows(ranked_x: np.ndarray, ranked_y: np.ndarray) -> np.ndarray:
@@ -75,13 +91,13 @@ def swap_test(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0) 
         sign = np.sign(_spearman_rows(_rank_rows(x)[None], ry)[0])
         return _rank_rows(x * (sign if sign else 1.0))
 
-    first, second = signed(x1), signed(x2)
+    first, second = (np.round(2 * signed(x)).astype(np.int64) for x in (x1, x2))  # ranks in half steps
 
     def statistic(a, b, axis=-1):  # a: group ids, values >= k where the group's metrics are swapped
         single = np.ndim(a) == 1
         swapped = (np.atleast_2d(a) >= k)[:, member]
-        one, two = np.where(swapped, second, first), np.where(swapped, first, second)
-        diff = np.abs(_spearman_rows(_rerank_rows(one), ry)) - np.abs(_spearman_rows(_rerank_rows(two), ry))
+        one = np.where(swapped, second, first)
+        diff = np.abs(_spearman_of_ranks(one, ry)) - np.abs(_spearman_of_ranks(first + second - one, ry))
         return diff[0] if single else diff
 
     batch = max(1, _CHUNK // len(y))

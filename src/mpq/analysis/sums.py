@@ -18,6 +18,8 @@ import polars as pl
 
 from mpq import registry
 
+_CHUNK = 4_000_000  # resampled sums held in memory at once
+
 
 def resample_counts(n_ids: int, n_resamples: int, seed: int) -> np.ndarray:
     """How often each of ``n_ids`` sorted sample ids is drawn in each resample: the one draw
@@ -53,31 +55,47 @@ def row_sums(cls, rows: pl.DataFrame) -> dict[str, np.ndarray] | None:
 def resampled_scores(rows: pl.DataFrame, by: str, n_resamples: int, seed: int, means: tuple[str, ...] = ()):
     """(point, boot) as ``paired.joint_bootstrap`` returns them, from per-sample sums, or
     None where the task's aggregate is not a function of sums. ``means``: columns whose
-    mean over the rows is resampled alongside (a condition's mean rate)."""
+    mean over the rows is resampled alongside (a condition's mean rate). The per-sample sums
+    of every label (value of ``by``) are one array, so a few matrix products score every
+    label on every resample."""
     ok = rows.filter(pl.col("error").is_null() & pl.col("task_type").is_not_null()) if "task_type" in rows.columns else rows.clear()
     cls = fast_task(ok) if ok.height else None
-    if cls is None:
+    parts = row_sums(cls, ok) if cls is not None else None
+    if parts is None:
         return None
+    for column in means:
+        parts[f"_mean_{column}"], parts[f"_n_{column}"] = (np.nan_to_num(v) for v in _mean_parts(ok, column))
     ids = np.unique(rows["sample_id"].to_numpy())
     counts = resample_counts(len(ids), n_resamples, seed) if n_resamples > 0 and len(ids) else np.zeros((0, len(ids)))
-    ok_member = np.searchsorted(ids, ok["sample_id"].to_numpy())
+    member = np.searchsorted(ids, ok["sample_id"].to_numpy())
+    groups = ok.with_row_index("_i").group_by(by, maintain_order=True).agg("_i")
+    labels = groups[by].to_list()
+    slot = np.zeros(ok.height, dtype=np.int64)
+    for i, rows_of in enumerate(groups["_i"].to_list()):
+        slot[rows_of] = i
+    per_sample = {}  # name: (labels, ids, *part shape)
+    for name, values in parts.items():
+        per_sample[name] = np.zeros((len(labels), len(ids), *values.shape[1:]))
+        np.add.at(per_sample[name], (slot, member), values)
+    width = sum(int(np.prod(v.shape[2:])) for v in per_sample.values())
+    step = max(1, _CHUNK // max(1, len(counts) * width))
     point, boot = {}, {}
-    for (label,), part in ok.with_columns(_m=pl.Series(ok_member)).group_by([by], maintain_order=True):
-        parts = row_sums(cls, part)
-        if parts is None:
-            return None
-        for column in means:
-            parts[f"_mean_{column}"], parts[f"_n_{column}"] = (np.nan_to_num(v) for v in _mean_parts(part, column))
-        per_sample = {}
-        for name, values in parts.items():
-            grid = np.zeros((len(ids), *values.shape[1:]))
-            np.add.at(grid, part["_m"].to_numpy(), values)
-            per_sample[name] = grid
-        total = {name: grid.sum(0) for name, grid in per_sample.items()}
-        drawn = {name: np.tensordot(counts, grid, axes=1) for name, grid in per_sample.items()}
-        point[label] = {name: float(v) for name, v in _scores(cls, total, means).items()}
-        boot[label] = _scores(cls, drawn, means)
+    for start in range(0, len(labels), step):
+        mine = slice(start, start + step)
+        total = {name: grid[mine].sum(1) for name, grid in per_sample.items()}
+        drawn = {name: _drawn(counts, grid[mine]) for name, grid in per_sample.items()}
+        at_point, at_draws = _scores(cls, total, means), _scores(cls, drawn, means)
+        for j, label in enumerate(labels[mine]):
+            point[label] = {name: float(v[j]) for name, v in at_point.items()}
+            boot[label] = {name: v[:, j] for name, v in at_draws.items()}
     return point, boot
+
+
+def _drawn(counts: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """(resamples, labels, *part shape): each resample's sums, from the per-sample sums grid
+    (labels, ids, *part shape), one matrix product."""
+    by_id = np.moveaxis(grid, 1, 0).reshape(grid.shape[1], -1)
+    return (counts @ by_id).reshape(len(counts), grid.shape[0], *grid.shape[2:])
 
 
 def _mean_parts(rows: pl.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
