@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Does a change leave every result as it was? Run the same four jobs before and after it.
+#
+#   bench/same_engines.sh before BASE      # on the code before the change
+#   bench/same_engines.sh after BASE       # on the code after it, then compares with BASE/before-*
+#   bench/same_engines.sh LABEL BASE CASE...   # only some of the four cases
+#
+# The cases: the default job (jobs/smoke.yaml) and the fault-test job (bench/fault_job.py:
+# awkward inputs whose error rows are compared too), each under --engine serial and --engine
+# ray, into BASE/LABEL-{default,fault}-{serial,ray}, niced, logs and wall times in BASE/logs.
+# The fault job's inputs are written once to BASE/fault-data: its rows record the folder's path,
+# so both sides read the same one. A label other than `before` is then compared case by case
+# with BASE/before-* (bench/same_results.py), one verdict line each; exit status 1 if any differ.
+# Run from the repository root. An output that exists is refused, not resumed: a resumed run
+# writes no rows and would compare the old ones.
+set -uo pipefail
+
+if [ $# -lt 2 ]; then
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+fi
+label=$1 base=$(realpath -m "$2")
+shift 2
+cases=("$@")
+[ ${#cases[@]} -eq 0 ] && cases=(default-serial default-ray fault-serial fault-ray)
+
+mkdir -p "$base/logs"
+[ -f "$base/fault-data/fault.yaml" ] || uv run python bench/fault_job.py "$base/fault-data" >/dev/null || exit 1
+
+for case in "${cases[@]}"; do
+    case $case in
+        default-*) job=jobs/smoke.yaml ;;
+        fault-*) job=$base/fault-data/fault.yaml ;;
+        *) echo "unknown case $case (default-serial, default-ray, fault-serial, fault-ray)" >&2; exit 2 ;;
+    esac
+    out=$base/$label-$case log=$base/logs/$label-$case.log
+    if [ -e "$out" ]; then
+        echo "$out exists: remove it to run $case again" >&2
+        exit 2
+    fi
+    start=$(date +%s)
+    nice -n 10 uv run mpq-ray run "$job" --output "$out" --engine "${case#*-}" --no-progress >"$log" 2>&1
+    rc=$?
+    echo "$label-$case: exit $rc, $(( $(date +%s) - start )) s wall ($(date -u +%FT%TZ))" | tee -a "$base/logs/times.txt"
+done
+
+[ "$label" = before ] && exit 0
+status=0
+for case in "${cases[@]}"; do
+    report=$(uv run python bench/same_results.py "$base/before-$case" "$base/$label-$case" 2>&1)
+    if [ $? -eq 0 ]; then
+        echo "$case: SAME (before vs $label)"
+    else
+        echo "$case: DIFFERENT (before vs $label)"
+        status=1
+    fi
+    sed 's/^/    /' <<<"$report"
+done
+exit $status
