@@ -5,6 +5,7 @@
 Rows are matched by their key (dataset, sample_id, codec, setting, task); every column the
 first run wrote is compared exactly (NaN equals NaN), except ``run_id``. Columns only the
 second run has are listed, not compared. Exit status 0 when every row and value is the same.
+`bench/same_engines.sh` runs the smoke and fault-test jobs on both engines and calls this on each.
 """
 
 from __future__ import annotations
