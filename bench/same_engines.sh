@@ -39,8 +39,15 @@ for case in "${cases[@]}"; do
         exit 2
     fi
     start=$(date +%s)
-    nice -n 10 uv run mpq-ray run "$job" --output "$out" --engine "${case#*-}" --no-progress >"$log" 2>&1
-    rc=$?
+    for try in 1 2 3; do
+        nice -n 10 uv run mpq-ray run "$job" --output "$out" --engine "${case#*-}" --no-progress >"$log" 2>&1
+        rc=$?
+        # On a loaded machine Ray's node can miss its fixed 30-s start-up deadline, before any row.
+        grep -q "timed out during startup" "$log" || break
+        echo "$label-$case: Ray did not start (try $try)" | tee -a "$base/logs/times.txt"
+        cp "$log" "$log.ray-start-$try"
+        rm -rf "$out"
+    done
     echo "$label-$case: exit $rc, $(( $(date +%s) - start )) s wall ($(date -u +%FT%TZ))" | tee -a "$base/logs/times.txt"
 done
 
