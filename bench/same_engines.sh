@@ -11,7 +11,7 @@
 # The fault job's inputs are written once to BASE/fault-data: its rows record the folder's path,
 # so both sides read the same one. A label other than `before` is then compared case by case
 # with BASE/before-* (bench/same_results.py), one verdict line each (SAME; SAME but for known
-# run-to-run noise, as ESTOI's last bit; DIFFERENT), the differences under it; exit status 1 if any differ.
+# run-to-run noise, as ESTOI's last digits; DIFFERENT), the differences under it; exit status 1 if any differ.
 # Run from the repository root. An output that exists is refused, not resumed: a resumed run
 # writes no rows and would compare the old ones. NICE=0 runs at normal priority: on a loaded
 # machine a niced Ray node can miss its start-up deadline every time.
