@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -84,6 +85,9 @@ class STOI(Metric):
         return out
 
 
+_GLOBAL_RNG = threading.Lock()  # numpy's global generator is one per process
+
+
 def stoi(ref: np.ndarray, test: np.ndarray, rate: int, extended: bool) -> float | None:
     """pystoi's (E)STOI; None for a silent reference or too little speech (pystoi then warns
     and returns 1e-5, a value that would read as a real score)."""
@@ -91,9 +95,16 @@ def stoi(ref: np.ndarray, test: np.ndarray, rate: int, extended: bool) -> float 
 
     if silent(ref):
         return None
-    with warnings.catch_warnings(record=True) as caught:
+    # ESTOI adds epsilon-sized noise from numpy's global generator: seeded here, and the
+    # caller's state put back, so that the same clips give the same row in every run.
+    with _GLOBAL_RNG, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        value = float(pystoi(ref, test, rate, extended=extended))
+        state = np.random.get_state()
+        np.random.seed(0)
+        try:
+            value = float(pystoi(ref, test, rate, extended=extended))
+        finally:
+            np.random.set_state(state)
     return None if any("Not enough STFT frames" in str(w.message) for w in caught) else value
 
 
