@@ -24,7 +24,7 @@ PER_RUN = {"run_id"}  # differs between any two runs
 # that noise, and its cause, printed with the difference. ESTOI (up to 2e-12 on the smoke
 # job) varied in rows of mpq 0.3.0, before mpq seeded pystoi's noise.
 KNOWN_NOISE = {
-    "estoi": (1e-9, "pystoi's ESTOI adds EPS-scaled noise from numpy's global generator, unseeded before mpq 0.3.1"),
+    "estoi": (1e-9, "pystoi's ESTOI adds EPS-scaled noise from numpy's global generator, unseeded in mpq 0.3.0"),
 }
 
 
