@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import photo
+from helpers import photo
 from PIL import Image
 
 from mpq.cache import EncodedCache
