@@ -1,12 +1,11 @@
 """Results on object storage, through a real S3 API: moto's standalone server on 127.0.0.1
 (the session's, conftest.s3_endpoint).
 
-The first run is a subprocess that finds the server the way a user's shell would, through
-the standard AWS variables (AWS_ENDPOINT_URL included); the rows are counted back by an
-independent reader, pyarrow's dataset API over an S3FileSystem given the endpoint explicitly.
+The runs find the server the way a user's shell would, through the standard AWS variables
+(AWS_ENDPOINT_URL included) and nothing else; the rows are counted back by an independent
+reader, pyarrow's dataset API over an S3FileSystem given the endpoint explicitly.
 """
 
-import os
 import runpy
 import socket
 import urllib.request
@@ -20,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import ROOT, cli, photo
+from helpers import ROOT, cli_here, photo
 from typer.testing import CliRunner
 
 from mpq import __version__ as MPQ_VERSION
@@ -38,13 +37,13 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "mpq-test", "AWS_SECRET_ACCESS_KEY": "mpq-se
 
 @pytest.fixture
 def s3(s3_endpoint, monkeypatch):
-    """A fresh bucket on the server; this process's AWS variables point at it. Returns (env, bucket)."""
+    """A fresh bucket on the server, named; this process's AWS variables point at it."""
     env = {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     bucket = f"mpq-{uuid.uuid4().hex[:12]}"
     independent_fs(s3_endpoint).create_dir(bucket)
-    return {**os.environ, **env}, bucket
+    return bucket
 
 
 def independent_fs(endpoint: str) -> pafs.S3FileSystem:
@@ -83,10 +82,10 @@ def one_line_failure(args: list[str], location: str) -> str:
 
 @pytest.mark.slow
 def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_endpoint, monkeypatch):
-    env, bucket = s3
+    bucket = s3
     uri = f"s3://{bucket}/tiny"
     run = ["run", str(tiny_job), "-o", uri, "--engine", "serial", "--limit", "2", "--no-progress"]
-    first = cli(*run, env=env)  # as from a shell: only the AWS variables say where S3 is
+    first = cli_here(*run)  # as from a shell: only the AWS variables (set by the fixture) say where S3 is
     assert first.returncode == 0, first.stderr
     assert "6 rows written (0 with errors), 0 already there" in first.stdout  # 2 images × (baseline + 2 settings)
     assert "summary" in first.stdout and "accuracy" in first.stdout  # the summary read the rows back from S3
@@ -132,7 +131,7 @@ def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_endpoint
 
 
 def test_missing_bucket_is_one_line_before_any_work(s3, tiny_job, tmp_path):
-    env, bucket = s3
+    bucket = s3
     uri = f"s3://{bucket}-missing/tiny"
     line = one_line_failure(["run", str(tiny_job), "-o", uri, "--engine", "serial"], uri)
     assert f"bucket '{bucket}-missing' does not exist" in line
@@ -141,7 +140,7 @@ def test_missing_bucket_is_one_line_before_any_work(s3, tiny_job, tmp_path):
 
 
 def test_unreachable_endpoint_is_one_line(s3, tiny_job, monkeypatch):
-    env, bucket = s3
+    bucket = s3
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -165,7 +164,7 @@ def s3_auth(s3_endpoint):
 
 
 def test_bad_credentials_are_one_line(s3, tiny_job, tmp_path, s3_auth):
-    env, bucket = s3
+    bucket = s3
     uri = f"s3://{bucket}/tiny"
     line = one_line_failure(["run", str(tiny_job), "-o", uri, "--engine", "serial"], uri)
     assert "INVALID_ACCESS_KEY_ID" in line
@@ -182,7 +181,7 @@ def half_then_fail(sink, data: pa.Buffer):
 def test_an_interrupted_write_leaves_nothing_a_later_run_trusts(s3, monkeypatch, s3_endpoint):
     """pyarrow's S3 output stream, closed after an error, commits what it got (checked below);
     mpq writes under a temporary name and copies whole objects only, so no half object is read."""
-    env, bucket = s3
+    bucket = s3
     fs = independent_fs(s3_endpoint)
     store = ResultStore(f"s3://{bucket}/cut")
     table = pa.table({c: ["x"] for c in KEY} | {"error": pa.array([None], pa.string()), "mpq_version": [MPQ_VERSION]})
