@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import yaml
-from helpers import ROOT, cli
+from helpers import ROOT, cli, cli_here
 
 from mpq import registry
 from mpq.codecs.learned import MBT2018, ZooOptions, load_zoo_model
@@ -78,7 +78,7 @@ def test_offline_run_with_missing_checkpoint_fails_before_work_naming_it(tmp_pat
         "name": "mbt", "datasets": [{"name": "s", "source": {"samples": "skimage"}}],
         "codecs": [{"name": "mbt2018", "settings": [2]}], "metrics": ["psnr"],
     }))
-    res = cli("run", str(job), "--output", str(tmp_path / "out"), "--engine", "serial", env={"TORCH_HOME": str(tmp_path / "t")})
+    res = cli_here("run", str(job), "--output", str(tmp_path / "out"), "--engine", "serial", env={"TORCH_HOME": str(tmp_path / "t")})  # read at call time
     assert res.returncode == 2
     assert "checkpoint 'compressai mbt2018 q2 mse' could not be loaded" in res.stderr and "mpq-ray fetch" in res.stderr
     assert not (tmp_path / "out" / "results").exists() or not any((tmp_path / "out" / "results").iterdir())

@@ -9,7 +9,7 @@ import time
 
 import polars as pl
 import pytest
-from helpers import ROOT, rows_on_disk, stop_job
+from helpers import ROOT, mixtures, rows_on_disk, stop_job
 
 from mpq.results import KEY
 from mpq.runner import run_job
@@ -135,7 +135,7 @@ def test_rows_record_precision_device_task_options_and_weights(tmp_path):
 
     job = parse_job({
         "name": "prov",
-        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 1, "seconds": 1}}],
+        "datasets": [{"name": "music", "source": {"folder": str(mixtures(tmp_path / "music")), "media": "audio"}}],
         "codecs": [{"name": "mp3", "settings": [32]}],
         "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs", "batch_size": 1}],
         "resources": {"precision": "bf16"},
