@@ -1,4 +1,3 @@
-import io
 import os
 import subprocess
 import sys
@@ -6,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, encode, photo
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,27 +45,6 @@ def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return out, res
 
 
-def rows_on_disk(output) -> int:
-    """Rows in every results file, superseded ones included (``read_results`` keeps one per key)."""
-    import pyarrow.parquet as pq
-
-    return sum(pq.read_metadata(f).num_rows for f in (Path(output) / "results").glob("*.parquet"))
-
-
-def photo(h=48, w=64, seed=0) -> np.ndarray:
-    """A smooth synthetic RGB image (compressible like a photo, unlike noise)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (h + w)], axis=-1)
-    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-
-
-def encode(img: Image.Image, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
-
-
 @pytest.fixture
 def odd_folder(tmp_path) -> Path:
     """Images in every awkward form a real folder holds."""
@@ -85,3 +62,29 @@ def odd_folder(tmp_path) -> Path:
     (root / "dogs" / "truncated.jpg").write_bytes(full[: len(full) // 2])
     (root / "dogs" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
     return root
+
+
+# --- Shared, built once a session: the S3 server, tiny models ------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """One moto S3 server on 127.0.0.1 for the session (port 0: a free one); each test makes its own bucket."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_segformer(tmp_path_factory) -> str:
+    """A tiny random SegFormer of 4 classes, written by save_pretrained."""
+    from helpers import tiny_segformer
+
+    return tiny_segformer(tmp_path_factory.mktemp("models") / "tiny-segformer", 4)

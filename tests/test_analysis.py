@@ -7,7 +7,7 @@ import runpy
 import numpy as np
 import polars as pl
 import pytest
-from conftest import ROOT, photo
+from helpers import ROOT, photo
 from PIL import Image
 from scipy import stats
 from typer.testing import CliRunner

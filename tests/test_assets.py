@@ -7,12 +7,10 @@ the same loaders that load the real ids.
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT, cli, cli_here
 
 from mpq import registry
 from mpq.codecs.learned import MBT2018, ZooOptions, load_zoo_model
@@ -21,11 +19,6 @@ from mpq.hub import TorchHubCheckpoint
 from mpq.job import resolve
 from mpq.metrics.lpips import LPIPS, LPIPSOptions
 from mpq.spec import load_job, parse_job
-
-
-def mpq(*args, env=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "mpq.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 @pytest.mark.slow
@@ -85,7 +78,7 @@ def test_offline_run_with_missing_checkpoint_fails_before_work_naming_it(tmp_pat
         "name": "mbt", "datasets": [{"name": "s", "source": {"samples": "skimage"}}],
         "codecs": [{"name": "mbt2018", "settings": [2]}], "metrics": ["psnr"],
     }))
-    res = mpq("run", str(job), "--output", str(tmp_path / "out"), "--engine", "serial", env={"TORCH_HOME": str(tmp_path / "t")})
+    res = cli_here("run", str(job), "--output", str(tmp_path / "out"), "--engine", "serial", env={"TORCH_HOME": str(tmp_path / "t")})  # read at call time
     assert res.returncode == 2
     assert "checkpoint 'compressai mbt2018 q2 mse' could not be loaded" in res.stderr and "mpq-ray fetch" in res.stderr
     assert not (tmp_path / "out" / "results").exists() or not any((tmp_path / "out" / "results").iterdir())
@@ -111,23 +104,23 @@ def test_air_gapped_run_loads_a_copied_hub_cache_and_names_what_is_missing(tmp_p
         "tasks": [{"name": "classify", "model": "mpq-test/tiny-vit"}],
     }))
     env = {"HF_HOME": str(tmp_path / "hf")}
-    res = mpq("run", str(job), "--output", str(tmp_path / "ok"), "--engine", "serial", "--no-progress", env=env)
+    res = cli("run", str(job), "--output", str(tmp_path / "ok"), "--engine", "serial", "--no-progress", env=env)
     assert res.returncode == 0, res.stderr
     assert "1 rows written (0 with errors)" in res.stdout
 
     (snapshot / "model.safetensors").unlink()  # a cache copied without the weights
-    res = mpq("run", str(job), "--output", str(tmp_path / "bad"), "--engine", "serial", env=env)
+    res = cli("run", str(job), "--output", str(tmp_path / "bad"), "--engine", "serial", env=env)
     assert res.returncode == 2
     assert "model 'mpq-test/tiny-vit' could not be loaded" in res.stderr and "not its weights" in res.stderr
 
 
 @pytest.mark.slow
 def test_fetch_into_a_given_directory_reports_each_asset(tmp_path):
-    res = mpq("fetch", "jobs/smoke.yaml", "--cache-dir", str(tmp_path))
+    res = cli("fetch", "jobs/smoke.yaml", "--cache-dir", str(tmp_path))
     assert res.returncode == 0 and "0 assets cached (the job downloads nothing)" in res.stdout
     assert f"HF_HOME={tmp_path}/huggingface TORCH_HOME={tmp_path}/torch HF_HUB_OFFLINE=1" in res.stdout
     # Without network, every asset of a hub job fails, each named.
-    res = mpq("fetch", "jobs/beans.yaml", "--cache-dir", str(tmp_path))
+    res = cli("fetch", "jobs/beans.yaml", "--cache-dir", str(tmp_path))
     assert res.returncode == 2
     for name in ("dataset beans", "model nateraw/vit-base-beans", "checkpoint compressai mbt2018 q3 mse"):
         assert f"missing  {name}" in res.stdout
@@ -146,7 +139,7 @@ def test_fetch_offline_names_each_missing_asset_once_and_says_what_to_do(tmp_pat
         "codecs": [{"name": "mbt2018", "settings": [1]}],
         "tasks": [{"name": "classify", "model": "mpq-test/tiny-vit"}, {"name": "classify", "id": "other", "model": "mpq-test/absent"}],
     }))
-    res = mpq("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), env={"HF_HUB_OFFLINE": "1"})
+    res = cli("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), env={"HF_HUB_OFFLINE": "1"})
     assert res.returncode == 2
     assert res.stdout.splitlines() == [
         "  missing  checkpoint compressai mbt2018 q1 mse", "  cached   model mpq-test/tiny-vit", "  missing  model mpq-test/absent",
@@ -155,7 +148,7 @@ def test_fetch_offline_names_each_missing_asset_once_and_says_what_to_do(tmp_pat
     assert closing.startswith("2 of 3 assets missing: HF_HUB_OFFLINE is set") and "where the hub is reachable" in closing
     assert f"HF_HOME={tmp_path}/cache/huggingface TORCH_HOME={tmp_path}/cache/torch" in closing
     assert "mpq-ray fetch JOB.yaml" not in res.stdout + res.stderr  # not the command just run
-    verbose = mpq("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), "--verbose", env={"HF_HUB_OFFLINE": "1"})
+    verbose = cli("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), "--verbose", env={"HF_HUB_OFFLINE": "1"})
     assert "Warning" in verbose.stderr  # torch's deprecation of torch.jit.script, met when CompressAI is imported
 
 
@@ -167,7 +160,7 @@ def test_fetch_without_network_says_the_download_failed_not_that_hf_hub_offline_
         "tasks": [{"name": "classify", "model": "mpq-test/absent"}],
     }))
     # no such model online, no network here: either way (the hub's timeouts short, so it gives up soon)
-    res = mpq("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), env={"HF_HUB_OFFLINE": "", "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
+    res = cli("fetch", str(job), "--cache-dir", str(tmp_path / "cache"), env={"HF_HUB_OFFLINE": "", "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
     assert res.returncode == 2 and res.stdout.startswith("  missing  model mpq-test/absent (")
     (closing,) = res.stderr.splitlines()
     assert closing.startswith("1 of 1 assets missing: they could not be downloaded from here") and "HF_HUB_OFFLINE" not in closing

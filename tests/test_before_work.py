@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, photo
+from helpers import ROOT, photo
 from PIL import Image
 
 import mpq

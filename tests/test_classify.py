@@ -5,7 +5,7 @@ import io
 
 import polars as pl
 import pytest
-from conftest import photo
+from helpers import photo, tiny_vit
 from PIL import Image
 
 from mpq.reading import read_results
@@ -15,24 +15,10 @@ from mpq.spec import parse_job
 NAMES = ["kite", "crane", "goose", "crane", *(f"c{i}" for i in range(4, 10))]  # as ImageNet: "crane" is 134 and 517
 
 
-@pytest.fixture
-def crane_model(tmp_path):
+@pytest.fixture(scope="session")
+def crane_model(tmp_path_factory):
     """A tiny ViT, as save_pretrained writes it, that always answers class 1 (crane, the bird)."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    config = ViTConfig(
-        image_size=32, patch_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16,
-        num_labels=10, id2label=dict(enumerate(NAMES)), label2id={n: i for i, n in enumerate(NAMES)},
-    )
-    model = ViTForImageClassification(config)
-    with torch.no_grad():
-        model.classifier.weight.zero_()
-        model.classifier.bias.copy_(torch.eye(10)[1] * 5)
-    path = tmp_path / "crane-vit"
-    model.save_pretrained(path)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-    return str(path)
+    return tiny_vit(tmp_path_factory.mktemp("models") / "crane-vit", NAMES, 1)
 
 
 @pytest.fixture
@@ -96,26 +82,11 @@ def test_unlabelled_packaged_photos_need_no_label_check():
 IMAGENET_STYLE = ["tabby, tabby cat", "tiger cat", "Persian cat", "espresso", "coffee mug", "coffeepot", "crane", "crane"]
 
 
-@pytest.fixture
-def tabby_model(tmp_path):
+@pytest.fixture(scope="session")
+def tabby_model(tmp_path_factory):
     """A tiny ViT, as save_pretrained writes it, with ImageNet's comma-separated class names; it
     always answers class 0 (tabby, tabby cat)."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    n = len(IMAGENET_STYLE)
-    config = ViTConfig(
-        image_size=32, patch_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16,
-        num_labels=n, id2label=dict(enumerate(IMAGENET_STYLE)), label2id={name: i for i, name in enumerate(IMAGENET_STYLE)},
-    )
-    model = ViTForImageClassification(config)
-    with torch.no_grad():
-        model.classifier.weight.zero_()
-        model.classifier.bias.copy_(torch.eye(n)[0] * 5)
-    path = tmp_path / "tabby-vit"
-    model.save_pretrained(path)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-    return str(path)
+    return tiny_vit(tmp_path_factory.mktemp("models") / "tabby-vit", IMAGENET_STYLE, 0)
 
 
 def class_folder(root, labels):

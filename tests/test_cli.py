@@ -4,7 +4,7 @@ import sys
 
 import polars as pl
 import pytest
-from conftest import ROOT, rows_on_disk
+from helpers import ROOT, rows_on_disk
 
 from mpq.reading import read_results
 

@@ -22,7 +22,7 @@ import polars as pl
 import psutil
 import pytest
 import yaml
-from conftest import ROOT, rows_on_disk
+from helpers import ROOT, rows_on_disk
 from test_plugins import JOB as PLUGIN_JOB
 from test_plugins import write_plugin
 

@@ -2,7 +2,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import photo
+from helpers import photo
 from PIL import Image
 
 from mpq import media, registry

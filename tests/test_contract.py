@@ -22,11 +22,11 @@ import PIL.Image
 import polars as pl
 import pyarrow as pa
 import pytest
-from conftest import photo
+from helpers import photo
 from test_audio import tone, wav_bytes
 from test_detect import hf_boxes
 from test_hific import write_checkpoint
-from test_segment import png, tiny_segformer  # noqa: F401  (a fixture)
+from test_segment import png
 
 from mpq import registry
 from mpq.components import ClassTarget, Sample

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import photo
+from helpers import photo
 from test_segment import png
 
 from mpq import registry

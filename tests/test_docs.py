@@ -8,7 +8,7 @@ import subprocess
 import unicodedata
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from mpq import registry
 from mpq.results import BASE_SCHEMA

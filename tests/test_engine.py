@@ -9,7 +9,7 @@ import time
 
 import polars as pl
 import pytest
-from conftest import ROOT, rows_on_disk
+from helpers import ROOT, mixtures, rows_on_disk, stop_job
 
 from mpq.reading import read_results
 from mpq.results import KEY
@@ -135,7 +135,7 @@ def test_rows_record_precision_device_task_options_and_weights(tmp_path):
 
     job = parse_job({
         "name": "prov",
-        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 1, "seconds": 1}}],
+        "datasets": [{"name": "music", "source": {"folder": str(mixtures(tmp_path / "music")), "media": "audio"}}],
         "codecs": [{"name": "mp3", "settings": [32]}],
         "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs", "batch_size": 1}],
         "resources": {"precision": "bf16"},
@@ -190,18 +190,9 @@ def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path, sig
     Tries are 3, so two spent ones would not show; the notes left would."""
     import re
 
-    import yaml
-
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump({
-        "name": "stop", "output": str(tmp_path / "out"),
-        # Two tracks: a stop that a library swallows lands once the sample in hand is done
-        # (runner.stop), and the second run then stops on the other track.
-        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 2, "seconds": 3}}],
-        "codecs": [{"name": "mp3", "settings": [64]}],
-        "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs", "batch_size": 1}],
-        "metrics": ["audio_psnr"],
-    }))
+    # Two tracks: a stop that a library swallows lands once the sample in hand is done
+    # (runner.stop), and the second run then stops on the other track.
+    job_file = stop_job(tmp_path, tracks=2)
     cmd = [sys.executable, "-m", "mpq.cli", "run", str(job_file), "--engine", "serial", "--no-progress"]
     notes = tmp_path / "out" / "in-flight"
     for _ in range(2):
@@ -227,16 +218,7 @@ def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path, sig
 def test_a_stopped_ray_run_leaves_no_try_counted(tmp_path):
     """Ray kills the workers of a stopped run without letting them clean up; the run's tries in
     their hands are set back all the same (inflight.forget)."""
-    import yaml
-
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump({
-        "name": "stop", "output": str(tmp_path / "out"),
-        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 1, "seconds": 3}}],
-        "codecs": [{"name": "mp3", "settings": [64]}],
-        "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs", "batch_size": 1}],
-        "metrics": ["audio_psnr"],
-    }))
+    job_file = stop_job(tmp_path, tracks=1)
     cmd = [sys.executable, "-m", "mpq.cli", "run", str(job_file), "--engine", "ray", "--no-progress"]
     notes = tmp_path / "out" / "in-flight"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

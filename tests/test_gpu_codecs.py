@@ -4,7 +4,7 @@ images code, and the Ray plan puts neural codecs in a GPU actor pool and classic
 
 import numpy as np
 import pytest
-from conftest import photo
+from helpers import photo
 from PIL import Image
 
 from mpq import registry

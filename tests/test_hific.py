@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import photo
+from helpers import photo
 
 from mpq import registry
 from mpq.media import Image

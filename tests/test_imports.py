@@ -16,7 +16,7 @@ those inside functions included.
 import ast
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 COMPONENT_PACKAGES = ("mpq.codecs", "mpq.tasks", "mpq.metrics", "mpq.sources")
 SHARED = ("mpq.components", "mpq.media", "mpq.registry", "mpq.hub", "mpq.storage")

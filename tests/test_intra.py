@@ -7,7 +7,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from conftest import photo
+from helpers import photo
 
 from mpq import media, registry
 

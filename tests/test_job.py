@@ -4,7 +4,7 @@ import pickle
 
 import polars as pl
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from mpq import registry
 from mpq.analysis.tables import modalities

@@ -1,7 +1,7 @@
 """Every shipped job file is valid, and the study's image rows are in jobs/all.yaml."""
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from mpq.job import resolve
 from mpq.spec import load_job

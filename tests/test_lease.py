@@ -15,7 +15,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT, photo, rows_on_disk
+from helpers import ROOT, photo, rows_on_disk
 from PIL import Image
 
 from mpq import lease as lease_mod
@@ -188,28 +188,23 @@ def test_one_of_many_takes_a_stale_lease(tmp_path):
     assert len(won) == 1 and json.loads((out / "lease.json").read_text())["run_id"] == won[0]
 
 
-# --- S3, against moto's server ---------------------------------------------------------
+# --- S3, against the session's moto server ---------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def s3():
+def s3(s3_endpoint):
+    """The session's S3 server, its bucket `mpq`, and this process's AWS variables pointing at it."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
     env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    boto3.client("s3").create_bucket(Bucket="mpq")
-    yield boto3.client("s3")
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    server.stop()
+    with pytest.MonkeyPatch.context() as m:
+        for k, v in env.items():
+            m.setenv(k, v)
+        boto3.client("s3").create_bucket(Bucket="mpq")
+        yield boto3.client("s3")
 
 
 def test_s3_create_if_absent_has_one_winner(s3):

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import photo
+from helpers import photo
 
 from mpq.components import Sample
 from mpq.media import MediaError, image_from_bytes

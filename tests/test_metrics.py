@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import photo
+from helpers import photo
 
 from mpq import registry
 from mpq.media import Image as RGB

@@ -4,7 +4,6 @@ status OUTPUT` (rows done, error kinds, what is left of a job), `mpq.run` (the P
 `run --log-to mlflow`. One real job (a folder with a truncated photo, JPEG, a tiny ViT, PSNR)
 through the serial engine serves them all."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from conftest import ROOT, encode, photo
+from helpers import cli, cli_here, encode, photo
 from PIL import Image
 
 import mpq
@@ -21,11 +20,6 @@ from mpq.reading import read_results
 from mpq.spec import load_job
 
 SLOW = pytest.mark.slow  # the study's runs load a model (torch) in the serial engine
-
-
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "mpq.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
 
 
 def tree(folder: Path) -> dict[str, tuple[int, int]]:
@@ -49,11 +43,11 @@ def study(tmp_path_factory):
     job_file = tmp / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
     out = tmp / "out"
-    steps = {"plan_empty": cli("plan", str(job_file), "-o", str(out), "--limit", "2", "--samples", "1")}
+    steps = {"plan_empty": cli_here("plan", str(job_file), "-o", str(out), "--limit", "2", "--samples", "1")}
     steps["exists_after_plan"] = out.exists()
     steps["first"] = mpq.run(job, str(out), engine="serial", limit=2)
     before = tree(out)
-    steps["plan_rest_cli"] = cli("plan", str(job_file), "--output", str(out), "--no-calibrate")
+    steps["plan_rest_cli"] = cli_here("plan", str(job_file), "--output", str(out), "--no-calibrate")
     steps["unchanged"] = tree(out) == before
     steps["plan_rest"] = plan(load_job(job_file), str(out))
     steps["rest"] = mpq.run(job_file, str(out), engine="serial")
@@ -82,7 +76,7 @@ def test_plan_on_a_resumed_output_matches_what_the_run_then_does(study):
     jpeg = next(line for line in found.lines if line.codec == "jpeg")
     assert (jpeg.settings, jpeg.task, jpeg.samples, jpeg.todo, jpeg.done) == (2, "classify", 1, 2, 4)
     job_file, out, _ = study
-    redo = cli("plan", str(job_file), "-o", str(out), "--no-calibrate", "--redo", "load")  # the truncated photo's rows, as run --redo counts them
+    redo = cli_here("plan", str(job_file), "-o", str(out), "--no-calibrate", "--redo", "load")  # the truncated photo's rows, as run --redo counts them
     assert redo.returncode == 0 and "3 rows to compute for 1 samples; 6 rows already done" in redo.stdout, redo.stdout
 
 
@@ -91,21 +85,21 @@ def test_status_of_an_output_counts_rows_and_error_kinds_and_what_is_left(study)
     job_file, out, _ = study
     df = read_results(str(out))
     errors = df.filter(pl.col("error").is_not_null())
-    res = cli("status", str(out), "--job", str(job_file))
+    res = cli_here("status", str(out), "--job", str(job_file))
     assert res.returncode == 0, res.stderr
     assert f"{out}: {df.height} rows" in res.stdout and f"d: {df.height} rows, {errors.height} with errors" in res.stdout
     assert f"errors: load: {errors.height} row(s), e.g. b.png: load: " in res.stdout
     assert "no lease: no run is writing it" in res.stdout and f"to do for {job_file}: 0 rows of 0 samples" in res.stdout
     extended = job_file.with_name("more.yaml")
     extended.write_text(job_file.read_text().replace("  - 60\n", "  - 60\n  - 90\n"))
-    more = cli("status", str(out), "--job", str(extended)).stdout
+    more = cli_here("status", str(out), "--job", str(extended)).stdout
     assert "to do for" in more and "3 rows of 3 samples" in more and "d jpeg classify: 3 rows of 3 samples" in more
 
 
 def test_status_of_a_job_id_is_still_the_cluster_s_and_a_job_file_with_it_is_refused(tmp_path):
-    res = cli("status", "mpq-x-123", "--job", "job.yaml")
+    res = cli_here("status", "mpq-x-123", "--job", "job.yaml")
     assert res.returncode == 2 and "mpq-x-123: no such output folder" in res.stderr and "Traceback" not in res.stderr
-    res = cli("status", "jobs/smoke.yaml")
+    res = cli_here("status", "jobs/smoke.yaml")
     assert res.returncode == 2 and "jobs/smoke.yaml is a file: status takes an output (folder or URI) or a job id" in res.stderr
 
 
@@ -136,7 +130,7 @@ def test_mlflow_logs_params_summary_metrics_and_the_results_folder(study, tmp_pa
 
 
 def test_log_to_an_unknown_tracker_is_refused_before_any_work(tmp_path):
-    res = cli("run", "jobs/smoke.yaml", "-o", str(tmp_path / "o"), "--log-to", "wandb")
+    res = cli_here("run", "jobs/smoke.yaml", "-o", str(tmp_path / "o"), "--log-to", "wandb")
     assert res.returncode == 2 and "--log-to: unknown tracker 'wandb'; valid choices: mlflow" in res.stderr
     assert not (tmp_path / "o").exists()
 
@@ -156,7 +150,7 @@ def test_status_names_the_run_holding_the_lease(tmp_path):
     from mpq.lease import Lease
 
     with Lease(str(tmp_path), "20261204T000000000000-abcd"):
-        res = cli("status", str(tmp_path))
+        res = cli_here("status", str(tmp_path))
     assert res.returncode == 0, res.stderr
     assert f"{tmp_path}: 0 rows" in res.stdout and "lease: run 20261204T000000000000-abcd (host " in res.stdout
-    assert "no lease" in cli("status", str(tmp_path)).stdout
+    assert "no lease" in cli_here("status", str(tmp_path)).stdout

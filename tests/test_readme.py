@@ -8,7 +8,7 @@ import re
 import polars as pl
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 from test_contract import IMAGE_SHAPES, check_codec
 
 from mpq import registry

@@ -204,7 +204,7 @@ def test_smoke_speech_reads_the_same_serially_as_through_ray(smoke, tmp_path):
     serially gives every transcript the session's Ray run gave (same keys, same text, same
     agreement), so ASR rows do not depend on the engine."""
     import yaml
-    from conftest import ROOT
+    from helpers import ROOT
 
     data = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
     data["datasets"] = [d for d in data["datasets"] if d["name"] == "speech"]

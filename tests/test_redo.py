@@ -2,13 +2,12 @@
 that kind, and the new rows supersede the old (one row per key on read); the run's summary
 lists the error kinds."""
 
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT, encode, photo, rows_on_disk
+from helpers import encode, photo, rows_on_disk
 from PIL import Image
+from typer.testing import CliRunner
 
+from mpq.cli import app
 from mpq.reading import error_kinds, read_results
 from mpq.results import check_redo, error_kind, retryable
 from mpq.runner import run_job
@@ -76,9 +75,8 @@ def test_the_cli_summary_lists_error_kinds_with_an_example_and_redo_recomputes_t
     )
 
     def run(*args):
-        res = subprocess.run([sys.executable, "-m", "mpq.cli", "run", str(job_file), "--engine", "serial", "--no-progress", *args],
-                             cwd=ROOT, capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr
+        res = CliRunner().invoke(app, ["run", str(job_file), "--engine", "serial", "--no-progress", *args])
+        assert res.exit_code == 0, res.output
         return res.stdout
 
     first = run()

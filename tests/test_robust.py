@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from test_segment import tiny_segformer  # noqa: F401  (a fixture)
+from helpers import cli
 
 from mpq import registry
 from mpq.media import Image
@@ -25,7 +25,7 @@ def test_classifier_takes_images_of_one_pixel_and_other_tiny_shapes():
     assert len(rows) == len(images) and all(r["prediction"] for r in rows)
 
 
-def test_segmenter_takes_images_of_one_pixel_and_other_tiny_shapes(tiny_segformer):  # noqa: F811
+def test_segmenter_takes_images_of_one_pixel_and_other_tiny_shapes(tiny_segformer):
     t = task("segment", model=tiny_segformer)
     images = [Image(np.full(shape, 100, np.uint8)) for shape in TINY_SHAPES]
     rows = t.predict(images, [np.ones(s[:2], np.uint8) for s in TINY_SHAPES])  # class 1: valid after reduce_labels
@@ -37,17 +37,6 @@ def test_detector_takes_images_of_one_pixel_and_other_tiny_shapes():
     images = [Image(np.full(shape, 100, np.uint8)) for shape in TINY_SHAPES]
     rows = t.predict(images, [{"boxes": [[0.0, 0.0, s[1], s[0]]], "labels": ["cat"]} for s in TINY_SHAPES])
     assert len(rows) == len(images) and all(len(r["det_boxes"]) == 8 and r["score"] is not None for r in rows)
-
-
-def run_cli(*args, env_extra: dict):
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    env = {**os.environ, **env_extra}
-    return subprocess.run([sys.executable, "-m", "mpq.cli", "run", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 def unboxed(stderr: str) -> str:
@@ -78,8 +67,8 @@ def test_ray_run_is_quiet_by_default_and_verbose_shows_rays_output(smoke_run, ra
     # Verbose: one sample through a task whose tiny model is written afresh (its own cache).
     job = tmp_path / "verbose.yaml"
     job.write_text(yaml.safe_dump(VERBOSE_JOB))
-    loud = run_cli(str(job), "--limit", "1", "--no-progress", "--output", str(tmp_path / "a"), "--verbose", "--engine", "ray",
-                   env_extra={"MPQ_CACHE": str(tmp_path / "c1")})
+    loud = cli("run", str(job), "--limit", "1", "--no-progress", "--output", str(tmp_path / "a"), "--verbose", "--engine", "ray",
+               env={"MPQ_CACHE": str(tmp_path / "c1")})
     assert loud.returncode == 0, unboxed(loud.stderr)
     assert "core_worker.cc" in loud.stderr and "Writing model shards" in loud.stderr
     assert "2 rows written (0 with errors)" in loud.stdout and "summary" in loud.stdout
@@ -124,7 +113,7 @@ def write_poison_job(root, datasets: dict[str, list[str]], **spec):
     """A job of folders of photos (names from ``a.png``, ``b-poison.png``, ``c.png``); the
     poison one is 7 pixels high."""
     import yaml
-    from conftest import photo
+    from helpers import photo
     from PIL import Image
 
     for name, files in datasets.items():
@@ -152,11 +141,11 @@ def run_poison(job, out, site, *args, **env):
     import os
 
     path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    return run_cli(str(job), "--output", str(out), "--no-progress", *args, env_extra={"PYTHONPATH": path, "MPQ_FLUSH_ROWS": "1", **env})
+    return cli("run", str(job), "--output", str(out), "--no-progress", *args, env={"PYTHONPATH": path, "MPQ_FLUSH_ROWS": "1", **env})
 
 
 def assert_poison_costs_its_rows_only(out, dataset: str, images: int, rows_in_run: int):
-    from conftest import rows_on_disk
+    from helpers import rows_on_disk
 
     rows = read_rows(out)
     assert len(rows) == rows_on_disk(out) == rows_in_run  # none twice
@@ -278,7 +267,7 @@ def test_an_orderly_stop_sets_back_only_the_tries_its_run_has_in_hand(tmp_path):
 
 
 def test_inputs_over_the_jobs_size_limits_become_error_rows_before_any_work(tmp_path):
-    from conftest import photo
+    from helpers import photo
     from PIL import Image
 
     from mpq.reading import read_results

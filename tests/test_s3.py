@@ -1,16 +1,13 @@
-"""Results on object storage, through a real S3 API: moto's standalone server on 127.0.0.1.
+"""Results on object storage, through a real S3 API: moto's standalone server on 127.0.0.1
+(the session's, conftest.s3_endpoint).
 
-The first run is a subprocess that finds the server the way a user's shell would, through
-the standard AWS variables (AWS_ENDPOINT_URL included); the rows are counted back by an
-independent reader, pyarrow's dataset API over an S3FileSystem given the endpoint explicitly.
+The runs find the server the way a user's shell would, through the standard AWS variables
+(AWS_ENDPOINT_URL included) and nothing else; the rows are counted back by an independent
+reader, pyarrow's dataset API over an S3FileSystem given the endpoint explicitly.
 """
 
-import logging
-import os
 import runpy
 import socket
-import subprocess
-import sys
 import urllib.request
 import uuid
 
@@ -22,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT, photo
+from helpers import ROOT, cli_here, photo
 from typer.testing import CliRunner
 
 from mpq import __version__ as MPQ_VERSION
@@ -38,27 +35,15 @@ from mpq.results import KEY, ResultStore
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "mpq-test", "AWS_SECRET_ACCESS_KEY": "mpq-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # port 0: a free one
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(s3_server, monkeypatch):
-    """A fresh bucket on the server; this process's AWS variables point at it. Returns (env, bucket)."""
-    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_server}
+def s3(s3_endpoint, monkeypatch):
+    """A fresh bucket on the server, named; this process's AWS variables point at it."""
+    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     bucket = f"mpq-{uuid.uuid4().hex[:12]}"
-    independent_fs(s3_server).create_dir(bucket)
-    return {**os.environ, **env}, bucket
+    independent_fs(s3_endpoint).create_dir(bucket)
+    return bucket
 
 
 def independent_fs(endpoint: str) -> pafs.S3FileSystem:
@@ -72,10 +57,6 @@ def independent_fs(endpoint: str) -> pafs.S3FileSystem:
 def objects(fs: pafs.FileSystem, prefix: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
     return [i.path for i in infos if i.type == pafs.FileType.File]
-
-
-def mpq(*args, env):
-    return subprocess.run([sys.executable, "-m", "mpq.cli", *args], cwd=ROOT, capture_output=True, text=True, env=env)
 
 
 @pytest.fixture
@@ -100,11 +81,11 @@ def one_line_failure(args: list[str], location: str) -> str:
 
 
 @pytest.mark.slow
-def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_server, monkeypatch):
-    env, bucket = s3
+def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_endpoint, monkeypatch):
+    bucket = s3
     uri = f"s3://{bucket}/tiny"
     run = ["run", str(tiny_job), "-o", uri, "--engine", "serial", "--limit", "2", "--no-progress"]
-    first = mpq(*run, env=env)  # as from a shell: only the AWS variables say where S3 is
+    first = cli_here(*run)  # as from a shell: only the AWS variables (set by the fixture) say where S3 is
     assert first.returncode == 0, first.stderr
     assert "6 rows written (0 with errors), 0 already there" in first.stdout  # 2 images × (baseline + 2 settings)
     assert "summary" in first.stdout and "accuracy" in first.stdout  # the summary read the rows back from S3
@@ -113,7 +94,7 @@ def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_server, 
     assert second.exit_code == 0, second.output
     assert "0 rows written (0 with errors), 6 already there" in second.output and "accuracy" in second.output
 
-    fs = independent_fs(s3_server)
+    fs = independent_fs(s3_endpoint)
     table = ds.dataset(f"{bucket}/tiny/results", filesystem=fs, format="parquet").to_table()
     keys = set(zip(*(table.column(c).to_pylist() for c in KEY)))
     assert table.num_rows == len(keys) == 6
@@ -150,7 +131,7 @@ def test_run_resume_summary_and_report_on_s3(s3, tiny_job, tmp_path, s3_server, 
 
 
 def test_missing_bucket_is_one_line_before_any_work(s3, tiny_job, tmp_path):
-    env, bucket = s3
+    bucket = s3
     uri = f"s3://{bucket}-missing/tiny"
     line = one_line_failure(["run", str(tiny_job), "-o", uri, "--engine", "serial"], uri)
     assert f"bucket '{bucket}-missing' does not exist" in line
@@ -159,7 +140,7 @@ def test_missing_bucket_is_one_line_before_any_work(s3, tiny_job, tmp_path):
 
 
 def test_unreachable_endpoint_is_one_line(s3, tiny_job, monkeypatch):
-    env, bucket = s3
+    bucket = s3
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -170,11 +151,11 @@ def test_unreachable_endpoint_is_one_line(s3, tiny_job, monkeypatch):
 
 
 @pytest.fixture
-def s3_auth(s3_server):
+def s3_auth(s3_endpoint):
     """Make the server check credentials (moto accepts any by default), for one test."""
 
     def set_count(value: bytes):
-        req = urllib.request.Request(f"{s3_server}/moto-api/reset-auth", data=value, method="POST", headers={"Content-Type": "text/plain"})
+        req = urllib.request.Request(f"{s3_endpoint}/moto-api/reset-auth", data=value, method="POST", headers={"Content-Type": "text/plain"})
         urllib.request.urlopen(req).close()
 
     set_count(b"0")
@@ -183,7 +164,7 @@ def s3_auth(s3_server):
 
 
 def test_bad_credentials_are_one_line(s3, tiny_job, tmp_path, s3_auth):
-    env, bucket = s3
+    bucket = s3
     uri = f"s3://{bucket}/tiny"
     line = one_line_failure(["run", str(tiny_job), "-o", uri, "--engine", "serial"], uri)
     assert "INVALID_ACCESS_KEY_ID" in line
@@ -197,11 +178,11 @@ def half_then_fail(sink, data: pa.Buffer):
     raise ConnectionError("connection lost")
 
 
-def test_an_interrupted_write_leaves_nothing_a_later_run_trusts(s3, monkeypatch, s3_server):
+def test_an_interrupted_write_leaves_nothing_a_later_run_trusts(s3, monkeypatch, s3_endpoint):
     """pyarrow's S3 output stream, closed after an error, commits what it got (checked first);
     mpq builds each object whole before its upload, so an interrupted write leaves nothing."""
-    env, bucket = s3
-    fs = independent_fs(s3_server)
+    bucket = s3
+    fs = independent_fs(s3_endpoint)
     with pytest.raises(ConnectionError), fs.open_output_stream(f"{bucket}/cut/direct") as f:
         half_then_fail(f, pa.py_buffer(b"0123456789"))
     assert fs.open_input_file(f"{bucket}/cut/direct").readall() == b"01234"

@@ -5,7 +5,8 @@ import io
 import numpy as np
 import polars as pl
 import pytest
-from conftest import photo
+from helpers import photo
+from helpers import tiny_segformer as write_segformer
 from PIL import Image
 
 from mpq import media, registry
@@ -86,22 +87,6 @@ def ade_like(tmp_path):
     return root
 
 
-@pytest.fixture
-def tiny_segformer(tmp_path):
-    import torch
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
-
-    torch.manual_seed(0)
-    config = SegformerConfig(
-        num_labels=4, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
-        decoder_hidden_size=16, id2label={i: f"c{i}" for i in range(4)}, label2id={f"c{i}": i for i in range(4)},
-    )
-    path = tmp_path / "tiny-segformer"
-    SegformerForSemanticSegmentation(config).save_pretrained(path)
-    SegformerImageProcessor(size={"height": 32, "width": 32}, do_reduce_labels=True).save_pretrained(path)
-    return str(path)
-
-
 def test_hf_source_reads_label_maps_unconverted(ade_like):
     source = registry.get("source", "hf")(registry.get("source", "hf").Options(hf=str(ade_like), label_map="annotation"))
     assert source.ids() == ["0", "1", "2", "3"]
@@ -177,19 +162,11 @@ def test_a_config_with_only_the_old_reduce_labels_key_is_honoured(ade_like, tmp_
     import json
     from pathlib import Path
 
-    import torch
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
-
     from mpq.reading import read_results
     from mpq.runner import run_job
     from mpq.spec import parse_job
 
-    torch.manual_seed(0)  # three classes: ADE-style labels 1..3 fit only once reduced to 0..2
-    tiny_segformer = str(tmp_path / "three")
-    SegformerForSemanticSegmentation(SegformerConfig(
-        num_labels=3, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16,
-    )).save_pretrained(tiny_segformer)
-    SegformerImageProcessor(size={"height": 32, "width": 32}, do_reduce_labels=True).save_pretrained(tiny_segformer)
+    tiny_segformer = write_segformer(tmp_path / "three", 3)  # three classes: ADE-style labels 1..3 fit only once reduced to 0..2
     config = Path(tiny_segformer) / "preprocessor_config.json"
     old = json.loads(config.read_text())
     old["reduce_labels"] = old.pop("do_reduce_labels")  # as the hub's older configs hold it

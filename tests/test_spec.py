@@ -72,7 +72,7 @@ def test_bad_resources():
 
 
 def test_shipped_job_files_are_valid():
-    from conftest import ROOT
+    from helpers import ROOT
 
     for path in sorted((ROOT / "jobs").glob("*.yaml")):
         load_job(path)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 MODEL_LIBRARIES = ("torch", "transformers", "timm", "torchvision")
 

@@ -5,7 +5,7 @@ import math
 
 import polars as pl
 import pytest
-from conftest import photo
+from helpers import photo
 from PIL import Image
 
 from mpq import analysis, registry
