@@ -57,10 +57,11 @@ def test_a_source_that_gives_no_media_type_costs_its_rows_with_a_clear_error(mon
 
     from mpq.components import Sample
     from mpq.engine.stages import Load
+    from mpq.job import resolve
     from mpq.sources.synthetic import SyntheticImages
 
     monkeypatch.setattr(SyntheticImages, "load", lambda self, sample_id: Sample(sample_id, np.zeros((4, 4, 3), np.uint8)))
-    job = parse_job({"name": "bare", "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 1}}]})
+    job = resolve(parse_job({"name": "bare", "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 1}}]}))
     (row,) = Load(job)([{"dataset": "s", "sample_id": "0", "units": [("none", None, [])]}])
     assert row["error"] == "load: TypeError: the source gave ndarray, not Image" and row["original"] is None
 
