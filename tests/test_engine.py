@@ -151,6 +151,16 @@ def test_rows_record_precision_device_task_options_and_weights(tmp_path):
     assert df["model_revision"][0].startswith("HTDemucs sha256:") and df["model_revision"].n_unique() == 1
 
 
+def test_both_engines_take_the_resolved_job_in_one_call_shape():
+    """The runner picks an engine by its name (``mpq.engine.<name>.run``) and calls it one way."""
+    import inspect
+
+    from mpq.engine import ray, serial
+
+    shape = inspect.signature(serial.run)
+    assert inspect.signature(ray.run) == shape and shape.parameters["job"].annotation == "Job"
+
+
 def test_auto_runs_serially_only_on_a_small_machine_without_gpu_or_cluster(monkeypatch):
     """`--engine auto`: Ray's own start costs more than it gives on a machine of few CPUs, no GPU,
     where the run would start its own cluster (docs/performance.md); Ray everywhere else."""

@@ -61,6 +61,34 @@ def test_with_gpus_models_batch_on_gpu_actors_and_metrics_stay_on_cpu():
 
 
 
+@pytest.mark.slow
+def test_stages_go_to_the_resources_the_clusters_nodes_have():
+    """On a real local cluster whose node declares one GPU and the custom resource `codec_node`:
+    model actors ask for GPUs, codec tasks for `codec_node`, and a resource no node has
+    (`other_node`) is left out of the ask, so that the tasks still find a node."""
+    import ray
+
+    import mpq.engine  # noqa: F401  first: it configures Ray before Ray reads its settings
+    from mpq.engine.placement import available
+    from mpq.engine.plan import Planner, shards
+    from mpq.engine.ray import _dataset
+    from mpq.engine.stages import Finalize
+
+    ray.shutdown()
+    ray.init(num_cpus=1, num_gpus=1, resources={"codec_node": 1}, logging_level="ERROR", log_to_driver=False,
+             include_dashboard=False)
+    try:
+        assert available("GPU") and available("codec_node") and not available("other_node")
+        placed = job(codec_resources={"codec_node": 1, "other_node": 2})
+        ds = _dataset(placed, Planner(placed, "", {}, []), shards(placed), Finalize(placed, "run"), None, None)
+        actors = ds._logical_plan.dag
+        codec_tasks = actors.input_dependencies[0]
+    finally:
+        ray.shutdown()
+    assert actors.ray_remote_args["num_gpus"] == 1 and [cls for cls, _ in actors.fn_constructor_args[0]] == [Predict, Predict]
+    assert codec_tasks.ray_remote_args["resources"] == {"codec_node": 1}
+
+
 def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail(tmp_path):
     import pyarrow as pa
 
