@@ -1,9 +1,7 @@
-"""The serial engine: the same stages, one sample after another, in this process.
-
-For debugging, for tests and as the baseline every benchmark compares against. A sample
-whose process died is tried again on resume, up to ``inflight.TRIES`` times, then written as
-error rows (inflight.py).
-"""
+"""The serial engine: the same stages, one sample after another, in this process; for
+debugging, for tests and as the baseline every benchmark compares against. A sample whose
+process died is tried again on resume, up to ``inflight.TRIES`` times, then written as error
+rows (inflight.py)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from mpq.cache import EncodedCache
 from mpq.codecs.target import Target, knob
 from mpq.codecs.target import search as target_search
 from mpq.components import Coded
+from mpq.engine.inflight import InFlight
 from mpq.job import Job
 from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
 
@@ -37,8 +38,9 @@ def _error(stage: str, exc: BaseException) -> str:
     return f"{infra}{stage}: {type(exc).__name__}: {exc}".strip()
 
 
-def through(stages: list, rows: list[Row], in_flight=None) -> list[Row]:
-    """``rows`` through ``stages`` in order, under ``in_flight``'s notes where given (inflight.py)."""
+def through(stages: list, rows: list[Row], in_flight: InFlight | None = None) -> list[Row]:
+    """``rows`` through ``stages`` in order, under ``in_flight``'s notes where given."""
+
     def work(rows: list[Row]) -> list[Row]:
         for stage in stages:
             rows = stage(rows)
