@@ -64,8 +64,8 @@ def test_with_gpus_models_batch_on_gpu_actors_and_metrics_stay_on_cpu():
 @pytest.mark.slow
 def test_stages_go_to_the_resources_the_clusters_nodes_have():
     """On a real local cluster whose node declares one GPU and the custom resource `codec_node`:
-    model actors ask for GPUs, codec tasks for `codec_node`, and a resource no node has
-    (`other_node`) is left out of the ask, so that the tasks still find a node."""
+    model actors ask for GPUs (metrics stay on CPU actors), codec tasks for `codec_node`, and a
+    resource no node has (`other_node`) is left out of the ask, so that the tasks still find a node."""
     import ray
 
     import mpq.engine  # noqa: F401  first: it configures Ray before Ray reads its settings
@@ -81,11 +81,13 @@ def test_stages_go_to_the_resources_the_clusters_nodes_have():
         assert available("GPU") and available("codec_node") and not available("other_node")
         placed = job(codec_resources={"codec_node": 1, "other_node": 2})
         ds = _dataset(placed, Planner(placed, "", {}, []), shards(placed), Finalize(placed, "run"), None, None)
-        actors = ds._logical_plan.dag
-        codec_tasks = actors.input_dependencies[0]
+        cpu_actors = ds._logical_plan.dag  # the operators, last first
+        gpu_actors = cpu_actors.input_dependencies[0]
+        codec_tasks = gpu_actors.input_dependencies[0]
     finally:
         ray.shutdown()
-    assert actors.ray_remote_args["num_gpus"] == 1 and [cls for cls, _ in actors.fn_constructor_args[0]] == [Predict, Predict]
+    assert gpu_actors.ray_remote_args["num_gpus"] == 1 and [cls for cls, _ in gpu_actors.fn_constructor_args[0]] == [Predict, Predict]
+    assert not cpu_actors.ray_remote_args.get("num_gpus") and [cls for cls, _ in cpu_actors.fn_constructor_args[0]] == [Measure]
     assert codec_tasks.ray_remote_args["resources"] == {"codec_node": 1}
 
 
