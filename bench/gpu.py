@@ -278,16 +278,18 @@ def audio(rng: np.random.Generator, seconds: float, rate: int, channels: int):
     return Audio(tone.astype(np.float32), rate)
 
 
-# --- one job spec for the stage objects ---------------------------------------------------
+# --- one job for the stage objects ---------------------------------------------------------
 
 
 def job_spec(precision: str, folder: str, media: str = "image", **parts):
+    """The resolved job the stage objects take."""
+    from mpq.job import resolve
     from mpq.spec import parse_job
 
-    return parse_job({
+    return resolve(parse_job({
         "name": "gpu-bench", "datasets": [{"name": "bench", "source": {"folder": folder, "media": media}}],
         "resources": {"precision": precision, "metric_batch_size": parts.pop("metric_batch_size", 16)}, **parts,
-    })
+    }))
 
 
 def check_rows(rows: list[dict], key: str | None = None) -> None:
@@ -466,7 +468,7 @@ class Bench:
              "decoded": Image(noisy(self.rng, o, 2 + 3 * k)), "error": None}
             for i, o in enumerate(originals) for k in range(versions)
         ]
-        batch = job.resources.metric_batch_size
+        batch = job.spec.resources.metric_batch_size
         batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
 
         def mpq():

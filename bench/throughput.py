@@ -75,12 +75,13 @@ def child_stages(job_data: dict) -> dict:
     default threads), models loaded beforehand; each stage's inputs are made before it is timed."""
     from mpq.engine.plan import Planner, iter_items, shards
     from mpq.engine.stages import Encode, Load, Measure, Predict
+    from mpq.job import resolve
     from mpq.spec import parse_job
 
-    job = parse_job(job_data)
+    job = resolve(parse_job(job_data))
     items = list(iter_items(Planner(job, "", {}, []), shards(job)))
     load, encode, measure = Load(job), Encode(job), Measure(job)
-    predictors = {t.task_id: Predict(job, t.task_id) for t in job.tasks}
+    predictors = {task_id: Predict(job, task_id) for task_id in job.tasks}
     for predict in predictors.values():
         predict.load()
     out = {}
@@ -96,7 +97,7 @@ def child_stages(job_data: dict) -> dict:
     for task_id, predict in predictors.items():
         timed(f"model {task_id}", lambda: [predict(rows) for rows in per_sample])
     if job.metrics:
-        timed("metrics " + " + ".join(m.name for m in job.metrics), lambda: [measure(rows) for rows in per_sample])
+        timed("metrics " + " + ".join(job.metrics), lambda: [measure(rows) for rows in per_sample])
     return out
 
 

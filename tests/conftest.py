@@ -21,9 +21,9 @@ def _isolated_cache(tmp_path_factory):
 def ray_local():
     import ray
 
-    from mpq.engine.ray import init_ray  # first: it configures Ray before Ray reads its settings
+    from mpq.engine.ray_process import start_ray  # first: it configures Ray before Ray reads its settings
 
-    init_ray()
+    start_ray()
     yield
     ray.shutdown()
 

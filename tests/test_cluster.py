@@ -27,6 +27,7 @@ from test_plugins import JOB as PLUGIN_JOB
 from test_plugins import write_plugin
 
 from mpq.engine.plan import Planner, count, shards
+from mpq.job import resolve
 from mpq.reading import read_results
 from mpq.spec import load_job
 
@@ -253,7 +254,7 @@ def test_submit_runs_the_smoke_job_on_the_cluster(cluster, tmp_path):
     out = tmp_path / "smoke"
     job_id, res = submit(cluster, ROOT / "jobs" / "smoke.yaml", out, "--limit", "1", "--follow")
     assert res.returncode == 0 and "job SUCCEEDED" in res.stdout, res.stdout[-3000:]
-    smoke = load_job(ROOT / "jobs" / "smoke.yaml")
+    smoke = resolve(load_job(ROOT / "jobs" / "smoke.yaml"))
     expected = count(Planner(smoke, str(out), {}, []), shards(smoke, limit=1)).rows
     assert f"{expected} rows written (0 with errors), 0 already there" in res.stdout  # the driver's own report
     assert_exact_rows(out, expected)

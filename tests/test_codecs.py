@@ -80,15 +80,16 @@ def test_jpegxl_round_trip_counts_real_bytes_and_distance_zero_is_lossless():
 
 def test_gray_input_goes_through_rgb_and_back_and_is_recorded(tmp_path):
     from mpq.engine.stages import Encode, Load
+    from mpq.job import resolve
     from mpq.spec import parse_job
 
     rgb = photo(40, 56)
     Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    job = parse_job({
+    job = resolve(parse_job({
         "name": "gray", "datasets": [{"name": "d", "source": {"folder": str(tmp_path)}}],
         "codecs": [{"name": "jpegxl", "settings": [4]}],
-    })
+    }))
     rows = Encode(job)(Load(job)([
         {"dataset": "d", "sample_id": sid, "units": [("jpegxl", 4, [])]} for sid in ("gray.png", "rgb.png")
     ]))

@@ -57,10 +57,11 @@ def test_a_source_that_gives_no_media_type_costs_its_rows_with_a_clear_error(mon
 
     from mpq.components import Sample
     from mpq.engine.stages import Load
+    from mpq.job import resolve
     from mpq.sources.synthetic import SyntheticImages
 
     monkeypatch.setattr(SyntheticImages, "load", lambda self, sample_id: Sample(sample_id, np.zeros((4, 4, 3), np.uint8)))
-    job = parse_job({"name": "bare", "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 1}}]})
+    job = resolve(parse_job({"name": "bare", "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 1}}]}))
     (row,) = Load(job)([{"dataset": "s", "sample_id": "0", "units": [("none", None, [])]}])
     assert row["error"] == "load: TypeError: the source gave ndarray, not Image" and row["original"] is None
 
@@ -148,6 +149,16 @@ def test_rows_record_precision_device_task_options_and_weights(tmp_path):
     options = json.loads(df["task_options"][0])
     assert options["model"] == "builtin:tiny-htdemucs" and "shifts" in options
     assert df["model_revision"][0].startswith("HTDemucs sha256:") and df["model_revision"].n_unique() == 1
+
+
+def test_both_engines_take_the_resolved_job_in_one_call_shape():
+    """The runner picks an engine by its name (``mpq.engine.<name>.run``) and calls it one way."""
+    import inspect
+
+    from mpq.engine import ray, serial
+
+    shape = inspect.signature(serial.run)
+    assert inspect.signature(ray.run) == shape and shape.parameters["job"].annotation == "Job"
 
 
 def test_auto_runs_serially_only_on_a_small_machine_without_gpu_or_cluster(monkeypatch):

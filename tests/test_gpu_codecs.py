@@ -11,6 +11,7 @@ from mpq import registry
 from mpq.cache import EncodedCache
 from mpq.components import Coded
 from mpq.engine.stages import Encode, Load
+from mpq.job import resolve
 from mpq.media import Image as RGB
 from mpq.spec import parse_job
 
@@ -79,7 +80,7 @@ def test_hific_split_network_codes_as_the_cpu_does(tmp_path):
 def test_encode_codes_only_its_codecs_in_batches_and_caches_the_device(folder, tmp_path):
     """The GPU pool's Encode: only the neural codec's rows, in batches, through the cache; the
     rows record the device; a second pass takes them from the cache."""
-    job = image_job(folder)
+    job = resolve(image_job(folder))
     items = [{"dataset": "imgs", "sample_id": s, "units": [("none", None, []), ("jpeg", 50, []), ("mbt2018", 1, [])]}
              for s in ("a.png", "b.png", "c.png")]
     cache = EncodedCache(str(tmp_path / "out"))
@@ -114,25 +115,28 @@ def stage_names(group) -> list[str]:
 
 
 def test_groups_put_neural_codecs_in_a_gpu_pool_only_where_there_are_gpus(folder):
-    from mpq.engine.ray import _groups
+    from mpq.engine.placement import groups
+
+    def placed(spec, has_gpu):
+        return groups(resolve(spec), has_gpu)
 
     tasks = [{"name": "classify", "model": "builtin:tiny-vit", "batch_size": 4}]
     job = image_job(folder, tasks=tasks, metrics=["psnr"])
     # No GPU: every codec codes in the CPU tasks; actors hold the model and the metric.
-    assert [stage_names(g) for g in _groups(job, False)] == [["Predict", "Measure"]]
+    assert [stage_names(g) for g in placed(job, False)] == [["Predict", "Measure"]]
     # GPUs: the neural codec joins the model actors (same GPUs per actor), on the device torch sees.
-    gpu = _groups(job, True)
+    gpu = placed(job, True)
     assert [(stage_names(g), g.gpus, g.batch_size) for g in gpu] == [(["Encode", "Predict"], 1, 8), (["Measure"], 0, 16)]
     encode_args = gpu[0].specs[0][1]
     assert encode_args[2] == {"mbt2018"} and encode_args[3] is None and encode_args[4] == 8
     assert gpu[0].specs[1][1][2] is None  # Predict: the device torch sees, not "cuda" because Ray counts a GPU
     # Its own pool with other GPUs per actor; its pool size; none with codec_gpus 0 or no neural codec.
-    own = _groups(image_job(folder, tasks=tasks, resources={"codec_gpus": 0.5, "codec_actors": 2}), True)
+    own = placed(image_job(folder, tasks=tasks, resources={"codec_gpus": 0.5, "codec_actors": 2}), True)
     assert [(stage_names(g), g.gpus, g.pool) for g in own] == [(["Encode"], 0.5, 2), (["Predict"], 1, None)]
-    assert [stage_names(g) for g in _groups(image_job(folder, tasks=tasks, resources={"codec_gpus": 0}), True)] == [["Predict"]]
+    assert [stage_names(g) for g in placed(image_job(folder, tasks=tasks, resources={"codec_gpus": 0}), True)] == [["Predict"]]
     jpeg_only = image_job(folder)
     jpeg_only.codecs.pop()
-    assert _groups(jpeg_only, True) == []
+    assert placed(jpeg_only, True) == []
 
 
 @pytest.fixture
@@ -141,7 +145,7 @@ def ray_with_a_declared_gpu():
     import ray
     import torch
 
-    import mpq.engine.ray  # noqa: F401  first: it configures Ray before Ray reads its settings
+    import mpq.engine  # noqa: F401  first: it configures Ray before Ray reads its settings
 
     assert not torch.cuda.is_available()
     ray.shutdown()
@@ -169,8 +173,8 @@ def test_ray_codes_neural_codecs_in_a_gpu_actor_pool_and_classic_ones_in_cpu_tas
     from mpq.reading import read_results
     from mpq.runner import run_job
 
-    job = image_job(folder, tasks=[{"name": "classify", "model": "builtin:tiny-vit", "batch_size": 4}], metrics=["psnr"])
-    out = str(tmp_path / "out")
+    spec = image_job(folder, tasks=[{"name": "classify", "model": "builtin:tiny-vit", "batch_size": 4}], metrics=["psnr"])
+    job, out = resolve(spec), str(tmp_path / "out")
     ds = _dataset(job, Planner(job, out, {}, []), shards(job), Finalize(job, "run"), None, out)
     _, tasks, gpu, cpu = operators(ds)
     assert isinstance(tasks.compute, TaskPoolStrategy) and not tasks.ray_remote_args.get("num_gpus")
@@ -181,7 +185,7 @@ def test_ray_codes_neural_codecs_in_a_gpu_actor_pool_and_classic_ones_in_cpu_tas
     assert cls is Encode and args[2] == {"mbt2018"} and predict.__name__ == "Predict"
     assert cpu.fn is _Actor and not cpu.ray_remote_args.get("num_gpus")
 
-    run_job(job, out, engine="ray", progress=False)
+    run_job(spec, out, engine="ray", progress=False)
     df = read_results(out)
     assert df.height == 9 and df["error"].null_count() == 9
     coded = df.filter(df["codec"] != "none")

@@ -11,6 +11,8 @@ those inside functions included.
 - The floor (``mpq.targets``: rate targets and their columns; ``mpq.version``) imports no
   other mpq module, so every layer may import it.
 - No import cycle among mpq's modules.
+- Nothing of Ray's ``_private`` packages (``ray._private``, ``ray.autoscaler._private``),
+  imported or as an attribute: they change without notice between Ray's releases.
 """
 
 import ast
@@ -120,6 +122,27 @@ def path_within(graph: dict[str, set[str]], component: set[str]) -> list[str]:
         path.append(nxt)
 
 
+def private_ray(src: Path) -> list[str]:
+    """Every use of Ray's ``_private`` packages: imports and attribute chains; strings (a
+    logger's name) are not uses."""
+    found = []
+    for name, path in modules(src).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                dotted = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                dotted = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Attribute):
+                dotted = [ast.unparse(node)]
+            else:
+                continue
+            for d in dotted:
+                parts = d.split(".")
+                if parts[0] == "ray" and "_private" in parts:
+                    found.append(f"{name} (line {node.lineno}): {d}")
+    return sorted(set(found))
+
+
 def test_the_import_rules_hold():
     src = ROOT / "src"
     assert edges(src), "no imports found: the checker reads nothing"
@@ -130,6 +153,11 @@ def test_the_import_rules_hold():
 def test_no_import_cycles():
     found = cycles(ROOT / "src")
     assert not found, "import cycles:\n" + "\n".join(" → ".join(c) for c in found)
+
+
+def test_no_module_uses_rays_private_packages():
+    found = private_ray(ROOT / "src")
+    assert not found, "private Ray used:\n" + "\n".join(found)
 
 
 def test_the_checker_finds_a_breach_and_a_cycle(tmp_path):
@@ -156,3 +184,10 @@ def test_the_checker_finds_a_breach_and_a_cycle(tmp_path):
         f"{', '.join(SHARED)} and its own package mpq.tasks",
     ]
     assert cycles(tmp_path) == [["mpq.sources.r", "mpq.sources.s", "mpq.sources.r"]]
+    (tmp_path / "mpq/tasks/t.py").write_text(
+        "import ray\nfrom ray._private import state\n\ndef f():\n    return ray._private.state.state.get(), 'ray._private.x'\n"
+    )
+    assert private_ray(tmp_path) == [
+        "mpq.tasks.t (line 2): ray._private.state", "mpq.tasks.t (line 5): ray._private", "mpq.tasks.t (line 5): ray._private.state",
+        "mpq.tasks.t (line 5): ray._private.state.state", "mpq.tasks.t (line 5): ray._private.state.state.get",
+    ]

@@ -112,14 +112,15 @@ def test_metrics_are_fp32_whatever_the_precision():
     from PIL import Image
 
     from mpq.engine.stages import Measure
+    from mpq.job import resolve
     from mpq.spec import parse_job
 
     def job(precision):
-        return parse_job({
+        return resolve(parse_job({
             "name": "p", "datasets": [{"name": "d", "source": {"samples": "skimage"}}],
             "metrics": ["psnr", "ssim", "ms_ssim", {"name": "lpips", "backbone": "random"}],
             "resources": {"precision": precision},
-        })
+        }))
 
     ref = photo(192, 192, seed=5)
     buf = io.BytesIO()
@@ -151,11 +152,12 @@ def test_a_metric_sees_each_samples_reference_once_with_its_coded_versions():
     from PIL import Image
 
     from mpq.engine.stages import Measure
+    from mpq.job import resolve
     from mpq.metrics.lpips import LPIPS, load_lpips
     from mpq.spec import parse_job
 
-    job = parse_job({"name": "m", "datasets": [{"name": "d", "source": {"samples": "skimage"}}],
-                     "metrics": [{"name": "lpips", "backbone": "random"}]})
+    job = resolve(parse_job({"name": "m", "datasets": [{"name": "d", "source": {"samples": "skimage"}}],
+                             "metrics": [{"name": "lpips", "backbone": "random"}]}))
     refs = {"a": photo(64, 64, seed=1), "b": photo(64, 64, seed=2)}
 
     def jpeg(x, q):

@@ -197,11 +197,12 @@ def blocks(job) -> dict[str, list[int]]:
     import yaml
 
     from mpq.engine.plan import shards
+    from mpq.job import resolve
     from mpq.spec import parse_job
 
     spec = yaml.safe_load(job.read_text())
     cut: dict[str, list[int]] = {}
-    for s in shards(parse_job({**spec, "codecs": [{**c, "name": "jpeg"} for c in spec["codecs"]]})):
+    for s in shards(resolve(parse_job({**spec, "codecs": [{**c, "name": "jpeg"} for c in spec["codecs"]]}))):
         cut.setdefault(s.dataset, []).append(s.stop - s.start)
     return cut
 

@@ -118,6 +118,7 @@ def test_bad_speech_gives_null_scores_not_errors(pairs):
     version of real speech: through the metric stage, each
     row gets its scores (null where undefined) and no error."""
     from mpq.engine.stages import Measure
+    from mpq.job import resolve
     from mpq.spec import parse_job
 
     speech = pairs[0][0]
@@ -125,7 +126,7 @@ def test_bad_speech_gives_null_scores_not_errors(pairs):
     short = Audio(speech.samples[4000:7200].copy(), 16000)
     muted = Audio(np.zeros_like(speech.samples), 16000)
     cases = {"silence": (silence, silence), "short": (short, short), "muted": (speech, muted)}
-    job = parse_job({"name": "bad", "datasets": [{"name": "d", "source": {"speech": "espeak", "count": 1}}], "metrics": SPEECH_METRICS})
+    job = resolve(parse_job({"name": "bad", "datasets": [{"name": "d", "source": {"speech": "espeak", "count": 1}}], "metrics": SPEECH_METRICS}))
     rows = [{"dataset": "d", "sample_id": k, "codec": "opus", "setting": 12, "error": None, "original": r, "decoded": t}
             for k, (r, t) in cases.items()]
     out = {r["sample_id"]: r for r in Measure(job, device="cpu")(rows)}

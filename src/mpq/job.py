@@ -102,9 +102,10 @@ class Job:
         return list({a.key: a for a in found}.values())
 
 
-def resolve(job: JobSpec | Job) -> Job:
-    """The resolved job of a validated spec (a ``Job`` is returned as it is)."""
-    return job if isinstance(job, Job) else _resolve_json(job.model_dump_json())
+def resolve(spec: JobSpec) -> Job:
+    """The resolved job of a validated spec: once, where a run, a plan or a command starts;
+    everything after takes the ``Job``."""
+    return _resolve_json(spec.model_dump_json())
 
 
 @functools.lru_cache(maxsize=8)

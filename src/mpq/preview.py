@@ -45,7 +45,7 @@ class Plan:
         return sum(line.done for line in self.lines)
 
 
-def plan(spec: JobSpec | Job, output: str, limit: int | None = None, redo: tuple[str, ...] = (), keep: int = 2) -> Plan:
+def plan(spec: JobSpec, output: str, limit: int | None = None, redo: tuple[str, ...] = (), keep: int = 2) -> Plan:
     """The work ``run_job(spec, output, limit=limit, redo=redo)`` would do now, and up to
     ``keep`` plan items per dataset for a calibration."""
     if limit is not None and limit < 1:
@@ -96,7 +96,7 @@ class Estimate:
     samples: int  # calibration samples run
 
 
-def calibrate(spec: JobSpec | Job, found: Plan) -> Estimate:
+def calibrate(job: Job, found: Plan) -> Estimate:
     """Time the serial engine's stages (engine/serial.py) on ``found.first``'s items here and scale
     each dataset's times to its remaining work: loading by samples left, the other stages by
     rows left. Models, codecs and metrics are loaded first and timed apart (``setup``), and so is
@@ -105,7 +105,6 @@ def calibrate(spec: JobSpec | Job, found: Plan) -> Estimate:
 
     if not any(found.first.values()):
         return Estimate(0.0, 0.0, {}, 0.0, 0)
-    job = resolve(spec)
     start = time.perf_counter()
     stages: dict[str, Any] = {"load": Load(job), "encode": Encode(job)}  # no cache: nothing written
     stages.update({f"task {t}": Predict(job, t) for t in job.tasks})

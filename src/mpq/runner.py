@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import time
@@ -14,7 +15,7 @@ from mpq.cache import EncodedCache
 from mpq.components import AssetUnavailable, offline
 from mpq.engine import choose, cluster_address, cpus, gpus
 from mpq.engine.inflight import forget
-from mpq.engine.plan import Planner, count, iter_items, shards
+from mpq.engine.plan import Planner, count, shards
 from mpq.engine.stages import Finalize
 from mpq.job import Job, resolve
 from mpq.lease import Lease
@@ -137,14 +138,9 @@ def run_job(
         cache = EncodedCache(output) if spec.cache else None
         if not work.samples:
             stream: Iterator[pa.Table] = iter(())
-        elif engine == "serial":
-            from mpq.engine.serial import run_serial
-
-            stream = run_serial(job, iter_items(planner, todo), finalize, cache, output)
-        else:
-            from mpq.engine.ray import run_ray
-
-            stream = run_ray(spec, planner, todo, finalize, address, cache, output)
+        else:  # the engine's module, imported only now (Ray, torch): both have one call shape
+            run = importlib.import_module(f"mpq.engine.{engine}").run
+            stream = run(job, planner, todo, finalize, cache, output, address)
         try:
             written, errors, first = _sink(stream, store, lease, work.rows, progress, f"{spec.name} ({engine})")
         except Interrupted:

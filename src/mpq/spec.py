@@ -86,7 +86,7 @@ ActorPool = int | tuple[int, int]
 class Resources(_Strict):
     codec_cpus: float = Field(default=1, gt=0)
     # Custom Ray resources each codec task also asks for, e.g. {codec_node: 1} to keep codec work on
-    # the nodes that declare it (cluster.yaml's CPU group); ignored where no node has or can get it.
+    # the nodes that declare it (cluster.yaml's CPU group); ignored where no node has it.
     codec_resources: dict[str, float] = {}
     # Neural codecs (runs_on "gpu") code in an actor pool of this many GPUs per actor when the
     # cluster has GPUs (0: in the CPU tasks with the others); each actor loads a model once and

@@ -20,9 +20,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from mpq.job import Dataset, Job, resolve
+from mpq.job import Dataset, Job
 from mpq.results import BASELINE, DoneKeys, ResultStore, setting_str
-from mpq.spec import JobSpec
 
 # Samples per shard (and per block of the Ray engine), by the work one sample costs: images
 # through CPU codecs are cheap and batch well; a neural codec or an audio clip is seconds.
@@ -47,9 +46,8 @@ def samples_per_shard(job: Job, dataset: Dataset) -> int:
     return COSTLY if neural else CHEAP
 
 
-def shards(job: JobSpec | Job, limit: int | None = None) -> list[Shard]:
+def shards(job: Job, limit: int | None = None) -> list[Shard]:
     """Every dataset's ids cut into shards, the datasets taking turns."""
-    job = resolve(job)
     per_dataset = []
     for dataset in job.datasets.values():
         n = min(x for x in (dataset.spec.limit, limit, dataset.source.count()) if x is not None)
@@ -75,8 +73,8 @@ class Planner:
     (a Ray read task) unpickles its own planner, so they are kept beside it, not in it.
     ``redo``: error kinds whose rows are planned again (``results.retryable``)."""
 
-    def __init__(self, job: JobSpec | Job, output: str, required: dict[str, set[str]], files: list[str], redo: tuple[str, ...] = ()):
-        self.job, self.output, self.required, self.files, self.redo = resolve(job), output, required, files, tuple(redo)
+    def __init__(self, job: Job, output: str, required: dict[str, set[str]], files: list[str], redo: tuple[str, ...] = ()):
+        self.job, self.output, self.required, self.files, self.redo = job, output, required, files, tuple(redo)
 
     def done(self) -> DoneKeys:
         required = tuple(sorted((d, tuple(sorted(cols))) for d, cols in self.required.items()))

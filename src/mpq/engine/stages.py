@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from mpq.cache import EncodedCache
 from mpq.components import Coded
-from mpq.job import Job, resolve
+from mpq.engine.inflight import InFlight
+from mpq.job import Job
 from mpq.results import BASELINE, INFRA_PREFIX, run_metadata, setting_str
-from mpq.spec import JobSpec
 from mpq.targets import TARGET_SETTING, Target, knob
 from mpq.targets import search as target_search
 
@@ -38,9 +38,20 @@ def _error(stage: str, exc: BaseException) -> str:
     return f"{infra}{stage}: {type(exc).__name__}: {exc}".strip()
 
 
+def through(stages: list, rows: list[Row], in_flight: InFlight | None = None) -> list[Row]:
+    """``rows`` through ``stages`` in order, under ``in_flight``'s notes where given."""
+
+    def work(rows: list[Row]) -> list[Row]:
+        for stage in stages:
+            rows = stage(rows)
+        return rows
+
+    return in_flight.run(rows, work) if in_flight else work(rows)
+
+
 class _JobStage:
-    def __init__(self, job: JobSpec | Job):
-        self.job = resolve(job)
+    def __init__(self, job: Job):
+        self.job = job
 
 
 class Load(_JobStage):
@@ -78,7 +89,7 @@ class Encode(_JobStage):
     same-shape media go through its network together), for GPUs; 1 elsewhere, as batching
     changes a network's float noise and so could change a CPU result."""
 
-    def __init__(self, job: JobSpec | Job, cache: EncodedCache | None = None, codecs: Collection[str] | None = None,
+    def __init__(self, job: Job, cache: EncodedCache | None = None, codecs: Collection[str] | None = None,
                  device: str | None = None, batch: int = 1):
         super().__init__(job)
         self.cache, self.only, self.device, self.batch = cache, codecs, device, batch
@@ -203,8 +214,7 @@ class Predict:
     rows, else the model is run on the original once per sample (a resumed job whose
     baseline rows are already written)."""
 
-    def __init__(self, job: JobSpec | Job, task_id: str, device: str | None = None):
-        job = resolve(job)
+    def __init__(self, job: Job, task_id: str, device: str | None = None):
         entry = job.tasks[task_id]
         self.task_id, self.batch_size = task_id, entry.spec.batch_size
         self.task = entry.build(device or default_device(), job.spec.resources.precision)
@@ -276,7 +286,7 @@ class Predict:
 class Measure(_JobStage):
     """Quality metrics of the decoded media against the original (not for the baseline)."""
 
-    def __init__(self, job: JobSpec | Job, device: str | None = None):
+    def __init__(self, job: Job, device: str | None = None):
         super().__init__(job)
         self.device = device
 
@@ -332,7 +342,7 @@ class Finalize(_JobStage):
 
     MEDIA_KEYS = ("original", "decoded", "target", "tasks", "results", "checks")
 
-    def __init__(self, job: JobSpec | Job, run_id: str):
+    def __init__(self, job: Job, run_id: str):
         super().__init__(job)
         self.run_id = run_id
         self.schema, self.meta = self.job.schema, run_metadata(run_id)
