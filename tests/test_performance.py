@@ -98,17 +98,16 @@ def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_ray_engine_works_a_shard_of_cheap_images_as_one_block(tmp_path):
+def test_the_ray_engine_works_a_shard_of_cheap_images_as_one_block(tmp_path, ray_local):
     """Ray Data splits a read task's output to reach its own idea of parallelism; the plan's
     blocks must reach the stages whole (32 cheap images a call), or each image is a task."""
     from mpq.engine.plan import Planner, shards
-    from mpq.engine.ray import init_ray, plan_dataset
+    from mpq.engine.ray import plan_dataset
     from mpq.results import ResultStore
 
     job = parse_job({"name": "blocks", "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 3 * 32 * 64}}]})
     store = ResultStore(str(tmp_path / "out"))
     plan = shards(job)
-    init_ray()
     ds = plan_dataset(Planner(job, store.output, {}, store.files()), plan, readers=1)
     sizes = ds.map_batches(lambda b: {"n": [b.num_rows]}, batch_size=None, batch_format="pyarrow").take_all()
     assert sorted(r["n"] for r in sizes) == [32] * len(plan) == [32] * 3 * 64
