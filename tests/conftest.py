@@ -134,7 +134,7 @@ class LocalCluster:
     def alive_nodes(self) -> int:
         from ray.util.state import list_nodes
 
-        return len(list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")]))
+        return sum(n.state == "ALIVE" for n in list_nodes(address=self.dashboard))
 
     def kill(self, proc: subprocess.Popen) -> None:
         """SIGKILL a node: its process group, and any of its processes that left the group."""

@@ -8,6 +8,7 @@ session's cluster as it was.
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,8 +57,10 @@ def cluster(ray_head):
         wait_for(lambda: mpq_job_ok(c, probe), 240, "the two-node cluster to accept jobs", every=1)
         yield c
     finally:
-        c.kill(c.worker)
+        if c.worker.poll() is None:  # as `ray stop` ends a node: its raylet tells the head it leaves
+            os.killpg(c.worker.pid, signal.SIGTERM)
         wait_for(lambda: c.alive_nodes() == 1, 120, "the head to count the worker node dead", every=1)
+        c.kill(c.worker)
 
 
 def mpq_job_ok(c: LocalCluster, code: str) -> bool:
