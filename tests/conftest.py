@@ -195,7 +195,9 @@ def ray_head():
 
 @pytest.fixture
 def ray_local(ray_head):
-    """This process joined to the session's cluster (again, after a test that left it)."""
+    """This process joined to the session's cluster, unless it holds a cluster already. (After
+    test_gpu_codecs leaves its own, joining the session's head again left Ray Data's executor
+    waiting without starting a task: test_performance starts one of its own there.)"""
     import ray
 
     from mpq.engine.ray import init_ray  # first: it configures Ray before Ray reads its settings

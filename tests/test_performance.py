@@ -98,16 +98,17 @@ def test_plan_lets_datasets_take_turns_so_no_dataset_is_the_tail(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_ray_engine_works_a_shard_of_cheap_images_as_one_block(tmp_path, ray_local):
+def test_the_ray_engine_works_a_shard_of_cheap_images_as_one_block(tmp_path):
     """Ray Data splits a read task's output to reach its own idea of parallelism; the plan's
     blocks must reach the stages whole (32 cheap images a call), or each image is a task."""
     from mpq.engine.plan import Planner, shards
-    from mpq.engine.ray import plan_dataset
+    from mpq.engine.ray import init_ray, plan_dataset
     from mpq.results import ResultStore
 
     job = parse_job({"name": "blocks", "datasets": [{"name": "s", "source": {"synthetic": "images", "count": 3 * 32 * 64}}]})
     store = ResultStore(str(tmp_path / "out"))
     plan = shards(job)
+    init_ray()
     ds = plan_dataset(Planner(job, store.output, {}, store.files()), plan, readers=1)
     sizes = ds.map_batches(lambda b: {"n": [b.num_rows]}, batch_size=None, batch_format="pyarrow").take_all()
     assert sorted(r["n"] for r in sizes) == [32] * len(plan) == [32] * 3 * 64
@@ -148,8 +149,8 @@ def test_a_plan_longer_than_a_window_runs_as_consecutive_executions_and_loses_no
     """Ray Data keeps every block's stats in the driver until its dataset is gone, so a long
     plan runs as consecutive executions (``WINDOW`` shards each): rows as the serial engine's."""
     import mpq.engine.ray as engine
+    from mpq.reading import read_results
     from mpq.runner import run_job
-    from mpq.summary import read_results
 
     built = []
     dataset = engine._dataset
