@@ -149,8 +149,8 @@ def test_a_plan_longer_than_a_window_runs_as_consecutive_executions_and_loses_no
     """Ray Data keeps every block's stats in the driver until its dataset is gone, so a long
     plan runs as consecutive executions (``WINDOW`` shards each): rows as the serial engine's."""
     import mpq.engine.ray as engine
-    from mpq.reading import read_results
     from mpq.runner import run_job
+    from mpq.summary import read_results
 
     built = []
     dataset = engine._dataset
