@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, encode, photo
+from helpers import ROOT, LocalCluster, encode, photo, ray_run_env
 from PIL import Image
 
 
@@ -17,32 +17,58 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+# === Ray: one local cluster for the session ===================================================
+# Every Ray test joins `ray_head`, a `ray start --head` of the session's own (a Ray start costs
+# 10-30 s on this machine; the session pays it once), except those whose cluster is the thing
+# tested: test_cluster's fault tests add (and kill) a worker node of their own to it,
+# test_cluster_answers starts a head with token authentication, test_gpu_codecs an in-process
+# cluster that declares a GPU, and test_robust's Ray runs start their own as `mpq-ray run` does
+# on a machine without a cluster.
+
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_head():
+    """The session's Ray cluster: a head of 2 CPUs (the cluster a run starts for itself on this
+    machine has as many) with the dashboard (the Jobs API of `mpq-ray submit`)."""
+    c = LocalCluster()
+    try:
+        c.start_head(cpus=2)
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def ray_local(ray_head):
+    """This process joined to the session's cluster, unless it holds a cluster already. (After
+    test_gpu_codecs leaves its own, joining the session's head again left Ray Data's executor
+    waiting without starting a task: test_performance starts one of its own there.)"""
     import ray
 
     from mpq.engine.ray_process import start_ray  # first: it configures Ray before Ray reads its settings
 
-    start_ray()
-    yield
-    ray.shutdown()
+    if not ray.is_initialized():
+        start_ray(ray_head.gcs)
+    return ray_head
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def smoke_run(tmp_path_factory, ray_head) -> tuple[Path, subprocess.CompletedProcess]:
     """The README's first command, `mpq-ray run jobs/smoke.yaml`, on the Ray engine (the suite's
     one Ray run of the whole job; `auto` picks serial on a small machine), all of it, run once
-    for the session on a machine that has written no model yet (its own empty mpq cache):
-    test_realstudy checks its science, test_cli its report and a second run. The smoke job is
-    the suite's most expensive run; one run serves them all."""
+    on the session's cluster, its driver and workers in an mpq cache of their own, empty, as on
+    a machine that has written no model yet: test_realstudy checks its science, test_cli its
+    report and a second run, test_robust that it is quiet. The smoke job is the suite's most
+    expensive run; one run serves them all."""
     tmp = tmp_path_factory.mktemp("smoke")
     out = tmp / "out"
-    env = {**os.environ, "MPQ_CACHE": str(tmp / "cache")}
     res = subprocess.run([sys.executable, "-m", "mpq.cli", "run", "jobs/smoke.yaml", "--output", str(out), "--no-progress",
                           "--engine", "ray"],
-                         cwd=ROOT, env=env, capture_output=True, text=True)
+                         cwd=ROOT, env=ray_run_env(ray_head, MPQ_CACHE=str(tmp / "cache")), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res
+
+
+# === end of the Ray section ===================================================================
 
 
 @pytest.fixture

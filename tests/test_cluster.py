@@ -1,28 +1,23 @@
 """`mpq-ray submit` on a real two-node Ray cluster on loopback, and its fault tolerance.
 
-The cluster (a head and a worker node, each a `ray start --block` process group that this
-module owns) runs on free ports with a private temp dir, so it never meets another Ray on
-the machine; teardown kills exactly those processes (never `ray stop`).
+The cluster is the session's head (tests/conftest.py) and a worker node that this module
+adds and owns (the fault tests kill it and start another); the module's end kills the
+worker node and waits until the head counts it dead, so the tests after it find the
+session's cluster as it was.
 """
 
 import os
-import random
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 import polars as pl
 import psutil
 import pytest
 import yaml
-from helpers import ROOT, rows_on_disk
+from helpers import ROOT, LocalCluster, rows_on_disk, wait_for
 from test_plugins import JOB as PLUGIN_JOB
 from test_plugins import write_plugin
 
@@ -31,7 +26,6 @@ from mpq.job import resolve
 from mpq.reading import read_results
 from mpq.spec import load_job
 
-VENV_BIN = os.path.dirname(sys.executable)
 # The fault tests' job: the smoke job's stages with many small batches and enough work that
 # results stream out over a while, so a kill lands between the first rows and the last: a
 # block per photo, twice as many blocks as the cluster has CPUs (actors), so blocks are still
@@ -47,158 +41,27 @@ FAULT_JOB = {
 FAULT_ROWS = 8 * 10  # 8 photos × (baseline + 9 JPEG qualities) × 1 task
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def wait_for(condition, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class LocalCluster:
-    """A Ray head and worker nodes on 127.0.0.1, each node a process group we own."""
-
-    def __init__(self):
-        self.temp_dir = tempfile.mkdtemp(prefix="mpqray-", dir="/tmp")  # short: Ray's socket paths
-        self.groups: list[subprocess.Popen] = []
-        self.logs: list[str] = []
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        self.env.update(
-            PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""),  # the job's `python` is this venv's
-            RAY_AUTH_MODE="disabled",  # loopback only; keeps the test off ~/.ray/auth_token
-            RAY_USAGE_STATS_ENABLED="0",
-            RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
-        )
-        self.worker_ports = random.randrange(20000, 60000, 1000)
-
-    def start(self) -> None:
-        self.start_head()
-        self.worker = self.start_worker()
-
-    def start_head(self) -> None:
-        def head_args() -> list[str]:
-            gcs, dash, client, agent, agent_grpc, rt_env, metrics = free_ports(7)
-            self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
-            return [
-                "--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--num-cpus=1",
-                *self._node_ports(agent, agent_grpc, rt_env, metrics),
-            ]
-
-        self._start_node("head", head_args)
-
-    def _node_ports(self, *ports: int) -> list[str]:
-        agent, agent_grpc, rt_env, metrics = ports
-        lo = self.worker_ports
-        self.worker_ports += 100
-        return [
-            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--runtime-env-agent-port={rt_env}", f"--metrics-export-port={metrics}",
-            f"--min-worker-port={lo}", f"--max-worker-port={lo + 99}",
-        ]
-
-    def _start(self, name: str, *args: str) -> subprocess.Popen:
-        cmd = [
-            os.path.join(VENV_BIN, "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
-            f"--temp-dir={self.temp_dir}", "--object-store-memory=200000000", "--disable-usage-stats", *args,
-        ]
-        self.logs.append(f"{self.temp_dir}/{name}-{len(self.groups)}.log")
-        with open(self.logs[-1], "w") as log:
-            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.groups.append(proc)
-        return proc
-
-    def _start_node(self, name: str, args: Callable[[], list[str]]) -> subprocess.Popen:
-        """Start a node and wait until it runs. Ray 2.60's raylet gives its dashboard agent a
-        fixed 15 s to start (ray-project/ray#65983) and exits when a loaded machine is slower:
-        such a node is started again, on fresh ports (a failed start may leave one taken)."""
-        for _ in range(10):  # a quiet machine needs one; one shared with 4 other test suites, up to ~6
-            proc = self._start(name, *args())
-            log = Path(self.logs[-1])
-            wait_for(lambda: proc.poll() is not None or "Ray runtime started" in log.read_text(), 300, f"the {name} node", every=0.5)
-            if proc.poll() is None:
-                return proc
-            self.kill(proc)
-        raise AssertionError(f"the {name} node did not start; the last try's log ends:\n{log.read_text()[-3000:]}")
-
-    def start_worker(self) -> subprocess.Popen:
-        def worker_args() -> list[str]:
-            nm, om, *rest = free_ports(6)
-            return [f"--address={self.gcs}", "--num-cpus=3", f"--node-manager-port={nm}",
-                    f"--object-manager-port={om}", *self._node_ports(*rest)]
-
-        return self._start_node("worker", worker_args)
-
-    def kill(self, proc: subprocess.Popen) -> None:
-        """SIGKILL a node: its process group, and any of its processes that left the group."""
-        try:
-            leader = psutil.Process(proc.pid)
-            strays = leader.children(recursive=True)
-        except psutil.NoSuchProcess:
-            strays = []
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        for p in strays:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        proc.wait()
-
-    def busy_workers(self, proc: subprocess.Popen) -> list[str]:
-        """Titles of the Ray worker processes of a node that are doing something."""
-        titles = []
-        for p in psutil.Process(proc.pid).children(recursive=True):
-            try:
-                title = " ".join(p.cmdline())
-            except psutil.Error:
-                continue
-            if title.startswith("ray::") and not title.startswith("ray::IDLE"):
-                titles.append(title)
-        return titles
-
-    def close(self) -> None:
-        for proc in reversed(self.groups):
-            self.kill(proc)
-        # Ray workers outlive their raylet for a moment; end any left that belong to this cluster.
-        for p in psutil.process_iter(["cmdline"]):
-            if any(self.temp_dir in arg for arg in p.info["cmdline"] or []):
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
 def mpq(*args: str, env: dict, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mpq.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, **kw)
 
 
+WORKER_CPUS = 2  # with the head's 2, 4 CPUs: FAULT_JOB's 8 blocks are twice as many, and each node runs some
+
+
 @pytest.fixture(scope="module")
-def cluster():
-    c = LocalCluster()
+def cluster(ray_head):
+    c = ray_head
+    c.worker = c.start_worker(WORKER_CPUS)
     try:
-        c.start()
         # Ready when a job sees both nodes alive (the Jobs API also needs its agent up).
         probe = "import ray, sys; ray.init(); sys.exit(sum(n['Alive'] for n in ray.nodes()) != 2)"
         wait_for(lambda: mpq_job_ok(c, probe), 240, "the two-node cluster to accept jobs", every=1)
         yield c
     finally:
-        c.close()
+        if c.worker.poll() is None:  # as `ray stop` ends a node: its raylet tells the head it leaves
+            os.killpg(c.worker.pid, signal.SIGTERM)
+        wait_for(lambda: c.alive_nodes() == 1, 120, "the head to count the worker node dead", every=1)
+        c.kill(c.worker)
 
 
 def mpq_job_ok(c: LocalCluster, code: str) -> bool:
@@ -272,7 +135,7 @@ def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, fault_
     cluster.kill(cluster.worker)
     assert rows_on_disk(out) < FAULT_ROWS, "the kill must land mid-run for this test to mean anything"
     assert busy, "the killed node must have been doing part of the work"
-    cluster.worker = cluster.start_worker()  # as an autoscaler replaces a lost node
+    cluster.worker = cluster.start_worker(WORKER_CPUS)  # as an autoscaler replaces a lost node
     # Once a second: each look asks the dashboard anew, CPU the job on this machine's cores needs.
     status = wait_for(lambda: (s := job_status(cluster, job_id)) in ("SUCCEEDED", "FAILED", "STOPPED") and s, 600, "the job to end", every=1)
     if status != "SUCCEEDED":  # a run that gave up resumes: the same job on the same output

@@ -2,14 +2,16 @@
 
 The slow cases run against a real Ray head started as `ray start --head` starts by default:
 a token in ~/.ray/auth_token (HOME is a temporary folder here) and RAY_AUTH_MODE unset, so
-the head turns token authentication on, as a user's local head does.
+the head turns token authentication on, as a user's local head does (a head of its own: the
+session's cluster runs without authentication, and Ray decides it when the head starts).
 """
 
 import os
 
 import pytest
 import yaml
-from test_cluster import LocalCluster, free_ports, mpq
+from helpers import LocalCluster, free_ports
+from test_cluster import mpq
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 # One photo through one JPEG setting and PSNR: the least work a submitted job can do.
@@ -77,7 +79,7 @@ def token_head(tmp_path_factory):
     del c.env["RAY_AUTH_MODE"]  # as a user's shell: Ray decides, and with a token file it turns auth on
     c.env["HOME"] = str(home)
     try:
-        c.start_head()
+        c.start_head(cpus=1)
         yield c
     finally:
         c.close()

@@ -9,7 +9,7 @@ import time
 
 import polars as pl
 import pytest
-from helpers import ROOT, mixtures, rows_on_disk, stop_job
+from helpers import ROOT, mixtures, ray_run_env, rows_on_disk, stop_job
 
 from mpq.reading import read_results
 from mpq.results import KEY
@@ -226,13 +226,14 @@ def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path, sig
 
 
 @pytest.mark.slow
-def test_a_stopped_ray_run_leaves_no_try_counted(tmp_path):
-    """Ray kills the workers of a stopped run without letting them clean up; the run's tries in
-    their hands are set back all the same (inflight.forget)."""
+def test_a_stopped_ray_run_leaves_no_try_counted(tmp_path, ray_head):
+    """Ray kills the workers of a stopped run (here, one on the session's cluster) without
+    letting them clean up; the run's tries in their hands are set back all the same
+    (inflight.forget)."""
     job_file = stop_job(tmp_path, tracks=1)
     cmd = [sys.executable, "-m", "mpq.cli", "run", str(job_file), "--engine", "ray", "--no-progress"]
     notes = tmp_path / "out" / "in-flight"
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ray_run_env(ray_head), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (notes.exists() and any(notes.iterdir())):
         time.sleep(0.05)

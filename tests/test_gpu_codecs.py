@@ -141,7 +141,9 @@ def test_groups_put_neural_codecs_in_a_gpu_pool_only_where_there_are_gpus(folder
 
 @pytest.fixture
 def ray_with_a_declared_gpu():
-    """A local cluster that declares one GPU this machine does not have (torch sees none)."""
+    """A local cluster that declares one GPU this machine does not have (torch sees none): a
+    cluster of its own, since one that declares a GPU would put every other Ray test's models
+    on GPU actors. It leaves the session's cluster for it (`ray_local` joins it again)."""
     import ray
     import torch
 
