@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--baseline-resamples", type=int, default=10)
+    parser.add_argument("--out", help="keep the report in this folder (default: a temporary one), e.g. to compare tables")
     parser.add_argument("--stages", action="store_true", help="also time each part of the report on its own")
     args = parser.parse_args()
     df = results(args.rows)
@@ -104,16 +105,19 @@ def main() -> None:
     print(f"  at {args.resamples} resamples: sums {fast_full:.1f} s; the aggregate path extrapolated {per * args.resamples / 60:.1f} min")
 
     if args.stages:  # where the time goes: each part of the report on its own
+        from threadpoolctl import threadpool_limits
+
         from mpq import analysis
 
         for name, fn in (("correlations", analysis.correlations), ("metric ranking", analysis.metric_ranking),
                          ("equal rate", analysis.equal_rate), ("BD-rate", analysis.bd_rates), ("plot intervals", analysis.plot_conditions)):
             cpu = []
-            _, took = timed(lambda fn=fn: fn(df, n_resamples=args.resamples, seed=0), cpu)
+            with threadpool_limits(limits=1):  # as in write_report
+                _, took = timed(lambda fn=fn: fn(df, n_resamples=args.resamples, seed=0), cpu)
             print(f"  {name}: {took:.1f} s (CPU {cpu[0]:.1f} s)")
     cpu = []
-    with tempfile.TemporaryDirectory() as out:
-        path, wall = timed(lambda: write_report(df, out, n_resamples=args.resamples, seed=0), cpu)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, wall = timed(lambda: write_report(df, args.out or tmp, n_resamples=args.resamples, seed=0), cpu)
         size = path.stat().st_size
     print(f"whole report, {args.resamples} resamples: {wall:.1f} s (CPU {cpu[0]:.1f} s; load average {os.getloadavg()[0]:.1f}); "
           f"report.html {size / 1e6:.1f} MB")

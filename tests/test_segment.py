@@ -37,6 +37,16 @@ def test_dataset_level_miou_sums_counts_over_the_split_before_averaging_classes(
     # (the mean of per-sample mIoUs would be (5/9 + 1/2) / 2 = 0.528, not 0.558)
 
 
+def test_sums_hold_each_rows_class_counts_and_zeros_where_a_row_has_none():
+    a = iou_counts(np.array([[0, 1], [1, 2]]), np.array([[0, 1], [2, 2]]), 4)
+    b = iou_counts(np.array([[3, 0]]), np.array([[3, 3]]), 4)
+    none = {"intersection": None, "union": None, "pixels_correct": None, "pixels_valid": None}
+    sums = registry.get("task", "segment").sums(pl.DataFrame([a, none, b]))
+    assert sums["intersection"].tolist() == [a["intersection"], [0] * 4, b["intersection"]]
+    assert sums["union"].tolist() == [a["union"], [0] * 4, b["union"]]
+    assert sums["counted"].tolist() == [1, 0, 1]
+
+
 def test_reduce_labels_makes_class_zero_the_ignored_one():
     out = reduce_labels(np.array([[0, 1, 150], [IGNORE, 2, 0]], dtype=np.uint8))
     assert out.tolist() == [[IGNORE, 0, 149], [IGNORE, 1, IGNORE]]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 from htmltools import HTML, Tag, TagList, tags
+from threadpoolctl import threadpool_limits
 
 from mpq.analysis.answers import answers
 from mpq.analysis.bdrate import MIN_OVERLAP, MIN_POINTS, MIN_SETTINGS, bd_rates
@@ -197,6 +198,9 @@ def _id(text: str) -> str:
     return _slug("s", text).lower()
 
 
+# One BLAS thread: the bootstraps' products are many and small, where threads cost more
+# than they save (they spin for cores a shared machine has not got); the numbers are the same.
+@threadpool_limits.wrap(limits=1)
 def write_report(
     results: str | Path | pl.DataFrame | list,
     out_dir: str | Path,

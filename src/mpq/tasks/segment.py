@@ -102,6 +102,18 @@ def counts_row(counts: np.ndarray, num_classes: int, ignore_index: int = 255) ->
     }
 
 
+def _class_counts(column, dtype) -> np.ndarray:
+    """(rows, classes) from a list column of per-class counts, a row of zeros where one is
+    null: the flat values straight into NumPy (no Python list per row)."""
+    present = column.is_not_null().to_numpy()
+    width = column.list.len().drop_nulls()
+    if width.n_unique() > 1:
+        raise ValueError(f"{column.name}: rows count different numbers of classes ({width.min()} to {width.max()})")
+    out = np.zeros((len(column), width[0] if len(width) else 0), dtype=dtype)
+    out[present] = column.drop_nulls().explode().to_numpy().astype(dtype).reshape(-1, out.shape[1])
+    return out
+
+
 def mean_iou(intersection: np.ndarray, union: np.ndarray) -> float | None:
     """Mean over classes of intersection / union, classes with an empty union left out."""
     present = union > 0
@@ -204,9 +216,7 @@ class Segment(Task):
         def counts(column):  # per-class counts, a row of zeros where a row has none
             if not counted.any():
                 return np.zeros((rows.height, 1))
-            filled = rows[column].to_list()
-            width = len(next(c for c in filled if c is not None))
-            return np.array([c if c is not None else [0] * width for c in filled], dtype=float)
+            return _class_counts(rows[column], float)
 
         return {"intersection": counts("intersection"), "union": counts("union"), "counted": counted.astype(float),
                 "pixels_correct": column_sums(rows, "pixels_correct", counted)[0],
@@ -225,8 +235,8 @@ class Segment(Task):
 
     @staticmethod
     def label_scores(rows):
-        intersection = np.array(rows["intersection"].to_list(), dtype=np.int64).sum(0)
-        union = np.array(rows["union"].to_list(), dtype=np.int64).sum(0)
+        intersection = _class_counts(rows["intersection"], np.int64).sum(0)
+        union = _class_counts(rows["union"], np.int64).sum(0)
         valid = rows["pixels_valid"].sum()
         return {
             "mIoU": mean_iou(intersection, union),
