@@ -110,6 +110,29 @@ def test_submit_refuses_a_relative_output_before_contacting_any_cluster(tmp_path
     assert "output 'out/smoke' is a relative path" in res.stderr and "shared storage" in res.stderr
 
 
+def test_submit_refuses_an_unknown_redo_kind_before_contacting_any_cluster(tmp_path):
+    res = mpq("submit", "jobs/smoke.yaml", "--output", str(tmp_path / "out"), "--redo", "typo",
+              "--address", "http://127.0.0.1:9", env=dict(os.environ))
+    assert res.returncode == 2
+    assert "--redo: no error is of kind 'typo'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_submit_hands_redo_to_the_run_on_the_cluster():
+    """The command the cluster runs, read by `mpq-ray run`'s own parser, asks for the same redo."""
+    import shlex
+
+    import typer
+
+    from mpq import cluster
+    from mpq.cli import app
+
+    args = shlex.split(cluster.entrypoint("/shared/out", limit=2, force=True, redo=("metric lpips", "load")))
+    assert args[:4] == ["python", "-m", "mpq.cli", "run"]
+    run = typer.main.get_command(app).commands["run"]
+    params = run.make_context("run", args[4:]).params
+    assert params["redo"] == ["metric lpips", "load"] and params["limit"] == 2 and params["force"] and params["output"] == "/shared/out"
+
+
 @pytest.mark.slow
 def test_submit_runs_the_smoke_job_on_the_cluster(cluster, tmp_path):
     """One sample a dataset: every stage of the smoke job (each codec, task and metric) still

@@ -244,12 +244,18 @@ def submit(
     env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE set for the run on the cluster (repeatable), e.g. HF_HUB_OFFLINE=1")] = None,
     follow: Annotated[bool, typer.Option(help="print the logs until the job ends; exit 0 only if it succeeded")] = False,
     force: Annotated[bool, typer.Option(help="take over the output's lease from a run that is gone")] = False,
+    redo: Annotated[Optional[list[str]], typer.Option(help="compute again the error rows of this kind, as `run --redo`; repeatable")] = None,
 ) -> None:
     """Run a job on a Ray cluster through the Jobs API; prints the job id and where results land."""
     _check_limit(limit)
     from mpq import cluster
+    from mpq.results import check_redo
     from mpq.spec import JobSpecError, load_job
 
+    try:
+        check_redo(tuple(redo or ()))
+    except ValueError as exc:
+        _fail(str(exc))
     try:
         job = load_job(job_file)
         out = cluster.shared_output(job, output)
@@ -259,7 +265,7 @@ def submit(
     if any(not sep or not k for k, sep, _ in pairs):
         _fail(f"--env takes KEY=VALUE, got {env}")
     with _cluster(address):
-        job_id = cluster.submit(job_file, job, out, address, limit, {k: v for k, _, v in pairs}, force)
+        job_id = cluster.submit(job_file, job, out, address, limit, {k: v for k, _, v in pairs}, force, tuple(redo or ()))
     typer.echo(f"submitted {job_id}\nresults: {out}/results\nfollow with: mpq-ray logs {job_id} --follow")
     if follow:
         with _cluster(address, job_id):

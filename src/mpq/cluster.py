@@ -149,26 +149,34 @@ def submit(
     limit: int | None = None,
     env: dict[str, str] | None = None,
     force: bool = False,
+    redo: tuple[str, ...] = (),
 ) -> str:
     """Submit ``job_file`` to run on the cluster; returns the submission id."""
     staging = Path(tempfile.mkdtemp(prefix="mpq-submit-"))
     try:
         shutil.copy(job_file, staging / "job.yaml")
-        # The cluster the job runs on ("auto": the one on the node its driver runs on), whatever its size.
-        args = ["python", "-m", "mpq.cli", "run", "job.yaml", "--output", output, "--no-progress", "--engine", "ray", "--address", "auto"]
-        if limit is not None:
-            args += ["--limit", str(limit)]
-        if force:
-            args.append("--force")
         # The upload happens here, so the staging folder can go right after.
         return client(address).submit_job(
-            entrypoint=shlex.join(args),
+            entrypoint=entrypoint(output, limit, force, redo),
             runtime_env=runtime_env(job, staging, env),
             submission_id=f"mpq-{job.name}-{uuid.uuid4().hex[:8]}",
             metadata={"mpq_job": job.name, "mpq_output": output, "mpq_version": mpq.__version__},
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def entrypoint(output: str, limit: int | None = None, force: bool = False, redo: tuple[str, ...] = ()) -> str:
+    """The command the cluster runs: `mpq-ray run` of the uploaded job on the cluster it runs on
+    ("auto": the one on the node its driver runs on), whatever its size."""
+    args = ["python", "-m", "mpq.cli", "run", "job.yaml", "--output", output, "--no-progress", "--engine", "ray", "--address", "auto"]
+    if limit is not None:
+        args += ["--limit", str(limit)]
+    if force:
+        args.append("--force")
+    for kind in redo:
+        args += ["--redo", kind]
+    return shlex.join(args)
 
 
 def follow(address: str | None, submission_id: str) -> str:
