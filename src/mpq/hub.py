@@ -1,7 +1,7 @@
 """Shared helpers for the components (codecs, tasks, metrics) that load pretrained weights:
 transformers models from the Hugging Face hub (``HubModel``, ``from_pretrained``),
 checkpoints in torch.hub's cache (``TorchHubCheckpoint``), and mpq's own cache, where
-built-in tiny models are written once (``mpq_cache``; written whole by ``storage.write_local``,
+built-in tiny models are written once (``builtin_model``; written whole by ``storage.write_local``,
 so that concurrent actors never see half a model)."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
 
 from mpq.components import Asset, offline, offline_hint
+from mpq.storage import write_local
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -28,6 +29,28 @@ def mpq_cache() -> Path:
     """mpq's own cache (built-in pipeline-check models, encoded outputs)."""
     root = os.environ.get("MPQ_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "mpq")
     return Path(root).expanduser()
+
+
+def builtin_model(name: str, build: Callable[[], Iterable[Any]]) -> str:
+    """The folder of a built-in pipeline-check model in mpq's cache, written once and whole:
+    each object ``build`` returns (the model, its processor...) saved there by its
+    ``save_pretrained``. ``build`` runs after ``torch.manual_seed(0)``, so every machine
+    writes the same random weights."""
+    path = mpq_cache() / "models" / name
+    if not (path / "config.json").exists():
+        import torch
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        torch.manual_seed(0)
+        parts = list(build())
+
+        def save(tmp: str) -> None:
+            for part in parts:
+                part.save_pretrained(tmp)
+
+        write_local(path, save)
+    return str(path)
 
 
 def from_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:

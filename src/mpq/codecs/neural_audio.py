@@ -27,10 +27,9 @@ import pyarrow as pa
 
 from mpq.codecs.audio import AUDIO_CODEC_COLUMNS, rate_note
 from mpq.components import Codec, Coded, Options
-from mpq.hub import BUILTIN_PREFIX, HubModel, from_pretrained, mpq_cache
+from mpq.hub import BUILTIN_PREFIX, HubModel, builtin_model, from_pretrained
 from mpq.media import Audio, fit_length, resample, with_channels
 from mpq.registry import register
-from mpq.storage import write_local
 
 
 def pack_codes(codes: np.ndarray, nbits: int) -> bytes:
@@ -59,22 +58,16 @@ TINY = {
 
 def tiny_codec(name: str) -> str:
     """Write a tiny randomly initialised EnCodec/DAC in HF format to mpq's cache (once)."""
-    import torch
     from transformers import DacConfig, DacModel, EncodecConfig, EncodecModel
 
     family, kw = TINY[name]
-    path = mpq_cache() / "models" / name.removeprefix(BUILTIN_PREFIX)
-    if not (path / "config.json").exists():
-        import transformers
 
-        transformers.utils.logging.disable_progress_bar()
-        torch.manual_seed(0)
+    def build():
         if family == "encodec":
-            model = EncodecModel(EncodecConfig(hidden_size=16, num_filters=4, num_lstm_layers=1, codebook_size=1024, **kw))
-        else:
-            model = DacModel(DacConfig(encoder_hidden_size=4, decoder_hidden_size=16, n_codebooks=9, codebook_dim=4, hop_length=512, **kw))
-        write_local(path, model.save_pretrained)
-    return str(path)
+            return [EncodecModel(EncodecConfig(hidden_size=16, num_filters=4, num_lstm_layers=1, codebook_size=1024, **kw))]
+        return [DacModel(DacConfig(encoder_hidden_size=4, decoder_hidden_size=16, n_codebooks=9, codebook_dim=4, hop_length=512, **kw))]
+
+    return builtin_model(name.removeprefix(BUILTIN_PREFIX), build)
 
 
 @functools.cache

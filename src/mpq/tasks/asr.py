@@ -35,10 +35,9 @@ import pyarrow as pa
 from pydantic import field_validator
 
 from mpq.components import Options, Task, agreement_from_sums, agreement_sums, column_sums, mean_agreement, ratio
-from mpq.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, known_builtin, load_processor_and_model, mpq_cache
+from mpq.hub import BUILTIN_PREFIX, PROCESSOR_FILES, HubModel, builtin_model, known_builtin, load_processor_and_model
 from mpq.media import Audio, resample, with_channels
 from mpq.registry import register
-from mpq.storage import write_local
 
 TINY_WHISPER = "builtin:tiny-whisper"
 WHISPER_TINY_EN = "builtin:whisper-tiny.en"
@@ -72,46 +71,38 @@ def tiny_whisper() -> str:
     """A tiny randomly initialised Whisper, with a byte-level tokenizer and a generation
     config, written once in HF format to mpq's cache: it runs the real loading and
     generation path offline; its transcripts are noise."""
-    path = mpq_cache() / "models" / "tiny-whisper-random"
-    if (path / "config.json").exists():
-        return str(path)
-    import torch
-    import transformers
-    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    transformers.utils.logging.disable_progress_bar()
-    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
-                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
-    vocab.update({tok: len(vocab) + i for i, tok in enumerate(specials)})
-    ids = {tok: vocab[tok] for tok in specials}
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
-    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
-    torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=len(vocab), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_source_positions=1500, max_target_positions=64, pad_token_id=ids["<|endoftext|>"],
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
-        decoder_start_token_id=ids["<|startoftranscript|>"], begin_suppress_tokens=None, suppress_tokens=None,
-    )
-    model = WhisperForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], max_length=24,
-        is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"]},
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
-        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
-        max_initial_timestamp_index=50, begin_suppress_tokens=[], suppress_tokens=[],
-    )
+    def build():
+        from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    def write(tmp):
-        model.save_pretrained(tmp)
-        WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(tmp)
+        specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+                    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+        vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+        vocab.update({tok: len(vocab) + i for i, tok in enumerate(specials)})
+        ids = {tok: vocab[tok] for tok in specials}
+        tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
+        tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+        config = WhisperConfig(
+            vocab_size=len(vocab), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+            max_source_positions=1500, max_target_positions=64, pad_token_id=ids["<|endoftext|>"],
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
+            decoder_start_token_id=ids["<|startoftranscript|>"], begin_suppress_tokens=None, suppress_tokens=None,
+        )
+        generation = GenerationConfig(
+            decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
+            pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], max_length=24,
+            is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"]},
+            task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+            no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+            max_initial_timestamp_index=50, begin_suppress_tokens=[], suppress_tokens=[],
+        )
+        model = WhisperForConditionalGeneration(config)
+        model.generation_config = generation
+        return model, WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer)
 
-    write_local(path, write)
-    return str(path)
+    return builtin_model("tiny-whisper-random", build)
 
 
 @functools.cache

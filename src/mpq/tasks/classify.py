@@ -23,7 +23,7 @@ import pyarrow as pa
 from pydantic import field_validator
 
 from mpq.components import ClassTarget, Options, Task, agreement_from_sums, agreement_sums, column_sums, mean_agreement, ratio
-from mpq.hub import BUILTIN_PREFIX, HubModel, from_pretrained, known_builtin, load_processor_and_model, mpq_cache, processor_images, torch_dtype
+from mpq.hub import BUILTIN_PREFIX, HubModel, builtin_model, from_pretrained, known_builtin, load_processor_and_model, mpq_cache, processor_images, torch_dtype
 from mpq.media import SKIMAGE_PHOTOS, Image
 from mpq.registry import register
 from mpq.storage import write_local
@@ -55,22 +55,13 @@ def tiny_vit() -> str:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     labels = list(SKIMAGE_PHOTOS)
-    path = mpq_cache() / "models" / "tiny-vit-random"
-    if not (path / "config.json").exists():
-        import torch
-
-        torch.manual_seed(0)
-        config = ViTConfig(
-            image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, num_labels=len(labels),
-            id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
-        )
-        def write(tmp):
-            ViTForImageClassification(config).save_pretrained(tmp)
-            ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp)
-
-        write_local(path, write)
-    return str(path)
+    config = ViTConfig(
+        image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+    )
+    return builtin_model("tiny-vit-random", lambda: (
+        ViTForImageClassification(config), ViTImageProcessor(size={"height": 64, "width": 64})))
 
 
 def lukemelas_to_timm(state: dict, model) -> dict:

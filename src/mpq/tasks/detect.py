@@ -20,10 +20,9 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from mpq.components import Options, Task, mean_agreement
-from mpq.hub import PROCESSOR_FILES, HubModel, known_builtin, load_processor_and_model, mpq_cache
+from mpq.hub import PROCESSOR_FILES, HubModel, builtin_model, known_builtin, load_processor_and_model
 from mpq.media import Image
 from mpq.registry import register
-from mpq.storage import write_local
 
 TINY_DETR = "builtin:tiny-detr"
 SAMPLE = ["gt_boxes", "gt_labels", "det_boxes", "det_scores", "det_labels"]  # what COCO evaluation reads of a row
@@ -50,26 +49,15 @@ def tiny_detr() -> str:
     ``from_pretrained`` path; its detections are random and its mAP means nothing."""
     from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
 
-    path = mpq_cache() / "models" / "tiny-detr-random"
-    if not (path / "config.json").exists():
-        import torch
-
-        torch.manual_seed(0)
-        labels = ["cat", "dog"]
-        config = DetrConfig(
-            use_timm_backbone=False, use_pretrained_backbone=False,
-            backbone_config=ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]),
-            d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-            encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=8,
-            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-        )
-
-        def write(tmp):
-            DetrForObjectDetection(config).save_pretrained(tmp)
-            DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(tmp)
-
-        write_local(path, write)
-    return str(path)
+    labels = ["cat", "dog"]
+    config = DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False,
+        backbone_config=ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]),
+        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=8,
+        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+    )
+    return builtin_model("tiny-detr-random", lambda: (DetrForObjectDetection(config), DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})))
 
 
 def coco_eval(samples: list[dict[str, Any]]) -> tuple[float | None, float | None]:
