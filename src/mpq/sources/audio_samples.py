@@ -22,15 +22,9 @@ from mpq.components import Options, Sample, Source
 from mpq.media import STEMS, Audio, audio_from_array, resample
 from mpq.registry import register
 from mpq.sources.espeak import speak, version
+from mpq.sources.harvard import SENTENCES
 
-HARVARD = (
-    "The birch canoe slid on the smooth planks.",
-    "Glue the sheet to the dark blue background.",
-    "It's easy to tell the depth of a well.",
-    "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.",
-    "The juice of lemons makes fine punch.",
-)
+HARVARD = SENTENCES[:6]  # list 1's first six: a clip each
 VOICES = ("en-us", "en", "en-us+f3")  # espeak-ng's "en" is British English
 
 
