@@ -41,7 +41,10 @@ def builtin_model(name: str, build: Callable[[], Iterable[Any]]) -> str:
         import torch
         import transformers
 
-        transformers.utils.logging.disable_progress_bar()
+        from mpq.engine import verbose
+
+        if not verbose():  # `--verbose` shows the writing's progress, as a first run on a machine has it
+            transformers.utils.logging.disable_progress_bar()
         torch.manual_seed(0)
         parts = list(build())
 
