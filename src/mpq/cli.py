@@ -72,6 +72,8 @@ def run(
             _fail(str(exc))
     if verbose:
         os.environ["MPQ_VERBOSE"] = "1"  # read by the Ray engine
+    else:  # the models' progress bars (a built-in model written on a first run) stay out of sight
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from mpq.components import AssetUnavailable
     from mpq.lease import LeaseHeld, LeaseLost
     from mpq.spec import JobSpecError, load_job

@@ -39,12 +39,7 @@ def builtin_model(name: str, build: Callable[[], Iterable[Any]]) -> str:
     path = mpq_cache() / "models" / name
     if not (path / "config.json").exists():
         import torch
-        import transformers
 
-        from mpq.engine import verbose
-
-        if not verbose():  # `--verbose` shows the writing's progress, as a first run on a machine has it
-            transformers.utils.logging.disable_progress_bar()
         torch.manual_seed(0)
         parts = list(build())
 
