@@ -5,8 +5,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, LocalCluster, encode, photo, ray_run_env
+from helpers import ROOT, LocalCluster, encode, photo
 from PIL import Image
+
+# === Two workers (pytest-xdist: `-n 2 --dist loadgroup` in pyproject.toml) ====================
+# A module's tests run in one worker, so its module fixtures (a worker node added to the
+# cluster, a poison run) are made once; the tests of the session's smoke run (`smoke_run`,
+# below) form one group, so the whole job runs once. The longest groups (each over a minute
+# on two cores) are handed out first, so that none starts last. Two workers on two cores:
+# each holds a Ray head of its own (`ray_head`); more would mean more Ray heads than cores.
+LONGEST = ("smoke", "test_cluster", "test_engine", "test_robust")
+
+
+def _group(item: pytest.Item) -> str:
+    return "smoke" if "smoke_run" in item.fixturenames else item.module.__name__
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist names each test by its group
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+        first.setdefault(_group(item), i)
+    rank = {g: LONGEST.index(g) if g in LONGEST else len(LONGEST) for g in first}
+    items.sort(key=lambda item: (rank[_group(item)], first[_group(item)]))  # a group's tests together, in their order
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,9 +61,11 @@ def ray_head():
 
 @pytest.fixture
 def ray_local(ray_head):
-    """This process joined to the session's cluster, unless it holds a cluster already. (After
-    test_gpu_codecs leaves its own, joining the session's head again left Ray Data's executor
-    waiting without starting a task: test_performance starts one of its own there.)"""
+    """This process joined to the session's cluster, unless it holds a cluster already. Only
+    for a process that has left no cluster: after a test leaves one of its own (`ray.shutdown`,
+    as test_gpu_codecs and test_performance's placement test do), joining the session's head
+    again left Ray Data's executor waiting without starting a task, so the tests after those
+    in their module run on a cluster of their own."""
     import ray
 
     from mpq.engine.ray_process import start_ray  # first: it configures Ray before Ray reads its settings
@@ -53,18 +77,18 @@ def ray_local(ray_head):
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, ray_head) -> tuple[Path, subprocess.CompletedProcess]:
-    """The README's first command, `mpq-ray run jobs/smoke.yaml`, on the Ray engine (the suite's
-    one Ray run of the whole job; `auto` picks serial on a small machine), all of it, run once
-    on the session's cluster, its driver and workers in an mpq cache of their own, empty, as on
-    a machine that has written no model yet: test_realstudy checks its science, test_cli its
-    report and a second run, test_robust that it is quiet. The smoke job is the suite's most
-    expensive run; one run serves them all."""
+    """The README's default job, jobs/smoke.yaml, all of it, through Ray: submitted to the
+    session's cluster as the README's second command does (`mpq-ray submit --follow`: the mpq
+    it uploads, its driver on the cluster), its driver and workers in an mpq cache of their
+    own, empty, as on a machine that has written no model yet. It is the suite's one run of the
+    whole job (`auto` runs it serially on a small machine) and its most expensive: test_realstudy
+    checks its science, test_cli its rows, logs, status and a second run."""
     tmp = tmp_path_factory.mktemp("smoke")
     out = tmp / "out"
-    res = subprocess.run([sys.executable, "-m", "mpq.cli", "run", "jobs/smoke.yaml", "--output", str(out), "--no-progress",
-                          "--engine", "ray"],
-                         cwd=ROOT, env=ray_run_env(ray_head, MPQ_CACHE=str(tmp / "cache")), capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-m", "mpq.cli", "submit", "jobs/smoke.yaml", "--address", ray_head.dashboard,
+                          "--output", str(out), "--env", f"MPQ_CACHE={tmp / 'cache'}", "--follow"],
+                         cwd=ROOT, env=ray_head.env, capture_output=True, text=True)
+    assert res.returncode == 0 and "job SUCCEEDED" in res.stdout, (res.stdout + res.stderr)[-3000:]
     return out, res
 
 

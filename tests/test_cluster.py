@@ -1,4 +1,5 @@
-"""`mpq-ray submit` on a real two-node Ray cluster on loopback, and its fault tolerance.
+"""`mpq-ray submit` on a real two-node Ray cluster on loopback, and its fault tolerance (the
+whole smoke job submitted to the session's head: tests/conftest.py's `smoke_run`).
 
 The cluster is the session's head (tests/conftest.py) and a worker node that this module
 adds and owns (the fault tests kill it and start another); the module's end kills the
@@ -21,10 +22,7 @@ from helpers import ROOT, LocalCluster, rows_on_disk, wait_for
 from test_plugins import JOB as PLUGIN_JOB
 from test_plugins import write_plugin
 
-from mpq.engine.plan import Planner, count, shards
-from mpq.job import resolve
 from mpq.reading import read_results
-from mpq.spec import load_job
 
 # The fault tests' job: the smoke job's stages with many small batches and enough work that
 # results stream out over a while, so a kill lands between the first rows and the last: a
@@ -131,22 +129,6 @@ def test_submit_hands_redo_to_the_run_on_the_cluster():
     run = typer.main.get_command(app).commands["run"]
     params = run.make_context("run", args[4:]).params
     assert params["redo"] == ["metric lpips", "load"] and params["limit"] == 2 and params["force"] and params["output"] == "/shared/out"
-
-
-@pytest.mark.slow
-def test_submit_runs_the_smoke_job_on_the_cluster(cluster, tmp_path):
-    """One sample a dataset: every stage of the smoke job (each codec, task and metric) still
-    runs on the cluster, from the mpq that `submit` uploads; more samples only repeat them."""
-    out = tmp_path / "smoke"
-    job_id, res = submit(cluster, ROOT / "jobs" / "smoke.yaml", out, "--limit", "1", "--follow")
-    assert res.returncode == 0 and "job SUCCEEDED" in res.stdout, res.stdout[-3000:]
-    smoke = resolve(load_job(ROOT / "jobs" / "smoke.yaml"))
-    expected = count(Planner(smoke, str(out), {}, []), shards(smoke, limit=1)).rows
-    assert f"{expected} rows written (0 with errors), 0 already there" in res.stdout  # the driver's own report
-    assert_exact_rows(out, expected)
-    env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard}  # found as `ray job` finds it
-    assert f"{job_id}: SUCCEEDED" in mpq("status", job_id, env=env).stdout
-    assert f"{expected} rows written" in mpq("logs", job_id, env=env).stdout
 
 
 @pytest.mark.slow

@@ -193,12 +193,12 @@ def test_gpus_are_counted_as_cuda_counts_them(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path, sig):
-    """Stopped twice while a sample is being worked (its in-flight note written), a run ends
-    with one line and exit code 130 each time, leaving no note; the third run computes the
-    samples (only a process that dies without cleaning up spends a try: engine/inflight.py).
-    Tries are 3, so two spent ones would not show; the notes left would."""
+def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path):
+    """Stopped twice while a sample is being worked (its in-flight note written), by Ctrl-C
+    (SIGINT) and then by SIGTERM, a run ends with one line and exit code 130 each time,
+    leaving no note; the third run computes the samples (only a process that dies without
+    cleaning up spends a try: engine/inflight.py). Tries are 3, so two spent ones would not
+    show; the notes left would."""
     import re
 
     # Two tracks: a stop that a library swallows lands once the sample in hand is done
@@ -206,7 +206,7 @@ def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path, sig
     job_file = stop_job(tmp_path, tracks=2)
     cmd = [sys.executable, "-m", "mpq.cli", "run", str(job_file), "--engine", "serial", "--no-progress"]
     notes = tmp_path / "out" / "in-flight"
-    for _ in range(2):
+    for sig in (signal.SIGINT, signal.SIGTERM):
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (notes.exists() and any(notes.iterdir())):

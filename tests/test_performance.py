@@ -177,9 +177,12 @@ def test_a_samples_rows_travel_between_ray_stages_as_one_record_with_one_origina
 
 
 @pytest.mark.slow
-def test_a_plan_longer_than_a_window_runs_as_consecutive_executions_and_loses_nothing(tmp_path, monkeypatch, ray_local):
+def test_a_plan_longer_than_a_window_runs_as_consecutive_executions_and_loses_nothing(tmp_path, monkeypatch):
     """Ray Data keeps every block's stats in the driver until its dataset is gone, so a long
-    plan runs as consecutive executions (``WINDOW`` shards each): rows as the serial engine's."""
+    plan runs as consecutive executions (``WINDOW`` shards each): rows as the serial engine's.
+    On the cluster this process holds, else one of its own (`run_job`, as a run starts it): the
+    placement test above left a cluster, and joining the session's again would hang (conftest's
+    `ray_local`)."""
     import mpq.engine.ray as engine
     from mpq.reading import read_results
     from mpq.runner import run_job
