@@ -105,13 +105,75 @@ def _cluster_pairs(gx: np.ndarray, gy: np.ndarray, kx: int, ky: int, member: np.
     return out
 
 
+def _below(levels: np.ndarray, block: np.ndarray, blocks: int, weight: np.ndarray) -> np.ndarray:
+    """(blocks, blocks) matrix M: M[b, c] sums, over the units u of block b, weight_u × (the
+    units of block c at a level below u's + half those at u's level). A unit's average rank
+    among the units of the blocks a row t holds (t_c copies of block c) is (t @ M's summand)
+    + 1/2, so sums of weight × rank are quadratic forms t M tᵀ (+ t·weights / 2), exact
+    while the ranks are whole halves. ``levels``: each unit's level, 0..levels − 1 in order."""
+    size = int(levels.max()) + 1 if len(levels) else 0
+    counts = sparse.csc_matrix((np.ones(len(levels)), (levels, block)), shape=(size, blocks))
+    held = sparse.csr_matrix((weight, (block, levels)), shape=(blocks, size))
+    out = np.empty((blocks, blocks))
+    step = max(1, _CHUNK // max(size, 1))
+    for start in range(0, blocks, step):  # the (levels × blocks) prefix counts a few blocks at a time
+        part = counts[:, start : start + step].toarray()
+        out[:, start : start + step] = held @ (np.cumsum(part, 0) - part / 2)
+    return out
+
+
+class _Ties:
+    """Σ c² and Σ c³ over one side's levels, c a row's count of points at each level, from t
+    (B, blocks): how often the row holds each block. A level only one block has counts
+    t_b × that block's points there, so only the levels of several blocks are spread."""
+
+    def __init__(self, levels: np.ndarray, block: np.ndarray, blocks: int):
+        counts = sparse.csc_matrix((np.ones(len(levels)), (block, levels)), shape=(blocks, int(levels.max()) + 1 if len(levels) else 0))
+        counts.sum_duplicates()
+        owners = np.diff(counts.indptr)  # blocks at each level
+        own = counts[:, owners == 1]
+        self.own = np.stack([np.asarray(own.power(q).sum(1)).ravel() for q in (2, 3)], 1)
+        self.shared = counts[:, owners > 1].T.tocsr()
+
+    def sums(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = self.shared @ np.ascontiguousarray(t.T)  # (shared levels, B): summed over levels, never transposed
+        return (t * t) @ self.own[:, 0] + np.einsum("lb,lb->b", c, c), (t * t * t) @ self.own[:, 1] + np.einsum("lb,lb,lb->b", c, c, c)
+
+
+class _Forms:
+    """Spearman's and Kendall's sums of each resample as quadratic forms in its cluster counts
+    t, for points whose side b has few levels (a score right or wrong): the points of b level
+    l hold a ranks summing to t A_l tᵀ + (their count) / 2, and concordant minus discordant
+    pairs are t K tᵀ / 2. Per resample this costs (b levels + 1) × clusters², not the points."""
+
+    def __init__(self, ga: np.ndarray, gb: np.ndarray, kb: int, member: np.ndarray, k: int):
+        # w[c, l, d, m]: over c's points of b level l, d's points of b level m with a lower a level (+ half those level)
+        w = _below(ga, member * kb + gb, k * kb, np.ones(len(ga))).reshape(k, kb, k, kb)
+        self.held = np.zeros((k, kb))  # each cluster's points at each b level
+        np.add.at(self.held, (member, gb), 1)
+        self.kb, self.ranks = kb, w.sum(3).reshape(k, kb * k)
+        order = np.sign(np.subtract.outer(np.arange(kb), np.arange(kb)))  # sign(y_i − y_j) by b levels
+        # sign(x_i − x_j) summed over d's points of level m: 2 × w − the points at (c, l) × those at (d, m)
+        self.pairs = np.einsum("cldm,lm->cd", 2 * w - self.held[:, :, None, None] * self.held[None, None], order)
+        self.ties = _Ties(ga, member, k)
+
+    def sums(self, t: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(cb: points at each b level, Σ a ranks × b ranks, concordant − discordant pairs, Σ ca², Σ ca³)."""
+        cb = t @ self.held
+        at_level = ((t @ self.ranks).reshape(len(t), self.kb, -1) * t[:, None, :]).sum(2) + cb / 2
+        return cb, (_level_ranks(cb) * at_level).sum(1), ((t @ self.pairs) * t).sum(1) / 2, *self.ties.sums(t)
+
+
 class _Points:
     """Paired points, coded by value level once, so each resample's ranks and Kendall
     counts come from level counts (vectorised over resamples). A resample is a row of
     weights: how many times it holds each point, the same for all points of one cluster
     (``member``: each point's cluster index; by default each point is its own). What a
     resample needs is summed per cluster once (Pearson's moments, each cluster's points per
-    value level), so most of its work is a product with the clusters' counts."""
+    value level), so most of its work is a product with the clusters' counts. Where one side
+    has few levels and the clusters are few, Spearman and Kendall are quadratic forms in the
+    clusters' counts (``_Forms``). All rank sums are whole quarters: every route gives the
+    same float64 coefficients."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, member: np.ndarray | None = None):
         self.x, self.y = x, y
@@ -120,7 +182,7 @@ class _Points:
         self.member = np.arange(len(x)) if member is None else member
         self.k = int(self.member.max()) + 1 if len(x) else 0
         self.first = np.unique(self.member, return_index=True)[1]  # one point of each cluster
-        self.pairs = None  # _cluster_pairs, computed on first use
+        self.pairs = self.forms = None  # _cluster_pairs and _Forms, computed on first use
         self.cx = _cluster_counts(self.gx, len(self.ux), self.member, self.k)
         self.cy = _cluster_counts(self.gy, len(self.uy), self.member, self.k)
         # Pearson's sums per cluster, about the means of all points (no cancellation in a resample's)
@@ -131,24 +193,46 @@ class _Points:
     def coefficients(self, w: np.ndarray, methods: tuple[str, ...] = METHODS) -> dict[str, np.ndarray]:
         """Each of ``methods``' coefficient for each resample (row of w); NaN where a side is constant."""
         t = w[:, self.first]
-        cx, cy = _spread(t, self.cx), _spread(t, self.cy)
         out = {}
         with np.errstate(invalid="ignore", divide="ignore"):
             if "pearson" in methods:
                 n, sx, sy, sxx, syy, sxy = (t @ self.moments).T
                 out["pearson"] = (sxy - sx * sy / n) / np.sqrt((sxx - sx * sx / n) * (syy - sy * sy / n))
-            total = cx.sum(1)
-            if "spearman" in methods:  # sums of ranks and their products: whole quarters, exact in float64
-                rx, ry = _level_ranks(cx), _level_ranks(cy)
-                sxy = np.einsum("bi,bi,bi->b", w, np.take(rx, self.gx, 1), np.take(ry, self.gy, 1))
-                shift = total * ((total + 1) / 2) ** 2  # total × the mean rank squared
-                out["spearman"] = (sxy - shift) / np.sqrt(((cx * rx * rx).sum(1) - shift) * ((cy * ry * ry).sum(1) - shift))
-            if "kendall" in methods:
-                out["kendall"] = self._kendall(w, t, cx, cy, total)
-        constant = (cx.max(1) == total) | (cy.max(1) == total)
+            few = min(len(self.ux), len(self.uy))
+            if len(self.x) and few * self.k <= _CLUSTERS and ("spearman" in methods or "kendall" in methods):
+                constant = self._by_forms(t, methods, out)
+            else:
+                constant = self._by_levels(w, t, methods, out)
         for r in out.values():
             r[constant] = np.nan
         return out
+
+    def _by_forms(self, t, methods, out) -> np.ndarray:
+        if self.forms is None:
+            x_few = len(self.ux) < len(self.uy)
+            (ga, gb, kb) = (self.gy, self.gx, len(self.ux)) if x_few else (self.gx, self.gy, len(self.uy))
+            self.forms = _Forms(ga, gb, kb, self.member, self.k)
+        cb, sab, s, squares, cubes = self.forms.sums(t)
+        total = cb.sum(1)
+        if "spearman" in methods:  # Σ (rank − mean)² is (n³ − Σ level count³) / 12 with ties
+            shift = total * ((total + 1) / 2) ** 2
+            out["spearman"] = (sab - shift) / np.sqrt((total**3 - cubes) / 12 * ((cb * _level_ranks(cb) ** 2).sum(1) - shift))
+        if "kendall" in methods:
+            pairs = total * (total - 1) / 2
+            out["kendall"] = s / np.sqrt((pairs - (squares - total) / 2) * (pairs - (cb * (cb - 1) / 2).sum(1)))
+        return (cubes == total**3) | (cb.max(1) == total)
+
+    def _by_levels(self, w, t, methods, out) -> np.ndarray:
+        cx, cy = _spread(t, self.cx), _spread(t, self.cy)
+        total = cx.sum(1)
+        if "spearman" in methods:  # sums of ranks and their products: whole quarters, exact in float64
+            rx, ry = _level_ranks(cx), _level_ranks(cy)
+            sxy = np.einsum("bi,bi,bi->b", w, np.take(rx, self.gx, 1), np.take(ry, self.gy, 1))
+            shift = total * ((total + 1) / 2) ** 2  # total × the mean rank squared
+            out["spearman"] = (sxy - shift) / np.sqrt(((cx * rx * rx).sum(1) - shift) * ((cy * ry * ry).sum(1) - shift))
+        if "kendall" in methods:
+            out["kendall"] = self._kendall(w, t, cx, cy, total)
+        return (cx.max(1) == total) | (cy.max(1) == total)
 
     def _kendall(self, w, t, cx, cy, total):
         """Tau-b of each resample by the cheapest exact route (t: cluster counts, cx, cy: level counts, total: points)."""

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from mpq.analysis.correlation import N_RESAMPLES, _Points, cluster_weights, correlate
+from mpq.analysis.correlation import N_RESAMPLES, _below, _Points, _Ties, cluster_weights, correlate
 from mpq.analysis.paired import holm, percentile_interval, relabellings
 from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load, metric_columns, too_few
 from mpq.results import BASELINE
@@ -38,32 +38,6 @@ def _finite(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
 
 def _rank_rows(values: np.ndarray) -> np.ndarray:
     return stats.rankdata(values, axis=-1)
-
-
-def _half_steps(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows (B, n) of values that are ranks of n points, as ``codes``: twice each rank (whole
-    half steps 2..2n), ranked again from each row's count at each of the 2n + 1 half steps,
-    no sort: (counts, the average rank at each half step, each value's flat index into both)."""
-    rows, n = codes.shape
-    flat = codes + (2 * n + 1) * np.arange(rows)[:, None]
-    counts = np.bincount(flat.ravel(), minlength=rows * (2 * n + 1)).reshape(rows, -1).astype(float)
-    return counts, np.cumsum(counts, 1) - (counts - 1) / 2, flat
-
-
-def _rerank_rows(ranks: np.ndarray) -> np.ndarray:
-    """``_rank_rows`` of rows (B, n) whose values are already ranks of n points (multiples of 1/2 in 1..n)."""
-    _, rank, flat = _half_steps((2 * ranks).astype(np.int64))
-    return np.take(rank, flat)
-
-
-def _spearman_of_ranks(codes: np.ndarray, ry: np.ndarray) -> np.ndarray:
-    """Row-wise Spearman against ry (n,) of rows given as ``_half_steps`` codes; the sums of
-    ranks and of their products are whole quarters, exact in float64."""
-    counts, rank, flat = _half_steps(codes)
-    n = codes.shape[1]
-    shift = n * ((n + 1) / 2) ** 2  # n × the mean rank squared
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (np.take(rank, flat) @ ry - shift) / np.sqrt(((counts * rank * rank).sum(1) - shift) * (ry @ ry - shift))
 
 
 def _spearman_rows(ranked_x: np.ndarray, ranked_y: np.ndarray) -> np.ndarray:
@@ -91,13 +65,30 @@ def swap_test(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0) 
         sign = np.sign(_spearman_rows(_rank_rows(x)[None], ry)[0])
         return _rank_rows(x * (sign if sign else 1.0))
 
-    first, second = (np.round(2 * signed(x)).astype(np.int64) for x in (x1, x2))  # ranks in half steps
+    # Units: each point's rank under the first metric (block c, its sample) and under the
+    # second (block k + c); a relabelling holds one unit of every point, z = [1 − s, s] (s:
+    # the swapped samples) of the blocks. Σ ry × rank over the held units is z M zᵀ + Σ ry / 2
+    # (_below): a constant, a part linear in s and s Q sᵀ, Q the same for both relabellings.
+    levels = np.unique(np.concatenate([signed(x1), signed(x2)]), return_inverse=True)[1]
+    block = np.concatenate([member, member + k])
+    m = _below(levels, block, 2 * k, np.concatenate([ry, ry])).reshape(2, k, 2, k)
+    ties = _Ties(levels, block, 2 * k)
+    q = m[0, :, 0] - m[0, :, 1] - m[1, :, 0] + m[1, :, 1]
+    n = len(y)
+    shift = n * ((n + 1) / 2) ** 2 - ry.sum() / 2  # n × the mean rank squared, less the ranks' half
+    syy = ry @ ry - n * ((n + 1) / 2) ** 2
+
+    def rho(s, z, quadratic, a):  # |Spearman| when the unswapped samples hold source a; Σ (rank − mean)² = (n³ − Σ c³) / 12
+        kept, b = m[a, :, a], 1 - a
+        linear = m[b, :, a].sum(1) + m[a, :, b].sum(0) - kept.sum(1) - kept.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.abs(kept.sum() + s @ linear + quadratic - shift) / np.sqrt((n**3 - ties.sums(z)[1]) / 12 * syy)
 
     def statistic(a, b, axis=-1):  # a: group ids, values >= k where the group's metrics are swapped
         single = np.ndim(a) == 1
-        swapped = (np.atleast_2d(a) >= k)[:, member]
-        one = np.where(swapped, second, first)
-        diff = np.abs(_spearman_of_ranks(one, ry)) - np.abs(_spearman_of_ranks(first + second - one, ry))
+        s = (np.atleast_2d(a) >= k).astype(float)
+        quadratic = ((s @ q) * s).sum(1)
+        diff = rho(s, np.hstack([1 - s, s]), quadratic, 0) - rho(s, np.hstack([s, 1 - s]), quadratic, 1)
         return diff[0] if single else diff
 
     batch = max(1, _CHUNK // len(y))
