@@ -36,7 +36,9 @@ _CHUNK = 2_000_000  # resampled points held in memory at once
 # kendalltau ~ a fixed call overhead + n log n: the grid wins while 8 n + cells stays under this.
 _GRID = 30_000
 # Kendall by cluster pair counts costs ~ clusters × points once and clusters² per resample:
-# it is used up to this many clusters (beyond, scipy per resample).
+# it is used up to this many clusters (beyond, scipy per resample). Spearman and Kendall as
+# quadratic forms (_Forms) cost ~ levels × clusters² per resample, levels those of the side
+# with fewer: used while levels × clusters stays under this too.
 _CLUSTERS = 3_000
 
 
@@ -167,8 +169,8 @@ class _Forms:
 class _Points:
     """Paired points, coded by value level once, so each resample's ranks and Kendall
     counts come from level counts (vectorised over resamples). A resample is a row of
-    weights: how many times it holds each point, the same for all points of one cluster
-    (``member``: each point's cluster index; by default each point is its own). What a
+    weights: how many times it holds each cluster, and so each of its points (``member``:
+    each point's cluster index; by default each point is its own). What a
     resample needs is summed per cluster once (Pearson's moments, each cluster's points per
     value level), so most of its work is a product with the clusters' counts. Where one side
     has few levels and the clusters are few, Spearman and Kendall are quadratic forms in the
@@ -181,7 +183,6 @@ class _Points:
         self.uy, self.gy = np.unique(y, return_inverse=True)
         self.member = np.arange(len(x)) if member is None else member
         self.k = int(self.member.max()) + 1 if len(x) else 0
-        self.first = np.unique(self.member, return_index=True)[1]  # one point of each cluster
         self.pairs = self.forms = None  # _cluster_pairs and _Forms, computed on first use
         self.cx = _cluster_counts(self.gx, len(self.ux), self.member, self.k)
         self.cy = _cluster_counts(self.gy, len(self.uy), self.member, self.k)
@@ -190,9 +191,9 @@ class _Points:
         self.moments = np.stack([np.bincount(self.member, weights=v, minlength=self.k)
                                  for v in (np.ones(len(x)), dx, dy, dx * dx, dy * dy, dx * dy)], 1)
 
-    def coefficients(self, w: np.ndarray, methods: tuple[str, ...] = METHODS) -> dict[str, np.ndarray]:
-        """Each of ``methods``' coefficient for each resample (row of w); NaN where a side is constant."""
-        t = w[:, self.first]
+    def coefficients(self, t: np.ndarray, methods: tuple[str, ...] = METHODS) -> dict[str, np.ndarray]:
+        """Each of ``methods``' coefficient for each resample (row of t: how often it holds each
+        cluster); NaN where a side is constant."""
         out = {}
         with np.errstate(invalid="ignore", divide="ignore"):
             if "pearson" in methods:
@@ -202,7 +203,7 @@ class _Points:
             if len(self.x) and few * self.k <= _CLUSTERS and ("spearman" in methods or "kendall" in methods):
                 constant = self._by_forms(t, methods, out)
             else:
-                constant = self._by_levels(w, t, methods, out)
+                constant = self._by_levels(t, methods, out)
         for r in out.values():
             r[constant] = np.nan
         return out
@@ -222,22 +223,23 @@ class _Points:
             out["kendall"] = s / np.sqrt((pairs - (squares - total) / 2) * (pairs - (cb * (cb - 1) / 2).sum(1)))
         return (cubes == total**3) | (cb.max(1) == total)
 
-    def _by_levels(self, w, t, methods, out) -> np.ndarray:
+    def _by_levels(self, t, methods, out) -> np.ndarray:
         cx, cy = _spread(t, self.cx), _spread(t, self.cy)
         total = cx.sum(1)
         if "spearman" in methods:  # sums of ranks and their products: whole quarters, exact in float64
             rx, ry = _level_ranks(cx), _level_ranks(cy)
-            sxy = np.einsum("bi,bi,bi->b", w, np.take(rx, self.gx, 1), np.take(ry, self.gy, 1))
+            sxy = np.einsum("bi,bi,bi->b", t[:, self.member], np.take(rx, self.gx, 1), np.take(ry, self.gy, 1))
             shift = total * ((total + 1) / 2) ** 2  # total × the mean rank squared
             out["spearman"] = (sxy - shift) / np.sqrt(((cx * rx * rx).sum(1) - shift) * ((cy * ry * ry).sum(1) - shift))
         if "kendall" in methods:
-            out["kendall"] = self._kendall(w, t, cx, cy, total)
+            out["kendall"] = self._kendall(t, cx, cy, total)
         return (cx.max(1) == total) | (cy.max(1) == total)
 
-    def _kendall(self, w, t, cx, cy, total):
+    def _kendall(self, t, cx, cy, total):
         """Tau-b of each resample by the cheapest exact route (t: cluster counts, cx, cy: level counts, total: points)."""
         kx, ky, n = len(self.ux), len(self.uy), len(self.x)
-        if 8 * n + kx * ky <= _GRID and kx * ky <= self.k**2:  # the level grid, unless the cluster pairs are fewer
+        # the level grid, unless the cluster pairs are fewer: a cell costs about ten pairs (numpy passes against one BLAS product)
+        if 8 * n + kx * ky <= _GRID and 10 * kx * ky <= self.k**2:
             joint = _cluster_counts(self.gx * ky + self.gy, kx * ky, self.member, self.k)
             step = max(1, _CHUNK // (kx * ky))
             return np.concatenate([_kendall_grid(_spread(t[i : i + step], joint).reshape(-1, kx, ky)) for i in range(0, len(t), step)])
@@ -249,20 +251,20 @@ class _Points:
             return ((t @ self.pairs) * t).sum(1) / 2 / np.sqrt((pairs - ties_x) * (pairs - ties_y))
         with warnings.catch_warnings():  # and too many clusters for their pair counts: scipy's O(n log n), one resample at a time
             warnings.simplefilter("ignore")
-            return np.array([stats.kendalltau(np.repeat(self.x, t), np.repeat(self.y, t)).statistic for t in w.astype(np.int64)])
+            return np.array([stats.kendalltau(np.repeat(self.x, w), np.repeat(self.y, w)).statistic for w in t[:, self.member].astype(np.int64)])
 
 
 def cluster_weights(member: np.ndarray, n_resamples: int, seed: int):
-    """Chunks of bootstrap weights (rows: resamples, columns: points): how often each point
-    was drawn when each resample draws clusters with replacement; ``member`` (n,) is each
-    point's cluster index 0..k-1."""
+    """Chunks of bootstrap weights (rows: resamples, columns: clusters): how often each
+    cluster was drawn when each resample draws clusters with replacement; ``member`` (n,) is
+    each point's cluster index 0..k-1 (a chunk holds about ``_CHUNK`` resampled points)."""
     n, clusters = len(member), int(member.max()) + 1 if len(member) else 0
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK // max(n, 1))
     for start in range(0, max(n_resamples, 0), chunk):
         draws = rng.integers(0, clusters, size=(min(chunk, n_resamples - start), clusters))
         times = np.bincount((draws + clusters * np.arange(len(draws))[:, None]).ravel(), minlength=draws.size)
-        yield times.reshape(draws.shape)[:, member].astype(float)
+        yield times.reshape(draws.shape).astype(float)
 
 
 def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95, groups=None,
@@ -290,7 +292,7 @@ def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float 
     out: dict[str, float] = {"n": n, "clusters": clusters}
     enough = n >= 3
     points = _Points(x, y, member)
-    point = points.coefficients(np.ones((1, n))) if enough else {}
+    point = points.coefficients(np.ones((1, clusters))) if enough else {}
     boot: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     if enough and clusters >= min_samples:
         for weights in cluster_weights(member, n_resamples, seed):

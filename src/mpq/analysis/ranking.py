@@ -107,7 +107,7 @@ def spearman_difference(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed:
     member = np.unique(np.asarray(groups), return_inverse=True)[1]
     k = int(member.max()) + 1 if len(member) else 0
     first, second = _Points(x1, y, member), _Points(x2, y, member)
-    ones = np.ones((1, len(y)))
+    ones = np.ones((1, k))
 
     def rho(points, w):
         return np.abs(points.coefficients(w, ("spearman",))["spearman"])
