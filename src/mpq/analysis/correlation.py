@@ -114,13 +114,16 @@ def _below(levels: np.ndarray, block: np.ndarray, blocks: int, weight: np.ndarra
     + 1/2, so sums of weight × rank are quadratic forms t M tᵀ (+ t·weights / 2), exact
     while the ranks are whole halves. ``levels``: each unit's level, 0..levels − 1 in order."""
     size = int(levels.max()) + 1 if len(levels) else 0
-    counts = sparse.csc_matrix((np.ones(len(levels)), (levels, block)), shape=(size, blocks))
-    held = sparse.csr_matrix((weight, (block, levels)), shape=(blocks, size))
+    counts = sparse.csr_matrix((np.ones(len(levels)), (block, levels)), shape=(blocks, size))
+    held = sparse.csr_matrix((weight, (levels, block)), shape=(size, blocks))
     out = np.empty((blocks, blocks))
     step = max(1, _CHUNK // max(size, 1))
-    for start in range(0, blocks, step):  # the (levels × blocks) prefix counts a few blocks at a time
-        part = counts[:, start : start + step].toarray()
-        out[:, start : start + step] = held @ (np.cumsum(part, 0) - part / 2)
+    for start in range(0, blocks, step):  # the prefix counts over the levels, a few blocks at a time
+        part = counts[start : start + step].toarray()
+        below = np.cumsum(part, 1)
+        part *= 0.5
+        below -= part
+        out[:, start : start + step] = (below @ held).T
     return out
 
 
