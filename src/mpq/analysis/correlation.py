@@ -53,9 +53,9 @@ def _cluster_counts(codes: np.ndarray, size: int, member: np.ndarray, k: int):
     return sparse.csr_matrix((np.ones(len(codes)), (member, codes)), shape=(k, size))
 
 
-def _level_ranks(counts: np.ndarray) -> np.ndarray:
-    """(B, levels) average rank of each level (ties share their mean rank) from level counts: no sort."""
-    return np.cumsum(counts, axis=1) - (counts - 1) / 2
+def _level_ranks(counts: np.ndarray, axis: int = 1) -> np.ndarray:
+    """The average rank of each level (ties share their mean rank) from level counts along ``axis``: no sort."""
+    return np.cumsum(counts, axis=axis) - (counts - 1) / 2
 
 
 def _kendall_grid(m: np.ndarray) -> np.ndarray:
@@ -187,8 +187,9 @@ class _Points:
         self.member = np.arange(len(x)) if member is None else member
         self.k = int(self.member.max()) + 1 if len(x) else 0
         self.pairs = self.forms = None  # _cluster_pairs and _Forms, computed on first use
-        self.cx = _cluster_counts(self.gx, len(self.ux), self.member, self.k)
-        self.cy = _cluster_counts(self.gy, len(self.uy), self.member, self.k)
+        # each level's points in each cluster (levels × clusters): a resample's level counts are one product
+        self.cx = _cluster_counts(self.gx, len(self.ux), self.member, self.k).T.tocsr()
+        self.cy = _cluster_counts(self.gy, len(self.uy), self.member, self.k).T.tocsr()
         # Pearson's sums per cluster, about the means of all points (no cancellation in a resample's)
         dx, dy = (x - x.mean(), y - y.mean()) if len(x) else (x, y)
         self.moments = np.stack([np.bincount(self.member, weights=v, minlength=self.k)
@@ -227,19 +228,21 @@ class _Points:
         return (cubes == total**3) | (cb.max(1) == total)
 
     def _by_levels(self, t, methods, out) -> np.ndarray:
-        cx, cy = _spread(t, self.cx), _spread(t, self.cy)
-        total = cx.sum(1)
+        # (levels, B): each column a resample, so the sparse products, row gathers and sums over levels need no transpose
+        held = np.ascontiguousarray(t.T)
+        cx, cy = self.cx @ held, self.cy @ held
+        total = cx.sum(0)
         if "spearman" in methods:  # sums of ranks and their products: whole quarters, exact in float64
-            rx, ry = _level_ranks(cx), _level_ranks(cy)
-            sxy = np.einsum("bi,bi,bi->b", t[:, self.member], np.take(rx, self.gx, 1), np.take(ry, self.gy, 1))
+            rx, ry = _level_ranks(cx, 0), _level_ranks(cy, 0)
+            sxy = np.einsum("ib,ib,ib->b", held[self.member], rx[self.gx], ry[self.gy])
             shift = total * ((total + 1) / 2) ** 2  # total × the mean rank squared
-            out["spearman"] = (sxy - shift) / np.sqrt(((cx * rx * rx).sum(1) - shift) * ((cy * ry * ry).sum(1) - shift))
+            out["spearman"] = (sxy - shift) / np.sqrt((np.einsum("lb,lb,lb->b", cx, rx, rx) - shift) * (np.einsum("lb,lb,lb->b", cy, ry, ry) - shift))
         if "kendall" in methods:
             out["kendall"] = self._kendall(t, cx, cy, total)
-        return (cx.max(1) == total) | (cy.max(1) == total)
+        return (cx.max(0) == total) | (cy.max(0) == total)
 
     def _kendall(self, t, cx, cy, total):
-        """Tau-b of each resample by the cheapest exact route (t: cluster counts, cx, cy: level counts, total: points)."""
+        """Tau-b of each resample by the cheapest exact route (t: cluster counts, cx, cy: (levels, B) level counts, total: points)."""
         kx, ky, n = len(self.ux), len(self.uy), len(self.x)
         # the level grid, unless the cluster pairs are fewer: a cell costs about ten pairs (numpy passes against one BLAS product)
         if 8 * n + kx * ky <= _GRID and 10 * kx * ky <= self.k**2:
@@ -250,7 +253,7 @@ class _Points:
             if self.pairs is None:
                 self.pairs = _cluster_pairs(self.gx, self.gy, kx, ky, self.member, self.k)
             pairs = total * (total - 1) / 2
-            ties_x, ties_y = (cx * (cx - 1) / 2).sum(1), (cy * (cy - 1) / 2).sum(1)
+            ties_x, ties_y = ((np.einsum("lb,lb->b", c, c) - total) / 2 for c in (cx, cy))
             return ((t @ self.pairs) * t).sum(1) / 2 / np.sqrt((pairs - ties_x) * (pairs - ties_y))
         with warnings.catch_warnings():  # and too many clusters for their pair counts: scipy's O(n log n), one resample at a time
             warnings.simplefilter("ignore")
