@@ -46,7 +46,7 @@ def _spread(t: np.ndarray, counts) -> np.ndarray:
     """(B, levels): each resample's count of points at each level, from t (B, clusters): how
     often each resample holds each cluster, and ``counts`` (clusters × levels, sparse): each
     cluster's points at each level."""
-    return np.ascontiguousarray((counts.T @ t.T).T)  # rows contiguous: the ranks' cumsum and gathers run along them
+    return np.ascontiguousarray((counts.T @ t.T).T)  # rows contiguous: each is reshaped to a resample's grid
 
 
 def _cluster_counts(codes: np.ndarray, size: int, member: np.ndarray, k: int):

@@ -66,29 +66,32 @@ def swap_test(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0) 
         return _rank_rows(x * (sign if sign else 1.0))
 
     # Units: each point's rank under the first metric (block c, its sample) and under the
-    # second (block k + c); a relabelling holds one unit of every point, z = [1 − s, s] (s:
-    # the swapped samples) of the blocks. Σ ry × rank over the held units is z M zᵀ + Σ ry / 2
-    # (_below): a constant, a part linear in s and s Q sᵀ, Q the same for both relabellings.
+    # second (block k + c); a relabelling holds one unit of every point, z = [1 − s, s] of
+    # the blocks (s: the swapped samples) and the other relabelling z = [s, 1 − s]. Σ ry ×
+    # rank over the held units (ranked again) is z M zᵀ + Σ ry / 2 (_below): a constant, a
+    # part linear in s and s Q sᵀ with Q the same for both; Σ (rank − mean)² is (n³ − Σ c³) / 12
+    # with c the held units at each level (_Ties). All whole quarters, exact in float64.
     levels = np.unique(np.concatenate([signed(x1), signed(x2)]), return_inverse=True)[1]
     block = np.concatenate([member, member + k])
     m = _below(levels, block, 2 * k, np.concatenate([ry, ry])).reshape(2, k, 2, k)
     ties = _Ties(levels, block, 2 * k)
     q = m[0, :, 0] - m[0, :, 1] - m[1, :, 0] + m[1, :, 1]
+    kept = [m[a, :, a] for a in (0, 1)]  # the unswapped samples hold source a
+    linear = [m[1 - a, :, a].sum(1) + m[a, :, 1 - a].sum(0) - kept[a].sum(1) - kept[a].sum(0) for a in (0, 1)]
     n = len(y)
-    shift = n * ((n + 1) / 2) ** 2 - ry.sum() / 2  # n × the mean rank squared, less the ranks' half
-    syy = ry @ ry - n * ((n + 1) / 2) ** 2
-
-    def rho(s, z, quadratic, a):  # |Spearman| when the unswapped samples hold source a; Σ (rank − mean)² = (n³ − Σ c³) / 12
-        kept, b = m[a, :, a], 1 - a
-        linear = m[b, :, a].sum(1) + m[a, :, b].sum(0) - kept.sum(1) - kept.sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.abs(kept.sum() + s @ linear + quadratic - shift) / np.sqrt((n**3 - ties.sums(z)[1]) / 12 * syy)
+    mean_square = n * ((n + 1) / 2) ** 2  # n × the mean rank squared
+    syy = ry @ ry - mean_square
 
     def statistic(a, b, axis=-1):  # a: group ids, values >= k where the group's metrics are swapped
         single = np.ndim(a) == 1
         s = (np.atleast_2d(a) >= k).astype(float)
         quadratic = ((s @ q) * s).sum(1)
-        diff = rho(s, np.hstack([1 - s, s]), quadratic, 0) - rho(s, np.hstack([s, 1 - s]), quadratic, 1)
+        rho = []
+        for source, z in enumerate((np.hstack([1 - s, s]), np.hstack([s, 1 - s]))):
+            sxy = kept[source].sum() + s @ linear[source] + quadratic + ry.sum() / 2 - mean_square
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rho.append(np.abs(sxy) / np.sqrt((n**3 - ties.sums(z)[1]) / 12 * syy))
+        diff = rho[0] - rho[1]
         return diff[0] if single else diff
 
     batch = max(1, _CHUNK // len(y))
