@@ -91,6 +91,25 @@ def test_swap_test_matches_a_brute_force_enumeration():
     assert got == pytest.approx(by_hand)
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_swap_statistic_per_sample_forms_equals_per_point_ranks_and_scipy(binary):
+    from mpq.analysis.ranking import _swaps_by_forms, _swaps_by_ranks
+
+    rng = np.random.default_rng(9)
+    groups = np.repeat(np.arange(30), 20)
+    x1 = np.round(rng.normal(size=600), 1)  # ties within and across samples
+    x2 = np.round(x1 + 0.3 * rng.normal(size=600), 1)
+    y = (rng.random(600) < 0.5 + 0.3 * (x1 > 0)).astype(float) if binary else x1 + rng.normal(size=600)
+    first, second, ry = stats.rankdata(x1), stats.rankdata(x2), stats.rankdata(y)
+    swapped = rng.random((50, 30)) < 0.5  # 50 relabellings of the 30 samples
+    forms = _swaps_by_forms(first, second, ry, groups, 30)(swapped)
+    assert np.array_equal(forms, _swaps_by_ranks(first, second, ry, groups)(swapped))  # the same float64 numbers
+    for s, got in zip(swapped[:5], forms, strict=False):
+        one = np.where(s[groups], second, first)
+        two = np.where(s[groups], first, second)
+        assert got == pytest.approx(abs(stats.spearmanr(one, y).statistic) - abs(stats.spearmanr(two, y).statistic), abs=1e-12)
+
+
 def test_rank_sums_and_ties_as_quadratic_forms_equal_rankdata_on_the_repeated_units():
     from mpq.analysis.correlation import _below, _Ties
 
