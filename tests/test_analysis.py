@@ -302,10 +302,30 @@ def test_kendall_of_each_cluster_resample_matches_scipy_on_the_repeated_points_a
     x[::9] = 0.25  # a large tie on x
     points = _Points(x, y, member)
     assert 8 * x.size + len(points.ux) * len(points.uy) > _GRID  # not the level grid
-    weights = next(cluster_weights(member, 40, seed=3))
+    weights = next(cluster_weights(member, 40, seed=3))  # (resamples, clusters)
     got = points.coefficients(weights)["kendall"]
-    for w, tau in zip(weights.astype(int), got, strict=True):
+    for w, tau in zip(weights[:, member].astype(int), got, strict=True):
         assert tau == pytest.approx(stats.kendalltau(np.repeat(x, w), np.repeat(y, w)).statistic, abs=1e-12)
+
+
+def test_spearman_and_kendall_of_each_cluster_resample_by_quadratic_forms_match_scipy_with_a_binary_score():
+    from mpq.analysis.correlation import _Points, cluster_weights
+
+    rng = np.random.default_rng(8)
+    member = rng.permutation(np.repeat(np.arange(120), 30))  # 3,600 points in 120 clusters, unsorted
+    x = np.round(rng.normal(size=member.size), 2)  # ties within and across clusters
+    y = (rng.random(member.size) < 0.3 + 0.4 * (x > 0)).astype(float)  # right or wrong: two levels
+    points = _Points(x, y, member)
+    weights = next(cluster_weights(member, 40, seed=3))  # (resamples, clusters)
+    got = points.coefficients(weights)
+    assert points.forms is not None  # the quadratic forms, not the level counts
+    by_levels = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        points._by_levels(weights, ("spearman", "kendall"), by_levels)
+    for name, fn in (("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
+        assert np.array_equal(got[name], by_levels[name])  # the same float64 numbers by either route
+        for w, r in zip(weights[:, member].astype(int), got[name], strict=True):
+            assert r == pytest.approx(fn(np.repeat(x, w), np.repeat(y, w)).statistic, abs=1e-12)
 
 
 def test_sample_level_intervals_resample_sample_ids_not_rows():

@@ -91,14 +91,42 @@ def test_swap_test_matches_a_brute_force_enumeration():
     assert got == pytest.approx(by_hand)
 
 
-def test_swap_test_ranks_each_mix_of_two_rank_vectors_exactly_as_rankdata():
-    from mpq.analysis.ranking import _rerank_rows
+@pytest.mark.parametrize("binary", [False, True])
+def test_swap_statistic_per_sample_forms_equals_per_point_ranks_and_scipy(binary):
+    from mpq.analysis.ranking import _swaps_by_forms, _swaps_by_ranks
+
+    rng = np.random.default_rng(9)
+    groups = np.repeat(np.arange(30), 20)
+    x1 = np.round(rng.normal(size=600), 1)  # ties within and across samples
+    x2 = np.round(x1 + 0.3 * rng.normal(size=600), 1)
+    y = (rng.random(600) < 0.5 + 0.3 * (x1 > 0)).astype(float) if binary else x1 + rng.normal(size=600)
+    first, second, ry = stats.rankdata(x1), stats.rankdata(x2), stats.rankdata(y)
+    swapped = rng.random((50, 30)) < 0.5  # 50 relabellings of the 30 samples
+    forms = _swaps_by_forms(first, second, ry, groups, 30)(swapped)
+    assert np.array_equal(forms, _swaps_by_ranks(first, second, ry, groups)(swapped))  # the same float64 numbers
+    for s, got in zip(swapped[:5], forms, strict=False):
+        one = np.where(s[groups], second, first)
+        two = np.where(s[groups], first, second)
+        assert got == pytest.approx(abs(stats.spearmanr(one, y).statistic) - abs(stats.spearmanr(two, y).statistic), abs=1e-12)
+
+
+def test_rank_sums_and_ties_as_quadratic_forms_equal_rankdata_on_the_repeated_units():
+    from mpq.analysis.correlation import _below, _Ties
 
     rng = np.random.default_rng(5)
-    first = stats.rankdata(np.round(rng.normal(size=3000), 1))  # many ties
-    second = stats.rankdata(rng.normal(size=3000))
-    mixed = np.where(rng.random((20, 3000)) < 0.5, first, second)
-    assert np.array_equal(_rerank_rows(mixed), stats.rankdata(mixed, axis=-1))
+    values = np.concatenate([np.round(rng.normal(size=1500), 1), rng.normal(size=1500)])  # many ties, and none
+    block = rng.integers(0, 40, size=values.size)
+    weight = stats.rankdata(rng.normal(size=values.size))  # like the ranks of y
+    levels = np.unique(values, return_inverse=True)[1]
+    forms, ties = _below(levels, block, 40, weight), _Ties(levels, block, 40)
+    t = rng.integers(0, 4, size=(20, 40)).astype(float)  # how often each row holds each block (0/1 in the swap test)
+    squares, cubes = ties.sums(t)
+    for row, got, two, three in zip(t, ((t @ forms) * t).sum(1) + t @ np.bincount(block, weight, 40) / 2, squares, cubes, strict=True):
+        times = row[block].astype(int)
+        held = np.repeat(values, times)
+        assert got == np.sum(np.repeat(weight, times) * stats.rankdata(held))  # exact: whole quarters
+        counts = np.unique(held, return_counts=True)[1]
+        assert two == np.sum(counts**2) and three == np.sum(counts**3)
 
 
 def test_correlation_intervals_need_the_minimum_of_clusters():

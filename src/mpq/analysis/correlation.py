@@ -36,7 +36,9 @@ _CHUNK = 2_000_000  # resampled points held in memory at once
 # kendalltau ~ a fixed call overhead + n log n: the grid wins while 8 n + cells stays under this.
 _GRID = 30_000
 # Kendall by cluster pair counts costs ~ clusters × points once and clusters² per resample:
-# it is used up to this many clusters (beyond, scipy per resample).
+# it is used up to this many clusters (beyond, scipy per resample). Spearman and Kendall as
+# quadratic forms (_Forms) cost ~ levels × clusters² per resample, levels those of the side
+# with fewer: used while levels × clusters stays under this too.
 _CLUSTERS = 3_000
 
 
@@ -44,16 +46,16 @@ def _spread(t: np.ndarray, counts) -> np.ndarray:
     """(B, levels): each resample's count of points at each level, from t (B, clusters): how
     often each resample holds each cluster, and ``counts`` (clusters × levels, sparse): each
     cluster's points at each level."""
-    return np.ascontiguousarray((counts.T @ t.T).T)  # rows contiguous: the ranks' cumsum and gathers run along them
+    return np.ascontiguousarray((counts.T @ t.T).T)  # rows contiguous: each is reshaped to a resample's grid
 
 
 def _cluster_counts(codes: np.ndarray, size: int, member: np.ndarray, k: int):
     return sparse.csr_matrix((np.ones(len(codes)), (member, codes)), shape=(k, size))
 
 
-def _level_ranks(counts: np.ndarray) -> np.ndarray:
-    """(B, levels) average rank of each level (ties share their mean rank) from level counts: no sort."""
-    return np.cumsum(counts, axis=1) - (counts - 1) / 2
+def _level_ranks(counts: np.ndarray, axis: int = 1) -> np.ndarray:
+    """The average rank of each level (ties share their mean rank) from level counts along ``axis``: no sort."""
+    return np.cumsum(counts, axis=axis) - (counts - 1) / 2
 
 
 def _kendall_grid(m: np.ndarray) -> np.ndarray:
@@ -105,13 +107,78 @@ def _cluster_pairs(gx: np.ndarray, gy: np.ndarray, kx: int, ky: int, member: np.
     return out
 
 
+def _below(levels: np.ndarray, block: np.ndarray, blocks: int, weight: np.ndarray) -> np.ndarray:
+    """(blocks, blocks) matrix M: M[b, c] sums, over the units u of block b, weight_u × (the
+    units of block c at a level below u's + half those at u's level). A unit's average rank
+    among the units of the blocks a row t holds (t_c copies of block c) is (t @ M's summand)
+    + 1/2, so sums of weight × rank are quadratic forms t M tᵀ (+ t·weights / 2), exact
+    while the ranks are whole halves. ``levels``: each unit's level, 0..levels − 1 in order."""
+    size = int(levels.max()) + 1 if len(levels) else 0
+    counts = sparse.csr_matrix((np.ones(len(levels)), (block, levels)), shape=(blocks, size))
+    held = sparse.csr_matrix((weight, (levels, block)), shape=(size, blocks))
+    out = np.empty((blocks, blocks))
+    step = max(1, _CHUNK // max(size, 1))
+    for start in range(0, blocks, step):  # the prefix counts over the levels, a few blocks at a time
+        part = counts[start : start + step].toarray()
+        below = np.cumsum(part, 1)
+        part *= 0.5
+        below -= part
+        out[:, start : start + step] = (below @ held).T
+    return out
+
+
+class _Ties:
+    """Σ c² and Σ c³ over one side's levels, c a row's count of points at each level, from t
+    (B, blocks): how often the row holds each block. A level only one block has counts
+    t_b × that block's points there, so only the levels of several blocks are spread."""
+
+    def __init__(self, levels: np.ndarray, block: np.ndarray, blocks: int):
+        counts = sparse.csc_matrix((np.ones(len(levels)), (block, levels)), shape=(blocks, int(levels.max()) + 1 if len(levels) else 0))
+        counts.sum_duplicates()
+        owners = np.diff(counts.indptr)  # blocks at each level
+        own = counts[:, owners == 1]
+        self.own = np.stack([np.asarray(own.power(q).sum(1)).ravel() for q in (2, 3)], 1)
+        self.shared = counts[:, owners > 1].T.tocsr()
+
+    def sums(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = self.shared @ np.ascontiguousarray(t.T)  # (shared levels, B): summed over levels, never transposed
+        return (t * t) @ self.own[:, 0] + np.einsum("lb,lb->b", c, c), (t * t * t) @ self.own[:, 1] + np.einsum("lb,lb,lb->b", c, c, c)
+
+
+class _Forms:
+    """Spearman's and Kendall's sums of each resample as quadratic forms in its cluster counts
+    t, for points whose side b has few levels (a score right or wrong): the points of b level
+    l hold a ranks summing to t A_l tᵀ + (their count) / 2, and concordant minus discordant
+    pairs are t K tᵀ / 2. Per resample this costs (b levels + 1) × clusters², not the points."""
+
+    def __init__(self, ga: np.ndarray, gb: np.ndarray, kb: int, member: np.ndarray, k: int):
+        # w[c, l, d, m]: over c's points of b level l, d's points of b level m with a lower a level (+ half those level)
+        w = _below(ga, member * kb + gb, k * kb, np.ones(len(ga))).reshape(k, kb, k, kb)
+        self.held = np.zeros((k, kb))  # each cluster's points at each b level
+        np.add.at(self.held, (member, gb), 1)
+        self.kb, self.ranks = kb, w.sum(3).reshape(k, kb * k)
+        order = np.sign(np.subtract.outer(np.arange(kb), np.arange(kb)))  # sign(y_i − y_j) by b levels
+        # sign(x_i − x_j) summed over d's points of level m: 2 × w − the points at (c, l) × those at (d, m)
+        self.pairs = np.einsum("cldm,lm->cd", 2 * w - self.held[:, :, None, None] * self.held[None, None], order)
+        self.ties = _Ties(ga, member, k)
+
+    def sums(self, t: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(cb: points at each b level, Σ a ranks × b ranks, concordant − discordant pairs, Σ ca², Σ ca³)."""
+        cb = t @ self.held
+        at_level = ((t @ self.ranks).reshape(len(t), self.kb, -1) * t[:, None, :]).sum(2) + cb / 2
+        return cb, (_level_ranks(cb) * at_level).sum(1), ((t @ self.pairs) * t).sum(1) / 2, *self.ties.sums(t)
+
+
 class _Points:
     """Paired points, coded by value level once, so each resample's ranks and Kendall
     counts come from level counts (vectorised over resamples). A resample is a row of
-    weights: how many times it holds each point, the same for all points of one cluster
-    (``member``: each point's cluster index; by default each point is its own). What a
+    weights: how many times it holds each cluster, and so each of its points (``member``:
+    each point's cluster index; by default each point is its own). What a
     resample needs is summed per cluster once (Pearson's moments, each cluster's points per
-    value level), so most of its work is a product with the clusters' counts."""
+    value level), so most of its work is a product with the clusters' counts. Where one side
+    has few levels and the clusters are few, Spearman and Kendall are quadratic forms in the
+    clusters' counts (``_Forms``). All rank sums are whole quarters: every route gives the
+    same float64 coefficients."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, member: np.ndarray | None = None):
         self.x, self.y = x, y
@@ -119,41 +186,66 @@ class _Points:
         self.uy, self.gy = np.unique(y, return_inverse=True)
         self.member = np.arange(len(x)) if member is None else member
         self.k = int(self.member.max()) + 1 if len(x) else 0
-        self.first = np.unique(self.member, return_index=True)[1]  # one point of each cluster
-        self.pairs = None  # _cluster_pairs, computed on first use
-        self.cx = _cluster_counts(self.gx, len(self.ux), self.member, self.k)
-        self.cy = _cluster_counts(self.gy, len(self.uy), self.member, self.k)
+        self.pairs = self.forms = None  # _cluster_pairs and _Forms, computed on first use
+        # each level's points in each cluster (levels × clusters): a resample's level counts are one product
+        self.cx = _cluster_counts(self.gx, len(self.ux), self.member, self.k).T.tocsr()
+        self.cy = _cluster_counts(self.gy, len(self.uy), self.member, self.k).T.tocsr()
         # Pearson's sums per cluster, about the means of all points (no cancellation in a resample's)
         dx, dy = (x - x.mean(), y - y.mean()) if len(x) else (x, y)
         self.moments = np.stack([np.bincount(self.member, weights=v, minlength=self.k)
                                  for v in (np.ones(len(x)), dx, dy, dx * dx, dy * dy, dx * dy)], 1)
 
-    def coefficients(self, w: np.ndarray, methods: tuple[str, ...] = METHODS) -> dict[str, np.ndarray]:
-        """Each of ``methods``' coefficient for each resample (row of w); NaN where a side is constant."""
-        t = w[:, self.first]
-        cx, cy = _spread(t, self.cx), _spread(t, self.cy)
+    def coefficients(self, t: np.ndarray, methods: tuple[str, ...] = METHODS) -> dict[str, np.ndarray]:
+        """Each of ``methods``' coefficient for each resample (row of t: how often it holds each
+        cluster); NaN where a side is constant."""
         out = {}
         with np.errstate(invalid="ignore", divide="ignore"):
             if "pearson" in methods:
                 n, sx, sy, sxx, syy, sxy = (t @ self.moments).T
                 out["pearson"] = (sxy - sx * sy / n) / np.sqrt((sxx - sx * sx / n) * (syy - sy * sy / n))
-            total = cx.sum(1)
-            if "spearman" in methods:  # sums of ranks and their products: whole quarters, exact in float64
-                rx, ry = _level_ranks(cx), _level_ranks(cy)
-                sxy = np.einsum("bi,bi,bi->b", w, np.take(rx, self.gx, 1), np.take(ry, self.gy, 1))
-                shift = total * ((total + 1) / 2) ** 2  # total × the mean rank squared
-                out["spearman"] = (sxy - shift) / np.sqrt(((cx * rx * rx).sum(1) - shift) * ((cy * ry * ry).sum(1) - shift))
-            if "kendall" in methods:
-                out["kendall"] = self._kendall(w, t, cx, cy, total)
-        constant = (cx.max(1) == total) | (cy.max(1) == total)
+            few = min(len(self.ux), len(self.uy))
+            if len(self.x) and few * self.k <= _CLUSTERS and ("spearman" in methods or "kendall" in methods):
+                constant = self._by_forms(t, methods, out)
+            else:
+                constant = self._by_levels(t, methods, out)
         for r in out.values():
             r[constant] = np.nan
         return out
 
-    def _kendall(self, w, t, cx, cy, total):
-        """Tau-b of each resample by the cheapest exact route (t: cluster counts, cx, cy: level counts, total: points)."""
+    def _by_forms(self, t, methods, out) -> np.ndarray:
+        if self.forms is None:
+            x_few = len(self.ux) < len(self.uy)
+            (ga, gb, kb) = (self.gy, self.gx, len(self.ux)) if x_few else (self.gx, self.gy, len(self.uy))
+            self.forms = _Forms(ga, gb, kb, self.member, self.k)
+        cb, sab, s, squares, cubes = self.forms.sums(t)
+        total = cb.sum(1)
+        if "spearman" in methods:  # Σ (rank − mean)² is (n³ − Σ level count³) / 12 with ties
+            shift = total * ((total + 1) / 2) ** 2
+            out["spearman"] = (sab - shift) / np.sqrt((total**3 - cubes) / 12 * ((cb * _level_ranks(cb) ** 2).sum(1) - shift))
+        if "kendall" in methods:
+            pairs = total * (total - 1) / 2
+            out["kendall"] = s / np.sqrt((pairs - (squares - total) / 2) * (pairs - (cb * (cb - 1) / 2).sum(1)))
+        return (cubes == total**3) | (cb.max(1) == total)
+
+    def _by_levels(self, t, methods, out) -> np.ndarray:
+        # (levels, B): each column a resample, so the sparse products, row gathers and sums over levels need no transpose
+        held = np.ascontiguousarray(t.T)
+        cx, cy = self.cx @ held, self.cy @ held
+        total = cx.sum(0)
+        if "spearman" in methods:  # sums of ranks and their products: whole quarters, exact in float64
+            rx, ry = _level_ranks(cx, 0), _level_ranks(cy, 0)
+            sxy = np.einsum("ib,ib,ib->b", held[self.member], rx[self.gx], ry[self.gy])
+            shift = total * ((total + 1) / 2) ** 2  # total × the mean rank squared
+            out["spearman"] = (sxy - shift) / np.sqrt((np.einsum("lb,lb,lb->b", cx, rx, rx) - shift) * (np.einsum("lb,lb,lb->b", cy, ry, ry) - shift))
+        if "kendall" in methods:
+            out["kendall"] = self._kendall(t, cx, cy, total)
+        return (cx.max(0) == total) | (cy.max(0) == total)
+
+    def _kendall(self, t, cx, cy, total):
+        """Tau-b of each resample by the cheapest exact route (t: cluster counts, cx, cy: (levels, B) level counts, total: points)."""
         kx, ky, n = len(self.ux), len(self.uy), len(self.x)
-        if 8 * n + kx * ky <= _GRID and kx * ky <= self.k**2:  # the level grid, unless the cluster pairs are fewer
+        # the level grid, unless the cluster pairs are fewer: a cell costs about ten pairs (numpy passes against one BLAS product)
+        if 8 * n + kx * ky <= _GRID and 10 * kx * ky <= self.k**2:
             joint = _cluster_counts(self.gx * ky + self.gy, kx * ky, self.member, self.k)
             step = max(1, _CHUNK // (kx * ky))
             return np.concatenate([_kendall_grid(_spread(t[i : i + step], joint).reshape(-1, kx, ky)) for i in range(0, len(t), step)])
@@ -161,24 +253,24 @@ class _Points:
             if self.pairs is None:
                 self.pairs = _cluster_pairs(self.gx, self.gy, kx, ky, self.member, self.k)
             pairs = total * (total - 1) / 2
-            ties_x, ties_y = (cx * (cx - 1) / 2).sum(1), (cy * (cy - 1) / 2).sum(1)
+            ties_x, ties_y = ((np.einsum("lb,lb->b", c, c) - total) / 2 for c in (cx, cy))
             return ((t @ self.pairs) * t).sum(1) / 2 / np.sqrt((pairs - ties_x) * (pairs - ties_y))
         with warnings.catch_warnings():  # and too many clusters for their pair counts: scipy's O(n log n), one resample at a time
             warnings.simplefilter("ignore")
-            return np.array([stats.kendalltau(np.repeat(self.x, t), np.repeat(self.y, t)).statistic for t in w.astype(np.int64)])
+            return np.array([stats.kendalltau(np.repeat(self.x, w), np.repeat(self.y, w)).statistic for w in t[:, self.member].astype(np.int64)])
 
 
 def cluster_weights(member: np.ndarray, n_resamples: int, seed: int):
-    """Chunks of bootstrap weights (rows: resamples, columns: points): how often each point
-    was drawn when each resample draws clusters with replacement; ``member`` (n,) is each
-    point's cluster index 0..k-1."""
+    """Chunks of bootstrap weights (rows: resamples, columns: clusters): how often each
+    cluster was drawn when each resample draws clusters with replacement; ``member`` (n,) is
+    each point's cluster index 0..k-1 (a chunk holds about ``_CHUNK`` resampled points)."""
     n, clusters = len(member), int(member.max()) + 1 if len(member) else 0
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK // max(n, 1))
     for start in range(0, max(n_resamples, 0), chunk):
         draws = rng.integers(0, clusters, size=(min(chunk, n_resamples - start), clusters))
         times = np.bincount((draws + clusters * np.arange(len(draws))[:, None]).ravel(), minlength=draws.size)
-        yield times.reshape(draws.shape)[:, member].astype(float)
+        yield times.reshape(draws.shape).astype(float)
 
 
 def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95, groups=None,
@@ -206,7 +298,7 @@ def correlate(x, y, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float 
     out: dict[str, float] = {"n": n, "clusters": clusters}
     enough = n >= 3
     points = _Points(x, y, member)
-    point = points.coefficients(np.ones((1, n))) if enough else {}
+    point = points.coefficients(np.ones((1, clusters))) if enough else {}
     boot: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     if enough and clusters >= min_samples:
         for weights in cluster_weights(member, n_resamples, seed):

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from mpq.analysis.correlation import N_RESAMPLES, _Points, cluster_weights, correlate
+from mpq.analysis.correlation import _CLUSTERS, N_RESAMPLES, _below, _Points, _Ties, cluster_weights, correlate
 from mpq.analysis.paired import holm, percentile_interval, relabellings
 from mpq.analysis.tables import MIN_SAMPLES, conclusive_rows, load, metric_columns, too_few
 from mpq.results import BASELINE
@@ -40,6 +40,14 @@ def _rank_rows(values: np.ndarray) -> np.ndarray:
     return stats.rankdata(values, axis=-1)
 
 
+def _spearman_rows(ranked_x: np.ndarray, ranked_y: np.ndarray) -> np.ndarray:
+    """Row-wise Pearson of ranks (Spearman), x (B, n) against one y (n,)."""
+    xc = ranked_x - ranked_x.mean(-1, keepdims=True)
+    yc = ranked_y - ranked_y.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (xc * yc).sum(-1) / np.sqrt((xc**2).sum(-1) * (yc**2).sum())
+
+
 def _half_steps(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows (B, n) of values that are ranks of n points, as ``codes``: twice each rank (whole
     half steps 2..2n), ranked again from each row's count at each of the 2n + 1 half steps,
@@ -48,12 +56,6 @@ def _half_steps(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     flat = codes + (2 * n + 1) * np.arange(rows)[:, None]
     counts = np.bincount(flat.ravel(), minlength=rows * (2 * n + 1)).reshape(rows, -1).astype(float)
     return counts, np.cumsum(counts, 1) - (counts - 1) / 2, flat
-
-
-def _rerank_rows(ranks: np.ndarray) -> np.ndarray:
-    """``_rank_rows`` of rows (B, n) whose values are already ranks of n points (multiples of 1/2 in 1..n)."""
-    _, rank, flat = _half_steps((2 * ranks).astype(np.int64))
-    return np.take(rank, flat)
 
 
 def _spearman_of_ranks(codes: np.ndarray, ry: np.ndarray) -> np.ndarray:
@@ -66,18 +68,54 @@ def _spearman_of_ranks(codes: np.ndarray, ry: np.ndarray) -> np.ndarray:
         return (np.take(rank, flat) @ ry - shift) / np.sqrt(((counts * rank * rank).sum(1) - shift) * (ry @ ry - shift))
 
 
-def _spearman_rows(ranked_x: np.ndarray, ranked_y: np.ndarray) -> np.ndarray:
-    """Row-wise Pearson of ranks (Spearman), x (B, n) against one y (n,)."""
-    xc = ranked_x - ranked_x.mean(-1, keepdims=True)
-    yc = ranked_y - ranked_y.mean()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (xc * yc).sum(-1) / np.sqrt((xc**2).sum(-1) * (yc**2).sum())
+def _swaps_by_ranks(first: np.ndarray, second: np.ndarray, ry: np.ndarray, member: np.ndarray):
+    """|rho| of one relabelling minus the other's for rows s (B, k) of swapped samples: each
+    relabelling's mix of the two rank vectors ranked again (``_half_steps``), per point."""
+    first, second = (np.round(2 * r).astype(np.int64) for r in (first, second))  # ranks in half steps
+
+    def diff(s):
+        one = np.where(s[:, member], second, first)
+        return np.abs(_spearman_of_ranks(one, ry)) - np.abs(_spearman_of_ranks(first + second - one, ry))
+
+    return diff
+
+
+def _swaps_by_forms(first: np.ndarray, second: np.ndarray, ry: np.ndarray, member: np.ndarray, k: int):
+    """As ``_swaps_by_ranks``, per sample: units are each point's rank under the first metric
+    (block c, its sample) and under the second (block k + c); a relabelling holds one unit of
+    every point, z = [1 − s, s] of the blocks and the other z = [s, 1 − s]. Σ ry × rank over
+    the held units (ranked again) is z M zᵀ + Σ ry / 2 (_below): a constant, a part linear in
+    s and s Q sᵀ with Q the same for both; Σ (rank − mean)² is (n³ − Σ c³) / 12 with c the held
+    units at each level (_Ties). The same whole quarters, exact in float64."""
+    levels = np.unique(np.concatenate([first, second]), return_inverse=True)[1]
+    block = np.concatenate([member, member + k])
+    m = _below(levels, block, 2 * k, np.concatenate([ry, ry])).reshape(2, k, 2, k)
+    ties = _Ties(levels, block, 2 * k)
+    q = m[0, :, 0] - m[0, :, 1] - m[1, :, 0] + m[1, :, 1]
+    kept = [m[a, :, a] for a in (0, 1)]  # the unswapped samples hold source a
+    linear = [m[1 - a, :, a].sum(1) + m[a, :, 1 - a].sum(0) - kept[a].sum(1) - kept[a].sum(0) for a in (0, 1)]
+    n = len(ry)
+    mean_square = n * ((n + 1) / 2) ** 2  # n × the mean rank squared
+    syy = ry @ ry - mean_square
+
+    def diff(s):
+        s = s.astype(float)
+        quadratic = ((s @ q) * s).sum(1)
+        rho = []
+        for source, z in enumerate((np.hstack([1 - s, s]), np.hstack([s, 1 - s]))):
+            sxy = kept[source].sum() + s @ linear[source] + quadratic + ry.sum() / 2 - mean_square
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rho.append(np.abs(sxy) / np.sqrt((n**3 - ties.sums(z)[1]) / 12 * syy))
+        return rho[0] - rho[1]
+
+    return diff
 
 
 def swap_test(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0) -> float:
     """Two-sided p-value of the paired permutation test that x1 and x2 predict y equally
     well (|Spearman|), swapping the two (as ranks on one scale) for all points of a group (module
-    docstring). NaN without resamples; 1 with one group."""
+    docstring). NaN without resamples; 1 with one group. Up to ``_CLUSTERS`` / 2 groups a
+    relabelling costs groups² (``_swaps_by_forms``), beyond it points (``_swaps_by_ranks``)."""
     x1, x2, y = (np.asarray(v, dtype=float) for v in (x1, x2, y))
     member = np.unique(np.asarray(groups), return_inverse=True)[1]
     k = int(member.max()) + 1 if len(member) else 0
@@ -91,14 +129,13 @@ def swap_test(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed: int = 0) 
         sign = np.sign(_spearman_rows(_rank_rows(x)[None], ry)[0])
         return _rank_rows(x * (sign if sign else 1.0))
 
-    first, second = (np.round(2 * signed(x)).astype(np.int64) for x in (x1, x2))  # ranks in half steps
+    first, second = signed(x1), signed(x2)
+    diff = _swaps_by_forms(first, second, ry, member, k) if 2 * k <= _CLUSTERS else _swaps_by_ranks(first, second, ry, member)
 
     def statistic(a, b, axis=-1):  # a: group ids, values >= k where the group's metrics are swapped
         single = np.ndim(a) == 1
-        swapped = (np.atleast_2d(a) >= k)[:, member]
-        one = np.where(swapped, second, first)
-        diff = np.abs(_spearman_of_ranks(one, ry)) - np.abs(_spearman_of_ranks(first + second - one, ry))
-        return diff[0] if single else diff
+        d = diff(np.atleast_2d(a) >= k)
+        return d[0] if single else d
 
     batch = max(1, _CHUNK // len(y))
     result = stats.permutation_test((np.arange(k), np.arange(k) + k), statistic, permutation_type="samples", vectorized=True,
@@ -116,7 +153,7 @@ def spearman_difference(x1, x2, y, groups, n_resamples: int = N_RESAMPLES, seed:
     member = np.unique(np.asarray(groups), return_inverse=True)[1]
     k = int(member.max()) + 1 if len(member) else 0
     first, second = _Points(x1, y, member), _Points(x2, y, member)
-    ones = np.ones((1, len(y)))
+    ones = np.ones((1, k))
 
     def rho(points, w):
         return np.abs(points.coefficients(w, ("spearman",))["spearman"])
