@@ -228,7 +228,8 @@ class _GCS:
         from google.cloud import storage
 
         parts = urlsplit(uri)
-        self.bucket = storage.Client().bucket(parts.netloc)
+        # A named bucket's objects need no project: none is looked for, so credentials without one serve.
+        self.bucket = storage.Client(project=None).bucket(parts.netloc)
         self.prefix = parts.path.strip("/")
 
     def _blob(self, name: str):
