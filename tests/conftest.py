@@ -8,27 +8,22 @@ import pytest
 from helpers import ROOT, LocalCluster, encode, photo
 from PIL import Image
 
-# === Two workers (pytest-xdist: `-n 2 --dist loadgroup` in pyproject.toml) ====================
+# === Two workers (pytest-xdist: `-n 2 --dist loadfile` in pyproject.toml) ====================
 # A module's tests run in one worker, so its module fixtures (a worker node added to the
-# cluster, a poison run) are made once; the tests of the session's smoke run (`smoke_run`,
-# below) form one group, so the whole job runs once. The longest groups (each over a minute
-# on two cores) are handed out first, so that none starts last. Two workers on two cores:
-# each holds a Ray head of its own (`ray_head`); more would mean more Ray heads than cores.
-LONGEST = ("smoke", "test_cluster", "test_engine", "test_robust")
+# cluster, a poison run) are made once, and the session's smoke run (`smoke_run`, below), whose
+# tests are all in test_realstudy, runs once. The longest modules (each over a minute on two
+# cores) are handed out first, so that none starts last. Two workers on two cores: each holds a
+# Ray head of its own (`ray_head`); more would mean more Ray heads than cores.
+LONGEST = ("test_realstudy", "test_cluster", "test_engine", "test_robust")
 
 
-def _group(item: pytest.Item) -> str:
-    return "smoke" if "smoke_run" in item.fixturenames else item.module.__name__
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist names each test by its group
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    first: dict[str, int] = {}
-    for i, item in enumerate(items):
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-        first.setdefault(_group(item), i)
-    rank = {g: LONGEST.index(g) if g in LONGEST else len(LONGEST) for g in first}
-    items.sort(key=lambda item: (rank[_group(item)], first[_group(item)]))  # a group's tests together, in their order
+    def rank(item: pytest.Item) -> int:
+        name = item.module.__name__
+        return LONGEST.index(name) if name in LONGEST else len(LONGEST)
+
+    items.sort(key=rank)  # stable: each module's tests stay together, in their order
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,7 +77,7 @@ def smoke_run(tmp_path_factory, ray_head) -> tuple[Path, subprocess.CompletedPro
     it uploads, its driver on the cluster), its driver and workers in an mpq cache of their
     own, empty, as on a machine that has written no model yet. It is the suite's one run of the
     whole job (`auto` runs it serially on a small machine) and its most expensive: test_realstudy
-    checks its science, test_cli its rows, logs, status and a second run."""
+    checks its science, its rows, logs, status and a second run."""
     tmp = tmp_path_factory.mktemp("smoke")
     out = tmp / "out"
     res = subprocess.run([sys.executable, "-m", "mpq.cli", "submit", "jobs/smoke.yaml", "--address", ray_head.dashboard,
@@ -151,3 +146,4 @@ def tiny_segformer(tmp_path_factory) -> str:
     from helpers import tiny_segformer
 
     return tiny_segformer(tmp_path_factory.mktemp("models") / "tiny-segformer", 4)
+

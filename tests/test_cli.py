@@ -2,11 +2,8 @@ import re
 import subprocess
 import sys
 
-import polars as pl
 import pytest
-from helpers import ROOT, rows_on_disk
-
-from mpq.reading import read_results
+from helpers import ROOT
 
 
 def mpq(*args, **kw):
@@ -79,32 +76,3 @@ def test_offline_hub_model_fails_naming_the_model(tmp_path):
     assert "HF_HUB_OFFLINE is set" in out.stderr and "hub is not reachable" not in out.stderr
 
 
-@pytest.mark.slow
-def test_smoke_job_end_to_end_and_second_run_adds_nothing(smoke_run, ray_head):
-    """The default job, all of it, submitted to a Ray cluster (the session's one run of it:
-    tests/conftest.py; tests/test_realstudy.py checks its science): every stage runs from the
-    mpq that `submit` uploads, the job's log is mpq's own lines, `status` and `logs` find the
-    job. Then the README's first command on the same output, the engine left to `auto`."""
-    out, first = smoke_run
-    df = read_results(str(out))
-    # images: (22 photos + 16 pages) × (baseline + 9 settings + 2 target rates); audio: (4 speech + 1 music) × (baseline + 5 settings)
-    assert df.height == 38 * 12 + 5 * 6 and df.filter(pl.col("error").is_not_null()).height == 0
-    at_target = df.filter(pl.col("target_bpp").is_not_null())
-    assert at_target.height == 38 * 2 and (at_target["bpp"] <= at_target["target_bpp"]).all()
-    assert "486 rows written (0 with errors), 0 already there" in first.stdout  # the driver's own report
-    assert "summary" in first.stdout and "agreement" in first.stdout
-    assert "engine: ray (--engine ray)" in first.stdout
-    # Quiet: Ray's and the libraries' output stays in Ray's log folder, out of the job's log
-    # (which Ray's job manager opens with a line of its own on the runtime environment).
-    noise = [line for line in first.stdout.splitlines()
-             if re.search(r"\b(INFO|WARNING|ERROR)\b|Traceback|core_worker|MapWorker|it/s\]", line) and "job_manager.py" not in line]
-    assert not noise and first.stderr == "", noise[:20]
-    assert rows_on_disk(out) == df.height == 486  # every key written once: read_results, which keeps one row a key, would hide a duplicate
-    job_id = next(line.split()[1] for line in first.stdout.splitlines() if line.startswith("submitted "))
-    env = {**ray_head.env, "RAY_ADDRESS": ray_head.dashboard}  # found as `ray job` finds it
-    assert f"{job_id}: SUCCEEDED" in mpq("status", job_id, env=env).stdout
-    assert "486 rows written" in mpq("logs", job_id, env=env).stdout
-    second = mpq("run", "jobs/smoke.yaml", "--output", str(out), "--no-progress")
-    assert second.returncode == 0 and "0 rows written" in second.stdout
-    assert re.search(r"engine: (serial|ray) \(auto: \d+ CPUs?, (no GPU|\d+ GPUs?), no cluster\)", second.stdout), second.stdout[:500]
-    assert rows_on_disk(out) == 486  # the resume wrote nothing

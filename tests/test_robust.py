@@ -60,7 +60,7 @@ def test_ray_run_is_quiet_by_default_and_verbose_shows_rays_output(ray_poison_ru
     # Quiet: `mpq-ray run` without --verbose, as the Ray poison run below runs (its own cluster,
     # as on a machine without one; a worker writes the tiny model afresh, in its own cache, as a
     # first run on a machine does; workers die, which Ray's core worker logs). The smoke job's
-    # log on a cluster is checked in test_cli.
+    # log on a cluster is checked in test_realstudy.
     _, quiet = ray_poison_run[:2]
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr[-3000:]
     assert "rows written" in quiet.stdout and "summary" in quiet.stdout
