@@ -168,12 +168,8 @@ def test_lease_is_refreshed_and_released_on_exception(tmp_path):
     assert not (out / "lease.json").exists()
 
 
-def test_one_of_many_takes_a_stale_lease(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "lease.json").write_bytes(holder().encode())
-    aged(out / "lease.json", 10)
-    leases = [Lease(str(out), f"run{i}") for i in range(8)]
+def race(leases: list[Lease]) -> list[str]:
+    """The run ids of the leases that took the output, all trying at once."""
     barrier = threading.Barrier(len(leases))
 
     def take(lease):
@@ -185,7 +181,16 @@ def test_one_of_many_takes_a_stale_lease(tmp_path):
             return None
 
     with ThreadPoolExecutor(len(leases)) as pool:
-        won = [r for r in pool.map(take, leases) if r]
+        return [r for r in pool.map(take, leases) if r]
+
+
+def test_one_of_many_takes_a_stale_lease(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lease.json").write_bytes(holder().encode())
+    aged(out / "lease.json", 10)
+    leases = [Lease(str(out), f"run{i}") for i in range(8)]
+    won = race(leases)
     assert len(won) == 1 and json.loads((out / "lease.json").read_text())["run_id"] == won[0]
 
 
@@ -364,17 +369,6 @@ def test_gcs_lease_refuses_a_second_run_takes_over_a_stale_one(gcs, capsys):
 
 def test_gcs_runs_started_together_one_holds_the_lease(gcs):
     leases = [Lease("gs://mpq/race", f"run{i}") for i in range(8)]
-    barrier = threading.Barrier(len(leases))
-
-    def take(lease):
-        barrier.wait()
-        try:
-            lease._acquire()
-            return lease.me.run_id
-        except LeaseHeld:
-            return None
-
-    with ThreadPoolExecutor(len(leases)) as pool:
-        won = [r for r in pool.map(take, leases) if r]
+    won = race(leases)
     assert len(won) == 1
     assert json.loads(gcs.blob("race/lease.json").download_as_bytes())["run_id"] == won[0]
