@@ -83,6 +83,15 @@ def submit(c: LocalCluster, job: Path, out: Path, *extra: str, env: dict | None 
     return job_id, res
 
 
+def driver(out: Path) -> psutil.Process | None:
+    """The driver process of the job writing to ``out``, if one runs."""
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "mpq.cli" in cmd and str(out) in cmd:
+            return p
+    return None
+
+
 def job_status(c: LocalCluster, job_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
@@ -125,9 +134,9 @@ def test_submit_hands_redo_to_the_run_on_the_cluster():
     from mpq.cli import app
 
     args = shlex.split(cluster.entrypoint("/shared/out", limit=2, force=True, redo=("metric lpips", "load")))
-    assert args[:4] == ["python", "-m", "mpq.cli", "run"]
+    assert args[:5] == ["exec", "python", "-m", "mpq.cli", "run"]  # the shell becomes the driver: a stop reaches it
     run = typer.main.get_command(app).commands["run"]
-    params = run.make_context("run", args[4:]).params
+    params = run.make_context("run", args[5:]).params
     assert params["redo"] == ["metric lpips", "load"] and params["limit"] == 2 and params["force"] and params["output"] == "/shared/out"
 
 
@@ -154,13 +163,7 @@ def test_driver_killed_mid_run_then_rerun_finishes_exactly(cluster, fault_job, t
     out = tmp_path / "driver-kill"
     job_id, _ = submit(cluster, fault_job, out)
 
-    def driver():
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = p.info["cmdline"] or []
-            if "mpq.cli" in cmd and str(out) in cmd:
-                return p
-
-    proc = wait_for(driver, 600, "the job's driver", every=0.5)
+    proc = wait_for(lambda: driver(out), 600, "the job's driver", every=0.5)
     wait_for(lambda: rows_on_disk(out) > 0, 600, "the first rows", every=0.05)
     proc.kill()
     proc.wait(30)
@@ -176,11 +179,16 @@ def test_driver_killed_mid_run_then_rerun_finishes_exactly(cluster, fault_job, t
 
 @pytest.mark.slow
 def test_stop_ends_a_submitted_job(cluster, tmp_path):
+    """Stopped right after it is submitted, the job ends, its driver too: Ray signals the
+    entrypoint's process and its children as they are when the stop comes, so a driver that
+    a shell started a moment later ran on, orphaned, through the whole job."""
     env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard}
-    job_id, _ = submit(cluster, ROOT / "jobs" / "smoke.yaml", tmp_path / "stopped", env=env)
+    out = tmp_path / "stopped"
+    job_id, _ = submit(cluster, ROOT / "jobs" / "smoke.yaml", out, env=env)
     res = mpq("stop", job_id, env=env)
     assert res.returncode == 0 and job_id in res.stdout
     wait_for(lambda: job_status(cluster, job_id) == "STOPPED", 120, "the job to stop")
+    wait_for(lambda: driver(out) is None, 60, "the stopped job's driver to end", every=0.5)
     res = mpq("logs", job_id, "--follow", env=env)
     assert res.returncode == 1 and "job STOPPED" in res.stdout
 

@@ -168,7 +168,10 @@ def submit(
 
 def entrypoint(output: str, limit: int | None = None, force: bool = False, redo: tuple[str, ...] = ()) -> str:
     """The command the cluster runs: `mpq-ray run` of the uploaded job on the cluster it runs on
-    ("auto": the one on the node its driver runs on), whatever its size."""
+    ("auto": the one on the node its driver runs on), whatever its size. Ray starts it in a
+    shell and stops a job by signalling that process and its children as they are at the stop:
+    `exec` makes the shell the driver, so a stop that lands as the job starts cannot leave a
+    driver behind, orphaned, running the whole job."""
     args = ["python", "-m", "mpq.cli", "run", "job.yaml", "--output", output, "--no-progress", "--engine", "ray", "--address", "auto"]
     if limit is not None:
         args += ["--limit", str(limit)]
@@ -176,7 +179,7 @@ def entrypoint(output: str, limit: int | None = None, force: bool = False, redo:
         args.append("--force")
     for kind in redo:
         args += ["--redo", kind]
-    return shlex.join(args)
+    return "exec " + shlex.join(args)
 
 
 def follow(address: str | None, submission_id: str) -> str:
