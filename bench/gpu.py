@@ -213,33 +213,15 @@ def build_whisper(path: Path, size: str, device: str) -> str:
     """A Whisper of the released dimensions and vocabulary size with random weights, and a
     byte-level tokenizer padded to that vocabulary (mpq's tiny_whisper, at full size)."""
     import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers import WhisperForConditionalGeneration
 
-    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
-                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
-    vocab.update({f"tok{i}": len(vocab) + i for i in range(WHISPER_VOCAB - len(vocab) - len(specials))})
-    vocab.update({tok: len(vocab) + i for i, tok in enumerate(specials)})
-    ids = {tok: vocab[tok] for tok in specials}
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
-    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
-    config = WhisperConfig(
-        **WHISPER[size], vocab_size=WHISPER_VOCAB, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
-        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
-        decoder_start_token_id=ids["<|startoftranscript|>"], begin_suppress_tokens=None, suppress_tokens=None,
-    )
+    from mpq.tasks.asr import random_whisper_parts
+
+    config, generation, processor = random_whisper_parts(WHISPER[size], WHISPER_VOCAB, max_target_positions=448, max_length=448)
     with torch.device(device):  # random init on the GPU: seconds, not a minute
         model = WhisperForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], max_length=448,
-        is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"]},
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
-        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
-        max_initial_timestamp_index=50, begin_suppress_tokens=[], suppress_tokens=[],
-    )
-    return save(model, WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer), path)
+    model.generation_config = generation
+    return save(model, processor, path)
 
 
 def build_encodec(path: Path, quick: bool) -> str:

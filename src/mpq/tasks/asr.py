@@ -67,40 +67,52 @@ class ASROptions(Options):
         return t
 
 
+def random_whisper_parts(dims: dict, vocab_size: int | None = None, max_target_positions: int = 64, max_length: int = 24):
+    """The config, generation config and processor of a Whisper with random weights to come:
+    a byte-level tokenizer with Whisper's special tokens (padded with placeholder tokens to
+    ``vocab_size`` where given, as the released vocabulary's size), ``dims`` its layers."""
+    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    if vocab_size is not None:
+        vocab.update({f"tok{i}": len(vocab) + i for i in range(vocab_size - len(vocab) - len(specials))})
+    vocab.update({tok: len(vocab) + i for i, tok in enumerate(specials)})
+    ids = {tok: vocab[tok] for tok in specials}
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    config = WhisperConfig(
+        **dims, vocab_size=len(vocab), num_mel_bins=80, max_source_positions=1500, max_target_positions=max_target_positions,
+        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
+        decoder_start_token_id=ids["<|startoftranscript|>"], begin_suppress_tokens=None, suppress_tokens=None,
+    )
+    generation = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], max_length=max_length,
+        is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        max_initial_timestamp_index=50, begin_suppress_tokens=[], suppress_tokens=[],
+    )
+    return config, generation, WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer)
+
+
 def tiny_whisper() -> str:
     """A tiny randomly initialised Whisper, with a byte-level tokenizer and a generation
     config, written once in HF format to mpq's cache: it runs the real loading and
     generation path offline; its transcripts are noise."""
 
     def build():
-        from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
-        from transformers.convert_slow_tokenizer import bytes_to_unicode
+        from transformers import WhisperForConditionalGeneration
 
-        specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
-                    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-        vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
-        vocab.update({tok: len(vocab) + i for i, tok in enumerate(specials)})
-        ids = {tok: vocab[tok] for tok in specials}
-        tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
-        tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
-        config = WhisperConfig(
-            vocab_size=len(vocab), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
-            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-            max_source_positions=1500, max_target_positions=64, pad_token_id=ids["<|endoftext|>"],
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
-            decoder_start_token_id=ids["<|startoftranscript|>"], begin_suppress_tokens=None, suppress_tokens=None,
-        )
-        generation = GenerationConfig(
-            decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
-            pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], max_length=24,
-            is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"]},
-            task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
-            no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
-            max_initial_timestamp_index=50, begin_suppress_tokens=[], suppress_tokens=[],
-        )
+        config, generation, processor = random_whisper_parts(dict(
+            d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64))
         model = WhisperForConditionalGeneration(config)
         model.generation_config = generation
-        return model, WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer)
+        return model, processor
 
     return builtin_model("tiny-whisper-random", build)
 
