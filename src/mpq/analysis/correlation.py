@@ -114,7 +114,7 @@ def _below(levels: np.ndarray, block: np.ndarray, blocks: int, weight: np.ndarra
     + 1/2, so sums of weight × rank are quadratic forms t M tᵀ (+ t·weights / 2), exact
     while the ranks are whole halves. ``levels``: each unit's level, 0..levels − 1 in order."""
     size = int(levels.max()) + 1 if len(levels) else 0
-    counts = sparse.csr_matrix((np.ones(len(levels)), (block, levels)), shape=(blocks, size))
+    counts = _cluster_counts(levels, size, block, blocks)
     held = sparse.csr_matrix((weight, (levels, block)), shape=(size, blocks))
     out = np.empty((blocks, blocks))
     step = max(1, _CHUNK // max(size, 1))
@@ -133,8 +133,7 @@ class _Ties:
     t_b × that block's points there, so only the levels of several blocks are spread."""
 
     def __init__(self, levels: np.ndarray, block: np.ndarray, blocks: int):
-        counts = sparse.csc_matrix((np.ones(len(levels)), (block, levels)), shape=(blocks, int(levels.max()) + 1 if len(levels) else 0))
-        counts.sum_duplicates()
+        counts = _cluster_counts(levels, int(levels.max()) + 1 if len(levels) else 0, block, blocks).tocsc()
         owners = np.diff(counts.indptr)  # blocks at each level
         own = counts[:, owners == 1]
         self.own = np.stack([np.asarray(own.power(q).sum(1)).ravel() for q in (2, 3)], 1)
