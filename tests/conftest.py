@@ -3,12 +3,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-from helpers import ROOT, LocalCluster, encode, photo
-from PIL import Image
-
 # === Two workers (pytest-xdist: `-n 2 --dist loadfile` in pyproject.toml) ====================
+# Each on its share of the cores: torch, OpenBLAS, onnxruntime and CTranslate2 (which mpq gives
+# torch's thread count) otherwise each start a thread per core, in every worker, run and Ray
+# worker, and the suite's threads fight over two cores (full suite on 2 cores: 559 s and 393 s
+# of user CPU with a thread per core, 493 s and 295 s with one). Set before numpy or torch is
+# imported (here, and in the workers, runs and Ray nodes, which inherit the environment); a
+# value the user set stays.
+WORKERS = 2
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+
+import numpy as np  # noqa: E402  (after the thread count)
+import pytest  # noqa: E402
+from helpers import ROOT, LocalCluster, encode, photo  # noqa: E402
+from PIL import Image  # noqa: E402
+
 # A module's tests run in one worker, so its module fixtures (a worker node added to the
 # cluster, a poison run) are made once, and the session's smoke run (`smoke_run`, below), whose
 # tests are all in test_realstudy, runs once. The longest modules (each over a minute on two

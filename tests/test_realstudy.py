@@ -234,8 +234,9 @@ def test_smoke_recogniser_reads_clean_speech_and_less_at_opus_6(smoke):
 @pytest.mark.slow
 def test_smoke_speech_reads_the_same_serially_as_through_ray(smoke, tmp_path):
     """Whisper decodes at temperature 0 without fallback: the smoke job's speech part run
-    serially gives every transcript the session's Ray run gave (same keys, same text, same
-    agreement), so ASR rows do not depend on the engine."""
+    serially (its first two sentences, through every codec setting) gives every transcript the
+    session's Ray run gave (same keys, same text, same agreement), so ASR rows do not depend on
+    the engine."""
     import yaml
     from helpers import ROOT
 
@@ -244,11 +245,12 @@ def test_smoke_speech_reads_the_same_serially_as_through_ray(smoke, tmp_path):
     data["codecs"] = [c for c in data["codecs"] if c["name"] in ("mp3", "opus", "encodec_48khz")]
     data["tasks"] = [t for t in data["tasks"] if t["name"] == "asr"]
     data["metrics"] = []
-    run_job(parse_job(data), str(tmp_path / "serial"), engine="serial", progress=False)
+    run_job(parse_job(data), str(tmp_path / "serial"), engine="serial", limit=2, progress=False)
     keys = ["sample_id", "codec", "setting"]
     serial = read_results(str(tmp_path / "serial")).sort(keys).select(*keys, "prediction", "agreement", "word_errors_norm")
     ray = smoke.filter(pl.col("dataset") == "speech").sort(keys).select(*keys, "prediction", "agreement", "word_errors_norm")
-    assert serial.height == ray.height == 4 * 6 and serial.equals(ray)
+    ray = ray.filter(pl.col("sample_id").is_in(serial["sample_id"].to_list()))
+    assert serial.height == ray.height == 2 * 6 and serial.equals(ray)
 
 
 @pytest.mark.slow
