@@ -78,27 +78,15 @@ def write_job(path: Path, spec: dict) -> Path:
 
 
 def stop_job(tmp_path: Path, tracks: int) -> Path:
-    """A job file whose samples take seconds each (3-s tracks through a Demucs), for stopping a run mid-sample."""
+    """A job file whose samples take seconds each (20-s tracks through a tiny Demucs, twice: the
+    mixture and its MP3), for stopping a run mid-sample."""
     return write_job(tmp_path / "job.yaml", {
         "name": "stop", "output": str(tmp_path / "out"),
-        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": tracks, "seconds": 3}}],
+        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": tracks, "seconds": 20}}],
         "codecs": [{"name": "mp3", "settings": [64]}],
         "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs", "batch_size": 1}],
         "metrics": ["audio_psnr"],
     })
-
-
-def mixtures(folder: Path, tracks=1, seconds=1) -> Path:
-    """The synthetic music source's mixtures as WAV files, without their stems: a separation
-    of them is not scored by BSS Eval (minutes on two cores), its agreement still is."""
-    import soundfile as sf
-
-    from mpq.sources.audio_samples import synthetic_track
-
-    folder.mkdir(parents=True)
-    for i in range(tracks):
-        sf.write(folder / f"track-{i}.wav", sum(synthetic_track(i, seconds).values()), 44100, subtype="FLOAT")
-    return folder
 
 
 def tiny_vit(path: Path, names: list[str], answer: int) -> str:

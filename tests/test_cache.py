@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from helpers import mixtures, photo
+from helpers import photo
 from PIL import Image
 
 from mpq.cache import EncodedCache
@@ -220,8 +220,8 @@ def test_rows_lost_to_the_old_cache_bug_are_redone(tmp_path):
 def test_rows_of_mpq_0_2_with_agreement_on_other_scales_are_redone(tmp_path):
     """mpq 0.2.0 wrote separation's agreement in dB (0.31 to 26.4 and +inf on the default job)
     and ASR's unbounded below: its rows are not done, and a re-run writes agreement in [0, 1]
-    with the SDR in a column of its own. A track's mixture, without its stems (helpers.mixtures)."""
-    spec = {"datasets": [{"name": "music", "source": {"folder": str(mixtures(tmp_path / "music")), "media": "audio"}}],
+    with the SDR in a column of its own."""
+    spec = {"datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 1, "seconds": 1}}],
             "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs"}]}
     out = tmp_path / "out"
     run_job(music_job(**spec), str(out), engine="serial", progress=False)

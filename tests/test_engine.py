@@ -9,7 +9,7 @@ import time
 
 import polars as pl
 import pytest
-from helpers import ROOT, mixtures, ray_run_env, rows_on_disk, stop_job
+from helpers import ROOT, ray_run_env, rows_on_disk, stop_job
 
 from mpq.reading import read_results
 from mpq.results import KEY
@@ -136,7 +136,7 @@ def test_rows_record_precision_device_task_options_and_weights(tmp_path):
 
     job = parse_job({
         "name": "prov",
-        "datasets": [{"name": "music", "source": {"folder": str(mixtures(tmp_path / "music")), "media": "audio"}}],
+        "datasets": [{"name": "music", "source": {"music": "synthetic", "tracks": 1, "seconds": 1}}],
         "codecs": [{"name": "mp3", "settings": [32]}],
         "tasks": [{"name": "separate", "model": "builtin:tiny-htdemucs", "batch_size": 1}],
         "resources": {"precision": "bf16"},
