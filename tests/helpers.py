@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -157,6 +158,7 @@ class LocalCluster:
     def __init__(self):
         self.temp_dir = tempfile.mkdtemp(prefix="mpqray-", dir="/tmp")  # short: Ray's socket paths
         self.groups: list[subprocess.Popen] = []
+        self.killed: list[subprocess.Popen] = []  # by a test or by close
         self.logs: list[str] = []
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         self.env.update(
@@ -228,6 +230,7 @@ class LocalCluster:
 
     def kill(self, proc: subprocess.Popen) -> None:
         """SIGKILL a node: its process group, and any of its processes that left the group."""
+        self.killed.append(proc)
         if proc.returncode is not None:  # killed before: its pid may be another process's now
             return
         try:
@@ -259,6 +262,8 @@ class LocalCluster:
         return titles
 
     def close(self) -> None:
+        # A node that ended by itself (not by a test's kill): its logs stay, for the failure it caused.
+        died = [log for proc, log in zip(self.groups, self.logs) if proc.poll() is not None and proc not in self.killed]
         for proc in reversed(self.groups):
             self.kill(proc)
         # Ray workers outlive their raylet for a moment; end any left that belong to this cluster.
@@ -268,7 +273,10 @@ class LocalCluster:
                     p.kill()
                 except psutil.Error:
                     pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if died:
+            warnings.warn(f"Ray nodes ended by themselves; their logs stay in {self.temp_dir}: {died}", stacklevel=2)
+        else:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def ray_run_env(head: LocalCluster, **worker_env: str) -> dict[str, str]:

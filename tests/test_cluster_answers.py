@@ -116,3 +116,30 @@ def test_missing_or_wrong_token_is_one_line_with_the_fix(token_head, tiny_job, t
     env["RAY_AUTH_TOKEN"] = "f" * 32
     message = one_line_error(mpq("status", "any", "--address", token_head.dashboard, env=env))
     assert "refused this machine's token" in message and "ray get-auth-token" in message
+
+
+@pytest.mark.slow
+def test_a_cluster_lost_while_following_a_job_is_one_line(token_head):
+    """The head goes away while `logs --follow` streams a job (its dashboard's log stream cut:
+    a head lost, a network cut): one line saying what was lost and how to look again, not the
+    WebSocket's traceback. The module's last test: the head it kills is the module's."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(token_head.dashboard, headers={"Authorization": f"Bearer {TOKEN}"})
+    job_id = client.submit_job(entrypoint="""python -c "import time; print('working', flush=True); time.sleep(300)" """)
+    env = {**token_head.env, "RAY_ADDRESS": token_head.dashboard}
+    follow = subprocess.Popen([sys.executable, "-m", "mpq.cli", "logs", job_id, "--follow"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while follow.stdout.readline().strip() != "working":  # the job's log streams (after Ray's own lines)
+        assert follow.poll() is None, follow.stderr.read()
+    token_head.kill(token_head.head)  # the head, its dashboard with it
+    stdout, stderr = follow.communicate(timeout=120)
+    assert follow.returncode == 2, stdout + stderr
+    message = stderr.strip()
+    assert "\n" not in message and "Traceback" not in message, stderr
+    assert message.startswith(f"lost the Ray cluster at {token_head.dashboard} while following {job_id}")
+    assert f"mpq-ray status {job_id}" in message

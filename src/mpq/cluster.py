@@ -72,7 +72,7 @@ def answers(address: str | None, job_id: str | None = None):
     import requests
     from ray.exceptions import AuthenticationError
 
-    where = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265 (no --address, no RAY_ADDRESS)"
+    where = _where(address)
     try:
         yield
     except AuthenticationError as exc:
@@ -90,6 +90,10 @@ def answers(address: str | None, job_id: str | None = None):
         raise
     except ValueError as exc:
         raise ClusterError(f"{where} is not a Ray dashboard address ({exc}); expected e.g. http://HEAD:8265") from None
+
+
+def _where(address: str | None) -> str:
+    return address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265 (no --address, no RAY_ADDRESS)"
 
 
 def client(address: str | None):
@@ -192,5 +196,13 @@ def follow(address: str | None, submission_id: str) -> str:
             sys.stdout.write(lines)
             sys.stdout.flush()
 
-    asyncio.run(tail())
+    try:
+        asyncio.run(tail())
+    except RuntimeError as exc:  # Ray's SDK: "WebSocket connection closed unexpectedly with close code 1006"
+        if "WebSocket" not in str(exc):
+            raise
+        raise ClusterError(
+            f"lost the Ray cluster at {_where(address)} while following {submission_id} ({exc}): the job may run "
+            f"on; `mpq-ray status {submission_id}` tells"
+        ) from None
     return str(c.get_job_status(submission_id))
