@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -192,6 +193,13 @@ def test_gpus_are_counted_as_cuda_counts_them(monkeypatch):
     assert gpus() == 0
 
 
+def noted(folder: Path) -> list[Path]:
+    """The in-flight notes of an output's samples (not the markers of stopped runs)."""
+    from mpq.engine.inflight import STOPPED
+
+    return [n for n in folder.iterdir() if not n.name.startswith(STOPPED)] if folder.exists() else []
+
+
 @pytest.mark.slow
 def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path):
     """Stopped twice while a sample is being worked (its in-flight note written), by Ctrl-C
@@ -209,15 +217,15 @@ def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path):
     for sig in (signal.SIGINT, signal.SIGTERM):
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (notes.exists() and any(notes.iterdir())):
+        while time.monotonic() < deadline and not noted(notes):
             time.sleep(0.02)
-        assert any(notes.iterdir()), "the stop must land while a sample is being worked for this test to mean anything"
+        assert noted(notes), "the stop must land while a sample is being worked for this test to mean anything"
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 130, (stdout + stderr)[-3000:]
         assert re.search(r"^interrupted: [02] rows written; run the same command to resume$", stderr, re.M), stderr[-3000:]
         assert "Traceback" not in stderr, stderr[-3000:]
-        assert not any(notes.iterdir())  # the try it interrupted is not counted
+        assert not noted(notes)  # the try it interrupted is not counted
     third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert third.returncode == 0, third.stderr[-3000:]
     df = read_results(str(tmp_path / "out"))
@@ -228,19 +236,26 @@ def test_an_orderly_stop_spends_no_try_of_the_sample_it_interrupts(tmp_path):
 @pytest.mark.slow
 def test_a_stopped_ray_run_leaves_no_try_counted(tmp_path, ray_head):
     """Ray kills the workers of a stopped run (here, one on the session's cluster) without
-    letting them clean up; the run's tries in their hands are set back all the same
-    (inflight.forget)."""
+    letting them clean up; the run's tries in their hands are set back all the same: at the
+    stop (inflight.forget), and, for a try that a worker noted as the driver was exiting (it
+    happens: a sample started in that moment), by the next run before it starts (settle)."""
+    from mpq.engine.inflight import STOPPED, settle
+
     job_file = stop_job(tmp_path, tracks=1)
     cmd = [sys.executable, "-m", "mpq.cli", "run", str(job_file), "--engine", "ray", "--no-progress"]
     notes = tmp_path / "out" / "in-flight"
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ray_run_env(ray_head), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (notes.exists() and any(notes.iterdir())):
+    while time.monotonic() < deadline and not noted(notes):
         time.sleep(0.05)
-    assert any(notes.iterdir()), "the stop must land while a sample is being worked for this test to mean anything"
+    assert noted(notes), "the stop must land while a sample is being worked for this test to mean anything"
     time.sleep(2)  # into the model stage's actor too, where the try is noted again
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, (stdout + stderr)[-3000:]
     assert "run the same command to resume" in stderr
+    stopped = [n.name.removeprefix(STOPPED) for n in notes.iterdir() if n.name.startswith(STOPPED)]
+    left = {n.name: n.read_text() for n in noted(notes)}
+    assert len(stopped) == 1 and all(note.split()[1:] == stopped for note in left.values()), left  # noted late, if any
+    settle(str(tmp_path / "out"))
     assert not any(notes.iterdir()), [(n.name, n.read_text()) for n in notes.iterdir()]

@@ -265,6 +265,39 @@ def test_an_orderly_stop_sets_back_only_the_tries_its_run_has_in_hand(tmp_path):
     assert note.read_text() == "3 spent"
 
 
+def test_a_try_noted_by_a_stopped_runs_worker_after_its_stop_does_not_count(tmp_path):
+    """On a cluster the run joined, Ray ends a stopped run's workers when its driver exits,
+    after the runner has set back the run's tries: a worker that starts a sample in that moment
+    notes a try no one sets back (seen: test_engine's stopped Ray run left "1 RUN"). The next run
+    sets it back before it starts: a sample with two tries spent and one noted so is computed,
+    not given up."""
+    import yaml
+    from helpers import photo
+    from PIL import Image
+
+    from mpq.engine.inflight import InFlight, forget
+    from mpq.reading import read_results
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(photo(16, 16)).save(folder / "a.png")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "late", "datasets": [{"name": "imgs", "source": {"folder": str(folder)}}],
+                                   "codecs": [{"name": "jpeg", "settings": [50]}], "metrics": ["psnr"]}))
+    out = tmp_path / "out"
+    for run in ("crashed-1", "crashed-2"):  # two runs whose process died working on the photo
+        InFlight(str(out), run_id=run)._note("imgs/a.png")
+    forget(str(out), "stopped")  # a run stopped in order, its tries set back...
+    InFlight(str(out), run_id="stopped")._note("imgs/a.png")  # ...then its worker, not ended yet, started the photo
+    note, = (out / "in-flight").glob("0-*")
+    assert note.read_text() == "3 stopped"
+    res = cli("run", str(job), "--output", str(out), "--engine", "serial", "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = read_results(str(out))
+    assert df.height == 2 and df["error"].is_null().all(), df["error"].to_list()
+    assert not any((out / "in-flight").iterdir())
+
+
 # --- bounded memory per sample --------------------------------------------------------------
 
 

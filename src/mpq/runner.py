@@ -14,7 +14,7 @@ import pyarrow as pa
 from mpq.cache import EncodedCache
 from mpq.components import AssetUnavailable, offline
 from mpq.engine import choose, cluster_address, cpus, gpus
-from mpq.engine.inflight import forget
+from mpq.engine.inflight import forget, settle
 from mpq.engine.plan import Planner, count, shards
 from mpq.engine.stages import Finalize
 from mpq.job import Job, resolve
@@ -131,6 +131,7 @@ def run_job(
         preflight(job, assets=not offline())  # the models' checks: only where there is work for them
     with Lease(output, store.run_id, force) as lease:  # one writer per output, from the plan to the last row
         start = time.monotonic()
+        settle(output)  # tries that workers of a run stopped before this one noted after its stop
         if store.files() != files:  # another run wrote since the count: plan against its rows too
             planner = Planner(job, output, required, store.files(), redo)
             work = count(planner, todo)

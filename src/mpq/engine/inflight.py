@@ -7,7 +7,10 @@ the results go to, which every worker sees), and removes the note when the work 
 Work that an exception ends (Ctrl-C, SIGTERM, `mpq-ray stop`, a Ray worker told to exit)
 sets the note back as it was: only a process that dies without cleaning up spends a try.
 Ray kills the workers of a stopped run without a word, so a note also names the run whose
-try it counts, and an orderly stop sets back the tries its run still has noted (``forget``).
+try it counts, and an orderly stop sets back the tries its run still has noted (``forget``);
+on a cluster the run joined, its workers end only as its driver exits, and one may note a try
+after that, so the stop leaves a marker and the next run sets such tries back before it
+starts (``settle``).
 A block found noted was being worked on when its process died: its samples are then worked
 one at a time, each noting its own tries, so that the one that kills is found and its
 block-mates are not lost. A sample found with its tries used up is not worked on again: its
@@ -44,6 +47,7 @@ def error_rows(item: dict[str, Any], error: str) -> list[dict[str, Any]]:
 
 
 SPENT = "spent"  # a spent sample's note names no run: no stop sets it back
+STOPPED = "stopped-"  # a marker's name: the run that follows stopped in order
 
 
 def _tries(note: bytes | None) -> int:
@@ -54,16 +58,38 @@ def _tries(note: bytes | None) -> int:
         return 0
 
 
-def forget(output: str, run: str) -> None:
-    """After an orderly stop, once its workers are gone: each try that the run ``run`` still has
-    noted was work in hand (or, rarely, work whose worker died and was not retried yet), and
-    does not count."""
+def _folder(output: str) -> tuple[pafs.FileSystem, str]:
     fs, root = filesystem(output)
+    return fs, f"{root.rstrip('/')}/in-flight"
+
+
+def forget(output: str, run: str) -> None:
+    """After an orderly stop: each try that the run ``run`` still has noted was work in hand
+    (or, rarely, work whose worker died and was not retried yet), and does not count. A marker
+    names the run for ``settle``, for a try that a worker of it notes after this."""
+    fs, folder = _folder(output)
+    fs.create_dir(folder, recursive=True)
+    write(fs, f"{folder}/{STOPPED}{run}", lambda f: f.write(b""))
+    _set_back(fs, folder, run)
+
+
+def settle(output: str) -> None:
+    """At a run's start, with the output's lease held: the tries noted by runs stopped before it
+    (their markers), whose workers are gone now, do not count either."""
+    fs, folder = _folder(output)
     try:
-        notes = fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/in-flight"))
+        markers = [i.path for i in fs.get_file_info(pafs.FileSelector(folder)) if i.base_name.startswith(STOPPED)]
     except FileNotFoundError:
         return
-    for info in notes:
+    for marker in markers:
+        _set_back(fs, folder, marker.rsplit("/", 1)[1].removeprefix(STOPPED))
+        fs.delete_file(marker)
+
+
+def _set_back(fs: pafs.FileSystem, folder: str, run: str) -> None:
+    for info in fs.get_file_info(pafs.FileSelector(folder)):
+        if info.base_name.startswith(STOPPED):
+            continue
         with fs.open_input_stream(info.path) as f:
             note = f.read()
         if note.split()[1:] == [run.encode()]:

@@ -80,7 +80,7 @@ def run(
     except (KeyboardInterrupt, GeneratorExit):
         # An orderly stop. Ray kills workers without letting them clean up: those of a cluster
         # of the run's own go now, before the runner sets back the tries they had in hand
-        # (inflight.forget); a given cluster's go when the driver does.
+        # (inflight.forget); a given cluster's go when the driver does (inflight.settle).
         if own:
             ray.shutdown()
         raise
