@@ -23,7 +23,7 @@ from PIL import Image  # noqa: E402
 # tests are all in test_realstudy, runs once. The longest modules (each over a minute on two
 # cores) are handed out first, so that none starts last. Two workers on two cores: each holds a
 # Ray head of its own (`ray_head`); more would mean more Ray heads than cores.
-LONGEST = ("test_realstudy", "test_cluster", "test_engine", "test_robust")
+LONGEST = ("test_realstudy", "test_cluster", "test_engine", "test_robust", "test_cluster_answers")
 
 
 @pytest.hookimpl(tryfirst=True)

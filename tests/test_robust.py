@@ -271,19 +271,19 @@ def test_a_try_noted_by_a_stopped_runs_worker_after_its_stop_does_not_count(tmp_
     notes a try no one sets back (seen: test_engine's stopped Ray run left "1 RUN"). The next run
     sets it back before it starts: a sample with two tries spent and one noted so is computed,
     not given up."""
-    import yaml
     from helpers import photo
     from PIL import Image
 
     from mpq.engine.inflight import InFlight, forget
     from mpq.reading import read_results
+    from mpq.runner import run_job
+    from mpq.spec import parse_job
 
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.fromarray(photo(16, 16)).save(folder / "a.png")
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"name": "late", "datasets": [{"name": "imgs", "source": {"folder": str(folder)}}],
-                                   "codecs": [{"name": "jpeg", "settings": [50]}], "metrics": ["psnr"]}))
+    job = parse_job({"name": "late", "datasets": [{"name": "imgs", "source": {"folder": str(folder)}}],
+                     "codecs": [{"name": "jpeg", "settings": [50]}], "metrics": ["psnr"]})
     out = tmp_path / "out"
     for run in ("crashed-1", "crashed-2"):  # two runs whose process died working on the photo
         InFlight(str(out), run_id=run)._note("imgs/a.png")
@@ -291,8 +291,7 @@ def test_a_try_noted_by_a_stopped_runs_worker_after_its_stop_does_not_count(tmp_
     InFlight(str(out), run_id="stopped")._note("imgs/a.png")  # ...then its worker, not ended yet, started the photo
     note, = (out / "in-flight").glob("0-*")
     assert note.read_text() == "3 stopped"
-    res = cli("run", str(job), "--output", str(out), "--engine", "serial", "--no-progress")
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_job(job, str(out), engine="serial", progress=False)
     df = read_results(str(out))
     assert df.height == 2 and df["error"].is_null().all(), df["error"].to_list()
     assert not any((out / "in-flight").iterdir())
