@@ -70,7 +70,7 @@ def forget(output: str, run: str) -> None:
     fs, folder = _folder(output)
     fs.create_dir(folder, recursive=True)
     write(fs, f"{folder}/{STOPPED}{run}", lambda f: f.write(b""))
-    _set_back(fs, folder, run)
+    _set_back(fs, fs.get_file_info(pafs.FileSelector(folder)), {run})
 
 
 def settle(output: str) -> None:
@@ -78,21 +78,26 @@ def settle(output: str) -> None:
     (their markers), whose workers are gone now, do not count either."""
     fs, folder = _folder(output)
     try:
-        markers = [i.path for i in fs.get_file_info(pafs.FileSelector(folder)) if i.base_name.startswith(STOPPED)]
+        files = fs.get_file_info(pafs.FileSelector(folder))
     except FileNotFoundError:
         return
-    for marker in markers:
-        _set_back(fs, folder, marker.rsplit("/", 1)[1].removeprefix(STOPPED))
-        fs.delete_file(marker)
+    markers = [i for i in files if i.base_name.startswith(STOPPED)]
+    if markers:
+        _set_back(fs, files, {m.base_name.removeprefix(STOPPED) for m in markers})
+        for m in markers:
+            fs.delete_file(m.path)
 
 
-def _set_back(fs: pafs.FileSystem, folder: str, run: str) -> None:
-    for info in fs.get_file_info(pafs.FileSelector(folder)):
+def _set_back(fs: pafs.FileSystem, files: list[pafs.FileInfo], runs: set[str]) -> None:
+    """Takes one try off each note (of ``files``, markers passed over) whose last try one of
+    ``runs`` noted: a note names the run of its last try only."""
+    named = {run.encode() for run in runs}
+    for info in files:
         if info.base_name.startswith(STOPPED):
             continue
         with fs.open_input_stream(info.path) as f:
             note = f.read()
-        if note.split()[1:] == [run.encode()]:
+        if len(last := note.split()[1:]) == 1 and last[0] in named:
             tries = _tries(note) - 1
             if tries > 0:
                 write(fs, info.path, lambda f: f.write(str(tries).encode()))  # earlier runs' tries, in no run's hand
